@@ -1,0 +1,155 @@
+//! Relay control and local users: who may send where (SPEC "Relay control").
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::smtp::address::Mailbox;
+
+/// The answer to "may this recipient be accepted?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptVerdict {
+    Accept,
+    /// A local domain that lists its users, and this is not one (`550 5.1.1`).
+    UnknownUser,
+    /// Not ours, and the client may not relay (`554 5.7.1`).
+    RelayDenied,
+}
+
+/// Built once from the config; shared read-only by all workers.
+#[derive(Debug, Default)]
+pub struct Policy {
+    local_domains: HashSet<String>,
+    relay_domains: HashSet<String>,
+    relay_networks: Vec<IpNet>,
+    /// Lower-cased address to PHC password hash.
+    users: HashMap<String, String>,
+    /// Local domains that have at least one `[[user]]`.
+    domains_with_users: HashSet<String>,
+}
+
+impl Policy {
+    pub fn new(
+        local_domains: &[String],
+        relay_domains: &[String],
+        relay_networks: &[IpNet],
+        users: impl IntoIterator<Item = (String, String)>,
+    ) -> Policy {
+        let lower = |v: &[String]| {
+            v.iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect::<HashSet<_>>()
+        };
+        let users: HashMap<String, String> = users
+            .into_iter()
+            .map(|(addr, hash)| (addr.to_lowercase(), hash))
+            .collect();
+        let domains_with_users = users
+            .keys()
+            .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned()))
+            .collect();
+        Policy {
+            local_domains: lower(local_domains),
+            relay_domains: lower(relay_domains),
+            relay_networks: relay_networks.to_vec(),
+            users,
+            domains_with_users,
+        }
+    }
+
+    /// Whether `ip` is in `relay_networks`.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains.contains(&domain.to_lowercase())
+    }
+
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    /// The PHC hash of a user's password.
+    pub fn password_hash(&self, address: &str) -> Option<&str> {
+        self.users.get(&address.to_lowercase()).map(String::as_str)
+    }
+
+    /// Decides on one recipient. `may_relay`: the client is trusted or authenticated.
+    pub fn check_recipient(&self, rcpt: &Mailbox, may_relay: bool) -> RcptVerdict {
+        let domain = rcpt.domain().to_lowercase();
+        if self.local_domains.contains(&domain) {
+            let listed = self.domains_with_users.contains(&domain);
+            let known =
+                rcpt.is_postmaster() || self.users.contains_key(&rcpt.to_string().to_lowercase());
+            return if !listed || known {
+                RcptVerdict::Accept
+            } else {
+                RcptVerdict::UnknownUser
+            };
+        }
+        if may_relay || self.relay_domains.contains(&domain) {
+            RcptVerdict::Accept
+        } else {
+            RcptVerdict::RelayDenied
+        }
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) to IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(
+            &["Example.test".into(), "open.test".into()],
+            &["relay.test".into()],
+            &["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            [("Alice@example.test".to_owned(), "$argon2id$x".to_owned())],
+        )
+    }
+
+    #[test]
+    fn recipients() {
+        let p = policy();
+        let m = |s: &str| Mailbox::parse(s).unwrap();
+        let cases = [
+            ("alice@example.test", false, RcptVerdict::Accept),
+            ("ALICE@EXAMPLE.TEST", false, RcptVerdict::Accept),
+            ("bob@example.test", false, RcptVerdict::UnknownUser),
+            ("bob@example.test", true, RcptVerdict::UnknownUser),
+            ("postmaster@example.test", false, RcptVerdict::Accept),
+            ("anyone@open.test", false, RcptVerdict::Accept),
+            ("x@relay.test", false, RcptVerdict::Accept),
+            ("x@elsewhere.test", false, RcptVerdict::RelayDenied),
+            ("x@elsewhere.test", true, RcptVerdict::Accept),
+        ];
+        for (addr, relay, want) in cases {
+            assert_eq!(
+                p.check_recipient(&m(addr), relay),
+                want,
+                "{addr} relay={relay}"
+            );
+        }
+    }
+
+    #[test]
+    fn networks() {
+        let p = policy();
+        assert!(p.is_trusted("127.0.0.5".parse().unwrap()));
+        assert!(p.is_trusted("::1".parse().unwrap()));
+        assert!(p.is_trusted("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!p.is_trusted("192.0.2.1".parse().unwrap()));
+        assert_eq!(p.password_hash("alice@EXAMPLE.test"), Some("$argon2id$x"));
+    }
+}

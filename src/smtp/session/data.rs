@@ -1,0 +1,184 @@
+//! DATA and BDAT: receiving content, then handing the message to the shell.
+
+use super::{received, Event, Message, Now, Phase, Session, StoreError, Transaction};
+use crate::envelope::{BodyType, Envelope};
+use crate::smtp::data::{ChunkReceiver, ContentVerdict, DotReceiver};
+use crate::smtp::reply::{canned, EnhancedStatus, Reply};
+
+impl Session {
+    /// Checks that a transaction may take content now; returns the reply if not.
+    fn content_refusal(&self) -> Option<Reply> {
+        match &self.tx {
+            None => Some(canned::NEED_MAIL),
+            Some(tx) if tx.recipients.is_empty() && tx.refused > 0 => Some(canned::NO_VALID_RCPTS),
+            Some(tx) if tx.recipients.is_empty() => Some(canned::NEED_RCPT),
+            Some(_) => None,
+        }
+    }
+
+    pub(super) fn handle_data(&mut self, now: Now) {
+        if let Some(r) = self.content_refusal() {
+            return self.error(&r);
+        }
+        if self.tx.as_ref().is_some_and(|tx| tx.chunks.is_some()) {
+            return self.error(&canned::DATA_AFTER_BDAT);
+        }
+        self.start_body(now);
+        self.output.extend_from_slice(crate::smtp::reply::DATA_GO);
+        self.deadline = now.instant + self.config.data_timeout;
+        self.phase = Phase::Data(DotReceiver::new(self.config.max_message_size));
+    }
+
+    pub(super) fn handle_bdat(&mut self, size: u64, last: bool, now: Now) {
+        self.deadline = now.instant + self.config.data_timeout;
+        if let Some(reply) = self.content_refusal() {
+            // The chunk is on its way regardless; read past it, then refuse.
+            self.phase = Phase::DiscardChunk {
+                remaining: size,
+                reply,
+            };
+            return;
+        }
+        let limit = self.config.max_message_size;
+        let started = self.tx.as_ref().is_some_and(|tx| tx.chunks.is_some());
+        if !started {
+            self.start_body(now);
+        }
+        let Some(tx) = self.tx.as_mut() else { return };
+        let check = tx.params.body != BodyType::BinaryMime;
+        let chunks = tx
+            .chunks
+            .get_or_insert_with(|| ChunkReceiver::new(limit, check));
+        chunks.begin_chunk(size);
+        self.phase = Phase::Chunk { last };
+        if size == 0 {
+            self.chunk_complete(now);
+        }
+    }
+
+    /// Starts a fresh body with our Received header.
+    fn start_body(&mut self, now: Now) {
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        if let Some(tx) = &self.tx {
+            let id = self.ids.borrow_mut().next(now.unix_secs);
+            received::write_header(&mut body, self, tx, id, now.unix_secs);
+            self.message_id = Some(id);
+        }
+        self.body = body;
+    }
+
+    pub(super) fn read_data(&mut self, input: &[u8], now: Now) -> usize {
+        let Phase::Data(rx) = &mut self.phase else {
+            return 0;
+        };
+        let (used, verdict) = rx.feed(input, &mut self.body);
+        self.deadline = now.instant + self.config.data_timeout;
+        if let Some(verdict) = verdict {
+            self.finish_content(verdict, now);
+        }
+        used
+    }
+
+    pub(super) fn read_chunk(&mut self, input: &[u8], now: Now) -> usize {
+        let Some(rx) = self.tx.as_mut().and_then(|tx| tx.chunks.as_mut()) else {
+            return 0;
+        };
+        let used = rx.feed(input, &mut self.body);
+        self.deadline = now.instant + self.config.data_timeout;
+        if rx.chunk_done() {
+            self.chunk_complete(now);
+        }
+        used
+    }
+
+    fn chunk_complete(&mut self, now: Now) {
+        let Phase::Chunk { last } = self.phase else {
+            return;
+        };
+        let Some(rx) = self.tx.as_mut().and_then(|tx| tx.chunks.as_mut()) else {
+            return;
+        };
+        if last {
+            let verdict = rx.finish();
+            self.finish_content(verdict, now);
+        } else {
+            let text = format!("{} octets received", rx.size());
+            self.reply(&Reply::owned(250, EnhancedStatus(2, 0, 0), text));
+            self.await_command(now);
+        }
+    }
+
+    pub(super) fn discard_chunk(&mut self, input: &[u8], now: Now) -> usize {
+        let Phase::DiscardChunk { remaining, reply } = &mut self.phase else {
+            return 0;
+        };
+        let n = (input.len() as u64).min(*remaining);
+        *remaining -= n;
+        if *remaining == 0 {
+            let reply = reply.clone();
+            self.await_command(now);
+            self.error(&reply);
+        }
+        n as usize
+    }
+
+    /// The end of content: refuse, or hand the message to the shell.
+    fn finish_content(&mut self, verdict: ContentVerdict, now: Now) {
+        let refusal = match verdict {
+            ContentVerdict::Ok => None,
+            ContentVerdict::TooBig => Some(canned::TOO_BIG),
+            ContentVerdict::BareNewline => Some(canned::BARE_NEWLINE),
+        };
+        let tx = self.tx.take();
+        match (refusal, tx, self.message_id.take()) {
+            (None, Some(tx), Some(id)) => {
+                let envelope = self.envelope(tx, id, now);
+                let body = std::mem::take(&mut self.body);
+                self.message = Some(Message { envelope, body });
+                self.phase = Phase::Blocked(Event::Store);
+            }
+            (refusal, _, _) => {
+                self.await_command(now);
+                self.error(&refusal.unwrap_or(canned::NEED_MAIL));
+            }
+        }
+    }
+
+    fn envelope(&self, tx: Transaction, id: crate::envelope::QueueId, now: Now) -> Envelope {
+        Envelope {
+            id,
+            received_at: now.unix_secs,
+            reverse_path: tx.reverse_path,
+            recipients: tx.recipients,
+            body_type: tx.params.body,
+            smtputf8: tx.params.smtputf8,
+            ret: tx.params.ret,
+            envid: tx.params.envid,
+            client_ip: Some(self.conn.peer),
+            helo: self.helo.as_ref().map(|h| h.0.clone()).unwrap_or_default(),
+            auth_user: self.auth_user.clone(),
+        }
+    }
+
+    /// The shell's answer to [`Event::Store`]. Only `Ok` yields `250`.
+    pub fn handle_stored(&mut self, result: Result<(), StoreError>, now: Now) {
+        let Some(message) = self.message.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let text = format!("Ok: queued as {}", message.envelope.id);
+                self.reply(&Reply::owned(250, EnhancedStatus(2, 0, 0), text));
+            }
+            Err(StoreError::Temporary) => self.reply(&canned::SPOOL_FAILED),
+        }
+        // Keep the allocation for the next message, but not a huge one.
+        let mut body = message.body;
+        if body.capacity() <= 1 << 20 {
+            body.clear();
+            self.body = body;
+        }
+        self.await_command(now);
+    }
+}

@@ -1,0 +1,621 @@
+//! Session state-machine tests: no sockets, simulated time.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::envelope::{QueueId, QueueIdGen};
+
+struct Harness {
+    s: Session,
+    now: Now,
+    /// Input the session has not consumed yet, as the shell keeps it.
+    pending: Vec<u8>,
+}
+
+fn config(kind: Kind) -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.test".into(),
+        kind,
+        starttls: true,
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_line: 100,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(180),
+        max_errors: 10,
+        policy: Arc::new(Policy::new(
+            &["example.test".into()],
+            &["relay.test".into()],
+            &[],
+            [("alice@example.test".to_owned(), "hash".to_owned())],
+        )),
+    }
+}
+
+impl Harness {
+    fn new(kind: Kind, peer: &str, trusted: bool) -> Harness {
+        let now = Now {
+            instant: Instant::now(),
+            unix_secs: 1_795_432_817,
+        };
+        let conn = ConnInfo {
+            peer: peer.parse().unwrap(),
+            trusted,
+            tls: None,
+        };
+        let ids = Rc::new(RefCell::new(QueueIdGen::new(0, QueueId(0))));
+        Harness {
+            s: Session::new(Arc::new(config(kind)), conn, ids, now),
+            now,
+            pending: Vec::new(),
+        }
+    }
+
+    fn mx() -> Harness {
+        Harness::new(Kind::Mx, "192.0.2.1", false)
+    }
+
+    /// Feeds everything (one byte at a time if `bytewise`), resolving Store
+    /// events with `store_ok`; returns the output since the last call.
+    fn send_with(&mut self, input: &[u8], bytewise: bool, store_ok: bool) -> String {
+        let mut fed = self.pending.len();
+        self.pending.extend_from_slice(input);
+        loop {
+            let end = if bytewise {
+                (fed + 1).min(self.pending.len())
+            } else {
+                self.pending.len()
+            };
+            fed = end;
+            let used = self.s.handle_input(&self.pending[..end], self.now);
+            self.pending.drain(..used);
+            fed -= used;
+            match self.s.poll_event() {
+                Some(Event::Store) => {
+                    let r = if store_ok {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Temporary)
+                    };
+                    self.s.handle_stored(r, self.now);
+                    continue;
+                }
+                Some(_) => break,
+                None => {}
+            }
+            if fed >= self.pending.len() {
+                break;
+            }
+        }
+        let out = String::from_utf8(self.s.output().to_vec()).unwrap();
+        self.s.clear_output();
+        out
+    }
+
+    fn send(&mut self, input: &str) -> String {
+        self.send_with(input.as_bytes(), false, true)
+    }
+
+    fn greet(&mut self) {
+        self.send("");
+        self.send("EHLO client.test\r\n");
+    }
+}
+
+fn codes(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..3])
+        .collect()
+}
+
+#[test]
+fn greeting_and_ehlo() {
+    let mut h = Harness::mx();
+    assert_eq!(h.send(""), "220 mx.test ESMTP\r\n");
+    let ehlo = h.send("EHLO client.test\r\n");
+    for ext in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+        "STARTTLS",
+    ] {
+        assert!(
+            ehlo.contains(&format!("250-{ext}\r\n")) || ehlo.contains(&format!("250 {ext}\r\n")),
+            "{ext}"
+        );
+    }
+    // Not loopback, no TLS: no AUTH.
+    assert!(!ehlo.contains("AUTH"));
+    assert!(ehlo.starts_with("250-mx.test\r\n"));
+}
+
+#[test]
+fn auth_offered_on_loopback() {
+    let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+    h.send("");
+    assert!(h.send("EHLO c\r\n").contains("250 AUTH PLAIN LOGIN\r\n"));
+}
+
+#[test]
+fn one_message() {
+    let mut h = Harness::mx();
+    h.greet();
+    assert_eq!(
+        h.send("MAIL FROM:<s@sender.test>\r\n"),
+        "250 2.1.0 Sender ok\r\n"
+    );
+    assert_eq!(
+        h.send("RCPT TO:<alice@example.test>\r\n"),
+        "250 2.1.5 Recipient ok\r\n"
+    );
+    assert_eq!(
+        h.send("DATA\r\n"),
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    h.s.handle_input(b"Subject: hi\r\n\r\n..dot\r\n.\r\n", h.now);
+    assert_eq!(h.s.poll_event(), Some(Event::Store));
+    let msg = h.s.message().unwrap();
+    let body = String::from_utf8(msg.body.clone()).unwrap();
+    assert!(body.starts_with(
+        "Received: from client.test ([192.0.2.1])\r\n\tby mx.test (ringpost) with ESMTP id "
+    ));
+    assert!(
+        body.contains("\r\n\tfor <alice@example.test>;\r\n\tMon, 23 Nov 2026 11:20:17 +0000\r\n")
+    );
+    assert!(body.ends_with("Subject: hi\r\n\r\n.dot\r\n"));
+    assert_eq!(msg.envelope.recipients.len(), 1);
+    let id = msg.envelope.id;
+    h.s.handle_stored(Ok(()), h.now);
+    assert_eq!(h.send(""), format!("250 2.0.0 Ok: queued as {id}\r\n"));
+    assert_eq!(h.send("QUIT\r\n"), "221 2.0.0 Bye\r\n");
+    assert_eq!(h.s.poll_event(), Some(Event::Close));
+}
+
+#[test]
+fn pipelined_transaction_in_one_buffer() {
+    let mut h = Harness::mx();
+    h.greet();
+    let out = h.send(
+        "MAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\nDATA\r\n",
+    );
+    assert_eq!(codes(&out), ["250", "250", "550", "354"]);
+    let out = h.send(
+        "hello\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<x@relay.test>\r\nBDAT 5 LAST\r\nabcdeQUIT\r\n",
+    );
+    assert_eq!(codes(&out), ["250", "250", "250", "250", "221"], "{out}");
+}
+
+#[test]
+fn bytewise_feeding_matches_bulk() {
+    let script = "EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nline\r\n.\r\nQUIT\r\n";
+    let mut a = Harness::mx();
+    let mut b = Harness::mx();
+    let bulk = a.send_with(script.as_bytes(), false, true);
+    let bytewise = b.send_with(script.as_bytes(), true, true);
+    assert_eq!(codes(&bulk), codes(&bytewise));
+    assert_eq!(
+        codes(&bulk),
+        ["220", "250", "250", "250", "354", "250", "221"]
+    );
+}
+
+#[test]
+fn sequencing_errors() {
+    let mut h = Harness::mx();
+    h.send("");
+    assert_eq!(
+        h.send("MAIL FROM:<a@b.test>\r\n"),
+        "503 5.5.1 Send EHLO or HELO first\r\n"
+    );
+    h.send("HELO c\r\n");
+    assert_eq!(
+        h.send("RCPT TO:<alice@example.test>\r\n"),
+        "503 5.5.1 Need MAIL command\r\n"
+    );
+    assert_eq!(h.send("DATA\r\n"), "503 5.5.1 Need MAIL command\r\n");
+    h.send("MAIL FROM:<a@b.test>\r\n");
+    assert_eq!(
+        h.send("MAIL FROM:<a@b.test>\r\n"),
+        "503 5.5.1 Nested MAIL command\r\n"
+    );
+    assert_eq!(h.send("DATA\r\n"), "503 5.5.1 Need RCPT command\r\n");
+    assert!(h
+        .send("RCPT TO:<x@elsewhere.test>\r\n")
+        .starts_with("554 5.7.1"));
+    assert_eq!(h.send("DATA\r\n"), "554 5.5.1 No valid recipients\r\n");
+    assert_eq!(h.send("RSET\r\n"), "250 2.0.0 Ok\r\n");
+    assert_eq!(h.send("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    assert!(h.send("VRFY x\r\n").starts_with("252 2.5.2"));
+    assert!(h.send("HELP\r\n").starts_with("214 2.0.0"));
+    assert!(h.send("EXPN x\r\n").starts_with("502 5.5.1"));
+    assert!(h.send("FOO\r\n").starts_with("500 5.5.2"));
+}
+
+#[test]
+fn address_and_parameter_errors() {
+    let mut h = Harness::mx();
+    h.greet();
+    assert!(h
+        .send("MAIL FROM:<bad address>\r\n")
+        .starts_with("501 5.1.7"));
+    assert!(h
+        .send("MAIL FROM:<a@b.test> SIZE=5000\r\n")
+        .starts_with("552 5.3.4"));
+    assert!(h
+        .send("MAIL FROM:<a@b.test> FOO=1\r\n")
+        .starts_with("555 5.5.4"));
+    assert!(h
+        .send("MAIL FROM:<a@b.test> BODY=9BIT\r\n")
+        .starts_with("501 5.5.4"));
+    assert!(h.send("MAIL FROM:<ü@b.test>\r\n").starts_with("553 5.6.7"));
+    assert!(h
+        .send("MAIL FROM:<ü@b.test> SMTPUTF8\r\n")
+        .starts_with("250"));
+    assert!(h.send("RCPT TO:<@@>\r\n").starts_with("501 5.1.3"));
+    assert!(h
+        .send("RCPT TO:<alice@example.test> NOTIFY=BOGUS\r\n")
+        .starts_with("501 5.5.4"));
+    assert!(h.send("RCPT TO:<Postmaster>\r\n").starts_with("250"));
+}
+
+#[test]
+fn dsn_parameters_are_kept() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2B1\r\n");
+    h.send("RCPT TO:<alice@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;alice@example.test\r\n");
+    h.send("DATA\r\n");
+    h.s.handle_input(b"x\r\n.\r\n", h.now);
+    let env = &h.s.message().unwrap().envelope;
+    assert_eq!(env.ret, Some(crate::envelope::Ret::Headers));
+    assert_eq!(env.envid.as_deref(), Some("QQ+2B1"));
+    let r = &env.recipients[0];
+    assert!(r.notify.success() && r.notify.delay() && !r.notify.failure());
+    assert_eq!(r.orcpt.as_deref(), Some("rfc822;alice@example.test"));
+}
+
+#[test]
+fn relay_control() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\n");
+    assert_eq!(
+        h.send("RCPT TO:<x@elsewhere.test>\r\n"),
+        "554 5.7.1 Relay access denied\r\n"
+    );
+    assert!(h
+        .send("RCPT TO:<bob@example.test>\r\n")
+        .starts_with("550 5.1.1"));
+    assert!(h.send("RCPT TO:<x@relay.test>\r\n").starts_with("250"));
+
+    let mut trusted = Harness::new(Kind::Mx, "10.0.0.1", true);
+    trusted.greet();
+    trusted.send("MAIL FROM:<a@b.test>\r\n");
+    assert!(trusted
+        .send("RCPT TO:<x@elsewhere.test>\r\n")
+        .starts_with("250"));
+}
+
+#[test]
+fn recipient_limit() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\n");
+    for i in 0..3 {
+        assert!(h
+            .send(&format!("RCPT TO:<u{i}@relay.test>\r\n"))
+            .starts_with("250"));
+    }
+    assert_eq!(
+        h.send("RCPT TO:<u9@relay.test>\r\n"),
+        "452 4.5.3 Too many recipients\r\n"
+    );
+}
+
+#[test]
+fn oversized_message_is_refused_without_buffering() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    let line = format!("{}\r\n", "x".repeat(98));
+    for _ in 0..100 {
+        assert_eq!(h.send(&line), "");
+    }
+    assert!(
+        h.s.body.len() < 2000,
+        "body buffer stays bounded: {}",
+        h.s.body.len()
+    );
+    assert_eq!(
+        h.send(".\r\n"),
+        "552 5.3.4 Message size exceeds fixed limit\r\n"
+    );
+    assert!(
+        h.send("MAIL FROM:<a@b.test>\r\n").starts_with("250"),
+        "session goes on"
+    );
+}
+
+#[test]
+fn smuggling_shapes_are_one_rejected_message() {
+    for smuggle in ["\n.\n", "\n.\r\n", "\r.\r", "\r\n.\n", "\r\n.\r", "\r.\r\n"] {
+        let mut h = Harness::mx();
+        h.greet();
+        h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+        let payload = format!(
+            "Subject: one\r\n\r\nbody{smuggle}MAIL FROM:<evil@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: two\r\n\r\n.\r\n"
+        );
+        let out = h.send(&payload);
+        assert_eq!(codes(&out), ["550"], "smuggle {smuggle:?}: {out}");
+        assert!(out.starts_with("550 5.5.2"));
+        assert!(h.s.message().is_none());
+        // Nothing was accepted as a second message, and the session still works.
+        assert!(h.send("NOOP\r\n").starts_with("250"));
+    }
+}
+
+#[test]
+fn command_line_endings_and_length() {
+    let mut h = Harness::mx();
+    h.greet();
+    assert!(h.send("NOOP\n").starts_with("500 5.5.2"));
+    assert!(h.send("NOOP\rRSET\r\n").starts_with("500 5.5.2"));
+    let long = format!("NOOP {}\r\n", "x".repeat(500));
+    assert_eq!(h.send(&long), "500 5.5.2 Line too long\r\n");
+    // A long line that arrives in pieces is discarded as it comes.
+    let mut out = String::new();
+    for _ in 0..50 {
+        out += &h.send(&"y".repeat(99));
+    }
+    out += &h.send("\r\nNOOP\r\n");
+    assert_eq!(out, "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
+}
+
+#[test]
+fn bdat_chunks() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
+    assert_eq!(
+        h.send("BDAT 6\r\nhello\r"),
+        "250 2.0.0 6 octets received\r\n"
+    );
+    assert!(h.send("DATA\r\n").starts_with("503 5.5.1"));
+    h.s.handle_input(b"BDAT 8 LAST\r\n\nworld\r\n", h.now);
+    assert_eq!(h.s.poll_event(), Some(Event::Store));
+    assert!(h.s.message().unwrap().body.ends_with(b"hello\r\nworld\r\n"));
+    h.s.handle_stored(Ok(()), h.now);
+    assert!(h.send("").starts_with("250 2.0.0 Ok: queued as"));
+}
+
+#[test]
+fn bdat_refused_chunk_is_consumed() {
+    let mut h = Harness::mx();
+    h.greet();
+    let out = h.send("BDAT 10 LAST\r\nMAIL FROM:NOOP\r\n");
+    assert_eq!(out, "503 5.5.1 Need MAIL command\r\n250 2.0.0 Ok\r\n");
+    h.send("MAIL FROM:<a@b.test>\r\n");
+    assert!(h
+        .send("BDAT 3 LAST\r\nabc")
+        .starts_with("503 5.5.1 Need RCPT"));
+}
+
+#[test]
+fn bdat_bare_lf_and_zero_last() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
+    assert!(h.send("BDAT 4 LAST\r\na\nb\n").starts_with("550 5.5.2"));
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
+    h.send("BDAT 3\r\nab\r");
+    h.s.handle_input(b"BDAT 0 LAST\r\n", h.now);
+    assert_eq!(h.s.poll_event(), None);
+    assert!(h.send("").starts_with("550 5.5.2"), "trailing CR is bare");
+}
+
+#[test]
+fn store_failure_is_452_and_session_continues() {
+    let mut h = Harness::mx();
+    h.greet();
+    let out = h.send_with(
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nx\r\n.\r\n",
+        false,
+        false,
+    );
+    assert!(
+        out.ends_with("452 4.3.1 Insufficient system storage, try again later\r\n"),
+        "{out}"
+    );
+    assert!(h.send("MAIL FROM:<a@b.test>\r\n").starts_with("250"));
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext() {
+    let mut h = Harness::mx();
+    h.greet();
+    let input = b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n";
+    let used = h.s.handle_input(input, h.now);
+    assert_eq!(used, 10, "stops right after STARTTLS");
+    assert_eq!(h.s.poll_event(), Some(Event::StartTls));
+    assert_eq!(h.send(""), "220 2.0.0 Ready to start TLS\r\n");
+    // The shell drops the rest of the buffer and runs the handshake.
+    let info = TlsInfo {
+        version: "TLSv1_3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+    };
+    h.s.handle_tls_established(info, h.now);
+    assert!(h
+        .send("MAIL FROM:<a@b.test>\r\n")
+        .starts_with("503 5.5.1 Send EHLO"));
+    let ehlo = h.send("EHLO c\r\n");
+    assert!(!ehlo.contains("STARTTLS"));
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "AUTH offered over TLS");
+    assert!(h
+        .send("STARTTLS\r\n")
+        .starts_with("503 5.5.1 TLS already active"));
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    h.s.handle_input(b"x\r\n.\r\n", h.now);
+    let body = String::from_utf8(h.s.message().unwrap().body.clone()).unwrap();
+    assert!(
+        body.contains("(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)"),
+        "{body}"
+    );
+    assert!(body.contains("with ESMTPS id"));
+}
+
+#[test]
+fn submission_requires_auth() {
+    let mut h = Harness::new(Kind::Submission, "127.0.0.1", true);
+    h.greet();
+    assert!(h
+        .send("MAIL FROM:<alice@example.test>\r\n")
+        .starts_with("530 5.7.0"));
+    // AUTH PLAIN with an initial response: \0alice@example.test\0secret
+    let out = h.send("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n");
+    assert_eq!(out, "");
+    assert_eq!(h.s.poll_event(), Some(Event::Authenticate));
+    assert_eq!(h.s.credentials(), Some(("alice@example.test", "secret")));
+    h.s.handle_auth_result(true, h.now);
+    assert_eq!(h.send(""), "235 2.7.0 Authentication successful\r\n");
+    assert!(h
+        .send("MAIL FROM:<alice@example.test>\r\n")
+        .starts_with("250"));
+    assert!(
+        h.send("RCPT TO:<x@elsewhere.test>\r\n").starts_with("250"),
+        "authenticated users relay"
+    );
+    let out = h.send("DATA\r\nx\r\n.\r\n");
+    assert!(out.contains("with ESMTPA id") || h.s.message().is_none());
+}
+
+#[test]
+fn auth_login_and_failures() {
+    let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+    h.greet();
+    assert_eq!(h.send("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(
+        h.send("YWxpY2VAZXhhbXBsZS50ZXN0\r\n"),
+        "334 UGFzc3dvcmQ6\r\n"
+    );
+    h.send("d3Jvbmc=\r\n");
+    assert_eq!(h.s.credentials(), Some(("alice@example.test", "wrong")));
+    h.s.handle_auth_result(false, h.now);
+    assert!(h.send("").starts_with("535 5.7.8"));
+    assert_eq!(h.send("AUTH PLAIN\r\n"), "334 \r\n");
+    assert!(h.send("*\r\n").starts_with("501 5.0.0"));
+    assert!(h.send("AUTH CRAM-MD5\r\n").starts_with("504 5.5.4"));
+    assert!(h.send("AUTH PLAIN !!!\r\n").starts_with("501 5.5.2"));
+}
+
+#[test]
+fn auth_refused_in_clear_off_loopback() {
+    let mut h = Harness::mx();
+    h.greet();
+    assert!(h
+        .send("AUTH PLAIN AGFsaWNlAHg=\r\n")
+        .starts_with("538 5.7.11"));
+}
+
+#[test]
+fn timeouts() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.s.handle_timeout(h.now);
+    assert_eq!(h.s.poll_event(), None, "not yet");
+    let deadline = h.s.poll_timeout();
+    assert_eq!(deadline, h.now.instant + Duration::from_secs(300));
+    h.now.instant = deadline;
+    h.s.handle_timeout(h.now);
+    assert!(h.send("").starts_with("421 4.4.2"));
+    assert_eq!(h.s.poll_event(), Some(Event::Close));
+}
+
+#[test]
+fn data_deadline_moves_with_progress() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    assert_eq!(h.s.poll_timeout(), h.now.instant + Duration::from_secs(180));
+    h.now.instant += Duration::from_secs(100);
+    h.send("more\r\n");
+    assert_eq!(h.s.poll_timeout(), h.now.instant + Duration::from_secs(180));
+}
+
+#[test]
+fn shutdown_when_idle_and_after_transaction() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.s.handle_shutdown();
+    assert!(h.send("").starts_with("421 4.3.2"));
+    assert_eq!(h.s.poll_event(), Some(Event::Close));
+
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    h.s.handle_shutdown();
+    assert_eq!(h.s.poll_event(), None, "mid-transaction: let it finish");
+    let out = h.send("x\r\n.\r\n");
+    assert_eq!(codes(&out), ["250", "421"]);
+}
+
+#[test]
+fn http_and_garbage_are_refused() {
+    let mut h = Harness::mx();
+    h.send("");
+    assert!(h
+        .send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .starts_with("554 5.7.0"));
+    assert_eq!(h.s.poll_event(), Some(Event::Close));
+
+    let mut h = Harness::mx();
+    h.send("");
+    let out = h.send(&"\u{1}\u{2}garbage\r\n".repeat(20));
+    assert!(
+        out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"),
+        "{out}"
+    );
+    assert_eq!(h.s.poll_event(), Some(Event::Close));
+    assert_eq!(h.send("NOOP\r\n"), "", "nothing is read after close");
+}
+
+#[test]
+fn ehlo_resets_transaction() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\n");
+    h.send("EHLO again\r\n");
+    assert!(h
+        .send("RCPT TO:<alice@example.test>\r\n")
+        .starts_with("503 5.5.1 Need MAIL"));
+    assert!(h.send("EHLO bad<name>\r\n").starts_with("501"));
+}
+
+#[test]
+fn every_reply_has_an_enhanced_code() {
+    let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+    let script = "EHLO c\r\nHELO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<zz@example.test>\r\n\
+DATA\r\nx\r\n.\r\nBDAT 1 LAST\r\nxRSET\r\nNOOP\r\nVRFY a\r\nEXPN a\r\nHELP\r\nBOGUS\r\nMAIL\r\nDATA x\r\nSTARTTLS x\r\nAUTH X\r\nQUIT\r\n";
+    let out = h.send(script);
+    for line in out.lines() {
+        let code = &line[..3];
+        if line.starts_with("220 mx.test") || line.as_bytes()[3] == b'-' || code.starts_with('3') {
+            continue;
+        }
+        // EHLO's last line is an extension keyword.
+        if line.starts_with("250 AUTH") {
+            continue;
+        }
+        let status = line[4..].split(' ').next().unwrap();
+        let parts: Vec<_> = status.split('.').collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        assert_eq!(parts[0], &code[..1], "class matches: {line}");
+    }
+}
