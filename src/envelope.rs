@@ -110,11 +110,7 @@ pub struct QueueIdGen {
 
 impl QueueIdGen {
     pub fn new(worker: u8, floor: QueueId) -> QueueIdGen {
-        QueueIdGen {
-            worker,
-            secs: (floor.0 >> 32) as u32,
-            counter: 1 << 24,
-        }
+        QueueIdGen { worker, secs: (floor.0 >> 32) as u32, counter: 1 << 24 }
     }
 
     /// The next id, given the current Unix time in seconds.
@@ -128,8 +124,7 @@ impl QueueIdGen {
             self.secs = self.secs.saturating_add(1);
             self.counter = 0;
         }
-        let id =
-            (u64::from(self.secs) << 32) | (u64::from(self.worker) << 24) | u64::from(self.counter);
+        let id = (u64::from(self.secs) << 32) | (u64::from(self.worker) << 24) | u64::from(self.counter);
         self.counter += 1;
         QueueId(id)
     }

@@ -1,1 +1,158 @@
-fn main() {}
+//! The `ringpost` command: `serve`, `hash-password`, `queue`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ringpost::config::Config;
+use ringpost::rt::{self, ServeError};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ringpost", version, about = "A durable, thread-per-core mail transfer agent on io_uring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the MTA until SIGTERM/SIGINT (SIGHUP reloads the config).
+    Serve {
+        /// Config file; default ./ringpost.toml if present, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read a password on stdin, print its argon2id PHC hash for [[user]].
+    HashPassword,
+    /// Inspect and manage the queue of a running server (admin API).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        /// Admin API address.
+        #[arg(long, global = true, default_value = "127.0.0.1:8025")]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Totals and per-domain counts (JSON).
+    Stats,
+    /// Remove one message from the queue without delivering it.
+    Delete { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::HashPassword => hash_password(),
+        Command::Queue { action, admin } => queue(action, admin),
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let path = path.or_else(|| {
+        let default = PathBuf::from("ringpost.toml");
+        default.exists().then_some(default)
+    });
+    let config = match &path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ringpost: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::defaults(),
+    };
+    init_logging(&config.log.level);
+    match rt::serve(config, path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Config(e)) => {
+            eprintln!("ringpost: {e}");
+            ExitCode::from(2)
+        }
+        Err(ServeError::Runtime(e)) => {
+            eprintln!("ringpost: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    // The library never reads the environment; the binary lets RUST_LOG override the config.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
+}
+
+fn hash_password() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("ringpost: cannot read stdin: {e}");
+        return ExitCode::from(1);
+    }
+    let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&input);
+    if password.is_empty() {
+        eprintln!("ringpost: empty password");
+        return ExitCode::from(2);
+    }
+    match ringpost::auth::hash(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringpost: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn queue(action: QueueAction, admin: SocketAddr) -> ExitCode {
+    let (method, path) = match &action {
+        QueueAction::Stats => ("GET", "/queue".to_owned()),
+        QueueAction::Delete { id } => ("DELETE", format!("/queue/{id}")),
+    };
+    match http(admin, method, &path) {
+        Ok((status, body)) => {
+            print!("{body}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("ringpost: admin API at {admin}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client for the admin API.
+fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_owned()))
+}

@@ -36,19 +36,11 @@ impl Policy {
         relay_networks: &[IpNet],
         users: impl IntoIterator<Item = (String, String)>,
     ) -> Policy {
-        let lower = |v: &[String]| {
-            v.iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect::<HashSet<_>>()
-        };
-        let users: HashMap<String, String> = users
-            .into_iter()
-            .map(|(addr, hash)| (addr.to_lowercase(), hash))
-            .collect();
-        let domains_with_users = users
-            .keys()
-            .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned()))
-            .collect();
+        let lower = |v: &[String]| v.iter().map(|d| d.to_ascii_lowercase()).collect::<HashSet<_>>();
+        let users: HashMap<String, String> =
+            users.into_iter().map(|(addr, hash)| (addr.to_lowercase(), hash)).collect();
+        let domains_with_users =
+            users.keys().filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned())).collect();
         Policy {
             local_domains: lower(local_domains),
             relay_domains: lower(relay_domains),
@@ -82,13 +74,8 @@ impl Policy {
         let domain = rcpt.domain().to_lowercase();
         if self.local_domains.contains(&domain) {
             let listed = self.domains_with_users.contains(&domain);
-            let known =
-                rcpt.is_postmaster() || self.users.contains_key(&rcpt.to_string().to_lowercase());
-            return if !listed || known {
-                RcptVerdict::Accept
-            } else {
-                RcptVerdict::UnknownUser
-            };
+            let known = rcpt.is_postmaster() || self.users.contains_key(&rcpt.to_string().to_lowercase());
+            return if !listed || known { RcptVerdict::Accept } else { RcptVerdict::UnknownUser };
         }
         if may_relay || self.relay_domains.contains(&domain) {
             RcptVerdict::Accept
@@ -135,11 +122,7 @@ mod tests {
             ("x@elsewhere.test", true, RcptVerdict::Accept),
         ];
         for (addr, relay, want) in cases {
-            assert_eq!(
-                p.check_recipient(&m(addr), relay),
-                want,
-                "{addr} relay={relay}"
-            );
+            assert_eq!(p.check_recipient(&m(addr), relay), want, "{addr} relay={relay}");
         }
     }
 

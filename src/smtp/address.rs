@@ -87,19 +87,10 @@ fn valid_label(label: &str) -> bool {
 }
 
 fn parse_address_literal(inner: &str) -> Result<IpAddr, AddressError> {
-    if let Some(v6) = inner
-        .strip_prefix("IPv6:")
-        .or_else(|| inner.strip_prefix("ipv6:"))
-    {
-        return v6
-            .parse::<std::net::Ipv6Addr>()
-            .map(IpAddr::V6)
-            .map_err(|_| AddressError::Domain);
+    if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+        return v6.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).map_err(|_| AddressError::Domain);
     }
-    inner
-        .parse::<std::net::Ipv4Addr>()
-        .map(IpAddr::V4)
-        .map_err(|_| AddressError::Domain)
+    inner.parse::<std::net::Ipv4Addr>().map(IpAddr::V4).map_err(|_| AddressError::Domain)
 }
 
 /// `local-part@domain`. The local part is kept exactly as sent (it is case
@@ -121,10 +112,7 @@ impl Mailbox {
         if local.len() > MAX_LOCAL_PART {
             return Err(AddressError::TooLong);
         }
-        Ok(Mailbox {
-            local: local.to_owned(),
-            domain: Domain::parse(domain)?,
-        })
+        Ok(Mailbox { local: local.to_owned(), domain: Domain::parse(domain)? })
     }
 
     pub fn local_part(&self) -> &str {
@@ -174,11 +162,7 @@ fn local_part_end(s: &str) -> Result<usize, AddressError> {
     }
     let at = s.rfind('@').ok_or(AddressError::NoAt)?;
     let local = &s[..at];
-    if local.is_empty()
-        || local
-            .split('.')
-            .any(|atom| atom.is_empty() || !atom.bytes().all(is_atext))
-    {
+    if local.is_empty() || local.split('.').any(|atom| atom.is_empty() || !atom.bytes().all(is_atext)) {
         return Err(AddressError::LocalPart);
     }
     Ok(at)
@@ -283,16 +267,10 @@ pub fn parse_reverse_path(arg: &str) -> Result<(ReversePath, &str), AddressError
 
 /// Parses the text after `RCPT TO:` into the forward path and its parameters.
 /// A bare `<postmaster>` is returned with `domain` as its domain (RFC 5321 §4.1.1.3).
-pub fn parse_forward_path<'a>(
-    arg: &'a str,
-    domain: &str,
-) -> Result<(Mailbox, &'a str), AddressError> {
+pub fn parse_forward_path<'a>(arg: &'a str, domain: &str) -> Result<(Mailbox, &'a str), AddressError> {
     let (inner, params) = split_path(arg)?;
     if inner.eq_ignore_ascii_case("postmaster") {
-        let mailbox = Mailbox {
-            local: inner.to_owned(),
-            domain: Domain(domain.to_owned()),
-        };
+        let mailbox = Mailbox { local: inner.to_owned(), domain: Domain(domain.to_owned()) };
         return Ok((mailbox, params));
     }
     Ok((Mailbox::parse(inner)?, params))

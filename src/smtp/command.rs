@@ -99,14 +99,8 @@ fn domain_arg<'a>(rest: &'a str, syntax: &'static str) -> Result<&'a str, Comman
     Ok(arg)
 }
 
-fn prefixed<'a>(
-    rest: &'a str,
-    prefix: &str,
-    syntax: &'static str,
-) -> Result<&'a str, CommandError> {
-    let head = rest
-        .get(..prefix.len())
-        .ok_or(CommandError::Syntax(syntax))?;
+fn prefixed<'a>(rest: &'a str, prefix: &str, syntax: &'static str) -> Result<&'a str, CommandError> {
+    let head = rest.get(..prefix.len()).ok_or(CommandError::Syntax(syntax))?;
     if !head.eq_ignore_ascii_case(prefix) {
         return Err(CommandError::Syntax(syntax));
     }
@@ -120,9 +114,7 @@ fn parse_bdat(rest: &str) -> Result<Command<'_>, CommandError> {
     if !size_text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CommandError::Syntax(SYNTAX));
     }
-    let size = size_text
-        .parse()
-        .map_err(|_| CommandError::Syntax(SYNTAX))?;
+    let size = size_text.parse().map_err(|_| CommandError::Syntax(SYNTAX))?;
     let last = match words.next() {
         None => false,
         Some(w) if w.eq_ignore_ascii_case("LAST") => true,
@@ -168,33 +160,12 @@ mod tests {
             (b"RCPT FROM:<a@b.c>", Err(E::Syntax("RCPT TO:<address>"))),
             (b"DATA", Ok(C::Data)),
             (b"DATA x", Err(E::NoParamsAllowed)),
-            (
-                b"BDAT 100",
-                Ok(C::Bdat {
-                    size: 100,
-                    last: false,
-                }),
-            ),
-            (
-                b"BDAT 0 LAST",
-                Ok(C::Bdat {
-                    size: 0,
-                    last: true,
-                }),
-            ),
-            (
-                b"bdat 7 last",
-                Ok(C::Bdat {
-                    size: 7,
-                    last: true,
-                }),
-            ),
+            (b"BDAT 100", Ok(C::Bdat { size: 100, last: false })),
+            (b"BDAT 0 LAST", Ok(C::Bdat { size: 0, last: true })),
+            (b"bdat 7 last", Ok(C::Bdat { size: 7, last: true })),
             (b"BDAT -1", Err(E::Syntax("BDAT size [LAST]"))),
             (b"BDAT +1", Err(E::Syntax("BDAT size [LAST]"))),
-            (
-                b"BDAT 99999999999999999999999",
-                Err(E::Syntax("BDAT size [LAST]")),
-            ),
+            (b"BDAT 99999999999999999999999", Err(E::Syntax("BDAT size [LAST]"))),
             (b"BDAT 1 FIRST", Err(E::Syntax("BDAT size [LAST]"))),
             (b"BDAT", Err(E::Syntax("BDAT size [LAST]"))),
             (b"RSET", Ok(C::Rset)),
@@ -204,20 +175,8 @@ mod tests {
             (b"HELP", Ok(C::Help)),
             (b"STARTTLS", Ok(C::StartTls)),
             (b"STARTTLS now", Err(E::NoParamsAllowed)),
-            (
-                b"AUTH PLAIN",
-                Ok(C::Auth {
-                    mechanism: "PLAIN",
-                    initial: None,
-                }),
-            ),
-            (
-                b"AUTH PLAIN AGFsaWNlAHB3",
-                Ok(C::Auth {
-                    mechanism: "PLAIN",
-                    initial: Some("AGFsaWNlAHB3"),
-                }),
-            ),
+            (b"AUTH PLAIN", Ok(C::Auth { mechanism: "PLAIN", initial: None })),
+            (b"AUTH PLAIN AGFsaWNlAHB3", Ok(C::Auth { mechanism: "PLAIN", initial: Some("AGFsaWNlAHB3") })),
             (b"AUTH", Err(E::Syntax("AUTH mechanism [initial-response]"))),
             (b"GET / HTTP/1.1", Ok(C::Http)),
             (b"POST /x HTTP/1.0", Ok(C::Http)),

@@ -47,12 +47,7 @@ pub struct DotReceiver {
 
 impl DotReceiver {
     pub fn new(limit: u64) -> Self {
-        DotReceiver {
-            state: DotState::LineStart,
-            bare: false,
-            size: 0,
-            limit,
-        }
+        DotReceiver { state: DotState::LineStart, bare: false, size: 0, limit }
     }
 
     /// Content bytes seen so far (unstuffed, counting dropped ones).
@@ -158,14 +153,7 @@ pub struct ChunkReceiver {
 
 impl ChunkReceiver {
     pub fn new(limit: u64, check_newlines: bool) -> Self {
-        ChunkReceiver {
-            remaining: 0,
-            check_newlines,
-            pending_cr: false,
-            bare: false,
-            size: 0,
-            limit,
-        }
+        ChunkReceiver { remaining: 0, check_newlines, pending_cr: false, bare: false, size: 0, limit }
     }
 
     /// Starts a chunk of `size` bytes.
@@ -267,52 +255,16 @@ mod tests {
             (b"..x\r\n.\r\n", b".x\r\n", Some(ContentVerdict::Ok)),
             (b"...\r\n.\r\n", b"..\r\n", Some(ContentVerdict::Ok)),
             (b"a\r\n..\r\n.\r\n", b"a\r\n.\r\n", Some(ContentVerdict::Ok)),
-            (
-                b"a.\r\nb\r\n.\r\n",
-                b"a.\r\nb\r\n",
-                Some(ContentVerdict::Ok),
-            ),
+            (b"a.\r\nb\r\n.\r\n", b"a.\r\nb\r\n", Some(ContentVerdict::Ok)),
             // Smuggling shapes: none of these end the data; all are bare newlines.
-            (
-                b"a\n.\nb\r\n.\r\n",
-                b"a\n.\nb\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
-            (
-                b"a\n.\r\nb\r\n.\r\n",
-                b"a\n.\r\nb\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
-            (
-                b"a\r\n.\nb\r\n.\r\n",
-                b"a\r\n\nb\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
-            (
-                b"a\r.\rb\r\n.\r\n",
-                b"a\r.\rb\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
-            (
-                b"a\r\n.\rb\r\n.\r\n",
-                b"a\r\n\rb\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
-            (
-                b"a\r.\r\nb\r\n.\r\n",
-                b"a\r.\r\nb\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
-            (
-                b"a\n\r\n.\r\n",
-                b"a\n\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
-            (
-                b"a\r\r\n.\r\n",
-                b"a\r\r\n",
-                Some(ContentVerdict::BareNewline),
-            ),
+            (b"a\n.\nb\r\n.\r\n", b"a\n.\nb\r\n", Some(ContentVerdict::BareNewline)),
+            (b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n", Some(ContentVerdict::BareNewline)),
+            (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\nb\r\n", Some(ContentVerdict::BareNewline)),
+            (b"a\r.\rb\r\n.\r\n", b"a\r.\rb\r\n", Some(ContentVerdict::BareNewline)),
+            (b"a\r\n.\rb\r\n.\r\n", b"a\r\n\rb\r\n", Some(ContentVerdict::BareNewline)),
+            (b"a\r.\r\nb\r\n.\r\n", b"a\r.\r\nb\r\n", Some(ContentVerdict::BareNewline)),
+            (b"a\n\r\n.\r\n", b"a\n\r\n", Some(ContentVerdict::BareNewline)),
+            (b"a\r\r\n.\r\n", b"a\r\r\n", Some(ContentVerdict::BareNewline)),
             // Not finished yet.
             (b"a\r\n.\r", b"a\r\n", None),
             (b"a\n.\n", b"a\n.\n", None),
@@ -320,18 +272,8 @@ mod tests {
         for (input, body, verdict) in cases {
             for step in [1, 2, 3, 7, input.len().max(1)] {
                 let (got, _, v) = dot(input, step, 1 << 20);
-                assert_eq!(
-                    &v,
-                    verdict,
-                    "{:?} step {step}",
-                    String::from_utf8_lossy(input)
-                );
-                assert_eq!(
-                    &got,
-                    body,
-                    "{:?} step {step}",
-                    String::from_utf8_lossy(input)
-                );
+                assert_eq!(&v, verdict, "{:?} step {step}", String::from_utf8_lossy(input));
+                assert_eq!(&got, body, "{:?} step {step}", String::from_utf8_lossy(input));
             }
         }
     }
@@ -367,21 +309,12 @@ mod tests {
             }
             (body, r.finish())
         };
-        assert_eq!(
-            run(&[b"a\r", b"\nb\r\n"], true),
-            (b"a\r\nb\r\n".to_vec(), ContentVerdict::Ok)
-        );
-        assert_eq!(
-            run(&[b"a\r", b"b\r\n"], true).1,
-            ContentVerdict::BareNewline
-        );
+        assert_eq!(run(&[b"a\r", b"\nb\r\n"], true), (b"a\r\nb\r\n".to_vec(), ContentVerdict::Ok));
+        assert_eq!(run(&[b"a\r", b"b\r\n"], true).1, ContentVerdict::BareNewline);
         assert_eq!(run(&[b"a\nb"], true).1, ContentVerdict::BareNewline);
         assert_eq!(run(&[b"a\r"], true).1, ContentVerdict::BareNewline);
         assert_eq!(run(&[b"a\nb\r"], false).1, ContentVerdict::Ok);
-        assert_eq!(
-            run(&[b"\r\n.\r\n"], true),
-            (b"\r\n.\r\n".to_vec(), ContentVerdict::Ok)
-        );
+        assert_eq!(run(&[b"\r\n.\r\n"], true), (b"\r\n.\r\n".to_vec(), ContentVerdict::Ok));
     }
 
     #[test]

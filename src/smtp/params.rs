@@ -83,10 +83,7 @@ pub fn decode_xtext(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'+' && i + 2 < b.len() {
-            if let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
+            if let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
                 continue;
@@ -160,13 +157,9 @@ impl RcptParams {
                 }
                 ("ORCPT", Some(v)) if p.orcpt.is_none() => {
                     let (kind, addr) = v.split_once(';').ok_or(ParamError::Syntax)?;
-                    let kind_ok = !kind.is_empty()
-                        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                    if !kind_ok
-                        || addr.is_empty()
-                        || v.len() > 500
-                        || !is_xtext(addr) && addr.is_ascii()
-                    {
+                    let kind_ok =
+                        !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    if !kind_ok || addr.is_empty() || v.len() > 500 || !is_xtext(addr) && addr.is_ascii() {
                         return Err(ParamError::Syntax);
                     }
                     p.orcpt = Some(v.to_owned());
@@ -187,8 +180,7 @@ mod tests {
     #[test]
     fn mail_params_table() {
         let ok =
-            MailParams::parse("SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc+2B1 AUTH=<>")
-                .unwrap();
+            MailParams::parse("SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc+2B1 AUTH=<>").unwrap();
         assert_eq!(ok.size, Some(1000));
         assert_eq!(ok.body, BodyType::EightBitMime);
         assert!(ok.smtputf8);
@@ -218,19 +210,13 @@ mod tests {
 
     #[test]
     fn rcpt_params_table() {
-        let p =
-            RcptParams::parse("NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bb@example.test").unwrap();
+        let p = RcptParams::parse("NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bb@example.test").unwrap();
         assert!(p.notify.success() && p.notify.failure() && !p.notify.delay());
         assert_eq!(p.orcpt.as_deref(), Some("rfc822;a+2Bb@example.test"));
         assert!(RcptParams::parse("NOTIFY=NEVER").unwrap().notify.never());
-        for bad in [
-            "NOTIFY=NEVER,SUCCESS",
-            "NOTIFY=",
-            "NOTIFY=BOGUS",
-            "ORCPT=nosemicolon",
-            "ORCPT=;x",
-            "FOO=1",
-        ] {
+        for bad in
+            ["NOTIFY=NEVER,SUCCESS", "NOTIFY=", "NOTIFY=BOGUS", "ORCPT=nosemicolon", "ORCPT=;x", "FOO=1"]
+        {
             assert!(RcptParams::parse(bad).is_err(), "{bad}");
         }
     }

@@ -24,19 +24,11 @@ pub struct Reply {
 
 impl Reply {
     pub const fn new(code: u16, status: EnhancedStatus, text: &'static str) -> Self {
-        Reply {
-            code,
-            status,
-            text: Cow::Borrowed(text),
-        }
+        Reply { code, status, text: Cow::Borrowed(text) }
     }
 
     pub fn owned(code: u16, status: EnhancedStatus, text: String) -> Self {
-        Reply {
-            code,
-            status,
-            text: Cow::Owned(text),
-        }
+        Reply { code, status, text: Cow::Owned(text) }
     }
 
     /// True for 4xx and 5xx.
@@ -83,8 +75,7 @@ pub mod canned {
     pub const SENDER_OK: Reply = Reply::new(250, S(2, 1, 0), "Sender ok");
     pub const RCPT_OK: Reply = Reply::new(250, S(2, 1, 5), "Recipient ok");
     pub const BYE: Reply = Reply::new(221, S(2, 0, 0), "Bye");
-    pub const VRFY: Reply =
-        Reply::new(252, S(2, 5, 2), "Cannot VRFY user, but will accept message");
+    pub const VRFY: Reply = Reply::new(252, S(2, 5, 2), "Cannot VRFY user, but will accept message");
     pub const HELP: Reply = Reply::new(
         214,
         S(2, 0, 0),
@@ -93,19 +84,14 @@ pub mod canned {
     pub const TLS_GO: Reply = Reply::new(220, S(2, 0, 0), "Ready to start TLS");
     pub const AUTH_OK: Reply = Reply::new(235, S(2, 7, 0), "Authentication successful");
 
-    pub const SHUTDOWN: Reply =
-        Reply::new(421, S(4, 3, 2), "Service shutting down, closing connection");
+    pub const SHUTDOWN: Reply = Reply::new(421, S(4, 3, 2), "Service shutting down, closing connection");
     pub const TIMEOUT: Reply = Reply::new(421, S(4, 4, 2), "Timeout exceeded, closing connection");
     pub const TOO_MANY_CONNECTIONS: Reply =
         Reply::new(421, S(4, 7, 0), "Too many connections, try again later");
-    pub const TOO_MANY_ERRORS: Reply =
-        Reply::new(421, S(4, 7, 0), "Too many errors, closing connection");
+    pub const TOO_MANY_ERRORS: Reply = Reply::new(421, S(4, 7, 0), "Too many errors, closing connection");
     pub const TOO_MANY_RCPTS: Reply = Reply::new(452, S(4, 5, 3), "Too many recipients");
-    pub const SPOOL_FAILED: Reply = Reply::new(
-        452,
-        S(4, 3, 1),
-        "Insufficient system storage, try again later",
-    );
+    pub const SPOOL_FAILED: Reply =
+        Reply::new(452, S(4, 3, 1), "Insufficient system storage, try again later");
     pub const TLS_UNAVAILABLE: Reply = Reply::new(454, S(4, 7, 0), "TLS not available");
 
     pub const UNRECOGNIZED: Reply = Reply::new(500, S(5, 5, 2), "Command not recognized");
@@ -113,11 +99,7 @@ pub mod canned {
     pub const BAD_LINE_ENDING: Reply =
         Reply::new(500, S(5, 5, 2), "Command line must end with <CR><LF> only");
     pub const NOT_UTF8: Reply = Reply::new(500, S(5, 5, 2), "Command is not valid UTF-8");
-    pub const HTTP_REFUSED: Reply = Reply::new(
-        554,
-        S(5, 7, 0),
-        "This is an SMTP server, not an HTTP server",
-    );
+    pub const HTTP_REFUSED: Reply = Reply::new(554, S(5, 7, 0), "This is an SMTP server, not an HTTP server");
     pub const SYNTAX_PARAMS: Reply = Reply::new(501, S(5, 5, 4), "Syntax error in parameters");
     pub const NO_PARAMS_ALLOWED: Reply = Reply::new(501, S(5, 5, 4), "Command takes no parameters");
     pub const BAD_SENDER: Reply = Reply::new(501, S(5, 1, 7), "Bad sender address syntax");
@@ -128,44 +110,27 @@ pub mod canned {
     pub const NEED_MAIL: Reply = Reply::new(503, S(5, 5, 1), "Need MAIL command");
     pub const NEED_RCPT: Reply = Reply::new(503, S(5, 5, 1), "Need RCPT command");
     pub const NO_VALID_RCPTS: Reply = Reply::new(554, S(5, 5, 1), "No valid recipients");
-    pub const DATA_AFTER_BDAT: Reply = Reply::new(
-        503,
-        S(5, 5, 1),
-        "DATA is not allowed after BDAT in one transaction",
-    );
+    pub const DATA_AFTER_BDAT: Reply =
+        Reply::new(503, S(5, 5, 1), "DATA is not allowed after BDAT in one transaction");
     pub const TLS_ACTIVE: Reply = Reply::new(503, S(5, 5, 1), "TLS already active");
     pub const AUTH_DONE: Reply = Reply::new(503, S(5, 5, 1), "Already authenticated");
-    pub const AUTH_IN_TRANSACTION: Reply = Reply::new(
-        503,
-        S(5, 5, 1),
-        "AUTH is not allowed during a mail transaction",
-    );
+    pub const AUTH_IN_TRANSACTION: Reply =
+        Reply::new(503, S(5, 5, 1), "AUTH is not allowed during a mail transaction");
     pub const AUTH_NOT_OFFERED: Reply = Reply::new(503, S(5, 5, 1), "AUTH not available");
     pub const AUTH_MECH: Reply = Reply::new(504, S(5, 5, 4), "Unrecognized authentication type");
     pub const AUTH_CANCELLED: Reply = Reply::new(501, S(5, 0, 0), "Authentication cancelled");
     pub const AUTH_BAD_B64: Reply = Reply::new(501, S(5, 5, 2), "Cannot decode response");
     pub const AUTH_REQUIRED: Reply = Reply::new(530, S(5, 7, 0), "Authentication required");
-    pub const AUTH_FAILED: Reply =
-        Reply::new(535, S(5, 7, 8), "Authentication credentials invalid");
-    pub const ENCRYPTION_REQUIRED: Reply = Reply::new(
-        538,
-        S(5, 7, 11),
-        "Encryption required for requested authentication mechanism",
-    );
-    pub const BARE_NEWLINE: Reply = Reply::new(
-        550,
-        S(5, 5, 2),
-        "Message contains bare CR or LF; lines must end with <CR><LF>",
-    );
+    pub const AUTH_FAILED: Reply = Reply::new(535, S(5, 7, 8), "Authentication credentials invalid");
+    pub const ENCRYPTION_REQUIRED: Reply =
+        Reply::new(538, S(5, 7, 11), "Encryption required for requested authentication mechanism");
+    pub const BARE_NEWLINE: Reply =
+        Reply::new(550, S(5, 5, 2), "Message contains bare CR or LF; lines must end with <CR><LF>");
     pub const RELAY_DENIED: Reply = Reply::new(554, S(5, 7, 1), "Relay access denied");
-    pub const UNKNOWN_USER: Reply =
-        Reply::new(550, S(5, 1, 1), "Recipient address rejected: user unknown");
+    pub const UNKNOWN_USER: Reply = Reply::new(550, S(5, 1, 1), "Recipient address rejected: user unknown");
     pub const TOO_BIG: Reply = Reply::new(552, S(5, 3, 4), "Message size exceeds fixed limit");
-    pub const NEED_SMTPUTF8: Reply = Reply::new(
-        553,
-        S(5, 6, 7),
-        "Non-ASCII address requires the SMTPUTF8 parameter",
-    );
+    pub const NEED_SMTPUTF8: Reply =
+        Reply::new(553, S(5, 6, 7), "Non-ASCII address requires the SMTPUTF8 parameter");
     pub const NOT_IMPLEMENTED: Reply = Reply::new(502, S(5, 5, 1), "Command not implemented");
 }
 

@@ -33,10 +33,7 @@ impl Session {
         self.deadline = now.instant + self.config.data_timeout;
         if let Some(reply) = self.content_refusal() {
             // The chunk is on its way regardless; read past it, then refuse.
-            self.phase = Phase::DiscardChunk {
-                remaining: size,
-                reply,
-            };
+            self.phase = Phase::DiscardChunk { remaining: size, reply };
             return;
         }
         let limit = self.config.max_message_size;
@@ -46,9 +43,7 @@ impl Session {
         }
         let Some(tx) = self.tx.as_mut() else { return };
         let check = tx.params.body != BodyType::BinaryMime;
-        let chunks = tx
-            .chunks
-            .get_or_insert_with(|| ChunkReceiver::new(limit, check));
+        let chunks = tx.chunks.get_or_insert_with(|| ChunkReceiver::new(limit, check));
         chunks.begin_chunk(size);
         self.phase = Phase::Chunk { last };
         if size == 0 {

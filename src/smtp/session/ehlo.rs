@@ -8,11 +8,7 @@ const MAX_HELO: usize = 255;
 
 impl Session {
     pub(super) fn handle_ehlo(&mut self, name: &str, esmtp: bool) {
-        if name.len() > MAX_HELO
-            || !name
-                .chars()
-                .all(|c| c.is_alphanumeric() || "-.:[]_".contains(c))
-        {
+        if name.len() > MAX_HELO || !name.chars().all(|c| c.is_alphanumeric() || "-.:[]_".contains(c)) {
             self.error(&canned::BAD_HELO);
             return;
         }

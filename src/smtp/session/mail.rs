@@ -9,9 +9,7 @@ use crate::smtp::reply::{canned, EnhancedStatus, Reply};
 
 fn param_reply(e: ParamError) -> Reply {
     match e {
-        ParamError::Unsupported => {
-            Reply::new(555, EnhancedStatus(5, 5, 4), "Unsupported parameter")
-        }
+        ParamError::Unsupported => Reply::new(555, EnhancedStatus(5, 5, 4), "Unsupported parameter"),
         ParamError::Syntax | ParamError::Duplicate => canned::SYNTAX_PARAMS,
     }
 }
@@ -43,23 +41,15 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.error(&param_reply(e)),
         };
-        if params
-            .size
-            .is_some_and(|s| s > self.config.max_message_size)
-        {
+        if params.size.is_some_and(|s| s > self.config.max_message_size) {
             return self.error(&canned::TOO_BIG);
         }
         let ascii = reverse_path.mailbox().is_none_or(|m| m.is_ascii());
         if !ascii && !params.smtputf8 {
             return self.error(&canned::NEED_SMTPUTF8);
         }
-        self.tx = Some(Transaction {
-            reverse_path,
-            params,
-            recipients: Vec::new(),
-            refused: 0,
-            chunks: None,
-        });
+        self.tx =
+            Some(Transaction { reverse_path, params, recipients: Vec::new(), refused: 0, chunks: None });
         self.reply(&canned::SENDER_OK);
     }
 
@@ -96,17 +86,10 @@ impl Session {
         let relay_ok = self.conn.trusted || self.auth_user.is_some();
         // `<postmaster>` (no domain) is always accepted, RFC 5321 §4.5.1.
         let ours = address.is_postmaster() && address.domain().as_str() == self.config.hostname;
-        let verdict = if ours {
-            RcptVerdict::Accept
-        } else {
-            self.config.policy.check_recipient(&address, relay_ok)
-        };
+        let verdict =
+            if ours { RcptVerdict::Accept } else { self.config.policy.check_recipient(&address, relay_ok) };
         match verdict {
-            RcptVerdict::Accept => Ok(Recipient {
-                address,
-                notify: params.notify,
-                orcpt: params.orcpt,
-            }),
+            RcptVerdict::Accept => Ok(Recipient { address, notify: params.notify, orcpt: params.orcpt }),
             RcptVerdict::UnknownUser => Err(canned::UNKNOWN_USER),
             RcptVerdict::RelayDenied => Err(canned::RELAY_DENIED),
         }

@@ -245,9 +245,7 @@ impl Session {
 
     /// Username and password to check (after [`Event::Authenticate`]).
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.credentials
-            .as_ref()
-            .map(|(u, p)| (u.as_str(), p.as_str()))
+        self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     pub fn is_closed(&self) -> bool {
@@ -295,11 +293,7 @@ impl Session {
     /// transaction.
     pub fn handle_shutdown(&mut self) {
         self.draining = true;
-        if matches!(
-            self.phase,
-            Phase::Command | Phase::DiscardLine | Phase::Auth(_)
-        ) && self.tx.is_none()
-        {
+        if matches!(self.phase, Phase::Command | Phase::DiscardLine | Phase::Auth(_)) && self.tx.is_none() {
             self.reply(&canned::SHUTDOWN);
             self.phase = Phase::Closed;
         }
@@ -361,9 +355,7 @@ impl Session {
             Some(lf) => {
                 let line = &input[..lf];
                 match line.split_last() {
-                    Some((b'\r', line)) if memchr(b'\r', line).is_none() => {
-                        Ok(Some((line, lf + 1)))
-                    }
+                    Some((b'\r', line)) if memchr(b'\r', line).is_none() => Ok(Some((line, lf + 1))),
                     _ => {
                         self.error(&canned::BAD_LINE_ENDING);
                         Err(lf + 1)
@@ -410,11 +402,9 @@ impl Session {
             CommandError::Unrecognized => self.error(&canned::UNRECOGNIZED),
             CommandError::NotUtf8 => self.error(&canned::NOT_UTF8),
             CommandError::NoParamsAllowed => self.error(&canned::NO_PARAMS_ALLOWED),
-            CommandError::Syntax(syntax) => self.error(&Reply::owned(
-                501,
-                EnhancedStatus(5, 5, 4),
-                format!("Syntax: {syntax}"),
-            )),
+            CommandError::Syntax(syntax) => {
+                self.error(&Reply::owned(501, EnhancedStatus(5, 5, 4), format!("Syntax: {syntax}")))
+            }
         }
     }
 

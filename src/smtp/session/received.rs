@@ -6,13 +6,7 @@ use super::{Session, Transaction};
 use crate::envelope::QueueId;
 
 /// Writes our Received header, folded so no line exceeds 998 octets.
-pub(super) fn write_header(
-    out: &mut Vec<u8>,
-    s: &Session,
-    tx: &Transaction,
-    id: QueueId,
-    unix: u64,
-) {
+pub(super) fn write_header(out: &mut Vec<u8>, s: &Session, tx: &Transaction, id: QueueId, unix: u64) {
     let helo = s.helo.as_ref().map_or("unknown", |h| h.0.as_str());
     let ip = match s.conn.peer {
         std::net::IpAddr::V4(v4) => v4.to_string(),
@@ -29,17 +23,9 @@ pub(super) fn write_header(
     };
     let _ = write!(out, "Received: from {helo} ([{ip}])\r\n");
     if let Some(tls) = &s.conn.tls {
-        let _ = write!(
-            out,
-            "\t(using {} with cipher {})\r\n",
-            tls.version, tls.cipher
-        );
+        let _ = write!(out, "\t(using {} with cipher {})\r\n", tls.version, tls.cipher);
     }
-    let _ = write!(
-        out,
-        "\tby {} (ringpost) with {with} id {id}",
-        s.config.hostname
-    );
+    let _ = write!(out, "\tby {} (ringpost) with {with} id {id}", s.config.hostname);
     if let [only] = tx.recipients.as_slice() {
         let _ = write!(out, "\r\n\tfor <{}>", only.address);
     }
@@ -49,9 +35,8 @@ pub(super) fn write_header(
 /// Formats Unix seconds as an RFC 5322 date in UTC: `Mon, 23 Nov 2026 11:20:17 +0000`.
 pub fn format_rfc5322_date(unix: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let days = unix / 86_400;
     let secs = unix % 86_400;
     let (year, month, day) = civil_from_days(days as i64);
@@ -89,13 +74,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(format_rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            format_rfc5322_date(951_782_400),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
-        assert_eq!(
-            format_rfc5322_date(1_795_432_817),
-            "Mon, 23 Nov 2026 11:20:17 +0000"
-        );
+        assert_eq!(format_rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(format_rfc5322_date(1_795_432_817), "Mon, 23 Nov 2026 11:20:17 +0000");
     }
 }

@@ -1,4 +1,5 @@
 //! Session state-machine tests: no sockets, simulated time.
+#![allow(clippy::disallowed_methods)] // reason: a real Instant as the simulated clock's origin
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -37,21 +38,10 @@ fn config(kind: Kind) -> SessionConfig {
 
 impl Harness {
     fn new(kind: Kind, peer: &str, trusted: bool) -> Harness {
-        let now = Now {
-            instant: Instant::now(),
-            unix_secs: 1_795_432_817,
-        };
-        let conn = ConnInfo {
-            peer: peer.parse().unwrap(),
-            trusted,
-            tls: None,
-        };
+        let now = Now { instant: Instant::now(), unix_secs: 1_795_432_817 };
+        let conn = ConnInfo { peer: peer.parse().unwrap(), trusted, tls: None };
         let ids = Rc::new(RefCell::new(QueueIdGen::new(0, QueueId(0))));
-        Harness {
-            s: Session::new(Arc::new(config(kind)), conn, ids, now),
-            now,
-            pending: Vec::new(),
-        }
+        Harness { s: Session::new(Arc::new(config(kind)), conn, ids, now), now, pending: Vec::new() }
     }
 
     fn mx() -> Harness {
@@ -64,22 +54,14 @@ impl Harness {
         let mut fed = self.pending.len();
         self.pending.extend_from_slice(input);
         loop {
-            let end = if bytewise {
-                (fed + 1).min(self.pending.len())
-            } else {
-                self.pending.len()
-            };
+            let end = if bytewise { (fed + 1).min(self.pending.len()) } else { self.pending.len() };
             fed = end;
             let used = self.s.handle_input(&self.pending[..end], self.now);
             self.pending.drain(..used);
             fed -= used;
             match self.s.poll_event() {
                 Some(Event::Store) => {
-                    let r = if store_ok {
-                        Ok(())
-                    } else {
-                        Err(StoreError::Temporary)
-                    };
+                    let r = if store_ok { Ok(()) } else { Err(StoreError::Temporary) };
                     self.s.handle_stored(r, self.now);
                     continue;
                 }
@@ -106,10 +88,7 @@ impl Harness {
 }
 
 fn codes(out: &str) -> Vec<&str> {
-    out.lines()
-        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
-        .map(|l| &l[..3])
-        .collect()
+    out.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| &l[..3]).collect()
 }
 
 #[test]
@@ -148,28 +127,16 @@ fn auth_offered_on_loopback() {
 fn one_message() {
     let mut h = Harness::mx();
     h.greet();
-    assert_eq!(
-        h.send("MAIL FROM:<s@sender.test>\r\n"),
-        "250 2.1.0 Sender ok\r\n"
-    );
-    assert_eq!(
-        h.send("RCPT TO:<alice@example.test>\r\n"),
-        "250 2.1.5 Recipient ok\r\n"
-    );
-    assert_eq!(
-        h.send("DATA\r\n"),
-        "354 End data with <CR><LF>.<CR><LF>\r\n"
-    );
+    assert_eq!(h.send("MAIL FROM:<s@sender.test>\r\n"), "250 2.1.0 Sender ok\r\n");
+    assert_eq!(h.send("RCPT TO:<alice@example.test>\r\n"), "250 2.1.5 Recipient ok\r\n");
+    assert_eq!(h.send("DATA\r\n"), "354 End data with <CR><LF>.<CR><LF>\r\n");
     h.s.handle_input(b"Subject: hi\r\n\r\n..dot\r\n.\r\n", h.now);
     assert_eq!(h.s.poll_event(), Some(Event::Store));
     let msg = h.s.message().unwrap();
     let body = String::from_utf8(msg.body.clone()).unwrap();
-    assert!(body.starts_with(
-        "Received: from client.test ([192.0.2.1])\r\n\tby mx.test (ringpost) with ESMTP id "
-    ));
-    assert!(
-        body.contains("\r\n\tfor <alice@example.test>;\r\n\tMon, 23 Nov 2026 11:20:17 +0000\r\n")
-    );
+    assert!(body
+        .starts_with("Received: from client.test ([192.0.2.1])\r\n\tby mx.test (ringpost) with ESMTP id "));
+    assert!(body.contains("\r\n\tfor <alice@example.test>;\r\n\tMon, 23 Nov 2026 11:20:17 +0000\r\n"));
     assert!(body.ends_with("Subject: hi\r\n\r\n.dot\r\n"));
     assert_eq!(msg.envelope.recipients.len(), 1);
     let id = msg.envelope.id;
@@ -187,49 +154,34 @@ fn pipelined_transaction_in_one_buffer() {
         "MAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\nDATA\r\n",
     );
     assert_eq!(codes(&out), ["250", "250", "550", "354"]);
-    let out = h.send(
-        "hello\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<x@relay.test>\r\nBDAT 5 LAST\r\nabcdeQUIT\r\n",
-    );
+    let out = h.send("hello\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<x@relay.test>\r\nBDAT 5 LAST\r\nabcdeQUIT\r\n");
     assert_eq!(codes(&out), ["250", "250", "250", "250", "221"], "{out}");
 }
 
 #[test]
 fn bytewise_feeding_matches_bulk() {
-    let script = "EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nline\r\n.\r\nQUIT\r\n";
+    let script =
+        "EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nline\r\n.\r\nQUIT\r\n";
     let mut a = Harness::mx();
     let mut b = Harness::mx();
     let bulk = a.send_with(script.as_bytes(), false, true);
     let bytewise = b.send_with(script.as_bytes(), true, true);
     assert_eq!(codes(&bulk), codes(&bytewise));
-    assert_eq!(
-        codes(&bulk),
-        ["220", "250", "250", "250", "354", "250", "221"]
-    );
+    assert_eq!(codes(&bulk), ["220", "250", "250", "250", "354", "250", "221"]);
 }
 
 #[test]
 fn sequencing_errors() {
     let mut h = Harness::mx();
     h.send("");
-    assert_eq!(
-        h.send("MAIL FROM:<a@b.test>\r\n"),
-        "503 5.5.1 Send EHLO or HELO first\r\n"
-    );
+    assert_eq!(h.send("MAIL FROM:<a@b.test>\r\n"), "503 5.5.1 Send EHLO or HELO first\r\n");
     h.send("HELO c\r\n");
-    assert_eq!(
-        h.send("RCPT TO:<alice@example.test>\r\n"),
-        "503 5.5.1 Need MAIL command\r\n"
-    );
+    assert_eq!(h.send("RCPT TO:<alice@example.test>\r\n"), "503 5.5.1 Need MAIL command\r\n");
     assert_eq!(h.send("DATA\r\n"), "503 5.5.1 Need MAIL command\r\n");
     h.send("MAIL FROM:<a@b.test>\r\n");
-    assert_eq!(
-        h.send("MAIL FROM:<a@b.test>\r\n"),
-        "503 5.5.1 Nested MAIL command\r\n"
-    );
+    assert_eq!(h.send("MAIL FROM:<a@b.test>\r\n"), "503 5.5.1 Nested MAIL command\r\n");
     assert_eq!(h.send("DATA\r\n"), "503 5.5.1 Need RCPT command\r\n");
-    assert!(h
-        .send("RCPT TO:<x@elsewhere.test>\r\n")
-        .starts_with("554 5.7.1"));
+    assert!(h.send("RCPT TO:<x@elsewhere.test>\r\n").starts_with("554 5.7.1"));
     assert_eq!(h.send("DATA\r\n"), "554 5.5.1 No valid recipients\r\n");
     assert_eq!(h.send("RSET\r\n"), "250 2.0.0 Ok\r\n");
     assert_eq!(h.send("NOOP\r\n"), "250 2.0.0 Ok\r\n");
@@ -243,26 +195,14 @@ fn sequencing_errors() {
 fn address_and_parameter_errors() {
     let mut h = Harness::mx();
     h.greet();
-    assert!(h
-        .send("MAIL FROM:<bad address>\r\n")
-        .starts_with("501 5.1.7"));
-    assert!(h
-        .send("MAIL FROM:<a@b.test> SIZE=5000\r\n")
-        .starts_with("552 5.3.4"));
-    assert!(h
-        .send("MAIL FROM:<a@b.test> FOO=1\r\n")
-        .starts_with("555 5.5.4"));
-    assert!(h
-        .send("MAIL FROM:<a@b.test> BODY=9BIT\r\n")
-        .starts_with("501 5.5.4"));
+    assert!(h.send("MAIL FROM:<bad address>\r\n").starts_with("501 5.1.7"));
+    assert!(h.send("MAIL FROM:<a@b.test> SIZE=5000\r\n").starts_with("552 5.3.4"));
+    assert!(h.send("MAIL FROM:<a@b.test> FOO=1\r\n").starts_with("555 5.5.4"));
+    assert!(h.send("MAIL FROM:<a@b.test> BODY=9BIT\r\n").starts_with("501 5.5.4"));
     assert!(h.send("MAIL FROM:<ü@b.test>\r\n").starts_with("553 5.6.7"));
-    assert!(h
-        .send("MAIL FROM:<ü@b.test> SMTPUTF8\r\n")
-        .starts_with("250"));
+    assert!(h.send("MAIL FROM:<ü@b.test> SMTPUTF8\r\n").starts_with("250"));
     assert!(h.send("RCPT TO:<@@>\r\n").starts_with("501 5.1.3"));
-    assert!(h
-        .send("RCPT TO:<alice@example.test> NOTIFY=BOGUS\r\n")
-        .starts_with("501 5.5.4"));
+    assert!(h.send("RCPT TO:<alice@example.test> NOTIFY=BOGUS\r\n").starts_with("501 5.5.4"));
     assert!(h.send("RCPT TO:<Postmaster>\r\n").starts_with("250"));
 }
 
@@ -287,21 +227,14 @@ fn relay_control() {
     let mut h = Harness::mx();
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\n");
-    assert_eq!(
-        h.send("RCPT TO:<x@elsewhere.test>\r\n"),
-        "554 5.7.1 Relay access denied\r\n"
-    );
-    assert!(h
-        .send("RCPT TO:<bob@example.test>\r\n")
-        .starts_with("550 5.1.1"));
+    assert_eq!(h.send("RCPT TO:<x@elsewhere.test>\r\n"), "554 5.7.1 Relay access denied\r\n");
+    assert!(h.send("RCPT TO:<bob@example.test>\r\n").starts_with("550 5.1.1"));
     assert!(h.send("RCPT TO:<x@relay.test>\r\n").starts_with("250"));
 
     let mut trusted = Harness::new(Kind::Mx, "10.0.0.1", true);
     trusted.greet();
     trusted.send("MAIL FROM:<a@b.test>\r\n");
-    assert!(trusted
-        .send("RCPT TO:<x@elsewhere.test>\r\n")
-        .starts_with("250"));
+    assert!(trusted.send("RCPT TO:<x@elsewhere.test>\r\n").starts_with("250"));
 }
 
 #[test]
@@ -310,14 +243,9 @@ fn recipient_limit() {
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\n");
     for i in 0..3 {
-        assert!(h
-            .send(&format!("RCPT TO:<u{i}@relay.test>\r\n"))
-            .starts_with("250"));
+        assert!(h.send(&format!("RCPT TO:<u{i}@relay.test>\r\n")).starts_with("250"));
     }
-    assert_eq!(
-        h.send("RCPT TO:<u9@relay.test>\r\n"),
-        "452 4.5.3 Too many recipients\r\n"
-    );
+    assert_eq!(h.send("RCPT TO:<u9@relay.test>\r\n"), "452 4.5.3 Too many recipients\r\n");
 }
 
 #[test]
@@ -329,19 +257,9 @@ fn oversized_message_is_refused_without_buffering() {
     for _ in 0..100 {
         assert_eq!(h.send(&line), "");
     }
-    assert!(
-        h.s.body.len() < 2000,
-        "body buffer stays bounded: {}",
-        h.s.body.len()
-    );
-    assert_eq!(
-        h.send(".\r\n"),
-        "552 5.3.4 Message size exceeds fixed limit\r\n"
-    );
-    assert!(
-        h.send("MAIL FROM:<a@b.test>\r\n").starts_with("250"),
-        "session goes on"
-    );
+    assert!(h.s.body.len() < 2000, "body buffer stays bounded: {}", h.s.body.len());
+    assert_eq!(h.send(".\r\n"), "552 5.3.4 Message size exceeds fixed limit\r\n");
+    assert!(h.send("MAIL FROM:<a@b.test>\r\n").starts_with("250"), "session goes on");
 }
 
 #[test]
@@ -384,10 +302,7 @@ fn bdat_chunks() {
     let mut h = Harness::mx();
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
-    assert_eq!(
-        h.send("BDAT 6\r\nhello\r"),
-        "250 2.0.0 6 octets received\r\n"
-    );
+    assert_eq!(h.send("BDAT 6\r\nhello\r"), "250 2.0.0 6 octets received\r\n");
     assert!(h.send("DATA\r\n").starts_with("503 5.5.1"));
     h.s.handle_input(b"BDAT 8 LAST\r\n\nworld\r\n", h.now);
     assert_eq!(h.s.poll_event(), Some(Event::Store));
@@ -403,9 +318,7 @@ fn bdat_refused_chunk_is_consumed() {
     let out = h.send("BDAT 10 LAST\r\nMAIL FROM:NOOP\r\n");
     assert_eq!(out, "503 5.5.1 Need MAIL command\r\n250 2.0.0 Ok\r\n");
     h.send("MAIL FROM:<a@b.test>\r\n");
-    assert!(h
-        .send("BDAT 3 LAST\r\nabc")
-        .starts_with("503 5.5.1 Need RCPT"));
+    assert!(h.send("BDAT 3 LAST\r\nabc").starts_with("503 5.5.1 Need RCPT"));
 }
 
 #[test]
@@ -430,10 +343,7 @@ fn store_failure_is_452_and_session_continues() {
         false,
         false,
     );
-    assert!(
-        out.ends_with("452 4.3.1 Insufficient system storage, try again later\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("452 4.3.1 Insufficient system storage, try again later\r\n"), "{out}");
     assert!(h.send("MAIL FROM:<a@b.test>\r\n").starts_with("250"));
 }
 
@@ -447,27 +357,17 @@ fn starttls_discards_pipelined_plaintext() {
     assert_eq!(h.s.poll_event(), Some(Event::StartTls));
     assert_eq!(h.send(""), "220 2.0.0 Ready to start TLS\r\n");
     // The shell drops the rest of the buffer and runs the handshake.
-    let info = TlsInfo {
-        version: "TLSv1_3".into(),
-        cipher: "TLS13_AES_128_GCM_SHA256".into(),
-    };
+    let info = TlsInfo { version: "TLSv1_3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() };
     h.s.handle_tls_established(info, h.now);
-    assert!(h
-        .send("MAIL FROM:<a@b.test>\r\n")
-        .starts_with("503 5.5.1 Send EHLO"));
+    assert!(h.send("MAIL FROM:<a@b.test>\r\n").starts_with("503 5.5.1 Send EHLO"));
     let ehlo = h.send("EHLO c\r\n");
     assert!(!ehlo.contains("STARTTLS"));
     assert!(ehlo.contains("AUTH PLAIN LOGIN"), "AUTH offered over TLS");
-    assert!(h
-        .send("STARTTLS\r\n")
-        .starts_with("503 5.5.1 TLS already active"));
+    assert!(h.send("STARTTLS\r\n").starts_with("503 5.5.1 TLS already active"));
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
     h.s.handle_input(b"x\r\n.\r\n", h.now);
     let body = String::from_utf8(h.s.message().unwrap().body.clone()).unwrap();
-    assert!(
-        body.contains("(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)"),
-        "{body}"
-    );
+    assert!(body.contains("(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)"), "{body}");
     assert!(body.contains("with ESMTPS id"));
 }
 
@@ -475,9 +375,7 @@ fn starttls_discards_pipelined_plaintext() {
 fn submission_requires_auth() {
     let mut h = Harness::new(Kind::Submission, "127.0.0.1", true);
     h.greet();
-    assert!(h
-        .send("MAIL FROM:<alice@example.test>\r\n")
-        .starts_with("530 5.7.0"));
+    assert!(h.send("MAIL FROM:<alice@example.test>\r\n").starts_with("530 5.7.0"));
     // AUTH PLAIN with an initial response: \0alice@example.test\0secret
     let out = h.send("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n");
     assert_eq!(out, "");
@@ -485,13 +383,8 @@ fn submission_requires_auth() {
     assert_eq!(h.s.credentials(), Some(("alice@example.test", "secret")));
     h.s.handle_auth_result(true, h.now);
     assert_eq!(h.send(""), "235 2.7.0 Authentication successful\r\n");
-    assert!(h
-        .send("MAIL FROM:<alice@example.test>\r\n")
-        .starts_with("250"));
-    assert!(
-        h.send("RCPT TO:<x@elsewhere.test>\r\n").starts_with("250"),
-        "authenticated users relay"
-    );
+    assert!(h.send("MAIL FROM:<alice@example.test>\r\n").starts_with("250"));
+    assert!(h.send("RCPT TO:<x@elsewhere.test>\r\n").starts_with("250"), "authenticated users relay");
     let out = h.send("DATA\r\nx\r\n.\r\n");
     assert!(out.contains("with ESMTPA id") || h.s.message().is_none());
 }
@@ -501,10 +394,7 @@ fn auth_login_and_failures() {
     let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
     h.greet();
     assert_eq!(h.send("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
-    assert_eq!(
-        h.send("YWxpY2VAZXhhbXBsZS50ZXN0\r\n"),
-        "334 UGFzc3dvcmQ6\r\n"
-    );
+    assert_eq!(h.send("YWxpY2VAZXhhbXBsZS50ZXN0\r\n"), "334 UGFzc3dvcmQ6\r\n");
     h.send("d3Jvbmc=\r\n");
     assert_eq!(h.s.credentials(), Some(("alice@example.test", "wrong")));
     h.s.handle_auth_result(false, h.now);
@@ -519,9 +409,7 @@ fn auth_login_and_failures() {
 fn auth_refused_in_clear_off_loopback() {
     let mut h = Harness::mx();
     h.greet();
-    assert!(h
-        .send("AUTH PLAIN AGFsaWNlAHg=\r\n")
-        .starts_with("538 5.7.11"));
+    assert!(h.send("AUTH PLAIN AGFsaWNlAHg=\r\n").starts_with("538 5.7.11"));
 }
 
 #[test]
@@ -570,18 +458,13 @@ fn shutdown_when_idle_and_after_transaction() {
 fn http_and_garbage_are_refused() {
     let mut h = Harness::mx();
     h.send("");
-    assert!(h
-        .send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .starts_with("554 5.7.0"));
+    assert!(h.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("554 5.7.0"));
     assert_eq!(h.s.poll_event(), Some(Event::Close));
 
     let mut h = Harness::mx();
     h.send("");
     let out = h.send(&"\u{1}\u{2}garbage\r\n".repeat(20));
-    assert!(
-        out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"), "{out}");
     assert_eq!(h.s.poll_event(), Some(Event::Close));
     assert_eq!(h.send("NOOP\r\n"), "", "nothing is read after close");
 }
@@ -592,9 +475,7 @@ fn ehlo_resets_transaction() {
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\n");
     h.send("EHLO again\r\n");
-    assert!(h
-        .send("RCPT TO:<alice@example.test>\r\n")
-        .starts_with("503 5.5.1 Need MAIL"));
+    assert!(h.send("RCPT TO:<alice@example.test>\r\n").starts_with("503 5.5.1 Need MAIL"));
     assert!(h.send("EHLO bad<name>\r\n").starts_with("501"));
 }
 

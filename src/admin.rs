@@ -1,0 +1,317 @@
+//! Admin HTTP (loopback by default): `/health`, `/metrics`, `/queue`.
+//! Runs on its own thread with its own io_uring runtime, off the hot path; it
+//! asks workers for queue data through their inboxes.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use serde_json::json;
+
+use crate::envelope::QueueId;
+use crate::rt::signal::Inbox;
+use crate::rt::worker::{Control, Shared, WorkerQueue};
+
+/// Longest request head we read.
+const MAX_REQUEST: usize = 8192;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds `addr` and serves the admin API on a new thread. Returns the bound
+/// address (port 0 picks one).
+pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    let bound = std_listener.local_addr()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("ringpost-admin".into()).spawn(move || {
+        let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build();
+        let mut rt = match rt {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(()));
+            let admin = Arc::new(Admin { shared, serving });
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        monoio::spawn(admin.clone().handle(stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        monoio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    })?;
+    rx.recv().map_err(|_| std::io::Error::other("admin thread died"))??;
+    Ok(bound)
+}
+
+struct Admin {
+    shared: Arc<Shared>,
+    serving: Arc<AtomicBool>,
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn json(status: u16, v: serde_json::Value) -> Response {
+        Response { status, content_type: "application/json", body: format!("{v}\n") }
+    }
+    fn text(status: u16, body: impl Into<String>) -> Response {
+        Response { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+    }
+}
+
+impl Admin {
+    async fn handle(self: Arc<Self>, mut stream: TcpStream) {
+        let head = match monoio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
+            Ok(Some(head)) => head,
+            _ => return,
+        };
+        let resp = match parse_request_line(&head) {
+            Some((method, path)) => self.route(&method, &path).await,
+            None => Response::text(400, "bad request\n"),
+        };
+        let reason = match resp.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            501 => "Not Implemented",
+            503 => "Service Unavailable",
+            _ => "Error",
+        };
+        let out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            resp.status,
+            resp.content_type,
+            resp.body.len(),
+            resp.body
+        );
+        let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(out.into_bytes())).await;
+    }
+
+    async fn route(&self, method: &str, path: &str) -> Response {
+        let path = path.split('?').next().unwrap_or(path);
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            ("GET", ["health"]) => {
+                if self.serving.load(Ordering::Acquire) {
+                    Response::text(200, "ok\n")
+                } else {
+                    Response::text(503, "starting\n")
+                }
+            }
+            ("GET", ["metrics"]) => {
+                Response { status: 200, content_type: "text/plain; version=0.0.4", body: self.metrics() }
+            }
+            ("GET", ["queue"]) => self.queue().await,
+            ("DELETE", ["queue", id]) => self.delete(id).await,
+            ("POST", ["queue", "flush"]) | ("POST", ["queue", _, "bounce"]) => Response::json(
+                501,
+                json!({"error": "outbound delivery is not implemented in this version, so there is nothing to flush or bounce"}),
+            ),
+            (_, ["health" | "metrics" | "queue"]) | (_, ["queue", _]) => {
+                Response::text(405, "method not allowed\n")
+            }
+            _ => Response::text(404, "not found\n"),
+        }
+    }
+
+    /// Asks every worker, waits for all answers (bounded).
+    async fn gather(&self) -> Option<Vec<WorkerQueue>> {
+        let reply = Arc::new(Inbox::new());
+        for inbox in &self.shared.inboxes {
+            inbox.send(Control::Queue(reply.clone()));
+        }
+        let mut parts = Vec::new();
+        for _ in 0..self.shared.inboxes.len() {
+            parts.push(monoio::time::timeout(IO_TIMEOUT, reply.recv()).await.ok()?);
+        }
+        Some(parts)
+    }
+
+    async fn queue(&self) -> Response {
+        let Some(parts) = self.gather().await else {
+            return Response::json(503, json!({"error": "workers did not answer"}));
+        };
+        let mut domains = std::collections::BTreeMap::<String, (u64, u64)>::new();
+        for p in &parts {
+            for (d, c) in &p.domains {
+                let e = domains.entry(d.clone()).or_default();
+                e.0 += c.messages;
+                e.1 += c.recipients;
+            }
+        }
+        let domains: Vec<_> = domains
+            .into_iter()
+            .map(|(d, (m, r))| json!({"domain": d, "messages": m, "recipients": r, "next_attempt": null, "last_error": null}))
+            .collect();
+        Response::json(
+            200,
+            json!({
+                "messages": parts.iter().map(|p| p.messages).sum::<usize>(),
+                "recipients": parts.iter().map(|p| p.recipients).sum::<u64>(),
+                "domains": domains,
+            }),
+        )
+    }
+
+    async fn delete(&self, id: &str) -> Response {
+        let Some(id) = QueueId::parse(id) else {
+            return Response::json(400, json!({"error": "a queue id is 16 hex digits"}));
+        };
+        let reply = Arc::new(Inbox::new());
+        for inbox in &self.shared.inboxes {
+            inbox.send(Control::Delete(id, reply.clone()));
+        }
+        let mut found = false;
+        for _ in 0..self.shared.inboxes.len() {
+            match monoio::time::timeout(IO_TIMEOUT, reply.recv()).await {
+                Ok(Ok(true)) => found = true,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => return Response::json(503, json!({"error": e})),
+                Err(_) => return Response::json(503, json!({"error": "workers did not answer"})),
+            }
+        }
+        if found {
+            Response::json(200, json!({"deleted": id.to_string()}))
+        } else {
+            Response::json(404, json!({"error": "no such message"}))
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let m = &self.shared.metrics;
+        let s = &self.shared.spool_stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let counters = [
+            (
+                "ringpost_connections_accepted_total",
+                "Inbound connections accepted",
+                load(&m.connections_accepted),
+            ),
+            (
+                "ringpost_connections_refused_total",
+                "Inbound connections refused by limits",
+                load(&m.connections_refused),
+            ),
+            (
+                "ringpost_messages_accepted_total",
+                "Messages accepted (durable, 250 sent)",
+                load(&m.messages_accepted),
+            ),
+            (
+                "ringpost_messages_rejected_total",
+                "Messages refused at end of data",
+                load(&m.messages_rejected),
+            ),
+            ("ringpost_recipients_rejected_total", "RCPT commands refused", load(&m.recipients_rejected)),
+            ("ringpost_bytes_accepted_total", "Bytes of accepted messages", load(&m.bytes_accepted)),
+            (
+                "ringpost_spool_failures_total",
+                "Messages answered 452 because the spool failed",
+                load(&m.spool_failures),
+            ),
+            ("ringpost_spool_commits_total", "Group commits (write + fdatasync)", load(&s.commits)),
+            ("ringpost_spool_records_total", "Records made durable", load(&s.committed_records)),
+            (
+                "ringpost_spool_segments_created_total",
+                "Spool segment files created",
+                load(&s.segments_created),
+            ),
+            (
+                "ringpost_spool_segments_deleted_total",
+                "Spool segment files deleted",
+                load(&s.segments_deleted),
+            ),
+            ("ringpost_tls_handshakes_total", "Successful inbound TLS handshakes", load(&m.tls_handshakes)),
+            ("ringpost_tls_failures_total", "Failed inbound TLS handshakes", load(&m.tls_failures)),
+            ("ringpost_auth_successes_total", "Successful AUTH", load(&m.auth_successes)),
+            ("ringpost_auth_failures_total", "Failed AUTH", load(&m.auth_failures)),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let gauges = [
+            ("ringpost_connections", "Inbound connections open now", self.shared.limits.current() as u64),
+            ("ringpost_queue_messages", "Messages in the queue", load(&s.messages)),
+            ("ringpost_queue_recipients", "Recipients in the queue", load(&s.recipients)),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        m.store_latency.render(
+            &mut out,
+            "ringpost_store_latency_seconds",
+            "End of data to durable (group commit wait)",
+        );
+        out
+    }
+}
+
+/// Reads up to the blank line ending the request head.
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(1024);
+    loop {
+        let buf = Vec::with_capacity(2048);
+        let (res, buf) = stream.read(buf).await;
+        match res {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => head.extend_from_slice(&buf),
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Some(head);
+        }
+        if head.len() > MAX_REQUEST {
+            return None;
+        }
+    }
+}
+
+fn parse_request_line(head: &[u8]) -> Option<(String, String)> {
+    let line_end = head.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?.trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (method, path, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if !version.starts_with("HTTP/1.") || !path.starts_with('/') {
+        return None;
+    }
+    Some((method.to_owned(), path.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(
+            parse_request_line(b"GET /queue HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(("GET".into(), "/queue".into()))
+        );
+        assert_eq!(parse_request_line(b"GET queue HTTP/1.1\r\n"), None);
+        assert_eq!(parse_request_line(b"EHLO x\r\n"), None);
+    }
+}

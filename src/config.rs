@@ -1,0 +1,492 @@
+//! The configuration file (TOML). Plain data: every field has a default, unknown
+//! keys are errors, durations are [`Duration`]s written with a unit (`"30s"`).
+//! See `docs/config.md` for every key with its default and unit.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A config problem, with the file, line and key where possible.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name in the greeting, EHLO and Received. Default: the system host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Worker threads, one io_uring runtime each. 0 = one per CPU.
+    #[serde(default)]
+    pub threads: usize,
+    /// Listening sockets. Default: one `mx` listener on 127.0.0.1:2525.
+    #[serde(default = "default_listeners", rename = "listener")]
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    /// Certificate and key for STARTTLS and implicit TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Static next hops (used by outbound delivery).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub local: LocalConfig,
+    /// Local mailboxes and AUTH logins.
+    #[serde(default, rename = "user")]
+    pub users: Vec<Spanned<UserConfig>>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    Mx,
+    Submission,
+    Pop3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    None,
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port`; port 0 picks a free port (printed at start).
+    pub address: SocketAddr,
+    #[serde(default = "default_kind")]
+    pub kind: ListenerKind,
+    #[serde(default)]
+    pub tls: TlsMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Spool directory. Default `./ringpost-spool`.
+    pub dir: PathBuf,
+    /// true: never reply 250 before the message is on stable storage.
+    pub fsync: bool,
+    /// A segment file is closed and a new one started past this size, in bytes.
+    pub segment_size: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { dir: PathBuf::from("./ringpost-spool"), fsync: true, segment_size: 64 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Bytes of content per message; advertised in EHLO SIZE.
+    pub message_size: u64,
+    /// Recipients per transaction.
+    pub recipients: usize,
+    /// Concurrent inbound sessions, whole server.
+    pub connections: usize,
+    /// Concurrent sessions per client IP (clients in relay_networks are exempt).
+    pub connections_per_ip: usize,
+    /// Longest command line in bytes, CRLF included.
+    pub line_length: usize,
+    /// A complete command must arrive within this after our previous reply.
+    #[serde(deserialize_with = "de_duration")]
+    pub command_timeout: Duration,
+    /// Longest wait for more message content during DATA or BDAT.
+    #[serde(deserialize_with = "de_duration")]
+    pub data_timeout: Duration,
+    /// Error replies in one session before it is closed with 421.
+    pub errors: u32,
+    /// On SIGTERM, how long sessions in a transaction may take to finish.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            message_size: 52_428_800,
+            recipients: 1000,
+            connections: 10_000,
+            connections_per_ip: 50,
+            line_length: 2048,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            errors: 20,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Domains whose mail is delivered here.
+    pub local_domains: Vec<String>,
+    /// Domains accepted from anyone and relayed onward.
+    pub relay_domains: Vec<String>,
+    /// Clients that may relay to any domain.
+    pub relay_networks: Vec<IpNet>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let loopback = ["127.0.0.0/8", "::1/128"];
+        RelayConfig {
+            local_domains: Vec::new(),
+            relay_domains: Vec::new(),
+            relay_networks: loopback.iter().filter_map(|n| n.parse().ok()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Recipient domain, or `*` for every domain.
+    pub domain: String,
+    /// Next hops `host:port`, tried in order.
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// TCP port for hosts found through MX.
+    pub port: u16,
+    /// DNS servers `ip:port`; empty = /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Retry intervals; the last repeats.
+    #[serde(deserialize_with = "de_durations")]
+    pub retry: Vec<Duration>,
+    /// Age after which an undeliverable message bounces.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(n * 60);
+        DeliveryConfig {
+            port: 25,
+            dns_servers: Vec::new(),
+            retry: vec![m(1), m(5), m(15), m(60), m(240)],
+            max_age: Duration::from_secs(5 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// HTTP admin and metrics address.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: SocketAddr::from(([127, 0, 0, 1], 8025)) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Maildirs live at `<mail_dir>/<domain>/<local-part>/`.
+    pub mail_dir: PathBuf,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig { mail_dir: PathBuf::from("/var/mail") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub address: String,
+    /// argon2 PHC string (`ringpost hash-password`).
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// error | warn | info | debug | trace
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+fn default_kind() -> ListenerKind {
+    ListenerKind::Mx
+}
+
+fn default_listeners() -> Vec<Spanned<ListenerConfig>> {
+    let l = ListenerConfig {
+        address: SocketAddr::from(([127, 0, 0, 1], 2525)),
+        kind: ListenerKind::Mx,
+        tls: TlsMode::None,
+    };
+    vec![Spanned::new(0..0, l)]
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"5d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. \"30s\", \"5m\""))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("bad duration {s:?}: unit must be ms, s, m, h or d")),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter().map(|s| parse_duration(s)).collect::<Result<_, _>>().map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Built-in defaults (as if the file were empty).
+    pub fn defaults() -> Config {
+        // An empty document always deserializes: every field has a default.
+        toml::from_str("").unwrap_or_else(|e| unreachable!("defaults must parse: {e}"))
+    }
+
+    /// Reads and checks a config file. Errors name the file, line and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks config text; `name` is used in messages.
+    pub fn parse(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError(format_toml_error(name, text, &e)))?;
+        config.validate(text, name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, name: &str) -> Result<(), ConfigError> {
+        let at = |span: Range<usize>, key: &str, msg: &str| {
+            ConfigError(format!("{name}: line {}: {key}: {msg}", line_of(text, span.start)))
+        };
+        if self.listeners.is_empty() {
+            return Err(ConfigError(format!("{name}: at least one [[listener]] is needed")));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            if l.get_ref().kind == ListenerKind::Pop3 {
+                return Err(at(l.span(), &key, "kind = \"pop3\" is not implemented in this version"));
+            }
+            if l.get_ref().tls != TlsMode::None && self.tls.is_none() {
+                return Err(at(l.span(), &format!("{key}.tls"), "needs a [tls] section with cert and key"));
+            }
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            let user = u.get_ref();
+            if !user.address.contains('@') {
+                return Err(at(u.span(), &format!("user[{i}].address"), "must be local-part@domain"));
+            }
+            if argon2::PasswordHash::new(&user.password).is_err() {
+                let msg = "must be a PHC hash string (see `ringpost hash-password`), never plain text";
+                return Err(at(u.span(), &format!("user[{i}].password"), msg));
+            }
+        }
+        let checks: [(bool, &str); 5] = [
+            (self.limits.message_size == 0, "limits.message_size must be above 0"),
+            (self.limits.recipients == 0, "limits.recipients must be above 0"),
+            (self.limits.connections == 0, "limits.connections must be above 0"),
+            (self.limits.line_length < 512, "limits.line_length must be at least 512 (RFC 5321 §4.5.3.1.4)"),
+            (self.spool.segment_size < 1 << 20, "spool.segment_size must be at least 1 MiB"),
+        ];
+        if let Some((_, msg)) = checks.iter().find(|c| c.0) {
+            return Err(ConfigError(format!("{name}: {msg}")));
+        }
+        if self.delivery.retry.is_empty() {
+            return Err(ConfigError(format!("{name}: delivery.retry needs at least one interval")));
+        }
+        Ok(())
+    }
+
+    /// The host name to announce.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(system_hostname)
+    }
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn format_toml_error(name: &str, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message();
+    match e.span() {
+        Some(span) => {
+            let line = line_of(text, span.start);
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("{name}: line {line}: {message} (at `{snippet}`)")
+        }
+        None => format!("{name}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::defaults();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].get_ref().address, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(c.listeners[0].get_ref().kind, ListenerKind::Mx);
+        assert_eq!(c.spool.dir, PathBuf::from("./ringpost-spool"));
+        assert!(c.spool.fsync);
+        assert_eq!(c.admin.address, "127.0.0.1:8025".parse().unwrap());
+        assert_eq!(c.limits.message_size, 52_428_800);
+        assert_eq!(c.delivery.port, 25);
+        assert_eq!(c.delivery.max_age, Duration::from_secs(432_000));
+        assert_eq!(c.relay.relay_networks.len(), 2);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+hostname = "mx1.example.com"
+threads  = 2
+[[listener]]
+address = "0.0.0.0:25"
+kind    = "mx"
+tls     = "starttls"
+[[listener]]
+address = "[::1]:587"
+kind = "submission"
+tls = "implicit"
+[tls]
+cert = "/etc/ringpost/cert.pem"
+key  = "/etc/ringpost/key.pem"
+[spool]
+dir   = "/var/spool/ringpost"
+fsync = true
+[limits]
+message_size = 1000
+recipients   = 10
+connections  = 100
+command_timeout = "30s"
+[relay]
+local_domains  = ["example.test"]
+relay_domains  = []
+relay_networks = ["127.0.0.0/8", "::1/128"]
+[[route]]
+domain = "example.net"
+to     = ["127.0.0.1:2526"]
+[delivery]
+port        = 2525
+dns_servers = ["127.0.0.1:5353"]
+retry       = ["1m", "5m"]
+max_age     = "5d"
+[admin]
+address = "127.0.0.1:8025"
+[local]
+mail_dir = "/var/mail"
+[[user]]
+address  = "alice@example.test"
+password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUjw4bSE8kx+u6PzV5C0M"
+"#;
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(c.hostname(), "mx1.example.com");
+        assert_eq!(c.listeners[1].get_ref().tls, TlsMode::Implicit);
+        assert_eq!(c.limits.command_timeout, Duration::from_secs(30));
+        assert_eq!(c.delivery.retry, vec![Duration::from_secs(60), Duration::from_secs(300)]);
+        assert_eq!(c.routes[0].to, vec!["127.0.0.1:2526".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            ("threads = 1\nbogus = 2\n", "line 2", "bogus"),
+            ("[limits]\nmessage_size = \"big\"\n", "line 2", "invalid type"),
+            ("[limits]\ncommand_timeout = \"5 parsecs\"\n", "line 2", "unit must be"),
+            ("[[listener]]\naddress = \"nope\"\n", "line 2", "address"),
+            ("[[listener]]\naddress = \"127.0.0.1:25\"\nkind = \"imap\"\n", "line 3", "imap"),
+            ("[[listener]]\naddress = \"127.0.0.1:25\"\ntls = \"starttls\"\n", "line 1", "listener[0].tls"),
+            ("[[user]]\naddress = \"a@b.test\"\npassword = \"hunter2\"\n", "line 1", "user[0].password"),
+            ("[relay]\nrelay_networks = [\"10.0.0.0/33\"]\n", "line 2", "relay_networks"),
+            ("[spool]\nfsync = \"yes\"\n", "line 2", "fsync"),
+        ];
+        for (text, line, word) in cases {
+            let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+            assert!(err.starts_with("x.toml: "), "{err}");
+            assert!(err.contains(line), "{text:?}: {err}");
+            assert!(err.contains(word), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(432_000)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

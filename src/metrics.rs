@@ -1,0 +1,82 @@
+//! Process-wide counters, read by the admin thread for `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters updated by the workers. Relaxed atomics: exact totals, no ordering.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub messages_accepted: AtomicU64,
+    pub bytes_accepted: AtomicU64,
+    /// Messages refused at end of data (size, bare newlines) or by a spool failure.
+    pub messages_rejected: AtomicU64,
+    pub recipients_rejected: AtomicU64,
+    pub spool_failures: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
+    pub auth_successes: AtomicU64,
+    pub auth_failures: AtomicU64,
+    /// From the end of data to the spool's answer (the group commit wait).
+    pub store_latency: Histogram,
+}
+
+/// Bucket bounds (microseconds) of the store latency histogram.
+pub const LATENCY_BUCKETS_US: [u64; 12] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+
+/// A fixed-bucket latency histogram (Prometheus style), lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, us: u64) {
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Appends the histogram in Prometheus text format, in seconds.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *b as f64 / 1e6);
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::default();
+        h.observe_us(50);
+        h.observe_us(300);
+        h.observe_us(5_000_000);
+        let mut s = String::new();
+        h.render(&mut s, "x", "help");
+        assert!(s.contains("x_bucket{le=\"0.0001\"} 1\n"));
+        assert!(s.contains("x_bucket{le=\"0.0005\"} 2\n"));
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(s.contains("x_count 3\n"));
+    }
+}

@@ -1,0 +1,239 @@
+//! Drives one inbound session: bytes between the transport and the sans-IO
+//! [`Session`], events to the spool, the TLS layer and the password checker.
+//! No protocol decisions are made here.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use monoio::io::Canceller;
+use monoio::net::TcpStream;
+
+use super::clock::{instant, now};
+use super::signal::{CLOSING, DRAINING};
+use super::transport::{ReadOutcome, Transport, READ_CHUNK};
+use super::worker::{ListenerCtx, WorkerCtx};
+use crate::metrics::inc;
+use crate::policy::canonical;
+use crate::smtp::session::{ConnInfo, Event, Session, StoreError};
+
+/// Serves one accepted connection to the end.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: Rc<WorkerCtx>) {
+    let _ = stream.set_nodelay(true);
+    let config = l.session_config();
+    let mut transport = Transport::Plain(stream);
+    let mut tls = None;
+    if l.implicit_tls {
+        let Some(tls_config) = l.tls_config() else { return };
+        match monoio::time::timeout(config.command_timeout, transport.upgrade_tls(tls_config)).await {
+            Ok(Ok(info)) => {
+                inc(&w.metrics.tls_handshakes);
+                tls = Some(info);
+            }
+            _ => {
+                inc(&w.metrics.tls_failures);
+                return;
+            }
+        }
+    }
+    let ip = canonical(peer.ip());
+    let trusted = config.policy.is_trusted(ip);
+    let write_timeout = config.command_timeout;
+    let session = Session::new(config, ConnInfo { peer: ip, trusted, tls }, w.ids.clone(), now());
+    let mut d = Driver {
+        transport,
+        session,
+        rbuf: Vec::with_capacity(READ_CHUNK),
+        start: 0,
+        wbuf: Vec::new(),
+        seen_stage: 0,
+        write_timeout,
+        l,
+        w,
+    };
+    d.run().await;
+    d.transport.close().await;
+}
+
+struct Driver {
+    transport: Transport,
+    session: Session,
+    /// Input; bytes before `start` have been consumed by the session.
+    rbuf: Vec<u8>,
+    start: usize,
+    wbuf: Vec<u8>,
+    seen_stage: u8,
+    write_timeout: std::time::Duration,
+    l: Arc<ListenerCtx>,
+    w: Rc<WorkerCtx>,
+}
+
+impl Driver {
+    async fn run(&mut self) {
+        loop {
+            self.feed();
+            let ok = match self.session.poll_event() {
+                Some(Event::Store) => {
+                    self.store().await;
+                    true
+                }
+                Some(Event::Authenticate) => {
+                    self.authenticate().await;
+                    true
+                }
+                Some(Event::StartTls) => self.flush().await && self.start_tls().await,
+                Some(Event::Close) => {
+                    self.flush().await;
+                    return;
+                }
+                None => self.flush().await && self.fill().await,
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// Offers unconsumed input to the session.
+    fn feed(&mut self) {
+        if self.start < self.rbuf.len() {
+            self.start += self.session.handle_input(&self.rbuf[self.start..], now());
+            if self.start == self.rbuf.len() {
+                self.rbuf.clear();
+                self.start = 0;
+            }
+        }
+    }
+
+    /// Writes pending replies. False if the connection is gone.
+    async fn flush(&mut self) -> bool {
+        if self.session.output().is_empty() {
+            return true;
+        }
+        self.session.swap_output(&mut self.wbuf);
+        let buf = std::mem::take(&mut self.wbuf);
+        match monoio::time::timeout(self.write_timeout, self.transport.write_all(buf)).await {
+            Ok((Ok(()), mut buf)) => {
+                buf.clear();
+                self.wbuf = buf;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads more input, until the session's deadline or a shutdown stage.
+    /// False if the connection is gone.
+    async fn fill(&mut self) -> bool {
+        if self.start > 0 {
+            self.rbuf.drain(..self.start);
+            self.start = 0;
+        }
+        let deadline = self.session.poll_timeout();
+        let canceller = Canceller::new();
+        let buf = std::mem::take(&mut self.rbuf);
+        let (res, buf) = {
+            let mut read = pin!(self.transport.read(buf, canceller.handle()));
+            let early = monoio::select! {
+                r = &mut read => Some(r),
+                _ = monoio::time::sleep_until(deadline.into()) => None,
+                _ = self.w.signal.changed(self.seen_stage) => None,
+            };
+            match early {
+                Some(r) => r,
+                None => {
+                    let _ = canceller.cancel();
+                    read.await
+                }
+            }
+        };
+        self.rbuf = buf;
+        self.apply_stage();
+        match res {
+            Ok(ReadOutcome::Data(_)) => true,
+            Ok(ReadOutcome::Eof) => {
+                self.session.handle_eof();
+                true
+            }
+            Ok(ReadOutcome::Cancelled) => {
+                self.session.handle_timeout(now());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Tells the session about shutdown stages it has not seen.
+    fn apply_stage(&mut self) {
+        let stage = self.w.signal.stage();
+        if stage > self.seen_stage {
+            self.seen_stage = stage;
+            if stage >= DRAINING {
+                self.session.handle_shutdown();
+            }
+            if stage >= CLOSING {
+                self.session.handle_shutdown_deadline();
+            }
+        }
+    }
+
+    async fn store(&mut self) {
+        let Some(msg) = self.session.message() else { return };
+        let started = instant();
+        let size = msg.body.len() as u64;
+        let ticket = self.w.spool.append_message(&msg.envelope, &msg.body);
+        let result = match ticket.await {
+            Ok(Ok(id)) => {
+                let m = &self.w.metrics;
+                inc(&m.messages_accepted);
+                m.bytes_accepted.fetch_add(size, Ordering::Relaxed);
+                m.store_latency.observe_us(started.elapsed().as_micros() as u64);
+                tracing::info!(id = %id, from = %msg.envelope.reverse_path, rcpts = msg.envelope.recipients.len(),
+                    size, client = %msg.envelope.client_ip.map(|i| i.to_string()).unwrap_or_default(), "queued");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                inc(&self.w.metrics.spool_failures);
+                tracing::warn!(error = %e, "message not stored; replied 452");
+                Err(StoreError::Temporary)
+            }
+            Err(_) => Err(StoreError::Temporary),
+        };
+        self.session.handle_stored(result, now());
+    }
+
+    async fn authenticate(&mut self) {
+        let Some((user, pass)) = self.session.credentials() else { return };
+        let hash = self.session_policy_hash(user);
+        let pass = pass.to_owned();
+        let ok = monoio::spawn_blocking(move || crate::auth::verify(hash.as_deref(), &pass))
+            .await
+            .unwrap_or(false);
+        inc(if ok { &self.w.metrics.auth_successes } else { &self.w.metrics.auth_failures });
+        self.session.handle_auth_result(ok, now());
+    }
+
+    fn session_policy_hash(&self, user: &str) -> Option<String> {
+        self.l.session_config().policy.password_hash(user).map(str::to_owned)
+    }
+
+    /// RFC 3207: after `220`, forget buffered plaintext, then handshake.
+    async fn start_tls(&mut self) -> bool {
+        self.rbuf.clear();
+        self.start = 0;
+        let Some(config) = self.l.tls_config() else { return false };
+        match monoio::time::timeout(self.write_timeout, self.transport.upgrade_tls(config)).await {
+            Ok(Ok(info)) => {
+                inc(&self.w.metrics.tls_handshakes);
+                self.session.handle_tls_established(info, now());
+                true
+            }
+            _ => {
+                inc(&self.w.metrics.tls_failures);
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The I/O shell: worker threads on io_uring, listeners, signals, shutdown.
+//!
+//! ```text
+//!   main thread: config, spool recovery, bind, spawn, then sigwait
+//!        |  SIGTERM/SIGINT: stage DRAINING, after the grace period CLOSING
+//!        |  SIGHUP: reload what can change without a restart
+//!        v
+//!   worker N (pinned, monoio IoUringDriver): accept -> conn::serve -> Session
+//!                                            spool family N, group commit
+//!   admin thread (monoio IoUringDriver): /health /metrics /queue
+//! ```
+
+pub mod clock;
+pub mod conn;
+pub mod limits;
+pub mod signal;
+pub mod transport;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::Duration;
+
+use crate::config::{Config, ListenerConfig, ListenerKind, TlsMode};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::smtp::session::{Kind, SessionConfig};
+use crate::spool::{self, SpoolStats};
+use limits::ConnLimits;
+use signal::{Broadcast, Inbox, CLOSING, DRAINING};
+use worker::{ListenerCtx, Shared, WorkerSetup};
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad configuration (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// Could not run (exit code 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Builds the relay policy from the config.
+pub fn policy(config: &Config) -> Policy {
+    let users = config.users.iter().map(|u| (u.get_ref().address.clone(), u.get_ref().password.clone()));
+    Policy::new(&config.relay.local_domains, &config.relay.relay_domains, &config.relay.relay_networks, users)
+}
+
+/// Session settings for one listener.
+pub fn session_config(config: &Config, l: &ListenerConfig, policy: Arc<Policy>) -> SessionConfig {
+    SessionConfig {
+        hostname: config.hostname(),
+        kind: if l.kind == ListenerKind::Submission { Kind::Submission } else { Kind::Mx },
+        starttls: l.tls == TlsMode::Starttls,
+        max_message_size: config.limits.message_size,
+        max_recipients: config.limits.recipients,
+        max_line: config.limits.line_length,
+        command_timeout: config.limits.command_timeout,
+        data_timeout: config.limits.data_timeout,
+        max_errors: config.limits.errors,
+        policy,
+    }
+}
+
+fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match &config.tls {
+        Some(t) => transport::load_server_config(&t.cert, &t.key).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One socket per worker per listener, all with SO_REUSEPORT on one address.
+fn bind_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers {
+        let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.listen(4096)?;
+        let l: std::net::TcpListener = s.into();
+        // Port 0: every further socket joins the port the first one got.
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Runs the server until SIGTERM/SIGINT and a clean drain.
+pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
+    block_signals();
+    if !monoio::utils::detect_uring() {
+        return Err(ServeError::Runtime(
+            "io_uring is not available on this kernel (or is disabled by sysctl kernel.io_uring_disabled, \
+             seccomp or a container policy); ringpost requires io_uring and does not fall back to epoll"
+                .into(),
+        ));
+    }
+    let workers = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if workers > 255 {
+        return Err(ServeError::Config("threads: at most 255 workers".into()));
+    }
+    let tls = load_tls(&config).map_err(|e| ServeError::Config(format!("[tls]: {e}")))?;
+
+    let dir = config.spool.dir.clone();
+    let lock = spool::recover::lock(&dir).map_err(|e| ServeError::Runtime(e.to_string()))?;
+    let recovery =
+        spool::recover::scan(&dir).map_err(|e| ServeError::Runtime(format!("spool recovery: {e}")))?;
+    let max_id = recovery.max_id;
+    let (families, report) = spool::recover::assign(&dir, recovery, workers as u32)
+        .map_err(|e| ServeError::Runtime(format!("spool recovery: {e}")))?;
+    for (path, at, dropped) in &report.torn {
+        tracing::warn!(path = %path.display(), valid_bytes = at, dropped_bytes = dropped, "spool segment had a torn tail");
+    }
+
+    let policy = Arc::new(policy(&config));
+    let tls_shared = Arc::new(RwLock::new(tls));
+    let mut bound = Vec::new();
+    let mut ctxs = Vec::new();
+    for l in &config.listeners {
+        let l = l.get_ref();
+        let sockets = bind_all(l.address, workers)
+            .map_err(|e| ServeError::Runtime(format!("cannot listen on {}: {e}", l.address)))?;
+        let local = sockets[0].local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
+        bound.push((local, l.clone(), sockets));
+        ctxs.push(Arc::new(ListenerCtx {
+            session: RwLock::new(Arc::new(session_config(&config, l, policy.clone()))),
+            tls: tls_shared.clone(),
+            implicit_tls: l.tls == TlsMode::Implicit,
+        }));
+    }
+
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::default()),
+        spool_stats: Arc::new(SpoolStats::default()),
+        limits: ConnLimits::new(config.limits.connections, config.limits.connections_per_ip),
+        stage: Broadcast::new(workers),
+        inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
+    });
+    let serving = Arc::new(AtomicBool::new(false));
+    let admin_addr =
+        crate::admin::start(config.admin.address, shared.clone(), serving.clone()).map_err(|e| {
+            ServeError::Runtime(format!("cannot listen on {} (admin): {e}", config.admin.address))
+        })?;
+
+    let cpus = worker::allowed_cpus();
+    let pool = monoio::blocking::DefaultThreadPool::new(2);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut per_worker_sockets: Vec<Vec<(std::net::TcpListener, Arc<ListenerCtx>)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for ((_, _, sockets), ctx) in bound.iter_mut().zip(&ctxs) {
+        for (w, s) in sockets.drain(..).enumerate() {
+            per_worker_sockets[w].push((s, ctx.clone()));
+        }
+    }
+    let mut handles = Vec::new();
+    for (index, (sockets, family)) in per_worker_sockets.into_iter().zip(families).enumerate() {
+        let setup = WorkerSetup {
+            index,
+            cpu: if cpus.is_empty() { None } else { Some(cpus[index % cpus.len()]) },
+            listeners: sockets,
+            family,
+            spool_dir: dir.clone(),
+            fsync: config.spool.fsync,
+            segment_size: config.spool.segment_size,
+            max_id,
+            shared: shared.clone(),
+            pool: pool.clone(),
+            ready: ready_tx.clone(),
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("ringpost-w{index}"))
+            .spawn(move || worker::run(setup))
+            .map_err(|e| ServeError::Runtime(format!("cannot start worker thread: {e}")))?;
+        handles.push(h);
+    }
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServeError::Runtime(e)),
+            Err(_) => return Err(ServeError::Runtime("a worker died while starting".into())),
+        }
+    }
+    serving.store(true, Ordering::Release);
+
+    for (addr, l, _) in &bound {
+        let kind = format!("{:?}", l.kind).to_lowercase();
+        let tls = format!("{:?}", l.tls).to_lowercase();
+        println!("ringpost: listening {kind} {addr} tls={tls}");
+    }
+    println!("ringpost: admin http://{admin_addr}");
+    println!(
+        "ringpost: spool {} fsync={} ({} messages, {} recipients recovered from {} segments)",
+        dir.display(),
+        if config.spool.fsync { "on" } else { "off" },
+        report.messages,
+        report.recipients,
+        report.segments
+    );
+    println!(
+        "ringpost: {workers} workers, io_uring driver (monoio IoUringDriver, {} entries per ring)",
+        worker::RING_ENTRIES
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut reload = Reload { config, path: config_path, ctxs, tls: tls_shared, shared: shared.clone() };
+    wait_for_shutdown(&shared, &mut reload);
+    for h in handles {
+        if h.join().is_err() {
+            return Err(ServeError::Runtime("a worker thread panicked".into()));
+        }
+    }
+    drop(lock);
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// What SIGHUP may change.
+struct Reload {
+    config: Config,
+    path: Option<PathBuf>,
+    ctxs: Vec<Arc<ListenerCtx>>,
+    tls: Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>,
+    shared: Arc<Shared>,
+}
+
+impl Reload {
+    fn run(&mut self) {
+        let Some(path) = self.path.clone() else {
+            tracing::warn!("SIGHUP: running on built-in defaults, no file to reload");
+            return;
+        };
+        match self.try_reload(&path) {
+            Ok(restart) if restart.is_empty() => {
+                tracing::info!(path = %path.display(), "configuration reloaded")
+            }
+            Ok(restart) => tracing::warn!(
+                path = %path.display(),
+                "configuration reloaded; these changes need a restart and were not applied: {}",
+                restart.join(", ")
+            ),
+            Err(e) => tracing::error!("SIGHUP: keeping the old configuration: {e}"),
+        }
+    }
+
+    fn try_reload(&mut self, path: &Path) -> Result<Vec<&'static str>, String> {
+        let new = Config::load(path).map_err(|e| e.to_string())?;
+        let tls = load_tls(&new).map_err(|e| format!("[tls]: {e}"))?;
+        let old = &self.config;
+        let mut restart = Vec::new();
+        let listeners =
+            |c: &Config| c.listeners.iter().map(|l| format!("{:?}", l.get_ref())).collect::<Vec<_>>();
+        if listeners(old) != listeners(&new) {
+            restart.push("[[listener]]");
+        }
+        if old.threads != new.threads {
+            restart.push("threads");
+        }
+        if old.spool.dir != new.spool.dir
+            || old.spool.fsync != new.spool.fsync
+            || old.spool.segment_size != new.spool.segment_size
+        {
+            restart.push("[spool]");
+        }
+        if old.admin.address != new.admin.address {
+            restart.push("[admin]");
+        }
+        if (old.tls.is_some()) != (new.tls.is_some()) {
+            restart.push("[tls] (added or removed)");
+        }
+        let policy = Arc::new(policy(&new));
+        for (ctx, l) in self.ctxs.iter().zip(&self.config.listeners) {
+            let fresh = Arc::new(session_config(&new, l.get_ref(), policy.clone()));
+            *ctx.session.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        }
+        if tls.is_some() && old.tls.is_some() {
+            *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        }
+        self.shared.limits.set(new.limits.connections, new.limits.connections_per_ip);
+        let listeners_kept = std::mem::take(&mut self.config.listeners);
+        self.config = new;
+        if !restart.contains(&"[[listener]]") {
+            self.config.listeners = listeners_kept;
+        }
+        Ok(restart)
+    }
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Blocks the signals we handle, in this thread and every thread spawned
+/// after; the main thread then takes them synchronously with sigtimedwait.
+fn block_signals() {
+    let set = signal_set();
+    // SAFETY: pthread_sigmask reads a valid sigset_t; no old mask is requested.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for `timeout` (or forever); returns the signal number, if any.
+fn wait_signal(timeout: Option<Duration>) -> Option<i32> {
+    let set = signal_set();
+    let ts = timeout
+        .map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: valid sigset and timespec pointers (or null for no timeout).
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), ts_ptr) };
+    (sig > 0).then_some(sig)
+}
+
+fn wait_for_shutdown(shared: &Shared, reload: &mut Reload) {
+    loop {
+        match wait_signal(None) {
+            Some(libc::SIGHUP) => reload.run(),
+            Some(_) => break,
+            None => {}
+        }
+    }
+    let grace = reload.config.limits.shutdown_grace;
+    tracing::info!(grace = ?grace, "shutting down: no new connections; open transactions may finish");
+    shared.stage.advance(DRAINING);
+    let deadline = clock::instant() + grace;
+    loop {
+        let left = deadline.saturating_duration_since(clock::instant());
+        if left.is_zero() {
+            break;
+        }
+        match wait_signal(Some(left.min(Duration::from_millis(50)))) {
+            Some(libc::SIGHUP) => reload.run(),
+            Some(_) => break, // a second SIGTERM/SIGINT: do not wait
+            None => {}
+        }
+        if shared.limits.current() == 0 {
+            break;
+        }
+    }
+    shared.stage.advance(CLOSING);
+}

@@ -1,0 +1,277 @@
+//! The byte stream under a session: plain TCP, or TLS through our own small
+//! adapter over `rustls::ServerConnection` (so the Received header can name the
+//! negotiated version and cipher, which monoio-rustls hides).
+//!
+//! Reads append to the caller's buffer and can be cancelled through a
+//! [`CancelHandle`]: a cancelled read still returns the buffer and any bytes
+//! that made it, so a timeout or shutdown never loses input.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use monoio::buf::{IoBufMut, SliceMut};
+use monoio::io::{AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
+use monoio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::smtp::session::TlsInfo;
+
+/// Bytes of free space guaranteed before each socket read.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// What one read produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes were appended.
+    Data(usize),
+    /// The peer closed its side.
+    Eof,
+    /// The read was cancelled before any byte arrived.
+    Cancelled,
+}
+
+/// Loads the certificate chain and key of `[tls]`.
+pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not match or are unusable: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// TLS state over a TCP stream.
+pub struct TlsConn {
+    tcp: TcpStream,
+    conn: ServerConnection,
+    /// Ciphertext in, reused.
+    cin: Vec<u8>,
+    /// Ciphertext out, reused.
+    cout: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConn").field("handshaking", &self.conn.is_handshaking()).finish()
+    }
+}
+
+/// A session's stream.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsConn>),
+    /// After a failed TLS upgrade: every operation fails.
+    Closed,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Plain(_) => "Transport::Plain",
+            Transport::Tls(_) => "Transport::Tls",
+            Transport::Closed => "Transport::Closed",
+        })
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
+}
+
+fn is_cancelled(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+/// One cancellable socket read appending into `buf`.
+async fn read_tcp(
+    tcp: &mut TcpStream,
+    mut buf: Vec<u8>,
+    cancel: CancelHandle,
+) -> (io::Result<ReadOutcome>, Vec<u8>) {
+    if buf.capacity() - buf.len() < READ_CHUNK {
+        buf.reserve(READ_CHUNK);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    let slice: SliceMut<Vec<u8>> = buf.slice_mut(len..cap);
+    let (res, slice) = tcp.cancelable_read(slice, cancel).await;
+    let buf = slice.into_inner();
+    let outcome = match res {
+        Ok(0) => Ok(ReadOutcome::Eof),
+        Ok(n) => Ok(ReadOutcome::Data(n)),
+        Err(e) if is_cancelled(&e) => Ok(ReadOutcome::Cancelled),
+        Err(e) => Err(e),
+    };
+    (outcome, buf)
+}
+
+impl Transport {
+    /// Reads whatever arrives next and appends it to `buf`.
+    pub async fn read(&mut self, buf: Vec<u8>, cancel: CancelHandle) -> (io::Result<ReadOutcome>, Vec<u8>) {
+        match self {
+            Transport::Plain(tcp) => read_tcp(tcp, buf, cancel).await,
+            Transport::Tls(tls) => tls.read(buf, cancel).await,
+            Transport::Closed => (Err(closed()), buf),
+        }
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Transport::Plain(tcp) => {
+                let (res, data) = tcp.write_all(data).await;
+                (res.map(|_| ()), data)
+            }
+            Transport::Tls(tls) => {
+                let res = tls.write_plain(&data).await;
+                (res, data)
+            }
+            Transport::Closed => (Err(closed()), data),
+        }
+    }
+
+    /// Runs the server side of a TLS handshake over a plain stream, in place.
+    /// On failure the transport is left [`Transport::Closed`].
+    pub async fn upgrade_tls(&mut self, config: Arc<ServerConfig>) -> io::Result<TlsInfo> {
+        let Transport::Plain(tcp) = std::mem::replace(self, Transport::Closed) else {
+            return Err(io::Error::other("TLS is already active"));
+        };
+        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        let mut tls = Box::new(TlsConn { tcp, conn, cin: Vec::with_capacity(READ_CHUNK), cout: Vec::new() });
+        tls.handshake().await?;
+        let info = tls.info();
+        *self = Transport::Tls(tls);
+        Ok(info)
+    }
+
+    /// Sends a TLS close_notify if TLS is active; best effort.
+    pub async fn close(&mut self) {
+        if let Transport::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            let _ = tls.flush().await;
+        }
+    }
+}
+
+impl TlsConn {
+    async fn handshake(&mut self) -> io::Result<()> {
+        loop {
+            if self.conn.wants_write() {
+                self.flush().await?;
+            }
+            if !self.conn.is_handshaking() {
+                return Ok(());
+            }
+            if self.conn.wants_read() {
+                let cin = std::mem::take(&mut self.cin);
+                let (res, cin) = read_tcp(&mut self.tcp, cin, monoio::io::Canceller::new().handle()).await;
+                self.cin = cin;
+                match res? {
+                    ReadOutcome::Data(_) => self.absorb().await?,
+                    ReadOutcome::Eof | ReadOutcome::Cancelled => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "peer closed during TLS handshake",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds buffered ciphertext to rustls; on a protocol error, sends the alert.
+    async fn absorb(&mut self) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < self.cin.len() {
+            let mut rd = &self.cin[pos..];
+            let n = self.conn.read_tls(&mut rd)?;
+            pos += n;
+            if let Err(e) = self.conn.process_new_packets() {
+                let _ = self.flush().await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        self.cin.clear();
+        Ok(())
+    }
+
+    /// Sends every TLS record rustls has queued.
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            let mut out = std::mem::take(&mut self.cout);
+            out.clear();
+            self.conn.write_tls(&mut out)?;
+            let (res, out) = self.tcp.write_all(out).await;
+            self.cout = out;
+            res?;
+        }
+        Ok(())
+    }
+
+    async fn write_plain(&mut self, data: &[u8]) -> io::Result<()> {
+        self.conn.writer().write_all(data)?;
+        self.flush().await
+    }
+
+    async fn read(&mut self, mut buf: Vec<u8>, cancel: CancelHandle) -> (io::Result<ReadOutcome>, Vec<u8>) {
+        loop {
+            let old = buf.len();
+            buf.resize(old + READ_CHUNK, 0);
+            let got = self.conn.reader().read(&mut buf[old..]);
+            buf.truncate(old + *got.as_ref().unwrap_or(&0));
+            match got {
+                Ok(0) => return (Ok(ReadOutcome::Eof), buf),
+                Ok(n) => return (Ok(ReadOutcome::Data(n)), buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return (Ok(ReadOutcome::Eof), buf),
+                Err(e) => return (Err(e), buf),
+            }
+            let cin = std::mem::take(&mut self.cin);
+            let (res, cin) = read_tcp(&mut self.tcp, cin, cancel.clone()).await;
+            self.cin = cin;
+            match res {
+                Ok(ReadOutcome::Data(_)) => {}
+                other => return (other, buf),
+            }
+            if let Err(e) = self.absorb().await {
+                return (Err(e), buf);
+            }
+            if self.conn.wants_write() {
+                if let Err(e) = self.flush().await {
+                    return (Err(e), buf);
+                }
+            }
+        }
+    }
+
+    fn info(&self) -> TlsInfo {
+        let version = match self.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+            Some(v) => format!("{v:?}"),
+            None => "unknown".to_owned(),
+        };
+        let cipher = self
+            .conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .map_or_else(|| "unknown".to_owned(), str::to_owned);
+        TlsInfo { version, cipher }
+    }
+}

@@ -1,0 +1,314 @@
+//! One worker: an OS thread pinned to a core, running its own monoio runtime
+//! on the io_uring driver. It owns its accepted connections and its spool
+//! family; other threads reach it only through its [`Inbox`].
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use monoio::blocking::DefaultThreadPool;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::{TcpListener, TcpStream};
+
+use super::conn;
+use super::limits::ConnLimits;
+use super::signal::{Broadcast, Inbox, LocalSignal, RUNNING};
+use crate::envelope::{QueueId, QueueIdGen};
+use crate::metrics::{inc, Metrics};
+use crate::policy::canonical;
+use crate::smtp::session::{IdSource, SessionConfig};
+use crate::spool::index::DomainCount;
+use crate::spool::recover::Family;
+use crate::spool::{AppendError, Spool, SpoolStats};
+
+/// Requests from other threads (the admin API) to a worker.
+#[derive(Debug)]
+pub enum Control {
+    /// Reply with this worker's queue summary.
+    Queue(Arc<Inbox<WorkerQueue>>),
+    /// Remove a message from the queue; reply whether this worker had it.
+    Delete(QueueId, Arc<Inbox<Result<bool, String>>>),
+}
+
+/// One worker's share of `/queue`.
+#[derive(Debug, Default)]
+pub struct WorkerQueue {
+    pub messages: usize,
+    pub recipients: u64,
+    pub domains: Vec<(String, DomainCount)>,
+}
+
+/// One listening socket's settings, shared by all workers; reloadable.
+#[derive(Debug)]
+pub struct ListenerCtx {
+    pub session: RwLock<Arc<SessionConfig>>,
+    pub tls: Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>,
+    pub implicit_tls: bool,
+}
+
+impl ListenerCtx {
+    pub fn session_config(&self) -> Arc<SessionConfig> {
+        self.session.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What all threads share.
+#[derive(Debug)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub spool_stats: Arc<SpoolStats>,
+    pub limits: Arc<ConnLimits>,
+    pub stage: Arc<Broadcast>,
+    pub inboxes: Vec<Arc<Inbox<Control>>>,
+}
+
+/// Per-worker state visible to its tasks.
+pub struct WorkerCtx {
+    pub index: usize,
+    pub spool: Spool,
+    pub ids: IdSource,
+    pub signal: LocalSignal,
+    pub metrics: Arc<Metrics>,
+    live: Cell<usize>,
+    idle: RefCell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for WorkerCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCtx").field("index", &self.index).field("live", &self.live.get()).finish()
+    }
+}
+
+impl WorkerCtx {
+    fn opened(&self) {
+        self.live.set(self.live.get() + 1);
+    }
+
+    fn closed(&self) {
+        self.live.set(self.live.get() - 1);
+        if self.live.get() == 0 {
+            if let Some(w) = self.idle.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    async fn all_closed(&self) {
+        poll_fn(|cx| {
+            if self.live.get() == 0 {
+                return Poll::Ready(());
+            }
+            *self.idle.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Everything a worker thread starts with.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub listeners: Vec<(std::net::TcpListener, Arc<ListenerCtx>)>,
+    pub family: Family,
+    pub spool_dir: PathBuf,
+    pub fsync: bool,
+    pub segment_size: u64,
+    pub max_id: QueueId,
+    pub shared: Arc<Shared>,
+    pub pool: DefaultThreadPool,
+    /// Told once the worker serves (or why it cannot).
+    pub ready: mpsc::Sender<Result<(), String>>,
+}
+
+impl std::fmt::Debug for WorkerSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSetup").field("index", &self.index).field("cpu", &self.cpu).finish()
+    }
+}
+
+/// io_uring submission queue size per worker.
+pub const RING_ENTRIES: u32 = 2048;
+
+/// The worker thread's body. Returns when the server has drained.
+pub fn run(setup: WorkerSetup) {
+    if let Some(cpu) = setup.cpu {
+        pin_to_cpu(cpu);
+    }
+    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(RING_ENTRIES)
+        .enable_timer()
+        .attach_thread_pool(Box::new(setup.pool.clone()))
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            let msg = format!("worker {}: cannot start an io_uring runtime: {e}", setup.index);
+            let _ = setup.ready.send(Err(msg));
+            return;
+        }
+    };
+    rt.block_on(serve(setup));
+}
+
+async fn serve(setup: WorkerSetup) {
+    let shared = setup.shared.clone();
+    let spool = Spool::new(
+        setup.spool_dir,
+        setup.family,
+        setup.fsync,
+        setup.segment_size,
+        shared.spool_stats.clone(),
+    );
+    let committer = monoio::spawn(spool.clone().run_committer());
+    let ids = Rc::new(RefCell::new(QueueIdGen::new(setup.index as u8, setup.max_id)));
+    let w = Rc::new(WorkerCtx {
+        index: setup.index,
+        spool: spool.clone(),
+        ids,
+        signal: LocalSignal::default(),
+        metrics: shared.metrics.clone(),
+        live: Cell::new(0),
+        idle: RefCell::new(None),
+    });
+    monoio::spawn(relay_stage(w.clone(), shared.stage.clone()));
+    monoio::spawn(control_loop(w.clone(), shared.inboxes[setup.index].clone()));
+    let mut accepts = Vec::new();
+    for (std_listener, l) in setup.listeners {
+        match TcpListener::from_std(std_listener) {
+            Ok(listener) => {
+                accepts.push(monoio::spawn(accept_loop(listener, l, w.clone(), shared.limits.clone())))
+            }
+            Err(e) => {
+                let _ = setup.ready.send(Err(format!("worker {}: listener: {e}", setup.index)));
+                return;
+            }
+        }
+    }
+    let _ = setup.ready.send(Ok(()));
+    for a in accepts {
+        a.await;
+    }
+    w.all_closed().await;
+    spool.close();
+    committer.await;
+    tracing::debug!(worker = w.index, "worker drained");
+}
+
+/// Mirrors the process-wide stage into this worker's local signal.
+async fn relay_stage(w: Rc<WorkerCtx>, stage: Arc<Broadcast>) {
+    let mut seen = RUNNING;
+    loop {
+        seen = stage.changed(w.index, seen).await;
+        w.signal.set(seen);
+        if seen >= super::signal::CLOSING {
+            return;
+        }
+    }
+}
+
+async fn control_loop(w: Rc<WorkerCtx>, inbox: Arc<Inbox<Control>>) {
+    loop {
+        match inbox.recv().await {
+            Control::Queue(reply) => {
+                let (messages, recipients) = w.spool.counts();
+                reply.send(WorkerQueue { messages, recipients, domains: w.spool.domains() });
+            }
+            Control::Delete(id, reply) => {
+                if !w.spool.contains(id) {
+                    reply.send(Ok(false));
+                    continue;
+                }
+                let ticket = w.spool.finish(id);
+                monoio::spawn(async move {
+                    let r = match ticket.await {
+                        Ok(Ok(_)) => Ok(true),
+                        Ok(Err(AppendError::NotFound)) => Ok(false),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("spool closed".into()),
+                    };
+                    reply.send(r);
+                });
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx>, limits: Arc<ConnLimits>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = w.signal.changed(RUNNING) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let ip = canonical(peer.ip());
+                let exempt = l.session_config().policy.is_trusted(ip);
+                match limits.try_acquire(ip, exempt) {
+                    Ok(guard) => {
+                        inc(&w.metrics.connections_accepted);
+                        w.opened();
+                        let (l, w) = (l.clone(), w.clone());
+                        monoio::spawn(async move {
+                            conn::serve(stream, peer, l, w.clone()).await;
+                            drop(guard);
+                            w.closed();
+                        });
+                    }
+                    Err(hit) => {
+                        inc(&w.metrics.connections_refused);
+                        tracing::debug!(%peer, ?hit, "connection refused by limit");
+                        monoio::spawn(refuse(stream));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)) {
+                    monoio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Answers a connection over the limits and closes it.
+async fn refuse(mut stream: TcpStream) {
+    let mut reply = Vec::new();
+    crate::smtp::reply::canned::TOO_MANY_CONNECTIONS.write_to(&mut reply);
+    let _ = monoio::time::timeout(Duration::from_secs(10), stream.write_all(reply)).await;
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write into it, and
+    // sched_setaffinity reads it. pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, "could not pin worker to its CPU");
+        }
+    }
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as in pin_to_cpu; sched_getaffinity writes into `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}

@@ -1,0 +1,93 @@
+//! The spool: per-worker append-only segment files with group commit.
+//!
+//! Each worker owns a *family* of segment files (`<spool>/w<NNN>/`) and is the
+//! only writer of it. Records are messages (envelope + body) and progress
+//! marks (Done); see [`record`] for the format.
+//!
+//! # Durability order
+//!
+//! What `250` means (with `fsync = true`): every step below has completed.
+//!
+//! 1. The session receives the whole message and finds it well formed.
+//! 2. The worker encodes it as one record (envelope, body, CRC32C) and appends
+//!    it to the family's pending batch, in memory.
+//! 3. The committer takes the whole pending batch: every message finished since
+//!    the last commit started.
+//! 4. If the batch needs a new segment file: create it, write its header,
+//!    fdatasync it, then fsync the family directory so the file's name is
+//!    durable too.
+//! 5. One write of the batch at the end of the segment (io_uring).
+//! 6. One fdatasync of the segment (io_uring). Steps 5-6 are the group commit.
+//! 7. Only now are the messages added to the queue index, and each waiting
+//!    session replies `250`.
+//!
+//! If step 4, 5 or 6 fails, every message in the batch is answered `452 4.3.1`
+//! and none enters the index. After a failed write the file is truncated back
+//! to its last good end, so the next batch overwrites the remains; after a
+//! failed fdatasync the segment is abandoned (the kernel may have dropped the
+//! dirty pages) and the next batch starts a new one. The server keeps serving
+//! and recovers by itself when the disk does.
+//!
+//! 8. Finishing a message (a Done record) follows the same steps 2-6; the index
+//!    forgets it in step 7.
+//! 9. A segment file is unlinked only when the index says nothing in it is live
+//!    and nothing it cancels is left in older files; the directory is fsynced
+//!    after each round of unlinks.
+//!
+//! Recovery scans segments in order; the first record whose length or checksum
+//! is wrong ends that segment (a torn tail: a batch whose fdatasync never
+//! finished, so no `250` was sent for it). New records always go to a new
+//! segment after a restart.
+//!
+//! With `fsync = false` step 4's and step 6's syncs are skipped: a `250` then
+//! means "in the page cache". That setting exists for benchmarks only.
+//!
+//! # Errors and replies
+//!
+//! [`AppendError`] (any variant) makes the session reply `452 4.3.1`.
+//! [`SpoolError`] at startup stops the server with exit code 1.
+
+pub mod index;
+pub mod record;
+pub mod recover;
+pub mod segment;
+mod writer;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use writer::{Spool, SpoolStats, Ticket};
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("spool {} is locked by another running ringpost", .0.display())]
+    Locked(PathBuf),
+    #[error("{}: corrupt: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Why a record could not be made durable. Every variant means `452 4.3.1`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    #[error("spool disk is full")]
+    NoSpace,
+    #[error("spool I/O error: {0}")]
+    Io(String),
+    #[error("spool is shutting down")]
+    Closed,
+    #[error("no such message")]
+    NotFound,
+}
+
+impl AppendError {
+    fn from_io(e: &io::Error) -> AppendError {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            AppendError::NoSpace
+        } else {
+            AppendError::Io(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The per-worker spool writer: batches records and commits each batch with one
+//! write and one fdatasync on io_uring. See the module doc of `spool` for the
+//! durability order this implements.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use local_sync::oneshot;
+use monoio::fs::{File, OpenOptions};
+
+use super::index::{DomainCount, Index, Location, Prepared};
+use super::record;
+use super::recover::Family;
+use super::segment::{self, FILE_HEADER_LEN};
+use super::AppendError;
+use crate::envelope::{Envelope, QueueId};
+
+/// Counters shared with the admin thread (all workers add into one).
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    pub messages: AtomicU64,
+    pub recipients: AtomicU64,
+    pub commits: AtomicU64,
+    pub committed_records: AtomicU64,
+    pub commit_failures: AtomicU64,
+    pub segments_created: AtomicU64,
+    pub segments_deleted: AtomicU64,
+}
+
+/// The answer to one append: resolves when the record is durable (or not).
+pub type Ticket = oneshot::Receiver<Result<QueueId, AppendError>>;
+
+enum Op {
+    Insert(QueueId, Prepared),
+    Remove(QueueId),
+}
+
+struct Item {
+    /// Offset of the record within the batch buffer.
+    offset: usize,
+    len: usize,
+    op: Op,
+    done: oneshot::Sender<Result<QueueId, AppendError>>,
+}
+
+struct Open {
+    file: Rc<File>,
+    seq: u64,
+    /// End of the last durable record.
+    end: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    family: u32,
+    fsync: bool,
+    segment_size: u64,
+    index: Index,
+    next_seq: u64,
+    current: Option<Open>,
+    buf: Vec<u8>,
+    items: Vec<Item>,
+    spare: Vec<u8>,
+    waker: Option<Waker>,
+    closed: bool,
+    stats: Arc<SpoolStats>,
+}
+
+/// A worker's handle on its spool family. Cheap to clone; not `Send`.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Rc<RefCell<Inner>>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = self.inner.borrow();
+        f.debug_struct("Spool").field("family", &i.family).field("messages", &i.index.len()).finish()
+    }
+}
+
+impl Spool {
+    /// Wraps a recovered family. Call [`Spool::run_committer`] on the worker's
+    /// runtime to make appends complete.
+    pub fn new(dir: PathBuf, fam: Family, fsync: bool, segment_size: u64, stats: Arc<SpoolStats>) -> Spool {
+        stats.messages.fetch_add(fam.index.len() as u64, Ordering::Relaxed);
+        stats.recipients.fetch_add(fam.index.recipients(), Ordering::Relaxed);
+        let inner = Inner {
+            dir,
+            family: fam.family,
+            fsync,
+            segment_size,
+            index: fam.index,
+            next_seq: fam.max_seq + 1,
+            current: None,
+            buf: Vec::with_capacity(1 << 16),
+            items: Vec::new(),
+            spare: Vec::with_capacity(1 << 16),
+            waker: None,
+            closed: false,
+            stats,
+        };
+        Spool { inner: Rc::new(RefCell::new(inner)) }
+    }
+
+    /// Queues a message for the next commit.
+    pub fn append_message(&self, env: &Envelope, body: &[u8]) -> Ticket {
+        let mut i = self.inner.borrow_mut();
+        let prepared = i.index.prepare(env);
+        let offset = i.buf.len();
+        let len = record::append_message(&mut i.buf, env, body);
+        i.push(offset, len, Op::Insert(env.id, prepared))
+    }
+
+    /// Queues a Done record: the message is finished and leaves the queue.
+    pub fn finish(&self, id: QueueId) -> Ticket {
+        let mut i = self.inner.borrow_mut();
+        if i.index.get(id).is_none() {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(AppendError::NotFound));
+            return rx;
+        }
+        let offset = i.buf.len();
+        let len = record::append_done(&mut i.buf, id);
+        i.push(offset, len, Op::Remove(id))
+    }
+
+    /// Live messages and recipients in this family.
+    pub fn counts(&self) -> (usize, u64) {
+        let i = self.inner.borrow();
+        (i.index.len(), i.index.recipients())
+    }
+
+    /// Per-domain totals of this family.
+    pub fn domains(&self) -> Vec<(String, DomainCount)> {
+        self.inner.borrow().index.domains().map(|(d, c)| (d.to_owned(), c)).collect()
+    }
+
+    pub fn contains(&self, id: QueueId) -> bool {
+        self.inner.borrow().index.get(id).is_some()
+    }
+
+    /// Stops taking appends; the committer finishes what is queued and returns.
+    pub fn close(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.closed = true;
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The commit loop. Runs until [`Spool::close`] and the last batch is done.
+    pub async fn run_committer(self) {
+        while let Some((batch, items)) = self.next_batch().await {
+            let (result, batch) = self.commit(batch).await;
+            self.settle(batch, items, result);
+            self.delete_dead_segments().await;
+        }
+    }
+
+    async fn next_batch(&self) -> Option<(Vec<u8>, Vec<Item>)> {
+        poll_fn(|cx| {
+            let mut i = self.inner.borrow_mut();
+            if !i.items.is_empty() {
+                let spare = std::mem::take(&mut i.spare);
+                let batch = std::mem::replace(&mut i.buf, spare);
+                let items = std::mem::take(&mut i.items);
+                return Poll::Ready(Some((batch, items)));
+            }
+            if i.closed {
+                return Poll::Ready(None);
+            }
+            i.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Steps 4-6 of the durability order. Returns where the batch landed, and
+    /// the batch buffer back (it went to the kernel by value).
+    async fn commit(&self, batch: Vec<u8>) -> (Result<(u64, u64), AppendError>, Vec<u8>) {
+        let len = batch.len() as u64;
+        let (file, seq, end) = match self.segment_for(len).await {
+            Ok(found) => found,
+            Err(e) => return (Err(e), batch),
+        };
+        let (res, batch) = file.write_all_at(batch, end).await;
+        if let Err(e) = res {
+            self.truncate_after_failed_write(&file, end);
+            return (Err(AppendError::from_io(&e)), batch);
+        }
+        let fsync = self.inner.borrow().fsync;
+        if fsync {
+            if let Err(e) = file.sync_data().await {
+                tracing::error!(error = %e, "spool fdatasync failed; abandoning segment");
+                self.inner.borrow_mut().current = None;
+                return (Err(AppendError::from_io(&e)), batch);
+            }
+        }
+        if let Some(cur) = self.inner.borrow_mut().current.as_mut() {
+            cur.end = end + len;
+        }
+        (Ok((seq, end)), batch)
+    }
+
+    fn truncate_after_failed_write(&self, file: &File, end: u64) {
+        // SAFETY: ftruncate on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::ftruncate(file.as_raw_fd(), end as libc::off_t) };
+        if rc != 0 {
+            tracing::error!("spool truncate after failed write failed; abandoning segment");
+            self.inner.borrow_mut().current = None;
+        }
+    }
+
+    /// The open segment, or a new one if there is none or the batch would make
+    /// it exceed the segment size (an empty segment takes any batch).
+    async fn segment_for(&self, len: u64) -> Result<(Rc<File>, u64, u64), AppendError> {
+        {
+            let i = self.inner.borrow();
+            if let Some(cur) = &i.current {
+                if cur.end == FILE_HEADER_LEN || cur.end + len <= i.segment_size {
+                    return Ok((cur.file.clone(), cur.seq, cur.end));
+                }
+            }
+        }
+        let (dir, family, seq) = {
+            let i = self.inner.borrow();
+            (i.dir.clone(), i.family, i.next_seq)
+        };
+        let path = segment::segment_path(&dir, family, seq);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| AppendError::from_io(&e))?;
+        // From here on the number is used, whatever happens.
+        self.inner.borrow_mut().next_seq = seq + 1;
+        let header = segment::encode_header(family, seq).to_vec();
+        let (res, _) = file.write_all_at(header, 0).await;
+        res.map_err(|e| AppendError::from_io(&e))?;
+        file.sync_data().await.map_err(|e| AppendError::from_io(&e))?;
+        let fdir =
+            File::open(segment::family_dir(&dir, family)).await.map_err(|e| AppendError::from_io(&e))?;
+        fdir.sync_all().await.map_err(|e| AppendError::from_io(&e))?;
+        let file = Rc::new(file);
+        let mut i = self.inner.borrow_mut();
+        i.index.add_segment(seq);
+        i.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+        i.current = Some(Open { file: file.clone(), seq, end: FILE_HEADER_LEN });
+        Ok((file, seq, FILE_HEADER_LEN))
+    }
+
+    /// Step 7: update the index, then answer every waiter.
+    fn settle(&self, mut batch: Vec<u8>, items: Vec<Item>, result: Result<(u64, u64), AppendError>) {
+        let mut i = self.inner.borrow_mut();
+        let stats = i.stats.clone();
+        match result {
+            Ok((seq, base)) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.committed_records.fetch_add(items.len() as u64, Ordering::Relaxed);
+                for item in items {
+                    let loc = Location { seq, offset: base + item.offset as u64, len: item.len as u32 };
+                    let id = match item.op {
+                        Op::Insert(id, prepared) => {
+                            let recipients = u64::from(prepared.recipients());
+                            i.index.insert_prepared(id, prepared, loc);
+                            stats.messages.fetch_add(1, Ordering::Relaxed);
+                            stats.recipients.fetch_add(recipients, Ordering::Relaxed);
+                            id
+                        }
+                        Op::Remove(id) => {
+                            if let Some(e) = i.index.remove_at(id, seq) {
+                                stats.messages.fetch_sub(1, Ordering::Relaxed);
+                                stats.recipients.fetch_sub(u64::from(e.recipients), Ordering::Relaxed);
+                            }
+                            id
+                        }
+                    };
+                    let _ = item.done.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                for item in items {
+                    let _ = item.done.send(Err(e.clone()));
+                }
+            }
+        }
+        batch.clear();
+        if batch.capacity() <= 1 << 22 {
+            i.spare = batch;
+        }
+    }
+
+    /// Step 9: unlink segments that hold nothing live.
+    async fn delete_dead_segments(&self) {
+        loop {
+            let (dir, family, dead) = {
+                let i = self.inner.borrow();
+                (i.dir.clone(), i.family, i.index.deletable(i.current.as_ref().map(|c| c.seq)))
+            };
+            if dead.is_empty() {
+                return;
+            }
+            for seq in dead {
+                let path = segment::segment_path(&dir, family, seq);
+                match monoio::fs::remove_file(&path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot delete spent segment");
+                        return;
+                    }
+                }
+                let mut i = self.inner.borrow_mut();
+                i.index.mark_deleted(seq);
+                i.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Ok(d) = File::open(segment::family_dir(&dir, family)).await {
+                let _ = d.sync_all().await;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn push(&mut self, offset: usize, len: usize, op: Op) -> Ticket {
+        let (tx, rx) = oneshot::channel();
+        if self.closed {
+            self.buf.truncate(offset);
+            let _ = tx.send(Err(AppendError::Closed));
+            return rx;
+        }
+        self.items.push(Item { offset, len, op, done: tx });
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+        rx
+    }
+}
