@@ -127,6 +127,7 @@ impl Admin {
             }
             ("GET", ["queue"]) => self.queue().await,
             ("DELETE", ["queue", id]) => self.delete(id).await,
+            ("GET", ["queue", id]) => self.show(id).await,
             ("POST", ["queue", "flush"]) | ("POST", ["queue", _, "bounce"]) => Response::json(
                 501,
                 json!({"error": "outbound delivery is not implemented in this version, so there is nothing to flush or bounce"}),
@@ -175,6 +176,29 @@ impl Admin {
                 "domains": domains,
             }),
         )
+    }
+
+    async fn show(&self, id: &str) -> Response {
+        let Some(id) = QueueId::parse(id) else {
+            return Response::json(400, json!({"error": "a queue id is 16 hex digits"}));
+        };
+        let reply = Arc::new(Inbox::new());
+        for inbox in &self.shared.inboxes {
+            inbox.send(Control::Show(id, reply.clone()));
+        }
+        for _ in 0..self.shared.inboxes.len() {
+            match monoio::time::timeout(IO_TIMEOUT, reply.recv()).await {
+                Ok(Some(m)) => {
+                    return Response::json(
+                        200,
+                        json!({"id": id.to_string(), "received_at": m.received_at, "recipients": m.recipients, "size": m.size}),
+                    )
+                }
+                Ok(None) => {}
+                Err(_) => return Response::json(503, json!({"error": "workers did not answer"})),
+            }
+        }
+        Response::json(404, json!({"error": "no such message"}))
     }
 
     async fn delete(&self, id: &str) -> Response {

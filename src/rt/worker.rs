@@ -33,6 +33,17 @@ pub enum Control {
     Queue(Arc<Inbox<WorkerQueue>>),
     /// Remove a message from the queue; reply whether this worker had it.
     Delete(QueueId, Arc<Inbox<Result<bool, String>>>),
+    /// Reply with one message's summary, if this worker has it.
+    Show(QueueId, Arc<Inbox<Option<MessageSummary>>>),
+}
+
+/// What the index knows about one queued message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageSummary {
+    pub received_at: u64,
+    pub recipients: u32,
+    /// Bytes of the spool record.
+    pub size: u32,
 }
 
 /// One worker's share of `/queue`.
@@ -223,6 +234,7 @@ async fn control_loop(w: Rc<WorkerCtx>, inbox: Arc<Inbox<Control>>) {
                 let (messages, recipients) = w.spool.counts();
                 reply.send(WorkerQueue { messages, recipients, domains: w.spool.domains() });
             }
+            Control::Show(id, reply) => reply.send(w.spool.summary(id)),
             Control::Delete(id, reply) => {
                 if !w.spool.contains(id) {
                     reply.send(Ok(false));

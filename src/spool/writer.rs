@@ -142,6 +142,13 @@ impl Spool {
         self.inner.borrow().index.domains().map(|(d, c)| (d.to_owned(), c)).collect()
     }
 
+    /// The index entry of a queued message.
+    pub fn summary(&self, id: QueueId) -> Option<crate::rt::worker::MessageSummary> {
+        let i = self.inner.borrow();
+        let e = i.index.get(id)?;
+        Some(crate::rt::worker::MessageSummary { received_at: e.received_at, recipients: e.recipients, size: e.loc.len })
+    }
+
     pub fn contains(&self, id: QueueId) -> bool {
         self.inner.borrow().index.get(id).is_some()
     }

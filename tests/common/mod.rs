@@ -1,0 +1,295 @@
+//! Shared test harness: runs the real `ringpost` binary on loopback with a
+//! temporary spool, and speaks SMTP and HTTP to it byte for byte.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringpost");
+
+/// A running server.
+pub struct Server {
+    pub child: Child,
+    pub smtp: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+/// Config text for a test server: loopback, port 0, spool in `dir/spool`,
+/// plus `extra`. Top-level keys in `extra` (before its first table) override
+/// ours; its tables are appended, and a `[spool]` table gets our `dir` unless
+/// it sets one.
+pub fn config_text(dir: &Path, extra: &str) -> String {
+    let split = extra.find("\n[").map(|i| i + 1).unwrap_or(if extra.starts_with('[') { 0 } else { extra.len() });
+    let (top, tables) = extra.split_at(split);
+    let mut text = String::from("hostname = \"mx.test\"\n");
+    if !top.contains("threads") {
+        text += "threads = 2\n";
+    }
+    text += top;
+    text += "\n[admin]\naddress = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n";
+    if !tables.contains("[[listener]]") {
+        text += "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n";
+    }
+    let spool_dir = format!("dir = \"{}\"\n", dir.join("spool").display());
+    if tables.contains("[spool]") {
+        if tables.contains("\ndir =") {
+            text += tables;
+        } else {
+            text += &tables.replacen("[spool]\n", &format!("[spool]\n{spool_dir}"), 1);
+        }
+    } else {
+        text += &format!("[spool]\n{spool_dir}");
+        text += tables;
+    }
+    text
+}
+
+impl Server {
+    /// Starts a server in a fresh temporary directory.
+    pub fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        Server::start_in(&dir, extra)
+    }
+
+    /// Starts (or restarts) a server whose files live in `dir`.
+    pub fn start_in(dir: &Path, extra: &str) -> Server {
+        let config_path = dir.join("ringpost.toml");
+        std::fs::write(&config_path, config_text(dir, extra)).expect("write config");
+        Server::start_with_config(dir, &config_path)
+    }
+
+    pub fn start_with_config(dir: &Path, config_path: &Path) -> Server {
+        let stderr_path = dir.join(format!("stderr-{}.log", unique()));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ringpost");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut smtp = Vec::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!("ringpost exited during startup ({status}): {err}");
+                }
+                continue;
+            };
+            if let Some(rest) = line.strip_prefix("ringpost: listening ") {
+                let addr = rest.split(' ').nth(1).expect("address");
+                smtp.push(addr.parse().expect("listener address"));
+            } else if let Some(rest) = line.strip_prefix("ringpost: admin http://") {
+                admin = Some(rest.parse().expect("admin address"));
+            } else if line.contains(" workers, io_uring driver") {
+                break;
+            }
+        }
+        let admin = admin.expect("admin address printed");
+        Server { child, smtp, admin, dir: dir.to_path_buf(), config_path: config_path.to_path_buf(), stderr_path }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.smtp[0]
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then wait for the exit (bounded).
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(30))
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("ringpost did not exit within {limit:?}: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        http(self.admin, method, path)
+    }
+
+    pub fn queue(&self) -> serde_json::Value {
+        let (status, body) = self.http("GET", "/queue");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("queue JSON")
+    }
+
+    pub fn queued_messages(&self) -> u64 {
+        self.queue()["messages"].as_u64().expect("messages")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// A byte-exact SMTP client.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn send_str(&mut self, s: &str) {
+        self.send(s.as_bytes());
+    }
+
+    /// Reads one (possibly multi-line) reply; returns its lines with CRLF.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed; got so far: {all:?}");
+            assert!(line.ends_with("\r\n"), "reply line ends with CRLF: {line:?}");
+            all += &line;
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    /// Reads a reply and checks its code.
+    pub fn expect(&mut self, code: &str) -> String {
+        let r = self.reply();
+        assert!(r.starts_with(code), "expected {code}, got {r:?}");
+        r
+    }
+
+    /// Sends a command line and expects a code.
+    pub fn cmd(&mut self, line: &str, code: &str) -> String {
+        self.send_str(&format!("{line}\r\n"));
+        self.expect(code)
+    }
+
+    /// True if the server closed the connection (EOF, or a reset because it
+    /// closed with our input unread) within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        match self.reader.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+
+    /// A whole transaction; returns the queue id from the final 250.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        for rcpt in to {
+            self.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
+        }
+        self.cmd("DATA", "354");
+        self.send_str(body);
+        self.send_str(".\r\n");
+        let r = self.expect("250");
+        queue_id(&r).expect("queue id in reply").to_owned()
+    }
+}
+
+/// The id in `250 2.0.0 Ok: queued as ID`.
+pub fn queue_id(reply: &str) -> Option<&str> {
+    reply.trim_end().rsplit(' ').next().filter(|id| id.len() == 16)
+}
+
+/// Self-signed certificate and key (PEM files) for `localhost`.
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "mx.test".into()]).expect("rcgen");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// Runs a program, failing the test with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the Debian package installed? see .ci/run)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed ({}): {text}", out.status);
+    text
+}
+
+/// Path of a file under tests/.
+pub fn test_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(rel)
+}

@@ -1,0 +1,389 @@
+//! Byte-exact SMTP transcripts against a real listener on 127.0.0.1:0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{queue_id, Server};
+
+#[test]
+fn greeting_ehlo_and_one_message() {
+    let srv = Server::start("");
+    let mut c = srv.client();
+    assert_eq!(c.reply(), "220 mx.test ESMTP\r\n");
+    let ehlo = c.cmd("EHLO client.test", "250");
+    assert_eq!(
+        ehlo,
+        "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"
+    );
+    let id = c.send_message("s@sender.test", &["r@example.net"], "Subject: t\r\n\r\nhello\r\n");
+    assert_eq!(c.cmd("QUIT", "221"), "221 2.0.0 Bye\r\n");
+    assert!(c.closed());
+    let (status, body) = srv.http("GET", &format!("/queue/{id}"));
+    assert_eq!(status, 200, "{body}");
+    let q = srv.queue();
+    assert_eq!(q["messages"], 1);
+    assert_eq!(q["recipients"], 1);
+    assert_eq!(q["domains"][0]["domain"], "example.net");
+    assert_eq!(srv.http("GET", "/health"), (200, "ok\n".to_owned()));
+}
+
+#[test]
+fn pipelined_transactions_in_one_write() {
+    let srv = Server::start("");
+    let mut c = srv.client();
+    c.expect("220");
+    let mut batch = String::from("EHLO c.test\r\n");
+    for i in 0..20 {
+        batch += &format!("MAIL FROM:<s{i}@x.test>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n");
+        // With PIPELINING the client still waits for 354 (RFC 2920), so the
+        // content goes in the same write only in this deliberately eager test.
+        batch += &format!("Subject: {i}\r\n\r\nbody\r\n.\r\n");
+    }
+    batch += "QUIT\r\n";
+    c.send_str(&batch);
+    c.expect("250");
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        c.expect("250");
+        c.expect("250");
+        c.expect("354");
+        ids.push(queue_id(&c.expect("250 2.0.0 Ok: queued as")).unwrap().to_owned());
+    }
+    c.expect("221");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "every message got its own id");
+    assert_eq!(srv.queued_messages(), 20);
+}
+
+#[test]
+fn smuggling_never_splits_a_message() {
+    let srv = Server::start("");
+    for smuggle in ["\n.\n", "\n.\r\n", "\r.\r", "\r\n.\n", "\r\n.\r"] {
+        let mut c = srv.client();
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        c.cmd("MAIL FROM:<a@x.test>", "250");
+        c.cmd("RCPT TO:<r@example.net>", "250");
+        c.cmd("DATA", "354");
+        let payload = format!(
+            "Subject: one\r\n\r\nx{smuggle}MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n\
+Subject: smuggled\r\n\r\nevil\r\n.\r\n"
+        );
+        c.send_str(&payload);
+        let r = c.expect("550 5.5.2");
+        assert!(r.contains("bare CR or LF"), "{r}");
+        // The next reply answers our NOOP, not a smuggled command.
+        assert_eq!(c.cmd("NOOP", "250"), "250 2.0.0 Ok\r\n");
+    }
+    assert_eq!(srv.queued_messages(), 0, "nothing was accepted");
+}
+
+#[test]
+fn bdat_over_the_wire() {
+    let srv = Server::start("");
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd("MAIL FROM:<a@x.test> BODY=8BITMIME", "250");
+    c.cmd("RCPT TO:<r@example.net>", "250");
+    c.send_str("BDAT 14\r\nSubject: b\r\n\r\n");
+    assert_eq!(c.reply(), "250 2.0.0 14 octets received\r\n");
+    c.send_str("BDAT 6 LAST\r\nbody\r\n");
+    let r = c.expect("250 2.0.0 Ok: queued as");
+    let id = queue_id(&r).unwrap();
+    assert_eq!(srv.http("GET", &format!("/queue/{id}")).0, 200);
+}
+
+#[test]
+fn limits_and_errors() {
+    let srv = Server::start("[limits]\nmessage_size = 100\nrecipients = 2\nline_length = 600\n");
+    let mut c = srv.client();
+    c.expect("220");
+    assert!(c.cmd("EHLO c.test", "250").contains("250-SIZE 100\r\n"));
+    c.cmd("MAIL FROM:<a@x.test> SIZE=101", "552 5.3.4");
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r1@example.net>", "250");
+    c.cmd("RCPT TO:<r2@example.net>", "250");
+    c.cmd("RCPT TO:<r3@example.net>", "452 4.5.3");
+    c.cmd("DATA", "354");
+    c.send_str(&format!("{}\r\n.\r\n", "x".repeat(200)));
+    c.expect("552 5.3.4");
+    c.cmd(&format!("NOOP {}", "y".repeat(700)), "500 5.5.2");
+    c.cmd("RSET", "250");
+    // A line of 100 kB without CRLF is discarded as it streams in.
+    c.send(&vec![b'z'; 100_000]);
+    c.send_str("\r\n");
+    c.expect("500 5.5.2 Line too long");
+    c.cmd("NOOP", "250");
+    assert_eq!(srv.queued_messages(), 0);
+}
+
+#[test]
+fn relay_control_and_unknown_users() {
+    let hash = ringpost::auth::hash("pw").unwrap();
+    let srv = Server::start(&format!(
+        "[relay]\nlocal_domains = [\"example.test\"]\nrelay_domains = [\"relay.test\"]\nrelay_networks = []\n\
+[[user]]\naddress = \"alice@example.test\"\npassword = \"{hash}\"\n"
+    ));
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    assert_eq!(c.cmd("RCPT TO:<x@elsewhere.test>", "554"), "554 5.7.1 Relay access denied\r\n");
+    c.cmd("RCPT TO:<bob@example.test>", "550 5.1.1");
+    c.cmd("RCPT TO:<alice@example.test>", "250");
+    c.cmd("RCPT TO:<anyone@relay.test>", "250");
+    c.cmd("RCPT TO:<postmaster@example.test>", "250");
+}
+
+#[test]
+fn http_and_garbage_are_refused() {
+    let srv = Server::start("");
+    let mut c = srv.client();
+    c.expect("220");
+    c.send_str("GET / HTTP/1.1\r\nHost: example\r\n\r\n");
+    c.expect("554 5.7.0");
+    assert!(c.closed());
+
+    let mut c = srv.client();
+    c.expect("220");
+    let garbage: Vec<u8> = (0..40_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    c.send(&garbage);
+    c.send_str("\r\n");
+    let mut got = String::new();
+    while !got.contains("421 4.7.0") {
+        got += &c.reply();
+    }
+    assert!(c.closed());
+    // The server is still up for everyone else.
+    let mut ok = srv.client();
+    ok.expect("220");
+}
+
+#[test]
+fn idle_timeout_closes_with_421() {
+    let srv = Server::start("[limits]\ncommand_timeout = \"1s\"\n");
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    let started = std::time::Instant::now();
+    c.expect("421 4.4.2");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(c.closed());
+}
+
+#[test]
+fn slow_data_times_out() {
+    let srv = Server::start("[limits]\ndata_timeout = \"1s\"\n");
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r@example.net>", "250");
+    c.cmd("DATA", "354");
+    c.send_str("partial line");
+    c.expect("421 4.4.2");
+    assert_eq!(srv.queued_messages(), 0);
+}
+
+#[test]
+fn connection_limits() {
+    let srv = Server::start("[limits]\nconnections = 3\nconnections_per_ip = 2\n[relay]\nrelay_networks = []\n");
+    let mut a = srv.client();
+    a.expect("220");
+    let mut b = srv.client();
+    b.expect("220");
+    let mut c = srv.client();
+    c.expect("421 4.7.0");
+    assert!(c.closed());
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut d = srv.client();
+    d.expect("220");
+    b.cmd("NOOP", "250");
+}
+
+#[test]
+fn total_connection_limit_applies_to_trusted_clients() {
+    let srv = Server::start("[limits]\nconnections = 2\nconnections_per_ip = 1\n");
+    // Loopback is in relay_networks by default: exempt from the per-IP limit.
+    let mut a = srv.client();
+    a.expect("220");
+    let mut b = srv.client();
+    b.expect("220");
+    let mut c = srv.client();
+    c.expect("421 4.7.0");
+}
+
+#[test]
+fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
+    let srv = Server::start("[limits]\nshutdown_grace = \"10s\"\n");
+    let mut idle = srv.client();
+    idle.expect("220");
+    idle.cmd("EHLO c.test", "250");
+    let mut busy = srv.client();
+    busy.expect("220");
+    busy.cmd("EHLO c.test", "250");
+    busy.cmd("MAIL FROM:<a@x.test>", "250");
+    busy.cmd("RCPT TO:<r@example.net>", "250");
+    busy.cmd("DATA", "354");
+    busy.send_str("Subject: in flight\r\n\r\n");
+    srv.signal(libc::SIGTERM);
+    idle.expect("421 4.3.2");
+    assert!(idle.closed());
+    busy.send_str("done\r\n.\r\n");
+    busy.expect("250 2.0.0 Ok: queued as");
+    busy.expect("421 4.3.2");
+    let mut srv = srv;
+    let status = srv.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", srv.stderr());
+}
+
+#[test]
+fn shutdown_grace_bounds_slow_transactions() {
+    let srv = Server::start("[limits]\nshutdown_grace = \"1s\"\n");
+    let mut busy = srv.client();
+    busy.expect("220");
+    busy.cmd("EHLO c.test", "250");
+    busy.cmd("MAIL FROM:<a@x.test>", "250");
+    srv.signal(libc::SIGTERM);
+    busy.expect("421 4.3.2");
+    let mut srv = srv;
+    assert_eq!(srv.wait(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn messages_survive_restart_and_delete_frees_segments() {
+    let srv = Server::start("[spool]\nsegment_size = 1048576\n");
+    let dir = srv.dir.clone();
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    let body = format!("Subject: big\r\n\r\n{}\r\n", "b".repeat(300_000));
+    let ids: Vec<String> = (0..8).map(|_| c.send_message("a@x.test", &["r@example.net"], &body)).collect();
+    c.cmd("QUIT", "221");
+    assert_eq!(srv.stop().code(), Some(0));
+
+    let srv = Server::start_in(&dir, "[spool]\nsegment_size = 1048576\n");
+    assert_eq!(srv.queued_messages(), 8);
+    let segments = || {
+        walk(&dir.join("spool")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).count()
+    };
+    let before = segments();
+    assert!(before >= 3, "8 x 300 kB in 1 MiB segments: {before}");
+    for id in &ids {
+        assert_eq!(srv.http("DELETE", &format!("/queue/{id}")).0, 200);
+    }
+    assert_eq!(srv.http("DELETE", &format!("/queue/{}", ids[0])).0, 404);
+    assert_eq!(srv.queued_messages(), 0);
+    // A new message forces new segment activity; dead ones are unlinked.
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.send_message("a@x.test", &["r@example.net"], "Subject: s\r\n\r\nx\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = segments();
+    assert!(after <= 2, "spent segments deleted: {before} -> {after}");
+    assert_eq!(srv.stop().code(), Some(0));
+    let srv = Server::start_in(&dir, "[spool]\nsegment_size = 1048576\n");
+    assert_eq!(srv.queued_messages(), 1, "deleted messages stay deleted");
+}
+
+#[test]
+fn thread_count_change_adopts_old_families() {
+    let srv = Server::start("threads = 2\n");
+    let dir = srv.dir.clone();
+    for _ in 0..10 {
+        let mut c = srv.client();
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        c.send_message("a@x.test", &["r@example.net"], "Subject: s\r\n\r\nx\r\n");
+    }
+    assert_eq!(srv.stop().code(), Some(0));
+    std::fs::write(dir.join("ringpost.toml"), common::config_text(&dir, "threads = 1\n")).unwrap();
+    let srv = Server::start_with_config(&dir, &dir.join("ringpost.toml"));
+    assert_eq!(srv.queued_messages(), 10);
+    assert!(!dir.join("spool/w001").exists(), "family 1 was adopted by worker 0");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn config_errors_exit_2_with_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "threads = 1\n[limits]\nmesage_size = 5\n").unwrap();
+    let out = std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 3") && err.contains("mesage_size"), "{err}");
+}
+
+#[test]
+fn bind_failure_exits_1_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = common::config_text(dir.path(), &format!("[[listener]]\naddress = \"{addr}\"\n"));
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr.to_string()) && err.contains("in use"), "{err}");
+}
+
+#[test]
+fn second_server_on_same_spool_is_refused() {
+    let srv = Server::start("");
+    let path = srv.dir.join("second.toml");
+    std::fs::write(&path, common::config_text(&srv.dir, "")).unwrap();
+    let out = std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locked"));
+}
+
+#[test]
+fn sighup_reloads_relay_policy() {
+    let srv = Server::start("[relay]\nrelay_networks = []\n");
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r@newly.test>", "554 5.7.1");
+    std::fs::write(
+        &srv.config_path,
+        common::config_text(&srv.dir, "[relay]\nrelay_networks = []\nrelay_domains = [\"newly.test\"]\n"),
+    )
+    .unwrap();
+    srv.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r@newly.test>", "250");
+    // A broken file is refused and the running config stays.
+    std::fs::write(&srv.config_path, "this is not toml").unwrap();
+    srv.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(srv.stderr().contains("keeping the old configuration"), "{}", srv.stderr());
+    let mut c = srv.client();
+    c.expect("220");
+}
