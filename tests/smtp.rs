@@ -191,7 +191,8 @@ fn slow_data_times_out() {
 
 #[test]
 fn connection_limits() {
-    let srv = Server::start("[limits]\nconnections = 3\nconnections_per_ip = 2\n[relay]\nrelay_networks = []\n");
+    let srv =
+        Server::start("[limits]\nconnections = 3\nconnections_per_ip = 2\n[relay]\nrelay_networks = []\n");
     let mut a = srv.client();
     a.expect("220");
     let mut b = srv.client();
@@ -269,9 +270,8 @@ fn messages_survive_restart_and_delete_frees_segments() {
 
     let srv = Server::start_in(&dir, "[spool]\nsegment_size = 1048576\n");
     assert_eq!(srv.queued_messages(), 8);
-    let segments = || {
-        walk(&dir.join("spool")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).count()
-    };
+    let segments =
+        || walk(&dir.join("spool")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).count();
     let before = segments();
     assert!(before >= 3, "8 x 300 kB in 1 MiB segments: {before}");
     for id in &ids {
@@ -329,7 +329,8 @@ fn config_errors_exit_2_with_location() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "threads = 1\n[limits]\nmesage_size = 5\n").unwrap();
-    let out = std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out =
+        std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("line 3") && err.contains("mesage_size"), "{err}");
@@ -343,7 +344,8 @@ fn bind_failure_exits_1_naming_the_address() {
     let path = dir.path().join("c.toml");
     let text = common::config_text(dir.path(), &format!("[[listener]]\naddress = \"{addr}\"\n"));
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out =
+        std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&addr.to_string()) && err.contains("in use"), "{err}");
@@ -354,7 +356,8 @@ fn second_server_on_same_spool_is_refused() {
     let srv = Server::start("");
     let path = srv.dir.join("second.toml");
     std::fs::write(&path, common::config_text(&srv.dir, "")).unwrap();
-    let out = std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out =
+        std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("locked"));
 }

@@ -114,7 +114,8 @@ impl MailParams {
                         _ => return Err(ParamError::Syntax),
                     };
                 }
-                ("SMTPUTF8", None) if !p.smtputf8 => p.smtputf8 = true,
+                // A repeat cannot conflict (no value); smtplib sends it twice.
+                ("SMTPUTF8", None) => p.smtputf8 = true,
                 ("RET", Some(v)) if p.ret.is_none() => {
                     p.ret = Some(match v.to_ascii_uppercase().as_str() {
                         "FULL" => Ret::Full,
@@ -130,13 +131,8 @@ impl MailParams {
                 }
                 // RFC 4954 §5: accepted and not trusted; we record nothing from it.
                 ("AUTH", Some(_)) => {}
-                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID", _) => {
-                    return Err(if value.is_some() || key.eq_ignore_ascii_case("SMTPUTF8") {
-                        ParamError::Duplicate
-                    } else {
-                        ParamError::Syntax
-                    });
-                }
+                ("SIZE" | "BODY" | "RET" | "ENVID", Some(_)) => return Err(ParamError::Duplicate),
+                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID", _) => return Err(ParamError::Syntax),
                 _ => return Err(ParamError::Unsupported),
             }
         }
@@ -188,6 +184,7 @@ mod tests {
         assert_eq!(ok.envid.as_deref(), Some("abc+2B1"));
         assert_eq!(MailParams::parse("").unwrap(), MailParams::default());
         assert_eq!(MailParams::parse("size=5").unwrap().size, Some(5));
+        assert!(MailParams::parse("SMTPUTF8 SMTPUTF8 BODY=8BITMIME").unwrap().smtputf8);
 
         let errs: &[(&str, ParamError)] = &[
             ("SIZE=abc", ParamError::Syntax),
@@ -200,7 +197,7 @@ mod tests {
             ("ENVID=a=b", ParamError::Syntax),
             ("ENVID=a+zz", ParamError::Syntax),
             ("XFOO=1", ParamError::Unsupported),
-            ("SMTPUTF8=yes", ParamError::Duplicate),
+            ("SMTPUTF8=yes", ParamError::Syntax),
             ("=x", ParamError::Syntax),
         ];
         for (input, want) in errs {

@@ -146,7 +146,11 @@ impl Spool {
     pub fn summary(&self, id: QueueId) -> Option<crate::rt::worker::MessageSummary> {
         let i = self.inner.borrow();
         let e = i.index.get(id)?;
-        Some(crate::rt::worker::MessageSummary { received_at: e.received_at, recipients: e.recipients, size: e.loc.len })
+        Some(crate::rt::worker::MessageSummary {
+            received_at: e.received_at,
+            recipients: e.recipients,
+            size: e.loc.len,
+        })
     }
 
     pub fn contains(&self, id: QueueId) -> bool {

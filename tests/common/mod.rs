@@ -26,7 +26,8 @@ pub struct Server {
 /// ours; its tables are appended, and a `[spool]` table gets our `dir` unless
 /// it sets one.
 pub fn config_text(dir: &Path, extra: &str) -> String {
-    let split = extra.find("\n[").map(|i| i + 1).unwrap_or(if extra.starts_with('[') { 0 } else { extra.len() });
+    let split =
+        extra.find("\n[").map(|i| i + 1).unwrap_or(if extra.starts_with('[') { 0 } else { extra.len() });
     let (top, tables) = extra.split_at(split);
     let mut text = String::from("hostname = \"mx.test\"\n");
     if !top.contains("threads") {
@@ -106,7 +107,14 @@ impl Server {
             }
         }
         let admin = admin.expect("admin address printed");
-        Server { child, smtp, admin, dir: dir.to_path_buf(), config_path: config_path.to_path_buf(), stderr_path }
+        Server {
+            child,
+            smtp,
+            admin,
+            dir: dir.to_path_buf(),
+            config_path: config_path.to_path_buf(),
+            stderr_path,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -283,7 +291,9 @@ pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Runs a program, failing the test with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the Debian package installed? see .ci/run)"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the Debian package installed? see .ci/run)"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{cmd:?} failed ({}): {text}", out.status);
     text

@@ -1,0 +1,224 @@
+//! Real third-party peers against ringpost: Python smtplib/ssl, swaks,
+//! openssl s_client, Postfix's smtp-source. All on loopback. The Debian
+//! packages are installed by .ci/run; a missing tool fails the test.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use common::{make_cert, run, test_file, Server};
+
+const USER: &str = "alice@example.test";
+const PASSWORD: &str = "correct horse";
+
+/// One argon2 hash for all tests (hashing is slow in debug builds).
+fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| ringpost::auth::hash(PASSWORD).unwrap())
+}
+
+/// A server with STARTTLS on mx, a STARTTLS submission listener and an
+/// implicit-TLS listener, one user, and relay only for authenticated clients.
+fn tls_server() -> Server {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (cert, key) = make_cert(&dir);
+    let extra = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\ntls = \"starttls\"\n\
+[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\ntls = \"starttls\"\n\
+[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\ntls = \"implicit\"\n\
+[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+[relay]\nlocal_domains = [\"example.test\"]\nrelay_domains = [\"example.net\"]\nrelay_networks = []\n\
+[[user]]\naddress = \"{USER}\"\npassword = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        password_hash()
+    );
+    Server::start_in(&dir, &extra)
+}
+
+fn python(mode: &str, srv_addr: std::net::SocketAddr, extra: &[&str]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(test_file("peers/smtplib_check.py"))
+        .arg(mode)
+        .arg(srv_addr.ip().to_string())
+        .arg(srv_addr.port().to_string())
+        .args(extra);
+    run(&mut cmd)
+}
+
+#[test]
+fn python_smtplib_plain() {
+    let srv = Server::start("");
+    let out = python("plain", srv.addr(), &[]);
+    assert!(out.contains("ok plain"), "{out}");
+    assert_eq!(srv.queued_messages(), 5);
+    let q = srv.queue();
+    assert_eq!(q["recipients"], 8);
+}
+
+#[test]
+fn python_smtplib_tls_auth_submission_and_injection() {
+    let srv = tls_server();
+    let [mx, submission, implicit] = [srv.smtp[0], srv.smtp[1], srv.smtp[2]];
+    assert!(python("relay-denied", mx, &[]).contains("ok"));
+    assert!(python("starttls", mx, &[USER, PASSWORD]).contains("ok starttls"));
+    assert!(python("submission", submission, &[USER, PASSWORD]).contains("ok submission"));
+    assert!(python("implicit", implicit, &[]).contains("ok implicit"));
+    assert!(python("starttls-injection", mx, &[]).contains("ok starttls injection"));
+    assert!(python("tls-garbage", mx, &[]).contains("ok tls garbage"));
+    assert_eq!(srv.queued_messages(), 3);
+    let (_, metrics) = srv.http("GET", "/metrics");
+    // smtplib tries PLAIN, then LOGIN, with the wrong password: two failures.
+    assert!(metrics.contains("ringpost_auth_failures_total 2"), "{metrics}");
+    assert!(metrics.contains("ringpost_auth_successes_total 2"), "{metrics}");
+}
+
+#[test]
+fn received_header_names_tls_version_and_cipher() {
+    let srv = tls_server();
+    python("starttls", srv.smtp[0], &[USER, PASSWORD]);
+    let dir = srv.dir.clone();
+    assert_eq!(srv.stop().code(), Some(0));
+    // The spool holds the message as it will be delivered; read the segment raw.
+    let mut found = String::new();
+    for entry in walk(&dir.join("spool")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some(at) = text.find("Received: from client.test") {
+            found = text[at..].chars().take(400).collect();
+        }
+    }
+    assert!(found.contains("(using TLSv1.3 with cipher TLS13_"), "{found}");
+    assert!(found.contains("by mx.test (ringpost) with ESMTPSA id "), "{found}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|x| x == "seg") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn swaks_plain_pipelining_and_tls_auth() {
+    let srv = tls_server();
+    let port = srv.smtp[0].port().to_string();
+    let server = format!("127.0.0.1:{port}");
+    let out = run(Command::new("swaks").args([
+        "--server",
+        &server,
+        "--from",
+        "s@x.test",
+        "--to",
+        "r@example.net",
+        "--pipeline",
+        "--timeout",
+        "20",
+    ]));
+    assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
+    let out = run(Command::new("swaks").args([
+        "--server",
+        &server,
+        "--from",
+        USER,
+        "--to",
+        "far@elsewhere.test",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+        "--timeout",
+        "20",
+    ]));
+    assert!(out.contains("235 2.7.0") && out.contains("250 2.0.0 Ok: queued as"), "{out}");
+    let out = run(Command::new("swaks").args([
+        "--server",
+        &server,
+        "--from",
+        USER,
+        "--to",
+        "far@elsewhere.test",
+        "--tls",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+        "--timeout",
+        "20",
+    ]));
+    assert!(out.contains("235 2.7.0"), "{out}");
+    assert_eq!(srv.queued_messages(), 3);
+}
+
+#[test]
+fn openssl_s_client_starttls() {
+    let srv = tls_server();
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &srv.smtp[0].to_string(), "-starttls", "smtp", "-crlf", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"EHLO client.test\nNOOP\nQUIT\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("250-mx.test") && text.contains("250 2.0.0 Ok") && text.contains("221 2.0.0"),
+        "{text}"
+    );
+    assert!(!text.contains("STARTTLS"), "not offered again inside TLS: {text}");
+}
+
+#[test]
+fn smtp_source_thousands_over_many_connections() {
+    let srv = Server::start("");
+    let target = srv.addr().to_string();
+    // 50 sessions, connections reused (-d), 5000 messages of 1 KiB.
+    run(Command::new("smtp-source").args([
+        "-s",
+        "50",
+        "-m",
+        "5000",
+        "-l",
+        "1024",
+        "-d",
+        "-f",
+        "s@x.test",
+        "-t",
+        "r@example.net",
+        &target,
+    ]));
+    // A new connection per message.
+    run(Command::new("smtp-source").args([
+        "-s",
+        "20",
+        "-m",
+        "500",
+        "-l",
+        "1024",
+        "-f",
+        "s@x.test",
+        "-t",
+        "r@example.net",
+        &target,
+    ]));
+    assert_eq!(srv.queued_messages(), 5500);
+    let (_, metrics) = srv.http("GET", "/metrics");
+    assert!(metrics.contains("ringpost_messages_accepted_total 5500"), "{metrics}");
+}
