@@ -245,14 +245,16 @@ impl Spool {
             (i.dir.clone(), i.family, i.next_seq)
         };
         let path = segment::segment_path(&dir, family, seq);
+        // `seq` is above every segment that holds a record, so truncating a
+        // file left by an earlier failed attempt cannot lose anything. The
+        // number is taken only once the header is durable.
         let file = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&path)
             .await
             .map_err(|e| AppendError::from_io(&e))?;
-        // From here on the number is used, whatever happens.
-        self.inner.borrow_mut().next_seq = seq + 1;
         let header = segment::encode_header(family, seq).to_vec();
         let (res, _) = file.write_all_at(header, 0).await;
         res.map_err(|e| AppendError::from_io(&e))?;
@@ -260,6 +262,7 @@ impl Spool {
         let fdir =
             File::open(segment::family_dir(&dir, family)).await.map_err(|e| AppendError::from_io(&e))?;
         fdir.sync_all().await.map_err(|e| AppendError::from_io(&e))?;
+        self.inner.borrow_mut().next_seq = seq + 1;
         let file = Rc::new(file);
         let mut i = self.inner.borrow_mut();
         i.index.add_segment(seq);

@@ -1,0 +1,187 @@
+//! Fault tests: kill -9 under load, and a full spool disk.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{queue_id, Client, Server};
+
+/// Clients that send messages in a loop on reused connections and record every
+/// id the server acknowledged with 250, until the server goes away.
+fn load(
+    srv: &Server,
+    clients: usize,
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|n| {
+            let addr = srv.addr();
+            let acked = acked.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut c = Client::connect(addr);
+                    c.expect("220");
+                    c.cmd("EHLO load.test", "250");
+                    let mut i = 0u64;
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        c.cmd(&format!("MAIL FROM:<c{n}-{i}@x.test>"), "250");
+                        c.cmd("RCPT TO:<r@example.net>", "250");
+                        c.cmd("DATA", "354");
+                        c.send_str(&format!("Subject: {n}-{i}\r\n\r\n{}\r\n.\r\n", "x".repeat(700)));
+                        let r = c.reply();
+                        if let Some(id) = r.starts_with("250").then(|| queue_id(&r)).flatten() {
+                            acked.lock().unwrap().push(id.to_owned());
+                        }
+                        i += 1;
+                    }
+                }));
+                // A panic here is the connection dying under kill -9: expected.
+                drop(attempt);
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let extra = "[spool]\nsegment_size = 1048576\n";
+    let mut all_acked: Vec<String> = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    for round in 0..4 {
+        let srv = Server::start_in(&dir, extra);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = load(&srv, 8, acked.clone(), stop.clone());
+        // Let some messages through, then kill at a random moment.
+        let wait_until = Instant::now() + Duration::from_secs(10);
+        while acked.lock().unwrap().len() < 50 && Instant::now() < wait_until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
+        srv.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let acked = acked.lock().unwrap().clone();
+        assert!(acked.len() >= 50, "round {round}: load ran ({} acked)", acked.len());
+        all_acked.extend(acked);
+
+        let srv = Server::start_in(&dir, extra);
+        let missing: Vec<&String> =
+            all_acked.iter().filter(|id| srv.http("GET", &format!("/queue/{id}")).0 != 200).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged messages lost: {missing:?}",
+            missing.len()
+        );
+        let queued = srv.queued_messages();
+        assert!(
+            queued >= all_acked.len() as u64,
+            "round {round}: {queued} queued < {} acked",
+            all_acked.len()
+        );
+        srv.kill9();
+    }
+}
+
+/// A small tmpfs for the spool; unmounted on drop.
+struct Tmpfs {
+    path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let path = tempfile::tempdir().unwrap().keep().join("spoolfs");
+        std::fs::create_dir_all(&path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Tmpfs { path },
+            Ok(o) => panic!(
+                "mounting a tmpfs needs root (CI runs as root): {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("cannot run mount: {e}"),
+        }
+    }
+
+    /// Fills the filesystem with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.path.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", filler.display()))
+            .output();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn message(c: &mut Client, i: usize) -> String {
+    c.cmd(&format!("MAIL FROM:<s{i}@x.test>"), "250");
+    c.cmd("RCPT TO:<r@example.net>", "250");
+    c.cmd("DATA", "354");
+    c.send_str(&format!("Subject: {i}\r\n\r\n{}\r\n.\r\n", "y".repeat(20_000)));
+    c.reply()
+}
+
+#[test]
+fn full_disk_gives_452_and_recovers_by_itself() {
+    let fs = Tmpfs::mount("8m");
+    let dir = tempfile::tempdir().unwrap().keep();
+    let extra = format!("[spool]\ndir = \"{}\"\nsegment_size = 1048576\n", fs.path.join("spool").display());
+    let srv = Server::start_in(&dir, &extra);
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let r = message(&mut c, i);
+        acked.push(queue_id(&r).expect("250 before the disk fills").to_owned());
+    }
+    let filler = fs.fill();
+    let mut refused = 0;
+    for i in 5..15 {
+        let r = message(&mut c, i);
+        if r.starts_with("452 4.3.1") {
+            refused += 1;
+        } else {
+            assert!(r.starts_with("250"), "only 250 or 452 while full: {r}");
+            acked.push(queue_id(&r).unwrap().to_owned());
+        }
+    }
+    assert!(refused >= 8, "a full disk refuses with 452 4.3.1 ({refused} of 10)");
+    // Other sessions are still served while the disk is full.
+    let mut other = srv.client();
+    other.expect("220");
+    other.cmd("NOOP", "250");
+    std::fs::remove_file(&filler).unwrap();
+    for i in 15..20 {
+        let r = message(&mut c, i);
+        acked.push(queue_id(&r).unwrap_or_else(|| panic!("space is back: 250, got {r}")).to_owned());
+    }
+    let (_, metrics) = srv.http("GET", "/metrics");
+    assert!(!metrics.contains("ringpost_spool_failures_total 0\n"), "failures counted");
+    srv.kill9();
+    let srv = Server::start_in(&dir, &extra);
+    for id in &acked {
+        assert_eq!(srv.http("GET", &format!("/queue/{id}")).0, 200, "{id} survived");
+    }
+    assert_eq!(srv.queued_messages(), acked.len() as u64, "nothing refused was kept");
+    assert_eq!(srv.stop().code(), Some(0));
+}
