@@ -32,6 +32,9 @@ impl Session {
     pub(super) fn handle_bdat(&mut self, size: u64, last: bool, now: Now) {
         self.deadline = now.instant + self.config.data_timeout;
         if let Some(reply) = self.content_refusal() {
+            if size == 0 {
+                return self.error(&reply);
+            }
             // The chunk is on its way regardless; read past it, then refuse.
             self.phase = Phase::DiscardChunk { remaining: size, reply };
             return;

@@ -263,6 +263,7 @@ impl Session {
     pub fn handle_input(&mut self, input: &[u8], now: Now) -> usize {
         let mut used = 0;
         while used < input.len() {
+            let before = std::mem::discriminant(&self.phase);
             let n = match &mut self.phase {
                 Phase::Command => self.read_command(&input[used..], now),
                 Phase::DiscardLine => self.discard_line(&input[used..]),
@@ -272,7 +273,9 @@ impl Session {
                 Phase::Auth(_) => self.read_auth_line(&input[used..], now),
                 Phase::Blocked(_) | Phase::Closed => 0,
             };
-            if n == 0 {
+            // Stop only when the phase needs more input (or the shell):
+            // a phase change without input must be given the rest at once.
+            if n == 0 && std::mem::discriminant(&self.phase) == before {
                 break;
             }
             used += n;

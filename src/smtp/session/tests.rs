@@ -500,3 +500,15 @@ DATA\r\nx\r\n.\r\nBDAT 1 LAST\r\nxRSET\r\nNOOP\r\nVRFY a\r\nEXPN a\r\nHELP\r\nBO
         assert_eq!(parts[0], &code[..1], "class matches: {line}");
     }
 }
+
+#[test]
+fn zero_length_refused_bdat_does_not_stall_pipelined_input() {
+    // Found by the session fuzzer: the session stopped consuming after a
+    // refused `BDAT 0`, so pipelined commands waited for the timeout.
+    let mut h = Harness::mx();
+    h.greet();
+    let input = b"BDAT 0\r\nNOOP\r\nNOOP\r\n";
+    assert_eq!(h.s.handle_input(input, h.now), input.len(), "all input consumed in one call");
+    let out = h.send("");
+    assert_eq!(codes(&out), ["503", "250", "250"]);
+}

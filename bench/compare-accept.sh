@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Accept rate with fsync on: ringpost vs Postfix, same machine, same load,
+# interleaved (A B A B ...). Load: Postfix's smtp-source, 1 KiB messages,
+# 50 sessions, with and without connection reuse.
+#
+# Postfix gets `HOLD` at the end of DATA, so it does what ringpost does in this
+# version (accept, fsync, queue) and spends no CPU on deliveries. Everything
+# listens on loopback; nothing can leave the machine.
+#
+# usage: bench/compare-accept.sh [ROUNDS] [MESSAGES]     (run as root)
+# writes tuning/results/<date>-accept.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+MESSAGES=${2:-20000}
+SESSIONS=50
+SIZE=1024
+RP_PORT=2600
+PF_PORT=2601
+WORK=$(mktemp -d /tmp/ringpost-bench.XXXXXX)
+
+command -v smtp-source >/dev/null || { echo "needs smtp-source (apt-get install postfix)"; exit 1; }
+cargo build --release -q
+BIN=target/release/ringpost
+
+# --- Postfix on loopback, HOLD everything it accepts -------------------------
+postfix stop >/dev/null 2>&1 || true
+postconf -e 'inet_interfaces = loopback-only' 'inet_protocols = ipv4' 'mydestination =' \
+  'mynetworks = 127.0.0.0/8' 'relay_domains = example.test' \
+  'default_transport = error:bench: no delivery' 'relay_transport = error:bench: no delivery' \
+  'local_transport = error:local delivery disabled' 'smtp_dns_support_level = disabled' \
+  'smtpd_peername_lookup = no' 'notify_classes =' 'alias_maps =' 'local_recipient_maps =' \
+  'smtpd_data_restrictions = check_client_access static:HOLD' \
+  "maillog_file = $WORK/postfix.log" 'smtpd_client_connection_count_limit = 0' \
+  'default_process_limit = 200' 'smtpd_client_connection_rate_limit = 0'
+# Listen on PF_PORT instead of 25 (restored at the end).
+cp /etc/postfix/master.cf "$WORK/master.cf.orig"
+sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/$PF_PORT      inet  n       -       n       -       -       smtpd/" /etc/postfix/master.cf
+grep -q "^postlog" /etc/postfix/master.cf || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> /etc/postfix/master.cf
+postfix start >/dev/null 2>&1
+trap 'postfix stop >/dev/null 2>&1 || true; cp "$WORK/master.cf.orig" /etc/postfix/master.cf; postsuper -d ALL >/dev/null 2>&1 || true; kill $RP_PID 2>/dev/null || true' EXIT
+
+# --- ringpost, fsync on ------------------------------------------------------
+cat > "$WORK/ringpost.toml" <<EOF
+hostname = "bench.test"
+[[listener]]
+address = "127.0.0.1:$RP_PORT"
+[admin]
+address = "127.0.0.1:0"
+[spool]
+dir = "$WORK/spool"
+fsync = true
+[limits]
+connections_per_ip = 10000
+[log]
+level = "warn"
+EOF
+$BIN serve --config "$WORK/ringpost.toml" > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
+RP_PID=$!
+for _ in $(seq 50); do grep -q "workers" "$WORK/ringpost.out" 2>/dev/null && break; sleep 0.1; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# run TARGET_PORT REUSE -> prints "rate cpu_us_per_msg" (cpu only for ringpost)
+run() {
+  local port=$1 reuse=$2 flag=""
+  [ "$reuse" = yes ] && flag="-d"
+  local c0 c1 t0 t1
+  c0=$(cpu_ticks $RP_PID)
+  t0=$(date +%s.%N)
+  timeout 600 smtp-source -s $SESSIONS -m "$MESSAGES" -l $SIZE $flag -f s@x.test -t r@example.test "127.0.0.1:$port"
+  t1=$(date +%s.%N)
+  c1=$(cpu_ticks $RP_PID)
+  awk -v n="$MESSAGES" -v a="$t0" -v b="$t1" -v c="$((c1 - c0))" -v tick="$TICK" \
+    'BEGIN { printf "%.0f %.0f\n", n / (b - a), c / tick * 1e6 / n }'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+declare -A R
+for reuse in yes no; do
+  for i in $(seq "$ROUNDS"); do
+    read -r rp rp_cpu < <(run $RP_PORT $reuse)
+    read -r pf _ < <(run $PF_PORT $reuse)
+    postsuper -d ALL >/dev/null 2>&1 || true
+    echo "reuse=$reuse round $i: ringpost $rp/s (${rp_cpu} us CPU/msg)  postfix $pf/s"
+    R[rp_$reuse]+="$rp "; R[pf_$reuse]+="$pf "; R[cpu_$reuse]+="$rp_cpu "
+  done
+done
+
+DATE=$(date -u +%Y-%m-%d)
+OUT=tuning/results/$DATE-accept.md
+{
+  echo "# Accept rate, fsync on: ringpost vs Postfix ($DATE)"
+  echo
+  echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), spool on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
+  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
+  echo "- Postfix $(postconf -h mail_version), HOLD at end of DATA (accept + fsync + queue, no delivery)"
+  echo "- load: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE [-d], on the same 2 cores"
+  echo "- command: bench/compare-accept.sh $ROUNDS $MESSAGES"
+  echo
+  echo "| connections | ringpost msg/s (median) | Postfix msg/s (median) | ratio | ringpost CPU us/msg | runs ringpost | runs Postfix |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  for reuse in yes no; do
+    rp=$(echo ${R[rp_$reuse]} | tr ' ' '\n' | median)
+    pf=$(echo ${R[pf_$reuse]} | tr ' ' '\n' | median)
+    cpu=$(echo ${R[cpu_$reuse]} | tr ' ' '\n' | median)
+    label=$([ $reuse = yes ] && echo "reused (-d)" || echo "one per message")
+    echo "| $label | $rp | $pf | $(awk -v a="$rp" -v b="$pf" 'BEGIN {printf "%.1fx", a / b}') | $cpu | ${R[rp_$reuse]}| ${R[pf_$reuse]}|"
+  done
+} > "$OUT"
+cat "$OUT"

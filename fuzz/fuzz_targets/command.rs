@@ -1,0 +1,32 @@
+//! Raw bytes into the command parser and the address/parameter parsers.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringpost::smtp::address::{parse_forward_path, parse_reverse_path, Domain, Mailbox};
+use ringpost::smtp::command::{parse, Command};
+use ringpost::smtp::params::{decode_xtext, MailParams, RcptParams};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(cmd) = parse(data) {
+        match cmd {
+            Command::Mail(arg) => {
+                if let Ok((_, params)) = parse_reverse_path(arg) {
+                    let _ = MailParams::parse(params);
+                }
+            }
+            Command::Rcpt(arg) => {
+                if let Ok((m, params)) = parse_forward_path(arg, "mx.test") {
+                    // A parsed mailbox prints back to something that parses again.
+                    let again = Mailbox::parse(&m.to_string());
+                    assert!(again.is_ok() || m.is_postmaster(), "{m} reparses");
+                    let _ = RcptParams::parse(params);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = Domain::parse(s);
+        let _ = decode_xtext(s);
+    }
+});
