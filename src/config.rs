@@ -132,6 +132,9 @@ pub struct LimitsConfig {
     /// On SIGTERM, how long sessions in a transaction may take to finish.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// Bytes of message content all sessions together may hold in memory;
+    /// past it, a message being received is dropped with 452 4.3.1.
+    pub message_memory: u64,
 }
 
 impl Default for LimitsConfig {
@@ -146,6 +149,7 @@ impl Default for LimitsConfig {
             data_timeout: Duration::from_secs(180),
             errors: 20,
             shutdown_grace: Duration::from_secs(10),
+            message_memory: 1 << 30,
         }
     }
 }

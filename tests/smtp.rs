@@ -390,3 +390,40 @@ fn sighup_reloads_relay_policy() {
     let mut c = srv.client();
     c.expect("220");
 }
+
+#[test]
+fn message_memory_budget_is_shared_by_all_sessions() {
+    let srv = Server::start("[limits]\nmessage_memory = 150000\n");
+    let open = |srv: &Server| {
+        let mut c = srv.client();
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        c.cmd("MAIL FROM:<a@x.test>", "250");
+        c.cmd("RCPT TO:<r@example.net>", "250");
+        c.cmd("DATA", "354");
+        c
+    };
+    let chunk = format!("{}\r\n", "m".repeat(998));
+    let mut a = open(&srv);
+    for _ in 0..100 {
+        a.send_str(&chunk); // 100 kB held by A
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = open(&srv);
+    for _ in 0..100 {
+        b.send_str(&chunk); // B would need another 100 kB: over the budget
+    }
+    b.send_str(".\r\n");
+    b.expect("452 4.3.1");
+    a.send_str(".\r\n");
+    a.expect("250 2.0.0 Ok: queued as");
+    // With A's memory released, B succeeds on retry.
+    b.cmd("MAIL FROM:<a@x.test>", "250");
+    b.cmd("RCPT TO:<r@example.net>", "250");
+    b.cmd("DATA", "354");
+    for _ in 0..100 {
+        b.send_str(&chunk);
+    }
+    b.send_str(".\r\n");
+    b.expect("250 2.0.0 Ok: queued as");
+}

@@ -49,11 +49,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: 
         start: 0,
         wbuf: Vec::new(),
         seen_stage: 0,
+        charged: 0,
         write_timeout,
         l,
         w,
     };
     d.run().await;
+    d.w.memory.release(d.charged);
     d.transport.close().await;
 }
 
@@ -65,6 +67,8 @@ struct Driver {
     start: usize,
     wbuf: Vec<u8>,
     seen_stage: u8,
+    /// Bytes of the memory budget this session holds.
+    charged: usize,
     write_timeout: std::time::Duration,
     l: Arc<ListenerCtx>,
     w: Rc<WorkerCtx>,
@@ -104,6 +108,26 @@ impl Driver {
                 self.rbuf.clear();
                 self.start = 0;
             }
+        }
+        self.account_memory();
+    }
+
+    /// Charges the growth of the session's message content to the server's
+    /// memory budget; when it is spent, the message is dropped (452).
+    fn account_memory(&mut self) {
+        let held = self.session.body_len();
+        if held > self.charged {
+            if self.w.memory.try_charge(held - self.charged) {
+                self.charged = held;
+            } else {
+                tracing::warn!("message memory budget spent; dropping a message in progress (452)");
+                self.session.handle_memory_pressure();
+                self.w.memory.release(self.charged);
+                self.charged = 0;
+            }
+        } else if held < self.charged {
+            self.w.memory.release(self.charged - held);
+            self.charged = held;
         }
     }
 
@@ -202,6 +226,7 @@ impl Driver {
             Err(_) => Err(StoreError::Temporary),
         };
         self.session.handle_stored(result, now());
+        self.account_memory();
     }
 
     async fn authenticate(&mut self) {

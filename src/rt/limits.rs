@@ -85,9 +85,59 @@ impl Drop for ConnGuard {
     }
 }
 
+/// A server-wide budget for message content held in memory.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(max: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget { used: AtomicUsize::new(0), max: AtomicUsize::new(max) })
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub fn try_charge(&self, n: usize) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(n) > max {
+                return false;
+            }
+            match self.used.compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_budget() {
+        let b = MemoryBudget::new(100);
+        assert!(b.try_charge(60));
+        assert!(!b.try_charge(41));
+        assert!(b.try_charge(40));
+        b.release(100);
+        assert_eq!(b.used(), 0);
+    }
 
     #[test]
     fn limits_and_release() {

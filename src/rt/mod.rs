@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::smtp::session::{Kind, SessionConfig};
 use crate::spool::{self, SpoolStats};
-use limits::ConnLimits;
+use limits::{ConnLimits, MemoryBudget};
 use signal::{Broadcast, Inbox, CLOSING, DRAINING};
 use worker::{ListenerCtx, Shared, WorkerSetup};
 
@@ -145,6 +145,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         metrics: Arc::new(Metrics::default()),
         spool_stats: Arc::new(SpoolStats::default()),
         limits: ConnLimits::new(config.limits.connections, config.limits.connections_per_ip),
+        memory: MemoryBudget::new(usize::try_from(config.limits.message_memory).unwrap_or(usize::MAX)),
         stage: Broadcast::new(workers),
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
     });
@@ -289,6 +290,7 @@ impl Reload {
             *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         }
         self.shared.limits.set(new.limits.connections, new.limits.connections_per_ip);
+        self.shared.memory.set_max(usize::try_from(new.limits.message_memory).unwrap_or(usize::MAX));
         let listeners_kept = std::mem::take(&mut self.config.listeners);
         self.config = new;
         if !restart.contains(&"[[listener]]") {

@@ -16,7 +16,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
 use super::conn;
-use super::limits::ConnLimits;
+use super::limits::{ConnLimits, MemoryBudget};
 use super::signal::{Broadcast, Inbox, LocalSignal, RUNNING};
 use crate::envelope::{QueueId, QueueIdGen};
 use crate::metrics::{inc, Metrics};
@@ -78,6 +78,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub spool_stats: Arc<SpoolStats>,
     pub limits: Arc<ConnLimits>,
+    pub memory: Arc<MemoryBudget>,
     pub stage: Arc<Broadcast>,
     pub inboxes: Vec<Arc<Inbox<Control>>>,
 }
@@ -89,6 +90,7 @@ pub struct WorkerCtx {
     pub ids: IdSource,
     pub signal: LocalSignal,
     pub metrics: Arc<Metrics>,
+    pub memory: Arc<MemoryBudget>,
     live: Cell<usize>,
     idle: RefCell<Option<Waker>>,
 }
@@ -188,6 +190,7 @@ async fn serve(setup: WorkerSetup) {
         ids,
         signal: LocalSignal::default(),
         metrics: shared.metrics.clone(),
+        memory: shared.memory.clone(),
         live: Cell::new(0),
         idle: RefCell::new(None),
     });

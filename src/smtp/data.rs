@@ -18,6 +18,22 @@ pub enum ContentVerdict {
     BareNewline,
     /// More content than the size limit.
     TooBig,
+    /// The server ran short of memory for message content and dropped it
+    /// (temporary: `452 4.3.1`).
+    NoMemory,
+}
+
+/// The verdict from what was seen: permanent reasons win over temporary ones.
+fn verdict(too_big: bool, bare: bool, dropped: bool) -> ContentVerdict {
+    if too_big {
+        ContentVerdict::TooBig
+    } else if bare {
+        ContentVerdict::BareNewline
+    } else if dropped {
+        ContentVerdict::NoMemory
+    } else {
+        ContentVerdict::Ok
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +57,21 @@ enum DotState {
 pub struct DotReceiver {
     state: DotState,
     bare: bool,
+    /// Content is being counted but no longer kept (see `drop_content`).
+    dropped: bool,
     size: u64,
     limit: u64,
 }
 
 impl DotReceiver {
     pub fn new(limit: u64) -> Self {
-        DotReceiver { state: DotState::LineStart, bare: false, size: 0, limit }
+        DotReceiver { state: DotState::LineStart, bare: false, dropped: false, size: 0, limit }
+    }
+
+    /// From now on, count content but keep none; the verdict will be
+    /// [`ContentVerdict::NoMemory`] unless a permanent reason applies.
+    pub fn drop_content(&mut self) {
+        self.dropped = true;
     }
 
     /// Content bytes seen so far (unstuffed, counting dropped ones).
@@ -121,20 +145,16 @@ impl DotReceiver {
     }
 
     fn emit(&mut self, bytes: &[u8], body: &mut Vec<u8>) {
-        let room = self.limit.saturating_sub(self.size);
-        let keep = (bytes.len() as u64).min(room) as usize;
-        body.extend_from_slice(&bytes[..keep]);
+        if !self.dropped {
+            let room = self.limit.saturating_sub(self.size);
+            let keep = (bytes.len() as u64).min(room) as usize;
+            body.extend_from_slice(&bytes[..keep]);
+        }
         self.size += bytes.len() as u64;
     }
 
     fn verdict(&self) -> ContentVerdict {
-        if self.size > self.limit {
-            ContentVerdict::TooBig
-        } else if self.bare {
-            ContentVerdict::BareNewline
-        } else {
-            ContentVerdict::Ok
-        }
+        verdict(self.size > self.limit, self.bare, self.dropped)
     }
 }
 
@@ -147,13 +167,27 @@ pub struct ChunkReceiver {
     check_newlines: bool,
     pending_cr: bool,
     bare: bool,
+    dropped: bool,
     size: u64,
     limit: u64,
 }
 
 impl ChunkReceiver {
     pub fn new(limit: u64, check_newlines: bool) -> Self {
-        ChunkReceiver { remaining: 0, check_newlines, pending_cr: false, bare: false, size: 0, limit }
+        ChunkReceiver {
+            remaining: 0,
+            check_newlines,
+            pending_cr: false,
+            bare: false,
+            dropped: false,
+            size: 0,
+            limit,
+        }
+    }
+
+    /// As [`DotReceiver::drop_content`].
+    pub fn drop_content(&mut self) {
+        self.dropped = true;
     }
 
     /// Starts a chunk of `size` bytes.
@@ -177,9 +211,11 @@ impl ChunkReceiver {
         if self.check_newlines {
             self.check(chunk);
         }
-        let room = self.limit.saturating_sub(self.size);
-        let keep = (n as u64).min(room) as usize;
-        body.extend_from_slice(&chunk[..keep]);
+        if !self.dropped {
+            let room = self.limit.saturating_sub(self.size);
+            let keep = (n as u64).min(room) as usize;
+            body.extend_from_slice(&chunk[..keep]);
+        }
         self.size += n as u64;
         self.remaining -= n as u64;
         n
@@ -216,13 +252,7 @@ impl ChunkReceiver {
         if self.pending_cr {
             self.bare = true;
         }
-        if self.size > self.limit {
-            ContentVerdict::TooBig
-        } else if self.bare {
-            ContentVerdict::BareNewline
-        } else {
-            ContentVerdict::Ok
-        }
+        verdict(self.size > self.limit, self.bare, self.dropped)
     }
 }
 
@@ -315,6 +345,26 @@ mod tests {
         assert_eq!(run(&[b"a\r"], true).1, ContentVerdict::BareNewline);
         assert_eq!(run(&[b"a\nb\r"], false).1, ContentVerdict::Ok);
         assert_eq!(run(&[b"\r\n.\r\n"], true), (b"\r\n.\r\n".to_vec(), ContentVerdict::Ok));
+    }
+
+    #[test]
+    fn dropped_content_is_counted_not_kept() {
+        let mut r = DotReceiver::new(1000);
+        let mut body = Vec::new();
+        r.feed(b"abc\r\n", &mut body);
+        r.drop_content();
+        let (_, v) = r.feed(b"defgh\r\n.\r\n", &mut body);
+        assert_eq!(v, Some(ContentVerdict::NoMemory));
+        assert_eq!(body, b"abc\r\n");
+        assert_eq!(r.size(), 12);
+        let mut r = DotReceiver::new(4);
+        r.drop_content();
+        assert_eq!(r.feed(b"toolong\r\n.\r\n", &mut body).1, Some(ContentVerdict::TooBig), "permanent wins");
+        let mut c = ChunkReceiver::new(100, true);
+        c.drop_content();
+        c.begin_chunk(3);
+        c.feed(b"xyz", &mut body);
+        assert_eq!(c.finish(), ContentVerdict::NoMemory);
     }
 
     #[test]

@@ -5,7 +5,33 @@ use crate::envelope::{BodyType, Envelope};
 use crate::smtp::data::{ChunkReceiver, ContentVerdict, DotReceiver};
 use crate::smtp::reply::{canned, EnhancedStatus, Reply};
 
+/// Largest content buffer a session keeps between messages.
+const RETAINED_BODY: usize = 64 * 1024;
+
 impl Session {
+    /// Bytes of message content this session holds in memory now.
+    pub fn body_len(&self) -> usize {
+        self.body.len() + self.message.as_ref().map_or(0, |m| m.body.len())
+    }
+
+    /// The shell's memory budget for message content is spent: drop the
+    /// content of the message being received (it will get `452 4.3.1`).
+    pub fn handle_memory_pressure(&mut self) {
+        let mut dropped = false;
+        if let Phase::Data(rx) = &mut self.phase {
+            rx.drop_content();
+            dropped = true;
+        }
+        // BDAT content is held between chunks too.
+        if let Some(rx) = self.tx.as_mut().and_then(|tx| tx.chunks.as_mut()) {
+            rx.drop_content();
+            dropped = true;
+        }
+        if dropped {
+            self.body = Vec::new();
+        }
+    }
+
     /// Checks that a transaction may take content now; returns the reply if not.
     fn content_refusal(&self) -> Option<Reply> {
         match &self.tx {
@@ -127,6 +153,7 @@ impl Session {
             ContentVerdict::Ok => None,
             ContentVerdict::TooBig => Some(canned::TOO_BIG),
             ContentVerdict::BareNewline => Some(canned::BARE_NEWLINE),
+            ContentVerdict::NoMemory => Some(canned::SPOOL_FAILED),
         };
         let tx = self.tx.take();
         match (refusal, tx, self.message_id.take()) {
@@ -171,9 +198,10 @@ impl Session {
             }
             Err(StoreError::Temporary) => self.reply(&canned::SPOOL_FAILED),
         }
-        // Keep the allocation for the next message, but not a huge one.
+        // Keep the allocation for the next message, but not a big one: idle
+        // sessions should cost little memory.
         let mut body = message.body;
-        if body.capacity() <= 1 << 20 {
+        if body.capacity() <= RETAINED_BODY {
             body.clear();
             self.body = body;
         }

@@ -512,3 +512,23 @@ fn zero_length_refused_bdat_does_not_stall_pipelined_input() {
     let out = h.send("");
     assert_eq!(codes(&out), ["503", "250", "250"]);
 }
+
+#[test]
+fn memory_pressure_drops_content_and_answers_452() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    h.send("some content\r\n");
+    assert!(h.s.body_len() > 0);
+    h.s.handle_memory_pressure();
+    assert_eq!(h.s.body_len(), 0, "memory released");
+    h.send("more content that is not kept\r\n");
+    assert_eq!(h.s.body_len(), 0);
+    assert_eq!(h.send(".\r\n"), "452 4.3.1 Insufficient system storage, try again later\r\n");
+    // Between BDAT chunks too.
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT 3\r\nabc");
+    h.s.handle_memory_pressure();
+    assert!(h.send("BDAT 2 LAST\r\n\r\n").starts_with("452 4.3.1"));
+    // And the session goes on.
+    assert!(h.send("NOOP\r\n").starts_with("250"));
+}
