@@ -1,4 +1,5 @@
 //! Fault tests: kill -9 under load, and a full spool disk.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // reason: tests wait on real time and processes, and fail loudly
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Real third-party peers against ringpost: Python smtplib/ssl, swaks,
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // reason: tests wait on real time and processes, and fail loudly
 //! openssl s_client, Postfix's smtp-source. All on loopback. The Debian
 //! packages are installed by .ci/run; a missing tool fails the test.
 

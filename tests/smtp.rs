@@ -1,4 +1,5 @@
 //! Byte-exact SMTP transcripts against a real listener on 127.0.0.1:0.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // reason: tests wait on real time and processes, and fail loudly
 
 mod common;
 
