@@ -28,17 +28,17 @@ BIN=target/release/ringpost
 postfix stop >/dev/null 2>&1 || true
 postconf -e 'inet_interfaces = loopback-only' 'inet_protocols = ipv4' 'mydestination =' \
   'mynetworks = 127.0.0.0/8' 'relay_domains = example.test' \
-  'default_transport = error:bench: no delivery' 'relay_transport = error:bench: no delivery' \
+  'default_transport = smtp:[127.0.0.1]:9' 'relay_transport = smtp:[127.0.0.1]:9' \
   'local_transport = error:local delivery disabled' 'smtp_dns_support_level = disabled' \
   'smtpd_peername_lookup = no' 'notify_classes =' 'alias_maps =' 'local_recipient_maps =' \
   'smtpd_data_restrictions = check_client_access static:HOLD' \
-  "maillog_file = $WORK/postfix.log" 'smtpd_client_connection_count_limit = 0' \
+  'maillog_file = /var/log/postfix-bench.log' 'smtpd_client_connection_count_limit = 0' \
   'default_process_limit = 200' 'smtpd_client_connection_rate_limit = 0'
 # Listen on PF_PORT instead of 25 (restored at the end).
 cp /etc/postfix/master.cf "$WORK/master.cf.orig"
 sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/$PF_PORT      inet  n       -       n       -       -       smtpd/" /etc/postfix/master.cf
 grep -q "^postlog" /etc/postfix/master.cf || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> /etc/postfix/master.cf
-postfix start >/dev/null 2>&1
+postfix start >/dev/null 2>&1 || { echo "postfix did not start; see /var/log/postfix-bench.log"; exit 1; }
 trap 'postfix stop >/dev/null 2>&1 || true; cp "$WORK/master.cf.orig" /etc/postfix/master.cf; postsuper -d ALL >/dev/null 2>&1 || true; kill $RP_PID 2>/dev/null || true' EXIT
 
 # --- ringpost, fsync on ------------------------------------------------------
