@@ -96,7 +96,7 @@ OUT=tuning/results/$DATE-accept.md
   echo "# Accept rate, fsync on: ringpost vs Postfix ($DATE)"
   echo
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), spool on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
-  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
+  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!tuning/results' || echo ' (dirty)')"
   echo "- Postfix $(postconf -h mail_version), HOLD at end of DATA (accept + fsync + queue, no delivery)"
   echo "- load: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE [-d], on the same 2 cores"
   echo "- command: bench/compare-accept.sh $ROUNDS $MESSAGES"
