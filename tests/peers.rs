@@ -223,3 +223,70 @@ fn smtp_source_thousands_over_many_connections() {
     let (_, metrics) = srv.http("GET", "/metrics");
     assert!(metrics.contains("ringpost_messages_accepted_total 5500"), "{metrics}");
 }
+
+#[test]
+fn io_uring_carries_all_socket_io() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = dir.join("ringpost.toml");
+    std::fs::write(&config, common::config_text(&dir, "")).unwrap();
+    let trace = dir.join("strace.txt");
+    // strace -f -c follows every thread and counts syscalls.
+    let mut child = Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&trace)
+        .arg(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (apt-get install strace)");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let addr = loop {
+        let line = lines.next().expect("ringpost printed its listener").unwrap();
+        if let Some(rest) = line.strip_prefix("ringpost: listening ") {
+            break rest.split(' ').nth(1).unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    run(Command::new("smtp-source").args([
+        "-s",
+        "5",
+        "-m",
+        "200",
+        "-l",
+        "1024",
+        "-d",
+        "-f",
+        "s@x.test",
+        "-t",
+        "r@example.net",
+        &addr,
+    ]));
+    // Stop ringpost itself (strace's child); strace exits with it and writes the summary.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+    let ringpost: i32 = children.split_whitespace().next().expect("ringpost under strace").parse().unwrap();
+    // SAFETY: sends a signal to a process we started; no memory is involved.
+    unsafe { libc::kill(ringpost, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ringpost under strace exited cleanly");
+    let summary = std::fs::read_to_string(&trace).unwrap();
+    // A syscall that was made has a row whose last column is its name.
+    let count = |name: &str| summary.lines().any(|l| l.split_whitespace().last() == Some(name));
+    assert!(count("io_uring_enter"), "io_uring carries the I/O:\n{summary}");
+    for forbidden in [
+        "epoll_wait",
+        "epoll_pwait",
+        "epoll_pwait2",
+        "accept",
+        "accept4",
+        "recvfrom",
+        "recvmsg",
+        "sendto",
+        "sendmsg",
+    ] {
+        assert!(!count(forbidden), "{forbidden} must not appear:\n{summary}");
+    }
+}

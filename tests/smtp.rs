@@ -428,3 +428,20 @@ fn message_memory_budget_is_shared_by_all_sessions() {
     b.send_str(".\r\n");
     b.expect("250 2.0.0 Ok: queued as");
 }
+
+#[test]
+fn refuses_to_start_without_io_uring() {
+    // monoio's detection treats this variable like a kernel without io_uring.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, common::config_text(dir.path(), "")).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("MONOIO_FORCE_LEGACY_DRIVER", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io_uring") && err.contains("does not fall back to epoll"), "{err}");
+}
