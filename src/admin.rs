@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::envelope::QueueId;
 use crate::rt::signal::Inbox;
-use crate::rt::worker::{Control, Shared, WorkerQueue};
+use crate::rt::worker::{Control, Shared};
 
 /// Longest request head we read.
 const MAX_REQUEST: usize = 8192;
@@ -139,22 +139,22 @@ impl Admin {
         }
     }
 
-    /// Asks every worker, waits for all answers (bounded).
-    async fn gather(&self) -> Option<Vec<WorkerQueue>> {
+    /// Sends one request to every worker and waits for all answers (bounded).
+    async fn ask<T>(&self, request: impl Fn(Arc<Inbox<T>>) -> Control) -> Option<Vec<T>> {
         let reply = Arc::new(Inbox::new());
         for inbox in &self.shared.inboxes {
-            inbox.send(Control::Queue(reply.clone()));
+            inbox.send(request(reply.clone()));
         }
-        let mut parts = Vec::new();
+        let mut answers = Vec::with_capacity(self.shared.inboxes.len());
         for _ in 0..self.shared.inboxes.len() {
-            parts.push(monoio::time::timeout(IO_TIMEOUT, reply.recv()).await.ok()?);
+            answers.push(monoio::time::timeout(IO_TIMEOUT, reply.recv()).await.ok()?);
         }
-        Some(parts)
+        Some(answers)
     }
 
     async fn queue(&self) -> Response {
-        let Some(parts) = self.gather().await else {
-            return Response::json(503, json!({"error": "workers did not answer"}));
+        let Some(parts) = self.ask(Control::Queue).await else {
+            return no_answer();
         };
         let mut domains = std::collections::BTreeMap::<String, (u64, u64)>::new();
         for p in &parts {
@@ -179,46 +179,34 @@ impl Admin {
     }
 
     async fn show(&self, id: &str) -> Response {
-        let Some(id) = QueueId::parse(id) else {
-            return Response::json(400, json!({"error": "a queue id is 16 hex digits"}));
+        let id = match parse_id(id) {
+            Ok(id) => id,
+            Err(r) => return r,
         };
-        let reply = Arc::new(Inbox::new());
-        for inbox in &self.shared.inboxes {
-            inbox.send(Control::Show(id, reply.clone()));
+        let Some(answers) = self.ask(|reply| Control::Show(id, reply)).await else {
+            return no_answer();
+        };
+        match answers.into_iter().flatten().next() {
+            Some(m) => Response::json(
+                200,
+                json!({"id": id.to_string(), "received_at": m.received_at, "recipients": m.recipients, "size": m.size}),
+            ),
+            None => Response::json(404, json!({"error": "no such message"})),
         }
-        for _ in 0..self.shared.inboxes.len() {
-            match monoio::time::timeout(IO_TIMEOUT, reply.recv()).await {
-                Ok(Some(m)) => {
-                    return Response::json(
-                        200,
-                        json!({"id": id.to_string(), "received_at": m.received_at, "recipients": m.recipients, "size": m.size}),
-                    )
-                }
-                Ok(None) => {}
-                Err(_) => return Response::json(503, json!({"error": "workers did not answer"})),
-            }
-        }
-        Response::json(404, json!({"error": "no such message"}))
     }
 
     async fn delete(&self, id: &str) -> Response {
-        let Some(id) = QueueId::parse(id) else {
-            return Response::json(400, json!({"error": "a queue id is 16 hex digits"}));
+        let id = match parse_id(id) {
+            Ok(id) => id,
+            Err(r) => return r,
         };
-        let reply = Arc::new(Inbox::new());
-        for inbox in &self.shared.inboxes {
-            inbox.send(Control::Delete(id, reply.clone()));
+        let Some(answers) = self.ask(|reply| Control::Delete(id, reply)).await else {
+            return no_answer();
+        };
+        if let Some(Err(e)) = answers.iter().find(|a| a.is_err()) {
+            return Response::json(503, json!({"error": e}));
         }
-        let mut found = false;
-        for _ in 0..self.shared.inboxes.len() {
-            match monoio::time::timeout(IO_TIMEOUT, reply.recv()).await {
-                Ok(Ok(true)) => found = true,
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => return Response::json(503, json!({"error": e})),
-                Err(_) => return Response::json(503, json!({"error": "workers did not answer"})),
-            }
-        }
-        if found {
+        if answers.contains(&Ok(true)) {
             Response::json(200, json!({"deleted": id.to_string()}))
         } else {
             Response::json(404, json!({"error": "no such message"}))
@@ -293,6 +281,14 @@ impl Admin {
         );
         out
     }
+}
+
+fn parse_id(id: &str) -> Result<QueueId, Response> {
+    QueueId::parse(id).ok_or_else(|| Response::json(400, json!({"error": "a queue id is 16 hex digits"})))
+}
+
+fn no_answer() -> Response {
+    Response::json(503, json!({"error": "workers did not answer"}))
 }
 
 /// Reads up to the blank line ending the request head.

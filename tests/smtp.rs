@@ -64,11 +64,7 @@ fn smuggling_never_splits_a_message() {
     let srv = Server::start("");
     for smuggle in ["\n.\n", "\n.\r\n", "\r.\r", "\r\n.\n", "\r\n.\r"] {
         let mut c = srv.client();
-        c.expect("220");
-        c.cmd("EHLO c.test", "250");
-        c.cmd("MAIL FROM:<a@x.test>", "250");
-        c.cmd("RCPT TO:<r@example.net>", "250");
-        c.cmd("DATA", "354");
+        c.open_data("a@x.test", "r@example.net");
         let payload = format!(
             "Subject: one\r\n\r\nx{smuggle}MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n\
 Subject: smuggled\r\n\r\nevil\r\n.\r\n"
@@ -112,6 +108,9 @@ fn limits_and_errors() {
     c.cmd("DATA", "354");
     c.send_str(&format!("{}\r\n.\r\n", "x".repeat(200)));
     c.expect("552 5.3.4");
+    let (_, metrics) = srv.http("GET", "/metrics");
+    assert!(metrics.contains("ringpost_messages_rejected_total 1\n"), "{metrics}");
+    assert!(metrics.contains("ringpost_recipients_rejected_total 1\n"), "{metrics}");
     c.cmd(&format!("NOOP {}", "y".repeat(700)), "500 5.5.2");
     c.cmd("RSET", "250");
     // A line of 100 kB without CRLF is discarded as it streams in.
@@ -138,6 +137,9 @@ fn relay_control_and_unknown_users() {
     c.cmd("RCPT TO:<alice@example.test>", "250");
     c.cmd("RCPT TO:<anyone@relay.test>", "250");
     c.cmd("RCPT TO:<postmaster@example.test>", "250");
+    c.cmd("QUIT", "221");
+    let (_, metrics) = srv.http("GET", "/metrics");
+    assert!(metrics.contains("ringpost_recipients_rejected_total 2\n"), "{metrics}");
 }
 
 #[test]
@@ -180,11 +182,7 @@ fn idle_timeout_closes_with_421() {
 fn slow_data_times_out() {
     let srv = Server::start("[limits]\ndata_timeout = \"1s\"\n");
     let mut c = srv.client();
-    c.expect("220");
-    c.cmd("EHLO c.test", "250");
-    c.cmd("MAIL FROM:<a@x.test>", "250");
-    c.cmd("RCPT TO:<r@example.net>", "250");
-    c.cmd("DATA", "354");
+    c.open_data("a@x.test", "r@example.net");
     c.send_str("partial line");
     c.expect("421 4.4.2");
     assert_eq!(srv.queued_messages(), 0);
@@ -227,11 +225,7 @@ fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
     idle.expect("220");
     idle.cmd("EHLO c.test", "250");
     let mut busy = srv.client();
-    busy.expect("220");
-    busy.cmd("EHLO c.test", "250");
-    busy.cmd("MAIL FROM:<a@x.test>", "250");
-    busy.cmd("RCPT TO:<r@example.net>", "250");
-    busy.cmd("DATA", "354");
+    busy.open_data("a@x.test", "r@example.net");
     busy.send_str("Subject: in flight\r\n\r\n");
     srv.signal(libc::SIGTERM);
     idle.expect("421 4.3.2");
@@ -397,11 +391,7 @@ fn message_memory_budget_is_shared_by_all_sessions() {
     let srv = Server::start("[limits]\nmessage_memory = 150000\n");
     let open = |srv: &Server| {
         let mut c = srv.client();
-        c.expect("220");
-        c.cmd("EHLO c.test", "250");
-        c.cmd("MAIL FROM:<a@x.test>", "250");
-        c.cmd("RCPT TO:<r@example.net>", "250");
-        c.cmd("DATA", "354");
+        c.open_data("a@x.test", "r@example.net");
         c
     };
     let chunk = format!("{}\r\n", "m".repeat(998));

@@ -109,7 +109,18 @@ impl Driver {
                 self.start = 0;
             }
         }
+        self.bookkeeping();
+    }
+
+    /// After the session moved: memory accounting and refusal counters.
+    fn bookkeeping(&mut self) {
         self.account_memory();
+        let (messages, recipients) = self.session.take_refusals();
+        if messages + recipients > 0 {
+            let m = &self.w.metrics;
+            m.messages_rejected.fetch_add(u64::from(messages), Ordering::Relaxed);
+            m.recipients_rejected.fetch_add(u64::from(recipients), Ordering::Relaxed);
+        }
     }
 
     /// Charges the growth of the session's message content to the server's
@@ -226,7 +237,7 @@ impl Driver {
             Err(_) => Err(StoreError::Temporary),
         };
         self.session.handle_stored(result, now());
-        self.account_memory();
+        self.bookkeeping();
     }
 
     async fn authenticate(&mut self) {

@@ -260,6 +260,15 @@ impl Client {
         }
     }
 
+    /// Greeting, EHLO, MAIL, RCPT, DATA: ready for content.
+    pub fn open_data(&mut self, from: &str, to: &str) {
+        self.expect("220");
+        self.cmd("EHLO c.test", "250");
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        self.cmd(&format!("RCPT TO:<{to}>"), "250");
+        self.cmd("DATA", "354");
+    }
+
     /// A whole transaction; returns the queue id from the final 250.
     pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> String {
         self.cmd(&format!("MAIL FROM:<{from}>"), "250");

@@ -164,6 +164,7 @@ impl Session {
                 self.phase = Phase::Blocked(Event::Store);
             }
             (refusal, _, _) => {
+                self.refused_messages += 1;
                 self.await_command(now);
                 self.error(&refusal.unwrap_or(canned::NEED_MAIL));
             }
@@ -196,7 +197,10 @@ impl Session {
                 let text = format!("Ok: queued as {}", message.envelope.id);
                 self.reply(&Reply::owned(250, EnhancedStatus(2, 0, 0), text));
             }
-            Err(StoreError::Temporary) => self.reply(&canned::SPOOL_FAILED),
+            Err(StoreError::Temporary) => {
+                self.refused_messages += 1;
+                self.reply(&canned::SPOOL_FAILED);
+            }
         }
         // Keep the allocation for the next message, but not a big one: idle
         // sessions should cost little memory.

@@ -65,6 +65,7 @@ impl Session {
             (Err(reply), tx) => {
                 if let Some(tx) = tx {
                     tx.refused += 1;
+                    self.refused_recipients += 1;
                 }
                 self.error(&reply);
             }

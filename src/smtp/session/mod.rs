@@ -179,6 +179,9 @@ pub struct Session {
     body: Vec<u8>,
     output: Vec<u8>,
     errors: u32,
+    /// Refusals since the shell last asked (see [`Session::take_refusals`]).
+    refused_messages: u32,
+    refused_recipients: u32,
     deadline: Instant,
     draining: bool,
 }
@@ -201,6 +204,8 @@ impl Session {
             body: Vec::new(),
             output: Vec::with_capacity(512),
             errors: 0,
+            refused_messages: 0,
+            refused_recipients: 0,
             draining: false,
         };
         let greeting = format!("220 {} ESMTP\r\n", s.config.hostname);
@@ -250,6 +255,15 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
+    }
+
+    /// Messages refused at the end of data and RCPTs refused since the last
+    /// call, for the shell's metrics.
+    pub fn take_refusals(&mut self) -> (u32, u32) {
+        let counts = (self.refused_messages, self.refused_recipients);
+        self.refused_messages = 0;
+        self.refused_recipients = 0;
+        counts
     }
 
     /// Whether a mail transaction or a pending action is in progress (shutdown

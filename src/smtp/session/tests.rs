@@ -230,6 +230,7 @@ fn relay_control() {
     assert_eq!(h.send("RCPT TO:<x@elsewhere.test>\r\n"), "554 5.7.1 Relay access denied\r\n");
     assert!(h.send("RCPT TO:<bob@example.test>\r\n").starts_with("550 5.1.1"));
     assert!(h.send("RCPT TO:<x@relay.test>\r\n").starts_with("250"));
+    assert_eq!(h.s.take_refusals(), (0, 2));
 
     let mut trusted = Harness::new(Kind::Mx, "10.0.0.1", true);
     trusted.greet();
@@ -259,6 +260,8 @@ fn oversized_message_is_refused_without_buffering() {
     }
     assert!(h.s.body.len() < 2000, "body buffer stays bounded: {}", h.s.body.len());
     assert_eq!(h.send(".\r\n"), "552 5.3.4 Message size exceeds fixed limit\r\n");
+    assert_eq!(h.s.take_refusals(), (1, 0));
+    assert_eq!(h.s.take_refusals(), (0, 0));
     assert!(h.send("MAIL FROM:<a@b.test>\r\n").starts_with("250"), "session goes on");
 }
 
