@@ -1,0 +1,298 @@
+//! One DNS cache for all workers: answers live for their TTL (negative ones
+//! per RFC 2308), the size is bounded, and a name being looked up is looked up
+//! once: other askers, on any worker, wait and are woken when it lands.
+//!
+//! Time is a parameter; the cache never reads the clock.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::wire::{Response, Rtype};
+
+/// A cached lookup: an answer, or a temporary failure (cached briefly).
+pub type Lookup = Result<Response, String>;
+
+/// Cache key: lower-case name and type.
+pub type Key = (String, Rtype);
+
+const SHARDS: usize = 16;
+
+enum Slot {
+    /// Someone is asking the name server; these tasks wait for the answer.
+    Pending(Vec<Waker>),
+    Ready { value: Arc<Lookup>, expires: Instant },
+}
+
+/// Hit/miss counters.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Lookups that waited for another task's query instead of asking.
+    pub coalesced: AtomicU64,
+}
+
+/// The shared cache. Cheap to share (`Arc`); each shard has its own lock, held
+/// only for a map operation, never across an await.
+pub struct Cache {
+    shards: Vec<Mutex<HashMap<Key, Slot>>>,
+    per_shard: usize,
+    hasher: std::collections::hash_map::RandomState,
+    pub stats: CacheStats,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("capacity", &(self.per_shard * SHARDS)).finish()
+    }
+}
+
+/// What a probe found.
+#[derive(Debug)]
+pub enum Probe<'a> {
+    Hit(Arc<Lookup>),
+    /// Nobody is asking: the caller must fetch and call [`Fetch::finish`].
+    Fetch(Fetch<'a>),
+    /// Someone else is asking: await this.
+    Wait(Wait<'a>),
+}
+
+impl Cache {
+    /// A cache holding at most about `capacity` answers.
+    pub fn new(capacity: usize) -> Cache {
+        Cache {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            hasher: Default::default(),
+            stats: CacheStats::default(),
+        }
+    }
+
+    fn shard(&self, key: &Key) -> MutexGuard<'_, HashMap<Key, Slot>> {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        let i = (h.finish() as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks `key` up at time `now`.
+    pub fn probe(&self, key: Key, now: Instant) -> Probe<'_> {
+        let mut shard = self.shard(&key);
+        match shard.get(&key) {
+            Some(Slot::Ready { value, expires }) if *expires > now => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Probe::Hit(value.clone());
+            }
+            Some(Slot::Pending(_)) => {
+                self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                return Probe::Wait(Wait { cache: self, key, registered: None });
+            }
+            _ => {}
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        shard.insert(key.clone(), Slot::Pending(Vec::new()));
+        Probe::Fetch(Fetch { cache: self, key: Some(key) })
+    }
+
+    /// The cached value or a fresh one: `fetch` runs at most once per key at a
+    /// time across all callers. `now` is read when needed.
+    pub async fn get_or_fetch<F, Fut>(&self, key: Key, now: impl Fn() -> Instant, fetch: F) -> Arc<Lookup>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = (Lookup, Duration)>,
+    {
+        loop {
+            match self.probe(key.clone(), now()) {
+                Probe::Hit(v) => return v,
+                Probe::Wait(w) => {
+                    if let Some(v) = w.await {
+                        return v;
+                    }
+                    // The fetcher gave up: try again (perhaps as the fetcher).
+                }
+                Probe::Fetch(f) => {
+                    let (value, ttl) = fetch().await;
+                    return f.finish(value, now(), ttl);
+                }
+            }
+        }
+    }
+
+    /// Number of entries (ready and pending).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes room in a shard: expired answers first, then any answers.
+    fn evict(&self, shard: &mut HashMap<Key, Slot>, now: Instant) {
+        if shard.len() < self.per_shard {
+            return;
+        }
+        shard.retain(|_, s| !matches!(s, Slot::Ready { expires, .. } if *expires <= now));
+        let mut excess = shard.len().saturating_sub(self.per_shard - 1);
+        if excess > 0 {
+            shard.retain(|_, s| {
+                if excess > 0 && matches!(s, Slot::Ready { .. }) {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+}
+
+/// The duty to fetch one key. Dropping it unfinished releases the waiters,
+/// who then retry.
+#[derive(Debug)]
+pub struct Fetch<'a> {
+    cache: &'a Cache,
+    key: Option<Key>,
+}
+
+impl Fetch<'_> {
+    /// Stores the answer for `ttl` from `now` and wakes everyone waiting for it.
+    pub fn finish(mut self, value: Lookup, now: Instant, ttl: Duration) -> Arc<Lookup> {
+        let value = Arc::new(value);
+        let Some(key) = self.key.take() else { return value };
+        let mut shard = self.cache.shard(&key);
+        self.cache.evict(&mut shard, now);
+        let old = shard.insert(key, Slot::Ready { value: value.clone(), expires: now + ttl });
+        drop(shard);
+        if let Some(Slot::Pending(waiters)) = old {
+            waiters.into_iter().for_each(Waker::wake);
+        }
+        value
+    }
+}
+
+impl Drop for Fetch<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut shard = self.cache.shard(&key);
+            if let Some(Slot::Pending(waiters)) = shard.remove(&key) {
+                drop(shard);
+                waiters.into_iter().for_each(Waker::wake);
+            }
+        }
+    }
+}
+
+/// Waits for another task's fetch. Resolves to `None` if that fetch was
+/// abandoned.
+#[derive(Debug)]
+pub struct Wait<'a> {
+    cache: &'a Cache,
+    key: Key,
+    registered: Option<Waker>,
+}
+
+impl Future for Wait<'_> {
+    type Output = Option<Arc<Lookup>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut shard = this.cache.shard(&this.key);
+        match shard.get_mut(&this.key) {
+            Some(Slot::Ready { value, .. }) => Poll::Ready(Some(value.clone())),
+            Some(Slot::Pending(waiters)) => {
+                let fresh = this.registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
+                if fresh {
+                    waiters.push(cx.waker().clone());
+                    this.registered = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::wire::{Answer, Response};
+
+    fn resp(ttl: u32) -> Lookup {
+        Ok(Response { answer: Answer::NoData, ttl })
+    }
+
+    #[test]
+    fn hits_until_expiry() {
+        let c = Cache::new(100);
+        let t0 = Instant::now();
+        let key = ("a.test".to_owned(), Rtype::Mx);
+        let Probe::Fetch(f) = c.probe(key.clone(), t0) else { panic!("miss first") };
+        f.finish(resp(30), t0, Duration::from_secs(30));
+        assert!(matches!(c.probe(key.clone(), t0 + Duration::from_secs(29)), Probe::Hit(_)));
+        assert!(matches!(c.probe(key, t0 + Duration::from_secs(30)), Probe::Fetch(_)), "expired");
+    }
+
+    #[test]
+    fn concurrent_askers_share_one_fetch_across_threads() {
+        let c = Arc::new(Cache::new(100));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let t0 = Instant::now();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, fetches) = (c.clone(), fetches.clone());
+                std::thread::spawn(move || {
+                    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap();
+                    rt.block_on(async {
+                        let v = c
+                            .get_or_fetch(("shared.test".into(), Rtype::A), || t0, || async {
+                                fetches.fetch_add(1, Ordering::SeqCst);
+                                monoio::time::sleep(Duration::from_millis(100)).await;
+                                (resp(60), Duration::from_secs(60))
+                            })
+                            .await;
+                        assert!(v.is_ok());
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "one query for eight askers on eight threads");
+        assert_eq!(c.stats.misses.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn abandoned_fetch_releases_waiters() {
+        let c = Cache::new(100);
+        let t0 = Instant::now();
+        let key = ("x.test".to_owned(), Rtype::A);
+        let Probe::Fetch(f) = c.probe(key.clone(), t0) else { panic!() };
+        let Probe::Wait(mut w) = c.probe(key.clone(), t0) else { panic!() };
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut w).poll(&mut cx).is_pending());
+        drop(f);
+        assert!(matches!(Pin::new(&mut w).poll(&mut cx), Poll::Ready(None)));
+        assert!(matches!(c.probe(key, t0), Probe::Fetch(_)), "the next asker fetches");
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let c = Cache::new(64);
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            if let Probe::Fetch(f) = c.probe((format!("n{i}.test"), Rtype::A), t0) {
+                f.finish(resp(60), t0, Duration::from_secs(60));
+            }
+        }
+        assert!(c.len() <= 64 + SHARDS, "{} entries", c.len());
+    }
+}
