@@ -26,7 +26,10 @@ const SHARDS: usize = 16;
 enum Slot {
     /// Someone is asking the name server; these tasks wait for the answer.
     Pending(Vec<Waker>),
-    Ready { value: Arc<Lookup>, expires: Instant },
+    Ready {
+        value: Arc<Lookup>,
+        expires: Instant,
+    },
 }
 
 /// Hit/miss counters.
@@ -248,14 +251,21 @@ mod tests {
             .map(|_| {
                 let (c, fetches) = (c.clone(), fetches.clone());
                 std::thread::spawn(move || {
-                    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap();
+                    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .unwrap();
                     rt.block_on(async {
                         let v = c
-                            .get_or_fetch(("shared.test".into(), Rtype::A), || t0, || async {
-                                fetches.fetch_add(1, Ordering::SeqCst);
-                                monoio::time::sleep(Duration::from_millis(100)).await;
-                                (resp(60), Duration::from_secs(60))
-                            })
+                            .get_or_fetch(
+                                ("shared.test".into(), Rtype::A),
+                                || t0,
+                                || async {
+                                    fetches.fetch_add(1, Ordering::SeqCst);
+                                    monoio::time::sleep(Duration::from_millis(100)).await;
+                                    (resp(60), Duration::from_secs(60))
+                                },
+                            )
                             .await;
                         assert!(v.is_ok());
                     })

@@ -85,10 +85,12 @@ impl Resolver {
     async fn ask_one(&self, server: SocketAddr, name: &str, rtype: Rtype) -> Result<Response, String> {
         match monoio::time::timeout(self.timeout, udp_query(server, name, rtype)).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(WireError::Truncated)) => match monoio::time::timeout(self.timeout, tcp_query(server, name, rtype)).await {
-                Ok(r) => r.map_err(|e| format!("over TCP: {e}")),
-                Err(_) => Err("timed out over TCP".into()),
-            },
+            Ok(Err(WireError::Truncated)) => {
+                match monoio::time::timeout(self.timeout, tcp_query(server, name, rtype)).await {
+                    Ok(r) => r.map_err(|e| format!("over TCP: {e}")),
+                    Err(_) => Err("timed out over TCP".into()),
+                }
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
@@ -147,7 +149,8 @@ mod tests {
     fn resolv_conf() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("resolv.conf");
-        std::fs::write(&p, "# c\nsearch x\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\nnameserver bogus\n").unwrap();
+        std::fs::write(&p, "# c\nsearch x\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\nnameserver bogus\n")
+            .unwrap();
         assert_eq!(
             servers_from_resolv_conf(&p),
             vec!["10.0.0.1:53".parse().unwrap(), SocketAddr::new("fe80::1".parse().unwrap(), 53)]
@@ -165,7 +168,8 @@ mod tests {
         let tcp = std::net::TcpListener::bind(udp.local_addr().unwrap()).unwrap();
         let server = udp.local_addr().unwrap();
         let answer = |q: &[u8], truncate: bool| {
-            let rec = Record::from_rdata(Name::from_ascii("h.test.").unwrap(), 60, RData::A(A::new(127, 0, 0, 9)));
+            let rec =
+                Record::from_rdata(Name::from_ascii("h.test.").unwrap(), 60, RData::A(A::new(127, 0, 0, 9)));
             let bytes = wire::tests::respond(q, ResponseCode::NoError, vec![rec], None);
             let mut m = Message::from_vec(&bytes).unwrap();
             m.metadata.truncation = truncate;

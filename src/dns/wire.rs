@@ -169,7 +169,12 @@ pub(crate) mod tests {
     use hickory_proto::rr::Record;
 
     /// A response to `query` with the given answers and authorities.
-    pub(crate) fn respond(query: &[u8], rcode: ResponseCode, answers: Vec<Record>, soa: Option<(u32, u32)>) -> Vec<u8> {
+    pub(crate) fn respond(
+        query: &[u8],
+        rcode: ResponseCode,
+        answers: Vec<Record>,
+        soa: Option<(u32, u32)>,
+    ) -> Vec<u8> {
         let q = Message::from_vec(query).unwrap();
         let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
         r.metadata.response_code = rcode;
@@ -194,7 +199,9 @@ pub(crate) mod tests {
             Record::from_rdata(name("mx-dom.test."), 300, RData::MX(MX::new(20, name("MX2.mx-dom.test.")))),
             Record::from_rdata(name("mx-dom.test."), 100, RData::MX(MX::new(10, name("mx1.mx-dom.test.")))),
         ];
-        let r = parse_response(&respond(&q, ResponseCode::NoError, answers, None), 7, "mx-dom.test", Rtype::Mx).unwrap();
+        let r =
+            parse_response(&respond(&q, ResponseCode::NoError, answers, None), 7, "mx-dom.test", Rtype::Mx)
+                .unwrap();
         assert_eq!(r.ttl, 100);
         assert_eq!(
             r.answer,
@@ -209,7 +216,9 @@ pub(crate) mod tests {
     fn null_mx_is_an_empty_exchange() {
         let q = build_query(1, "nullmx.test", Rtype::Mx).unwrap();
         let answers = vec![Record::from_rdata(name("nullmx.test."), 60, RData::MX(MX::new(0, Name::root())))];
-        let r = parse_response(&respond(&q, ResponseCode::NoError, answers, None), 1, "nullmx.test", Rtype::Mx).unwrap();
+        let r =
+            parse_response(&respond(&q, ResponseCode::NoError, answers, None), 1, "nullmx.test", Rtype::Mx)
+                .unwrap();
         assert_eq!(r.answer, Answer::Mx(vec![Mx { preference: 0, exchange: String::new() }]));
     }
 
@@ -217,18 +226,34 @@ pub(crate) mod tests {
     fn addresses_and_negative_answers() {
         let q = build_query(2, "h.test", Rtype::A).unwrap();
         let answers = vec![Record::from_rdata(name("h.test."), 30, RData::A(A::new(127, 0, 0, 3)))];
-        let r = parse_response(&respond(&q, ResponseCode::NoError, answers, None), 2, "h.test", Rtype::A).unwrap();
+        let r = parse_response(&respond(&q, ResponseCode::NoError, answers, None), 2, "h.test", Rtype::A)
+            .unwrap();
         assert_eq!(r.answer, Answer::Ips(vec!["127.0.0.3".parse().unwrap()]));
         let q6 = build_query(3, "h.test", Rtype::Aaaa).unwrap();
-        let answers = vec![Record::from_rdata(name("h.test."), 30, RData::AAAA(AAAA::new(0, 0, 0, 0, 0, 0, 0, 1)))];
-        let r = parse_response(&respond(&q6, ResponseCode::NoError, answers, None), 3, "h.test", Rtype::Aaaa).unwrap();
+        let answers =
+            vec![Record::from_rdata(name("h.test."), 30, RData::AAAA(AAAA::new(0, 0, 0, 0, 0, 0, 0, 1)))];
+        let r = parse_response(&respond(&q6, ResponseCode::NoError, answers, None), 3, "h.test", Rtype::Aaaa)
+            .unwrap();
         assert_eq!(r.answer, Answer::Ips(vec!["::1".parse().unwrap()]));
         // NODATA with an SOA: TTL = min(SOA TTL, MINIMUM).
-        let r = parse_response(&respond(&q, ResponseCode::NoError, vec![], Some((900, 120))), 2, "h.test", Rtype::A).unwrap();
+        let r = parse_response(
+            &respond(&q, ResponseCode::NoError, vec![], Some((900, 120))),
+            2,
+            "h.test",
+            Rtype::A,
+        )
+        .unwrap();
         assert_eq!(r, Response { answer: Answer::NoData, ttl: 120 });
-        let r = parse_response(&respond(&q, ResponseCode::NXDomain, vec![], Some((30, 600))), 2, "h.test", Rtype::A).unwrap();
+        let r = parse_response(
+            &respond(&q, ResponseCode::NXDomain, vec![], Some((30, 600))),
+            2,
+            "h.test",
+            Rtype::A,
+        )
+        .unwrap();
         assert_eq!(r, Response { answer: Answer::NxDomain, ttl: 30 });
-        let r = parse_response(&respond(&q, ResponseCode::NXDomain, vec![], None), 2, "h.test", Rtype::A).unwrap();
+        let r = parse_response(&respond(&q, ResponseCode::NXDomain, vec![], None), 2, "h.test", Rtype::A)
+            .unwrap();
         assert_eq!(r.ttl, DEFAULT_NEGATIVE_TTL);
     }
 
@@ -240,7 +265,11 @@ pub(crate) mod tests {
         assert_eq!(parse_response(&ok, 9, "b.test", Rtype::Mx), Err(WireError::Mismatch), "wrong name");
         assert_eq!(parse_response(&ok, 9, "a.test", Rtype::A), Err(WireError::Mismatch), "wrong type");
         assert!(parse_response(&ok, 9, "A.TEST", Rtype::Mx).is_ok(), "names compare without case");
-        assert_eq!(parse_response(&q, 9, "a.test", Rtype::Mx), Err(WireError::Mismatch), "a query is not an answer");
+        assert_eq!(
+            parse_response(&q, 9, "a.test", Rtype::Mx),
+            Err(WireError::Mismatch),
+            "a query is not an answer"
+        );
         let fail = respond(&q, ResponseCode::ServFail, vec![], None);
         assert!(matches!(parse_response(&fail, 9, "a.test", Rtype::Mx), Err(WireError::ServerFailure(_))));
         assert_eq!(parse_response(b"\x00\x09garbage", 9, "a.test", Rtype::Mx), Err(WireError::Malformed));

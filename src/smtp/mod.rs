@@ -2,6 +2,7 @@
 //! events out. Only the worker shell (`rt`) drives it over sockets.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod params;
