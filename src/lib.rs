@@ -29,6 +29,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod dns;
 pub mod envelope;
 pub mod metrics;

@@ -175,7 +175,6 @@ enum Pending {
 /// The state of the message being sent.
 #[derive(Debug)]
 struct Transaction {
-    msg: Outgoing,
     mail: Option<ServerReply>,
     rcpts: Vec<Option<ServerReply>>,
     /// Commands not yet sent (without PIPELINING, one at a time).
@@ -307,7 +306,7 @@ impl Client {
         }
         unsent.push_back((Pending::Data, "DATA\r\n".to_owned()));
         let rcpts = vec![None; msg.recipients.len()];
-        self.tx = Some(Transaction { msg, mail: None, rcpts, unsent });
+        self.tx = Some(Transaction { mail: None, rcpts, unsent });
         self.send_next(now);
     }
 

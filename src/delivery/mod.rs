@@ -1,0 +1,4 @@
+//! Outbound delivery.
+
+pub mod route;
+pub mod wheel;
