@@ -79,7 +79,7 @@ impl Notify {
 }
 
 /// A queue id: unique per spool, ordered by acceptance time. Printed as 16 hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(pub u64);
 
 impl QueueId {

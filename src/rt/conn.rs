@@ -220,7 +220,8 @@ impl Driver {
         let size = msg.body.len() as u64;
         let ticket = self.w.spool.append_message(&msg.envelope, &msg.body);
         let result = match ticket.await {
-            Ok(Ok(id)) => {
+            Ok(Ok(committed)) => {
+                let id = committed.id;
                 let m = &self.w.metrics;
                 inc(&m.messages_accepted);
                 m.bytes_accepted.fetch_add(size, Ordering::Relaxed);

@@ -1,14 +1,18 @@
 //! The in-memory index of one family's live messages, and which segment files
 //! may be deleted.
 //!
-//! A segment may be deleted when (a) no live message's newest record is in it,
-//! and (b) every older segment holding a record that one of its records
-//! supersedes (a Done for an older message, or a newer copy of one) is already
-//! gone. Rule (b) keeps a stale record from outliving the record that cancels
-//! it, so a crash can never bring a finished message back.
+//! A live message references the segment of its Message record and, once it
+//! has been attempted, the segment of its latest Progress record (which says
+//! which recipients are already done). A segment may be deleted when (a) no
+//! live message references it, and (b) every older segment holding a record
+//! that one of its records cancels (a Done, or a newer copy of a message) is
+//! already gone. Rule (a) keeps progress from being forgotten (no recipient
+//! gets a message twice after a crash); rule (b) keeps a finished message
+//! from coming back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::record::ProgressRecord;
 use crate::envelope::{Envelope, QueueId};
 
 /// Where a record lives.
@@ -20,35 +24,64 @@ pub struct Location {
     pub len: u32,
 }
 
+/// Where delivery of a message stands (from its Progress records).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Segment of the latest Progress record.
+    pub seq: u64,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub next_attempt: u64,
+    pub last_error: String,
+    /// Recipients finished (delivered or bounced), sorted.
+    pub done: Vec<u32>,
+}
+
 /// What the index keeps per live message: small on purpose (the envelope
 /// stays on disk).
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub loc: Location,
     pub received_at: u64,
-    pub recipients: u32,
-    /// (domain id, recipients in that domain).
-    pub domains: Box<[(u32, u32)]>,
+    /// Domain id of each recipient, by recipient index.
+    pub rcpt_domains: Box<[u32]>,
+    /// Delivery progress, once there has been an attempt.
+    pub progress: Option<Box<Progress>>,
+}
+
+impl Entry {
+    pub fn recipients(&self) -> u32 {
+        self.rcpt_domains.len() as u32
+    }
+
+    fn is_done(&self, i: u32) -> bool {
+        self.progress.as_ref().is_some_and(|p| p.done.binary_search(&i).is_ok())
+    }
+
+    /// Indexes of the recipients not finished yet.
+    pub fn remaining(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.recipients()).filter(|&i| !self.is_done(i))
+    }
 }
 
 /// An entry without its location; see [`Index::prepare`].
 #[derive(Debug)]
 pub struct Prepared {
     received_at: u64,
-    recipients: u32,
-    domains: Box<[(u32, u32)]>,
+    rcpt_domains: Box<[u32]>,
 }
 
 impl Prepared {
     pub fn recipients(&self) -> u32 {
-        self.recipients
+        self.rcpt_domains.len() as u32
     }
 }
 
 #[derive(Debug, Default)]
 struct SegmentState {
+    /// References from live messages (message records and latest progress).
     live: u32,
-    /// Older segments that records in this one supersede.
+    /// Older segments that records in this one cancel.
     refs: BTreeSet<u64>,
 }
 
@@ -67,6 +100,7 @@ pub struct Index {
     domain_ids: HashMap<String, u32>,
     domain_names: Vec<String>,
     domain_counts: Vec<DomainCount>,
+    /// Recipients not finished, over all live messages.
     recipients: u64,
 }
 
@@ -85,6 +119,7 @@ impl Index {
         self.entries.is_empty()
     }
 
+    /// Recipients not finished yet, over all live messages.
     pub fn recipients(&self) -> u64 {
         self.recipients
     }
@@ -97,7 +132,16 @@ impl Index {
         self.entries.keys().copied()
     }
 
-    /// Per-domain totals, by domain name.
+    pub fn iter(&self) -> impl Iterator<Item = (QueueId, &Entry)> + '_ {
+        self.entries.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// The domain name of a domain id.
+    pub fn domain_name(&self, id: u32) -> Option<&str> {
+        self.domain_names.get(id as usize).map(String::as_str)
+    }
+
+    /// Per-domain totals of unfinished recipients, by domain name.
     pub fn domains(&self) -> impl Iterator<Item = (&str, DomainCount)> + '_ {
         self.domain_names
             .iter()
@@ -115,28 +159,43 @@ impl Index {
     /// The part of an entry that does not depend on where it is written, so it
     /// can be computed before the write and applied after it is durable.
     pub fn prepare(&mut self, env: &Envelope) -> Prepared {
-        let mut per_domain: Vec<(u32, u32)> = Vec::new();
-        for r in &env.recipients {
-            let d = self.domain_id(&r.address.domain().to_lowercase());
-            match per_domain.iter_mut().find(|(id, _)| *id == d) {
-                Some((_, n)) => *n += 1,
-                None => per_domain.push((d, 1)),
-            }
-        }
-        Prepared {
-            received_at: env.received_at,
-            recipients: env.recipients.len() as u32,
-            domains: per_domain.into_boxed_slice(),
-        }
+        let rcpt_domains = env.recipients.iter().map(|r| self.domain_id(&r.address.domain().to_lowercase())).collect();
+        Prepared { received_at: env.received_at, rcpt_domains }
     }
 
     /// Adds a prepared entry once its record is durable at `loc`.
     pub fn insert_prepared(&mut self, id: QueueId, p: Prepared, loc: Location) {
-        let entry = Entry { loc, received_at: p.received_at, recipients: p.recipients, domains: p.domains };
         self.remove_at(id, loc.seq);
+        let entry = Entry { loc, received_at: p.received_at, rcpt_domains: p.rcpt_domains, progress: None };
         self.count(&entry, true);
-        self.segments.entry(loc.seq).or_default().live += 1;
+        self.reference(loc.seq, 1);
         self.entries.insert(id, entry);
+    }
+
+    /// Applies a Progress record found in segment `seq`. Returns false if the
+    /// message is unknown (already finished).
+    pub fn apply_progress(&mut self, r: &ProgressRecord, seq: u64) -> bool {
+        let Some(mut entry) = self.entries.remove(&r.id) else { return false };
+        self.count(&entry, false);
+        let recipients = entry.recipients();
+        let previous = entry.progress.as_ref().map(|p| p.seq);
+        let p = entry.progress.get_or_insert_with(Box::default);
+        p.seq = seq;
+        p.attempts = r.attempts;
+        p.next_attempt = r.next_attempt;
+        p.last_error.clone_from(&r.last_error);
+        p.done.extend(r.done.iter().copied().filter(|&i| i < recipients));
+        p.done.sort_unstable();
+        p.done.dedup();
+        if previous != Some(seq) {
+            self.reference(seq, 1);
+            if let Some(old) = previous {
+                self.reference(old, -1);
+            }
+        }
+        self.count(&entry, true);
+        self.entries.insert(r.id, entry);
+        true
     }
 
     /// Removes a message because a record in segment `seq` (a Done, or a newer
@@ -144,13 +203,19 @@ impl Index {
     pub fn remove_at(&mut self, id: QueueId, seq: u64) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
         self.count(&entry, false);
-        if let Some(s) = self.segments.get_mut(&entry.loc.seq) {
-            s.live = s.live.saturating_sub(1);
+        self.reference(entry.loc.seq, -1);
+        if let Some(p) = &entry.progress {
+            self.reference(p.seq, -1);
         }
         if entry.loc.seq < seq {
             self.segments.entry(seq).or_default().refs.insert(entry.loc.seq);
         }
         Some(entry)
+    }
+
+    fn reference(&mut self, seq: u64, delta: i32) {
+        let s = self.segments.entry(seq).or_default();
+        s.live = s.live.saturating_add_signed(delta);
     }
 
     fn domain_id(&mut self, domain: &str) -> u32 {
@@ -164,22 +229,25 @@ impl Index {
         id
     }
 
+    /// Adds (or subtracts) an entry's unfinished recipients to the totals.
     fn count(&mut self, e: &Entry, add: bool) {
-        for &(d, n) in e.domains.iter() {
-            if let Some(c) = self.domain_counts.get_mut(d as usize) {
-                if add {
-                    c.messages += 1;
-                    c.recipients += u64::from(n);
-                } else {
-                    c.messages = c.messages.saturating_sub(1);
-                    c.recipients = c.recipients.saturating_sub(u64::from(n));
-                }
+        let mut seen: Vec<u32> = Vec::new();
+        for i in e.remaining() {
+            let d = e.rcpt_domains[i as usize];
+            let Some(c) = self.domain_counts.get_mut(d as usize) else { continue };
+            let first = !seen.contains(&d);
+            if first {
+                seen.push(d);
             }
-        }
-        if add {
-            self.recipients += u64::from(e.recipients);
-        } else {
-            self.recipients = self.recipients.saturating_sub(u64::from(e.recipients));
+            if add {
+                c.recipients += 1;
+                c.messages += u64::from(first);
+                self.recipients += 1;
+            } else {
+                c.recipients = c.recipients.saturating_sub(1);
+                c.messages = c.messages.saturating_sub(u64::from(first));
+                self.recipients = self.recipients.saturating_sub(1);
+            }
         }
     }
 
@@ -216,6 +284,10 @@ mod tests {
         Location { seq, offset: 0, len: 10 }
     }
 
+    fn progress(id: u64, done: &[u32]) -> ProgressRecord {
+        ProgressRecord { id: QueueId(id), attempts: 1, next_attempt: 100, last_error: "451 later".into(), done: done.to_vec() }
+    }
+
     #[test]
     fn counts_and_domains() {
         let mut ix = Index::default();
@@ -232,13 +304,44 @@ mod tests {
     }
 
     #[test]
+    fn progress_finishes_recipients_and_updates_domains() {
+        let mut ix = Index::default();
+        ix.insert(&sample_envelope(1), loc(1)); // a@example.test, b@x.test
+        assert!(ix.apply_progress(&progress(1, &[0]), 2));
+        assert_eq!(ix.recipients(), 1);
+        let d: HashMap<&str, DomainCount> = ix.domains().collect();
+        assert!(!d.contains_key("example.test"), "its only recipient is done");
+        assert_eq!(d["x.test"], DomainCount { messages: 1, recipients: 1 });
+        let e = ix.get(QueueId(1)).unwrap();
+        assert_eq!(e.remaining().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(e.progress.as_ref().unwrap().attempts, 1);
+        assert!(!ix.apply_progress(&progress(99, &[0]), 2), "unknown message");
+    }
+
+    #[test]
+    fn the_latest_progress_keeps_its_segment_alive() {
+        let mut ix = Index::default();
+        ix.insert(&sample_envelope(1), loc(1));
+        ix.add_segment(2);
+        ix.add_segment(3);
+        ix.apply_progress(&progress(1, &[0]), 2);
+        assert_eq!(ix.deletable(Some(9)), vec![3], "seg 2 holds the live progress");
+        ix.apply_progress(&progress(1, &[]), 3);
+        assert_eq!(ix.deletable(Some(9)), vec![2], "superseded progress frees seg 2");
+        ix.remove_at(QueueId(1), 4);
+        ix.mark_deleted(2);
+        // Seg 4 (the Done) waits for seg 1 (the message) to go first.
+        assert_eq!(ix.deletable(Some(9)), vec![1, 3]);
+    }
+
+    #[test]
     fn a_done_keeps_its_target_segment_alive_first() {
         let mut ix = Index::default();
         ix.insert(&sample_envelope(1), loc(1)); // X in seg 1
         ix.insert(&sample_envelope(2), loc(1)); // Y in seg 1
         ix.add_segment(2);
         ix.remove_at(QueueId(1), 2); // Done(X) in seg 2
-                                     // Seg 2 holds no live message but cancels X in seg 1, which must go first.
+        // Seg 2 holds no live message but cancels X in seg 1, which must go first.
         assert_eq!(ix.deletable(Some(3)), Vec::<u64>::new());
         ix.remove_at(QueueId(2), 2);
         assert_eq!(ix.deletable(Some(3)), vec![1]);

@@ -48,6 +48,7 @@
 //! [`SpoolError`] at startup stops the server with exit code 1.
 
 pub mod index;
+pub mod read;
 pub mod record;
 pub mod recover;
 pub mod segment;
@@ -56,7 +57,7 @@ mod writer;
 use std::io;
 use std::path::PathBuf;
 
-pub use writer::{Spool, SpoolStats, Ticket};
+pub use writer::{Committed, Spool, SpoolStats, Ticket};
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]

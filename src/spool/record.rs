@@ -5,6 +5,8 @@
 //!           crc32c covers kind, the three zero bytes, len, and the payload
 //! Message = envelope | body (the rest of the payload)
 //! Done    = id u64 LE
+//! Progress= id u64 | attempts u32 | next_attempt u64 (Unix s) | last_error string
+//!           | n u32 | n x recipient index u32   (recipients finished by this attempt)
 //! ```
 //! All integers are little-endian. Strings are `u16 length | bytes`; optional
 //! strings are `u8 present | string`.
@@ -27,6 +29,20 @@ pub enum Kind {
     Message = 1,
     /// The message with this id is finished (delivered, bounced or deleted).
     Done = 2,
+    /// A delivery attempt finished some recipients and/or scheduled a retry.
+    Progress = 3,
+}
+
+/// The content of a Progress record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProgressRecord {
+    pub id: QueueId,
+    pub attempts: u32,
+    /// Unix seconds of the next attempt.
+    pub next_attempt: u64,
+    pub last_error: String,
+    /// Recipients (indexes into the envelope) finished by this attempt.
+    pub done: Vec<u32>,
 }
 
 /// Why bytes are not a valid record.
@@ -64,6 +80,7 @@ impl Header {
         let kind = match b[4] {
             1 => Kind::Message,
             2 => Kind::Done,
+            3 => Kind::Progress,
             k => return Err(DecodeError::Kind(k)),
         };
         let len = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
@@ -109,6 +126,20 @@ pub fn append_message(out: &mut Vec<u8>, env: &Envelope, body: &[u8]) -> usize {
 /// Appends a Done record. Returns its length in bytes.
 pub fn append_done(out: &mut Vec<u8>, id: QueueId) -> usize {
     append(out, Kind::Done, |p| p.extend_from_slice(&id.0.to_le_bytes()))
+}
+
+/// Appends a Progress record. Returns its length in bytes.
+pub fn append_progress(out: &mut Vec<u8>, p: &ProgressRecord) -> usize {
+    append(out, Kind::Progress, |b| {
+        b.extend_from_slice(&p.id.0.to_le_bytes());
+        b.extend_from_slice(&p.attempts.to_le_bytes());
+        b.extend_from_slice(&p.next_attempt.to_le_bytes());
+        put_str(b, &p.last_error);
+        b.extend_from_slice(&(p.done.len() as u32).to_le_bytes());
+        for i in &p.done {
+            b.extend_from_slice(&i.to_le_bytes());
+        }
+    })
 }
 
 fn put_str(p: &mut Vec<u8>, s: &str) {
@@ -262,6 +293,24 @@ pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> 
     Ok((env, body_offset))
 }
 
+/// Decodes a Progress payload.
+pub fn decode_progress(payload: &[u8]) -> Result<ProgressRecord, DecodeError> {
+    let mut r = Reader { b: payload };
+    let id = QueueId(r.u64()?);
+    let attempts = r.u32()?;
+    let next_attempt = r.u64()?;
+    let last_error = r.str()?.to_owned();
+    let n = r.u32()? as usize;
+    if n > r.b.len() / 4 {
+        return Err(DecodeError::Payload);
+    }
+    let done = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+    if !r.b.is_empty() {
+        return Err(DecodeError::Payload);
+    }
+    Ok(ProgressRecord { id, attempts, next_attempt, last_error, done })
+}
+
 /// Decodes a Done payload.
 pub fn decode_done(payload: &[u8]) -> Result<QueueId, DecodeError> {
     let mut r = Reader { b: payload };
@@ -336,6 +385,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn progress_round_trip() {
+        let p = ProgressRecord {
+            id: QueueId(9),
+            attempts: 3,
+            next_attempt: 1_800_000_300,
+            last_error: "451 4.7.1 greylisted".into(),
+            done: vec![0, 2],
+        };
+        let mut buf = Vec::new();
+        append_progress(&mut buf, &p);
+        let h = Header::parse(&buf).unwrap();
+        assert_eq!(h.kind, Kind::Progress);
+        h.verify(&buf, &buf[HEADER_LEN..]).unwrap();
+        assert_eq!(decode_progress(&buf[HEADER_LEN..]), Ok(p));
+        assert!(decode_progress(&buf[HEADER_LEN..buf.len() - 1]).is_err());
+    }
+
+    #[test]
     fn decoding_garbage_never_panics() {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut valid = Vec::new();
@@ -351,6 +418,7 @@ pub(crate) mod tests {
             p.truncate(rng.usize(..=p.len()));
             let _ = decode_message(&p);
             let _ = decode_done(&p);
+            let _ = decode_progress(&p);
         }
     }
 }

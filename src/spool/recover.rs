@@ -201,6 +201,15 @@ fn apply(
                 report.bad_records += 1;
             }
         },
+        Kind::Progress => match record::decode_progress(payload) {
+            Ok(p) => {
+                index.apply_progress(&p, loc.seq);
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), offset = loc.offset, error = %e, "skipping undecodable progress record");
+                report.bad_records += 1;
+            }
+        },
         Kind::Done => match record::decode_done(payload) {
             Ok(id) => {
                 index.remove_at(id, loc.seq);
@@ -292,6 +301,20 @@ fn adopt(dir: &Path, old: Family, target: &mut Family) -> Result<usize, SpoolErr
             out.write_all(&buf).map_err(|e| io_err(&path, e))?;
             target.index.insert(&env, Location { seq, offset: pos, len: loc.len });
             pos += u64::from(loc.len);
+            // Carry the delivery progress along, so done recipients stay done.
+            if let Some(p) = old.index.get(env.id).and_then(|e| e.progress.as_ref()) {
+                let rec = record::ProgressRecord {
+                    id: env.id,
+                    attempts: p.attempts,
+                    next_attempt: p.next_attempt,
+                    last_error: p.last_error.clone(),
+                    done: p.done.clone(),
+                };
+                let mut pbuf = Vec::new();
+                pos += record::append_progress(&mut pbuf, &rec) as u64;
+                out.write_all(&pbuf).map_err(|e| io_err(&path, e))?;
+                target.index.apply_progress(&rec, seq);
+            }
         }
         out.sync_all().map_err(|e| io_err(&path, e))?;
         sync_dir(&segment::family_dir(dir, target.family))?;

@@ -33,12 +33,20 @@ pub struct SpoolStats {
     pub segments_deleted: AtomicU64,
 }
 
+/// A record made durable: the message it concerns, and where it landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub id: QueueId,
+    pub loc: Location,
+}
+
 /// The answer to one append: resolves when the record is durable (or not).
-pub type Ticket = oneshot::Receiver<Result<QueueId, AppendError>>;
+pub type Ticket = oneshot::Receiver<Result<Committed, AppendError>>;
 
 enum Op {
     Insert(QueueId, Prepared),
     Remove(QueueId),
+    Progress(Box<record::ProgressRecord>),
 }
 
 struct Item {
@@ -46,7 +54,7 @@ struct Item {
     offset: usize,
     len: usize,
     op: Op,
-    done: oneshot::Sender<Result<QueueId, AppendError>>,
+    done: oneshot::Sender<Result<Committed, AppendError>>,
 }
 
 struct Open {
@@ -131,6 +139,42 @@ impl Spool {
         i.push(offset, len, Op::Remove(id))
     }
 
+    /// Records delivery progress: finished recipients, the next attempt.
+    pub fn progress(&self, p: record::ProgressRecord) -> Ticket {
+        let mut i = self.inner.borrow_mut();
+        if i.index.get(p.id).is_none() {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(AppendError::NotFound));
+            return rx;
+        }
+        let offset = i.buf.len();
+        let len = record::append_progress(&mut i.buf, &p);
+        i.push(offset, len, Op::Progress(Box::new(p)))
+    }
+
+    /// Runs `f` on the index entry of a live message.
+    pub fn with_entry<R>(&self, id: QueueId, f: impl FnOnce(&super::index::Entry) -> R) -> Option<R> {
+        self.inner.borrow().index.get(id).map(f)
+    }
+
+    /// Runs `f` over every live message (startup scheduling, listings).
+    pub fn for_each_entry(&self, mut f: impl FnMut(QueueId, &super::index::Entry)) {
+        for (id, e) in self.inner.borrow().index.iter() {
+            f(id, e);
+        }
+    }
+
+    /// The domain name of a domain id in this family's index.
+    pub fn domain_name(&self, id: u32) -> Option<String> {
+        self.inner.borrow().index.domain_name(id).map(str::to_owned)
+    }
+
+    /// The spool directory and this family's number (to read records).
+    pub fn family(&self) -> (PathBuf, u32) {
+        let i = self.inner.borrow();
+        (i.dir.clone(), i.family)
+    }
+
     /// Live messages and recipients in this family.
     pub fn counts(&self) -> (usize, u64) {
         let i = self.inner.borrow();
@@ -148,7 +192,7 @@ impl Spool {
         let e = i.index.get(id)?;
         Some(crate::rt::worker::MessageSummary {
             received_at: e.received_at,
-            recipients: e.recipients,
+            recipients: e.recipients(),
             size: e.loc.len,
         })
     }
@@ -281,23 +325,25 @@ impl Spool {
                 stats.committed_records.fetch_add(items.len() as u64, Ordering::Relaxed);
                 for item in items {
                     let loc = Location { seq, offset: base + item.offset as u64, len: item.len as u32 };
+                    let before = (i.index.len() as u64, i.index.recipients());
                     let id = match item.op {
                         Op::Insert(id, prepared) => {
-                            let recipients = u64::from(prepared.recipients());
                             i.index.insert_prepared(id, prepared, loc);
-                            stats.messages.fetch_add(1, Ordering::Relaxed);
-                            stats.recipients.fetch_add(recipients, Ordering::Relaxed);
                             id
                         }
                         Op::Remove(id) => {
-                            if let Some(e) = i.index.remove_at(id, seq) {
-                                stats.messages.fetch_sub(1, Ordering::Relaxed);
-                                stats.recipients.fetch_sub(u64::from(e.recipients), Ordering::Relaxed);
-                            }
+                            i.index.remove_at(id, seq);
                             id
                         }
+                        Op::Progress(p) => {
+                            i.index.apply_progress(&p, seq);
+                            p.id
+                        }
                     };
-                    let _ = item.done.send(Ok(id));
+                    let after = (i.index.len() as u64, i.index.recipients());
+                    adjust(&stats.messages, before.0, after.0);
+                    adjust(&stats.recipients, before.1, after.1);
+                    let _ = item.done.send(Ok(Committed { id, loc }));
                 }
             }
             Err(e) => {
@@ -341,6 +387,15 @@ impl Spool {
                 let _ = d.sync_all().await;
             }
         }
+    }
+}
+
+/// Moves a shared gauge by the change of a family's count.
+fn adjust(gauge: &AtomicU64, before: u64, after: u64) {
+    if after >= before {
+        gauge.fetch_add(after - before, Ordering::Relaxed);
+    } else {
+        gauge.fetch_sub(before - after, Ordering::Relaxed);
     }
 }
 

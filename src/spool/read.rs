@@ -1,0 +1,45 @@
+//! Reading records back (for delivery, DSNs and listings), from any worker:
+//! segment files are append-only and a live record never moves, so a reader
+//! needs no lock.
+
+use std::path::Path;
+
+use monoio::fs::File;
+
+use super::index::Location;
+use super::record::{self, Header, Kind, HEADER_LEN};
+use super::segment;
+use crate::envelope::Envelope;
+
+/// Why a record could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("spool read failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("spool record is corrupt: {0}")]
+    Corrupt(#[from] record::DecodeError),
+    #[error("spool record is not a message")]
+    NotMessage,
+}
+
+/// Reads and checks the Message record at `loc` of family `family`.
+/// Returns the envelope and the body.
+pub async fn read_message(dir: &Path, family: u32, loc: Location) -> Result<(Envelope, Vec<u8>), ReadError> {
+    let path = segment::segment_path(dir, family, loc.seq);
+    let file = File::open(&path).await?;
+    let buf = vec![0u8; loc.len as usize];
+    let (res, buf) = file.read_exact_at(buf, loc.offset).await;
+    res?;
+    let _ = file.close().await;
+    let h = Header::parse(&buf)?;
+    if h.kind != Kind::Message || h.len as usize + HEADER_LEN != buf.len() {
+        return Err(ReadError::NotMessage);
+    }
+    let payload = &buf[HEADER_LEN..];
+    h.verify(&buf, payload)?;
+    let (env, body_at) = record::decode_message(payload)?;
+    // Move the body to the front instead of copying it.
+    let mut body = buf;
+    body.drain(..HEADER_LEN + body_at);
+    Ok((env, body))
+}
