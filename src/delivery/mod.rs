@@ -1,4 +1,5 @@
 //! Outbound delivery.
 
+pub mod dsn;
 pub mod route;
 pub mod wheel;

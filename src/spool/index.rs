@@ -159,7 +159,8 @@ impl Index {
     /// The part of an entry that does not depend on where it is written, so it
     /// can be computed before the write and applied after it is durable.
     pub fn prepare(&mut self, env: &Envelope) -> Prepared {
-        let rcpt_domains = env.recipients.iter().map(|r| self.domain_id(&r.address.domain().to_lowercase())).collect();
+        let rcpt_domains =
+            env.recipients.iter().map(|r| self.domain_id(&r.address.domain().to_lowercase())).collect();
         Prepared { received_at: env.received_at, rcpt_domains }
     }
 
@@ -285,7 +286,13 @@ mod tests {
     }
 
     fn progress(id: u64, done: &[u32]) -> ProgressRecord {
-        ProgressRecord { id: QueueId(id), attempts: 1, next_attempt: 100, last_error: "451 later".into(), done: done.to_vec() }
+        ProgressRecord {
+            id: QueueId(id),
+            attempts: 1,
+            next_attempt: 100,
+            last_error: "451 later".into(),
+            done: done.to_vec(),
+        }
     }
 
     #[test]
@@ -341,7 +348,7 @@ mod tests {
         ix.insert(&sample_envelope(2), loc(1)); // Y in seg 1
         ix.add_segment(2);
         ix.remove_at(QueueId(1), 2); // Done(X) in seg 2
-        // Seg 2 holds no live message but cancels X in seg 1, which must go first.
+                                     // Seg 2 holds no live message but cancels X in seg 1, which must go first.
         assert_eq!(ix.deletable(Some(3)), Vec::<u64>::new());
         ix.remove_at(QueueId(2), 2);
         assert_eq!(ix.deletable(Some(3)), vec![1]);

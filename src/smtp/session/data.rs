@@ -5,6 +5,17 @@ use crate::envelope::{BodyType, Envelope};
 use crate::smtp::data::{ChunkReceiver, ContentVerdict, DotReceiver};
 use crate::smtp::reply::{canned, EnhancedStatus, Reply};
 
+/// More `Received:` headers than this (ours included) means a mail loop.
+pub const MAX_RECEIVED: usize = 100;
+
+/// Counts `Received:` header fields in the header section of `body`.
+pub fn count_received(body: &[u8]) -> usize {
+    body.split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
 /// Largest content buffer a session keeps between messages.
 const RETAINED_BODY: usize = 64 * 1024;
 
@@ -150,6 +161,7 @@ impl Session {
     /// The end of content: refuse, or hand the message to the shell.
     fn finish_content(&mut self, verdict: ContentVerdict, now: Now) {
         let refusal = match verdict {
+            ContentVerdict::Ok if count_received(&self.body) > MAX_RECEIVED => Some(canned::TOO_MANY_HOPS),
             ContentVerdict::Ok => None,
             ContentVerdict::TooBig => Some(canned::TOO_BIG),
             ContentVerdict::BareNewline => Some(canned::BARE_NEWLINE),

@@ -535,3 +535,21 @@ fn memory_pressure_drops_content_and_answers_452() {
     // And the session goes on.
     assert!(h.send("NOOP\r\n").starts_with("250"));
 }
+
+#[test]
+fn mail_loops_are_refused_at_end_of_data() {
+    let mut h = Harness::mx();
+    h.greet();
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    // 100 Received headers plus ours is 101.
+    let loop_headers = "Received: from a by b\r\n".repeat(100);
+    assert_eq!(
+        h.send(&format!("{loop_headers}Subject: x\r\n\r\nbody\r\n.\r\n")),
+        "554 5.4.6 Too many hops (mail loop?)\r\n"
+    );
+    h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    let fine = "Received: from a by b\r\n".repeat(99);
+    let body_has_more = "Received: in the body does not count\r\n".repeat(10);
+    let out = h.send(&format!("{fine}Subject: x\r\n\r\n{body_has_more}.\r\n"));
+    assert!(out.starts_with("250"), "{out}");
+}
