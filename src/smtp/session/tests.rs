@@ -38,10 +38,14 @@ fn config(kind: Kind) -> SessionConfig {
 
 impl Harness {
     fn new(kind: Kind, peer: &str, trusted: bool) -> Harness {
+        Harness::with_config(config(kind), peer, trusted)
+    }
+
+    fn with_config(config: SessionConfig, peer: &str, trusted: bool) -> Harness {
         let now = Now { instant: Instant::now(), unix_secs: 1_795_432_817 };
         let conn = ConnInfo { peer: peer.parse().unwrap(), trusted, tls: None };
         let ids = Rc::new(RefCell::new(QueueIdGen::new(0, QueueId(0))));
-        Harness { s: Session::new(Arc::new(config(kind)), conn, ids, now), now, pending: Vec::new() }
+        Harness { s: Session::new(Arc::new(config), conn, ids, now), now, pending: Vec::new() }
     }
 
     fn mx() -> Harness {
@@ -538,7 +542,9 @@ fn memory_pressure_drops_content_and_answers_452() {
 
 #[test]
 fn mail_loops_are_refused_at_end_of_data() {
-    let mut h = Harness::mx();
+    let mut cfg = config(Kind::Mx);
+    cfg.max_message_size = 100_000;
+    let mut h = Harness::with_config(cfg, "192.0.2.1", false);
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
     // 100 Received headers plus ours is 101.
