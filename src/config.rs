@@ -198,6 +198,34 @@ pub struct DeliveryConfig {
     /// Age after which an undeliverable message bounces.
     #[serde(deserialize_with = "de_duration")]
     pub max_age: Duration,
+    /// TCP connect timeout per address.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Wait for the greeting and each command's reply (RFC 5321: 5 minutes).
+    #[serde(deserialize_with = "de_duration")]
+    pub command_timeout: Duration,
+    /// Wait for 354 and for sending the content (RFC 5321: 2-3 minutes).
+    #[serde(deserialize_with = "de_duration")]
+    pub data_timeout: Duration,
+    /// Wait for the reply after the final dot (RFC 5321: 10 minutes).
+    #[serde(deserialize_with = "de_duration")]
+    pub final_timeout: Duration,
+    /// Concurrent connections to one destination (one MX host set).
+    pub connections_per_destination: usize,
+    /// Messages sent over one connection before it is closed.
+    pub messages_per_connection: usize,
+    /// Messages per second to one destination; 0 = unlimited.
+    pub rate_per_destination: f64,
+    /// A destination that could not be reached at all is left alone this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub destination_backoff: Duration,
+    /// Use STARTTLS when offered (opportunistic, certificates not verified).
+    pub starttls: bool,
+    /// Per DNS query attempt.
+    #[serde(deserialize_with = "de_duration")]
+    pub dns_timeout: Duration,
+    /// Answers kept in the shared DNS cache.
+    pub dns_cache_size: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -208,6 +236,17 @@ impl Default for DeliveryConfig {
             dns_servers: Vec::new(),
             retry: vec![m(1), m(5), m(15), m(60), m(240)],
             max_age: Duration::from_secs(5 * 86_400),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: m(5),
+            data_timeout: m(3),
+            final_timeout: m(10),
+            connections_per_destination: 20,
+            messages_per_connection: 100,
+            rate_per_destination: 0.0,
+            destination_backoff: Duration::from_secs(30),
+            starttls: true,
+            dns_timeout: Duration::from_secs(5),
+            dns_cache_size: 100_000,
         }
     }
 }
@@ -356,6 +395,12 @@ impl Config {
         ];
         if let Some((_, msg)) = checks.iter().find(|c| c.0) {
             return Err(ConfigError(format!("{name}: {msg}")));
+        }
+        if self.delivery.rate_per_destination < 0.0 || !self.delivery.rate_per_destination.is_finite() {
+            return Err(ConfigError(format!("{name}: delivery.rate_per_destination must be 0 or more")));
+        }
+        if let Err(e) = crate::delivery::route::Routes::new(&self.routes) {
+            return Err(ConfigError(format!("{name}: [[route]]: {e}")));
         }
         if self.delivery.retry.is_empty() {
             return Err(ConfigError(format!("{name}: delivery.retry needs at least one interval")));

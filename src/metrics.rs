@@ -18,6 +18,14 @@ pub struct Metrics {
     pub tls_failures: AtomicU64,
     pub auth_successes: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Recipients delivered (remote 2xx or into a local mailbox).
+    pub delivered: AtomicU64,
+    /// Recipient attempts that failed temporarily.
+    pub deferred: AtomicU64,
+    /// Recipients that failed permanently.
+    pub bounced: AtomicU64,
+    /// DSNs queued.
+    pub dsns: AtomicU64,
     /// From the end of data to the spool's answer (the group commit wait).
     pub store_latency: Histogram,
 }

@@ -1,5 +1,184 @@
 //! Outbound delivery.
+//!
+//! ```text
+//!  owner worker (the one whose spool holds the message)        destination worker
+//!  ┌───────────────────────────────────────────────┐           (hash of the next hop)
+//!  │ new message / retry due (timer wheel)         │           ┌────────────────────────┐
+//!  │   -> plan: remaining recipients by domain     │  Job      │ per destination:       │
+//!  │      local domain -> Maildir                  │ ────────► │  ready queue,          │
+//!  │      else next hop (route / MX / A), shared   │ (Inbox)   │  connection limit,     │
+//!  │      DNS cache                                │           │  rate, backoff;        │
+//!  │   <- JobResult per recipient                  │ ◄──────── │  SMTP client (sans-IO) │
+//!  │ finalize: DSNs, then Progress or Done record  │           │  reads the record from │
+//!  │ in the spool, retry into the wheel            │           │  the owner's segment   │
+//!  └───────────────────────────────────────────────┘           └────────────────────────┘
+//! ```
+//!
+//! Durability: a recipient is marked done (Progress or Done record) only after
+//! its outcome is known and, for failures, after its DSN is durably queued.
+//! A crash in between delivers again (or reports again): duplicates, never loss.
 
+pub mod dest;
 pub mod dsn;
+pub mod local;
+pub mod outbound;
+pub mod owner;
 pub mod route;
 pub mod wheel;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::envelope::QueueId;
+use crate::spool::index::Location;
+use route::{NextHop, Routes};
+
+/// Runtime delivery settings (from `[delivery]`, `[relay]`, `[local]`).
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub hostname: String,
+    pub port: u16,
+    pub retry: Vec<Duration>,
+    pub max_age: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub final_timeout: Duration,
+    pub connections_per_destination: usize,
+    pub messages_per_connection: usize,
+    /// Messages per second per destination; 0 = unlimited.
+    pub rate_per_destination: f64,
+    /// How long a destination that could not be reached at all is left alone.
+    pub destination_backoff: Duration,
+    pub starttls: bool,
+    pub routes: Routes,
+    pub local_domains: HashSet<String>,
+    pub mail_dir: PathBuf,
+}
+
+impl DeliveryConfig {
+    /// The retry interval after `attempts` attempts (the last one repeats).
+    pub fn retry_after(&self, attempts: u32) -> Duration {
+        let i = (attempts.max(1) as usize - 1).min(self.retry.len().saturating_sub(1));
+        self.retry.get(i).copied().unwrap_or(Duration::from_secs(300))
+    }
+}
+
+/// How one recipient's attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Try again later.
+    Temporary,
+    /// Bounce.
+    Permanent,
+}
+
+/// One recipient's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptOutcome {
+    /// Index into the message's recipients.
+    pub index: u32,
+    pub outcome: Outcome,
+    /// Enhanced status code (`2.0.0`, `4.4.1`, `5.1.1`).
+    pub status: String,
+    /// The remote reply (one line) or our own reason.
+    pub text: String,
+    /// The host that answered, if we reached one.
+    pub remote: Option<String>,
+    /// The remote advertised DSN (so it reports success itself).
+    pub remote_dsn: bool,
+}
+
+impl RcptOutcome {
+    /// The same outcome for every recipient in `rcpts`, without a remote.
+    pub fn all(rcpts: &[u32], outcome: Outcome, status: &str, text: &str) -> Vec<RcptOutcome> {
+        rcpts
+            .iter()
+            .map(|&index| RcptOutcome {
+                index,
+                outcome,
+                status: status.to_owned(),
+                text: text.to_owned(),
+                remote: None,
+                remote_dsn: false,
+            })
+            .collect()
+    }
+}
+
+/// Some recipients of one message, all for one next hop: sent from the
+/// owner worker to the destination worker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The worker that owns the message (results go back there).
+    pub owner: usize,
+    pub family: u32,
+    pub id: QueueId,
+    pub loc: Location,
+    pub rcpts: Vec<u32>,
+    /// The recipient domain (for logs and `/queue`).
+    pub domain: String,
+    pub hop: Arc<NextHop>,
+}
+
+/// The outcome of a [`Job`], sent back to its owner.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub id: QueueId,
+    pub domain: String,
+    pub outcomes: Vec<RcptOutcome>,
+}
+
+/// The enhanced status of a reply: its own, or one derived from the code.
+pub fn status_of(code: u16, enhanced: Option<&str>) -> String {
+    match enhanced {
+        Some(s) => s.to_owned(),
+        None => format!("{}.0.0", code / 100),
+    }
+}
+
+/// Classifies a reply code.
+pub fn outcome_of(code: u16) -> Outcome {
+    match code {
+        200..=399 => Outcome::Delivered,
+        400..=499 => Outcome::Temporary,
+        _ => Outcome::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule_repeats_the_last_interval() {
+        let cfg = DeliveryConfig {
+            hostname: "h".into(),
+            port: 25,
+            retry: vec![Duration::from_secs(60), Duration::from_secs(300)],
+            max_age: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            data_timeout: Duration::from_secs(1),
+            final_timeout: Duration::from_secs(1),
+            connections_per_destination: 1,
+            messages_per_connection: 1,
+            rate_per_destination: 0.0,
+            destination_backoff: Duration::from_secs(1),
+            starttls: false,
+            routes: Routes::default(),
+            local_domains: HashSet::new(),
+            mail_dir: PathBuf::new(),
+        };
+        assert_eq!(cfg.retry_after(1), Duration::from_secs(60));
+        assert_eq!(cfg.retry_after(2), Duration::from_secs(300));
+        assert_eq!(cfg.retry_after(9), Duration::from_secs(300));
+        assert_eq!(outcome_of(250), Outcome::Delivered);
+        assert_eq!(outcome_of(451), Outcome::Temporary);
+        assert_eq!(outcome_of(554), Outcome::Permanent);
+        assert_eq!(status_of(550, None), "5.0.0");
+    }
+}

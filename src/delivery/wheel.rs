@@ -99,6 +99,19 @@ impl<T> Wheel<T> {
         Some((slot as usize, epoch + (u64::from(slot) << shift)))
     }
 
+    /// Removes and returns every item, due or not; the clock stays.
+    pub fn drain(&mut self) -> Vec<T> {
+        let mut out = std::mem::take(&mut self.due);
+        for level in &mut self.levels {
+            for slot in &mut level.slots {
+                out.extend(slot.drain(..).map(|(_, item)| item));
+            }
+            level.occupied = 0;
+        }
+        self.len = 0;
+        out
+    }
+
     /// Moves the clock to `now` and returns every item due by then.
     pub fn poll(&mut self, now: u64) -> Vec<T> {
         let mut out = std::mem::take(&mut self.due);
@@ -143,6 +156,16 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(w.poll(u64::MAX / 2), vec!["c"]);
         assert!(w.is_empty());
+        let mut w = Wheel::new(10);
+        w.insert(5, 1);
+        w.insert(100, 2);
+        w.insert(1_000_000, 3);
+        let mut all = w.drain();
+        all.sort_unstable();
+        assert_eq!(all, vec![1, 2, 3]);
+        assert!(w.is_empty());
+        w.insert(11, 4);
+        assert_eq!(w.poll(11), vec![4], "the clock did not move");
     }
 
     #[test]

@@ -65,6 +65,29 @@ pub fn session_config(config: &Config, l: &ListenerConfig, policy: Arc<Policy>) 
     }
 }
 
+/// Delivery settings from the config.
+pub fn delivery_config(config: &Config) -> Result<crate::delivery::DeliveryConfig, String> {
+    let d = &config.delivery;
+    Ok(crate::delivery::DeliveryConfig {
+        hostname: config.hostname(),
+        port: d.port,
+        retry: d.retry.clone(),
+        max_age: d.max_age,
+        connect_timeout: d.connect_timeout,
+        command_timeout: d.command_timeout,
+        data_timeout: d.data_timeout,
+        final_timeout: d.final_timeout,
+        connections_per_destination: d.connections_per_destination,
+        messages_per_connection: d.messages_per_connection,
+        rate_per_destination: d.rate_per_destination,
+        destination_backoff: d.destination_backoff,
+        starttls: d.starttls,
+        routes: crate::delivery::route::Routes::new(&config.routes).map_err(|e| format!("[[route]]: {e}"))?,
+        local_domains: config.relay.local_domains.iter().map(|d| d.to_lowercase()).collect(),
+        mail_dir: config.local.mail_dir.clone(),
+    })
+}
+
 fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     match &config.tls {
         Some(t) => transport::load_server_config(&t.cert, &t.key).map(Some),
@@ -141,7 +164,22 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         }));
     }
 
+    let delivery = delivery_config(&config).map_err(ServeError::Config)?;
+    let dns_servers = if config.delivery.dns_servers.is_empty() {
+        crate::dns::servers_from_resolv_conf(Path::new("/etc/resolv.conf"))
+    } else {
+        config.delivery.dns_servers.clone()
+    };
+    if dns_servers.is_empty() {
+        tracing::warn!("no DNS servers (delivery.dns_servers is empty and /etc/resolv.conf names none): MX lookups will fail");
+    }
+    let client_tls = transport::opportunistic_client_config().map_err(ServeError::Runtime)?;
     let shared = Arc::new(Shared {
+        delivery: Arc::new(delivery),
+        dns_cache: Arc::new(crate::dns::cache::Cache::new(config.delivery.dns_cache_size)),
+        dns_servers,
+        dns_timeout: config.delivery.dns_timeout,
+        client_tls,
         metrics: Arc::new(Metrics::default()),
         spool_stats: Arc::new(SpoolStats::default()),
         limits: ConnLimits::new(config.limits.connections, config.limits.connections_per_ip),

@@ -13,9 +13,14 @@ use std::sync::Arc;
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, ServerConfig, ServerConnection,
+    SignatureScheme,
+};
 
 use crate::smtp::session::TlsInfo;
 
@@ -53,10 +58,64 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// Outbound TLS without certificate verification: opportunistic STARTTLS
+/// (RFC 7435) protects against passive eavesdroppers only, as in Postfix's
+/// default `smtp_tls_security_level = may`. Handshake signatures are still
+/// checked, so the peer must hold the key of the certificate it shows.
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The client configuration for opportunistic outbound STARTTLS.
+pub fn opportunistic_client_config() -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// TLS state over a TCP stream.
 pub struct TlsConn {
     tcp: TcpStream,
-    conn: ServerConnection,
+    conn: Connection,
     /// Ciphertext in, reused.
     cin: Vec<u8>,
     /// Ciphertext out, reused.
@@ -149,7 +208,26 @@ impl Transport {
         let Transport::Plain(tcp) = std::mem::replace(self, Transport::Closed) else {
             return Err(io::Error::other("TLS is already active"));
         };
-        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        let conn = Connection::Server(ServerConnection::new(config).map_err(io::Error::other)?);
+        self.handshake_with(tcp, conn).await
+    }
+
+    /// Runs the client side of a TLS handshake (outbound STARTTLS), in place.
+    /// On failure the transport is left [`Transport::Closed`].
+    pub async fn upgrade_tls_client(&mut self, config: Arc<ClientConfig>, host: &str) -> io::Result<TlsInfo> {
+        let Transport::Plain(tcp) = std::mem::replace(self, Transport::Closed) else {
+            return Err(io::Error::other("TLS is already active"));
+        };
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_owned())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        };
+        let conn = Connection::Client(ClientConnection::new(config, name).map_err(io::Error::other)?);
+        self.handshake_with(tcp, conn).await
+    }
+
+    async fn handshake_with(&mut self, tcp: TcpStream, conn: Connection) -> io::Result<TlsInfo> {
         let mut tls = Box::new(TlsConn { tcp, conn, cin: Vec::with_capacity(READ_CHUNK), cout: Vec::new() });
         tls.handshake().await?;
         let info = tls.info();

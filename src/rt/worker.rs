@@ -18,6 +18,11 @@ use monoio::net::{TcpListener, TcpStream};
 use super::conn;
 use super::limits::{ConnLimits, MemoryBudget};
 use super::signal::{Broadcast, Inbox, LocalSignal, RUNNING};
+use std::collections::HashMap;
+
+use crate::delivery::dest::Destinations;
+use crate::delivery::owner::{DomainStatus, Listed, Owner};
+use crate::delivery::{DeliveryConfig, Job, JobResult};
 use crate::envelope::{QueueId, QueueIdGen};
 use crate::metrics::{inc, Metrics};
 use crate::policy::canonical;
@@ -35,6 +40,16 @@ pub enum Control {
     Delete(QueueId, Arc<Inbox<Result<bool, String>>>),
     /// Reply with one message's summary, if this worker has it.
     Show(QueueId, Arc<Inbox<Option<MessageSummary>>>),
+    /// A delivery job for one of this worker's destinations.
+    Deliver(Box<Job>),
+    /// The result of a job for one of this worker's messages.
+    JobDone(Box<JobResult>),
+    /// Retry every deferred message now; reply how many.
+    Flush(Arc<Inbox<usize>>),
+    /// Bounce a message now; reply whether this worker had it.
+    Bounce(QueueId, Arc<Inbox<Result<bool, String>>>),
+    /// List up to N queued messages.
+    List(usize, Arc<Inbox<Vec<Listed>>>),
 }
 
 /// What the index knows about one queued message.
@@ -52,6 +67,12 @@ pub struct WorkerQueue {
     pub messages: usize,
     pub recipients: u64,
     pub domains: Vec<(String, DomainCount)>,
+    /// Next attempt and last error by domain.
+    pub status: HashMap<String, DomainStatus>,
+    /// Messages waiting for a retry, attempts in flight.
+    pub deferred: usize,
+    pub in_flight: usize,
+    pub outbound_connections: usize,
 }
 
 /// One listening socket's settings, shared by all workers; reloadable.
@@ -75,6 +96,11 @@ impl ListenerCtx {
 /// What all threads share.
 #[derive(Debug)]
 pub struct Shared {
+    pub delivery: Arc<DeliveryConfig>,
+    pub dns_cache: Arc<crate::dns::cache::Cache>,
+    pub dns_servers: Vec<std::net::SocketAddr>,
+    pub dns_timeout: Duration,
+    pub client_tls: Arc<rustls::ClientConfig>,
     pub metrics: Arc<Metrics>,
     pub spool_stats: Arc<SpoolStats>,
     pub limits: Arc<ConnLimits>,
@@ -91,6 +117,8 @@ pub struct WorkerCtx {
     pub signal: LocalSignal,
     pub metrics: Arc<Metrics>,
     pub memory: Arc<MemoryBudget>,
+    pub owner: Rc<Owner>,
+    pub dests: Rc<Destinations>,
     live: Cell<usize>,
     idle: RefCell<Option<Waker>>,
 }
@@ -175,27 +203,76 @@ pub fn run(setup: WorkerSetup) {
 
 async fn serve(setup: WorkerSetup) {
     let shared = setup.shared.clone();
+    let index = setup.index;
+    let workers = shared.inboxes.len();
     let spool = Spool::new(
-        setup.spool_dir,
+        setup.spool_dir.clone(),
         setup.family,
         setup.fsync,
         setup.segment_size,
         shared.spool_stats.clone(),
     );
     let committer = monoio::spawn(spool.clone().run_committer());
-    let ids = Rc::new(RefCell::new(QueueIdGen::new(setup.index as u8, setup.max_id)));
+    let ids = Rc::new(RefCell::new(QueueIdGen::new(index as u8, setup.max_id)));
+    let cfg = Rc::new((*shared.delivery).clone());
+    let resolver = crate::dns::Resolver::new(
+        shared.dns_cache.clone(),
+        shared.dns_servers.clone(),
+        shared.dns_timeout,
+        2,
+    );
+    // Destinations of this worker; results go back to their owner.
+    let dests = {
+        let inboxes = shared.inboxes.clone();
+        let me: Rc<RefCell<Option<Rc<Owner>>>> = Rc::new(RefCell::new(None));
+        let me2 = me.clone();
+        let report: crate::delivery::dest::Reporter = Rc::new(move |owner, result| {
+            if owner == index {
+                if let Some(o) = me2.borrow().as_ref() {
+                    o.job_done(result);
+                }
+            } else {
+                inboxes[owner].send(Control::JobDone(Box::new(result)));
+            }
+        });
+        let dests = Destinations::new(
+            cfg.clone(),
+            shared.client_tls.clone(),
+            setup.spool_dir.clone(),
+            report,
+            shared.metrics.clone(),
+        );
+        (dests, me)
+    };
+    let (dests, owner_slot) = dests;
+    let dispatch: crate::delivery::owner::Dispatcher = {
+        let (inboxes, dests) = (shared.inboxes.clone(), dests.clone());
+        Rc::new(move |job: Job| {
+            let target = destination_worker(&job.hop.key, workers);
+            if target == index {
+                dests.submit(job);
+            } else {
+                inboxes[target].send(Control::Deliver(Box::new(job)));
+            }
+        })
+    };
+    let owner =
+        Owner::new(index, cfg, spool.clone(), resolver, dispatch, ids.clone(), shared.metrics.clone());
+    *owner_slot.borrow_mut() = Some(owner.clone());
     let w = Rc::new(WorkerCtx {
-        index: setup.index,
+        index,
         spool: spool.clone(),
         ids,
         signal: LocalSignal::default(),
         metrics: shared.metrics.clone(),
         memory: shared.memory.clone(),
+        owner: owner.clone(),
+        dests: dests.clone(),
         live: Cell::new(0),
         idle: RefCell::new(None),
     });
     monoio::spawn(relay_stage(w.clone(), shared.stage.clone()));
-    monoio::spawn(control_loop(w.clone(), shared.inboxes[setup.index].clone()));
+    monoio::spawn(control_loop(w.clone(), shared.inboxes[index].clone()));
     let mut accepts = Vec::new();
     for (std_listener, l) in setup.listeners {
         match TcpListener::from_std(std_listener) {
@@ -203,19 +280,37 @@ async fn serve(setup: WorkerSetup) {
                 accepts.push(monoio::spawn(accept_loop(listener, l, w.clone(), shared.limits.clone())))
             }
             Err(e) => {
-                let _ = setup.ready.send(Err(format!("worker {}: listener: {e}", setup.index)));
+                let _ = setup.ready.send(Err(format!("worker {index}: listener: {e}")));
                 return;
             }
         }
     }
+    owner.start();
     let _ = setup.ready.send(Ok(()));
     for a in accepts {
         a.await;
     }
+    // Draining: no new attempts; let outbound connections finish their
+    // current message (until the grace period ends); inbound sessions finish.
+    owner.stop();
+    monoio::select! {
+        _ = dests.drain() => {}
+        _ = w.signal.changed(super::signal::DRAINING) => {}
+    }
     w.all_closed().await;
     spool.close();
     committer.await;
-    tracing::debug!(worker = w.index, "worker drained");
+    tracing::debug!(worker = index, "worker drained");
+}
+
+/// The worker that owns a destination: a stable hash of its key, so every
+/// worker sends a destination's jobs to the same place.
+pub fn destination_worker(key: &str, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same on every thread and run.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % workers.max(1) as u64) as usize
 }
 
 /// Mirrors the process-wide stage into this worker's local signal.
@@ -235,7 +330,27 @@ async fn control_loop(w: Rc<WorkerCtx>, inbox: Arc<Inbox<Control>>) {
         match inbox.recv().await {
             Control::Queue(reply) => {
                 let (messages, recipients) = w.spool.counts();
-                reply.send(WorkerQueue { messages, recipients, domains: w.spool.domains() });
+                let (deferred, in_flight) = w.owner.counts();
+                reply.send(WorkerQueue {
+                    messages,
+                    recipients,
+                    domains: w.spool.domains(),
+                    status: w.owner.domain_status(),
+                    deferred,
+                    in_flight,
+                    outbound_connections: w.dests.connections(),
+                });
+            }
+            Control::Deliver(job) => w.dests.submit(*job),
+            Control::JobDone(result) => w.owner.job_done(*result),
+            Control::Flush(reply) => reply.send(w.owner.flush()),
+            Control::Bounce(id, reply) => {
+                let owner = w.owner.clone();
+                monoio::spawn(async move { reply.send(owner.bounce(id).await) });
+            }
+            Control::List(limit, reply) => {
+                let owner = w.owner.clone();
+                monoio::spawn(async move { reply.send(owner.list(limit).await) });
             }
             Control::Show(id, reply) => reply.send(w.spool.summary(id)),
             Control::Delete(id, reply) => {

@@ -38,6 +38,14 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
     if !tables.contains("[[listener]]") {
         text += "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n";
     }
+    // Never the system resolver: tests only talk to loopback. Port 9 is
+    // closed, so lookups fail at once and mail stays queued (deferred).
+    if !tables.contains("[delivery]") {
+        text += "[delivery]\ndns_servers = [\"127.0.0.1:9\"]\n";
+    }
+    if !tables.contains("[local]") {
+        text += &format!("[local]\nmail_dir = \"{}\"\n", dir.join("mail").display());
+    }
     let spool_dir = format!("dir = \"{}\"\n", dir.join("spool").display());
     if tables.contains("[spool]") {
         if tables.contains("\ndir =") {

@@ -1,0 +1,134 @@
+//! Local delivery into Maildir (`<mail_dir>/<domain>/<local-part>/`), the
+//! format Dovecot and Courier read: the file is written in `tmp/`, fsynced,
+//! renamed into `new/`, and `new/` is fsynced, so a crash never leaves half a
+//! message in `new/`. Blocking `std::fs`: run it on the blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a local delivery failed: permanent (bounce) or temporary (retry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalError {
+    Permanent(&'static str, String),
+    Temporary(String),
+}
+
+/// A local part that is safe as one path component.
+pub fn mailbox_dir(mail_dir: &Path, domain: &str, local: &str) -> Result<PathBuf, LocalError> {
+    let bad = || LocalError::Permanent("5.1.3", format!("local part {local:?} cannot name a mailbox"));
+    let local = local.to_lowercase();
+    if local.is_empty()
+        || local.starts_with('.')
+        || local.contains(['/', '\0', '\\'])
+        || local.starts_with('"')
+    {
+        return Err(bad());
+    }
+    let domain = domain.to_lowercase();
+    if domain.is_empty() || domain.starts_with('.') || domain.contains(['/', '\0', '\\']) {
+        return Err(bad());
+    }
+    Ok(mail_dir.join(domain).join(local))
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique Maildir file name: `<secs>.<pid>_<counter>.<host>`.
+fn unique_name(hostname: &str, unix: u64) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let host = hostname.replace(['/', ':'], "_");
+    format!("{unix}.{}_{n}.{host}", std::process::id())
+}
+
+fn temp(e: io::Error, what: &str, path: &Path) -> LocalError {
+    LocalError::Temporary(format!("{what} {}: {e}", path.display()))
+}
+
+/// Delivers `body` (CRLF lines, as spooled) to the Maildir of `local@domain`,
+/// with `Return-Path` and `Delivered-To` headers first. Returns the file path.
+pub fn deliver(
+    mail_dir: &Path,
+    hostname: &str,
+    domain: &str,
+    local: &str,
+    return_path: &str,
+    body: &[u8],
+    unix: u64,
+) -> Result<PathBuf, LocalError> {
+    let dir = mailbox_dir(mail_dir, domain, local)?;
+    for sub in ["tmp", "new", "cur"] {
+        let p = dir.join(sub);
+        fs::create_dir_all(&p).map_err(|e| temp(e, "cannot create", &p))?;
+    }
+    let name = unique_name(hostname, unix);
+    let tmp = dir.join("tmp").join(&name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| temp(e, "cannot create", &tmp))?;
+    let mut content = Vec::with_capacity(body.len() + 128);
+    // The mailbox's own name, as the directory is named.
+    let (local, domain) = (local.to_lowercase(), domain.to_lowercase());
+    content.extend_from_slice(
+        format!("Return-Path: <{return_path}>\nDelivered-To: {local}@{domain}\n").as_bytes(),
+    );
+    // Maildir files use LF line ends.
+    let mut rest = body;
+    while let Some(i) = memchr::memmem::find(rest, b"\r\n") {
+        content.extend_from_slice(&rest[..i]);
+        content.push(b'\n');
+        rest = &rest[i + 2..];
+    }
+    content.extend_from_slice(rest);
+    f.write_all(&content).and_then(|_| f.sync_all()).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        temp(e, "cannot write", &tmp)
+    })?;
+    drop(f);
+    let new = dir.join("new").join(&name);
+    fs::rename(&tmp, &new).map_err(|e| temp(e, "cannot rename into", &new))?;
+    File::open(dir.join("new")).and_then(|d| d.sync_all()).map_err(|e| temp(e, "cannot sync", &dir))?;
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivers_into_new_with_lf_lines() {
+        let root = tempfile::tempdir().unwrap();
+        let body = b"Received: x\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n";
+        let path = deliver(root.path(), "mx.test", "Example.Test", "Alice", "s@x.test", body, 1_800_000_000)
+            .unwrap();
+        assert!(path.starts_with(root.path().join("example.test/alice/new")));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "Return-Path: <s@x.test>\nDelivered-To: alice@example.test\nReceived: x\nSubject: hi\n\nline one\nline two\n");
+        assert!(root.path().join("example.test/alice/cur").is_dir());
+        assert_eq!(std::fs::read_dir(root.path().join("example.test/alice/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn unsafe_local_parts_are_refused() {
+        let root = Path::new("/nonexistent");
+        for bad in ["../etc", ".hidden", "a/b", "", "\"quoted\""] {
+            assert!(
+                matches!(mailbox_dir(root, "example.test", bad), Err(LocalError::Permanent("5.1.3", _))),
+                "{bad}"
+            );
+        }
+        assert!(mailbox_dir(root, "../x", "a").is_err());
+    }
+
+    #[test]
+    fn unwritable_mail_dir_is_temporary() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let r = deliver(&file, "mx.test", "example.test", "bob", "", b"x\r\n", 0);
+        assert!(matches!(r, Err(LocalError::Temporary(_))), "{r:?}");
+    }
+}

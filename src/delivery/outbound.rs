@@ -1,0 +1,231 @@
+//! One outbound SMTP connection: the I/O shell around the sans-IO
+//! [`Client`]. It tries the next hop's hosts and addresses in order, runs
+//! opportunistic STARTTLS (falling back to plain text on the same address if
+//! the handshake fails), then sends messages over the same connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use monoio::net::TcpStream;
+use rustls::ClientConfig;
+
+use super::route::NextHop;
+use super::DeliveryConfig;
+use crate::envelope::Envelope;
+use crate::rt::clock::instant;
+use crate::rt::transport::{ReadOutcome, Transport, READ_CHUNK};
+use crate::smtp::client::{
+    body, Client, ClientConfig as SmtpClientConfig, Event, Failure, OutRecipient, Outgoing, RcptResult,
+};
+use crate::smtp::session::TlsInfo;
+
+/// An open, greeted connection.
+pub struct Outbound {
+    transport: Transport,
+    client: Client,
+    rbuf: Vec<u8>,
+    start: usize,
+    wbuf: Vec<u8>,
+    pub host: String,
+    pub addr: SocketAddr,
+    pub tls: Option<TlsInfo>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").field("host", &self.host).field("addr", &self.addr).finish()
+    }
+}
+
+fn client_config(cfg: &DeliveryConfig, starttls: bool) -> SmtpClientConfig {
+    SmtpClientConfig {
+        helo: cfg.hostname.clone(),
+        starttls,
+        command_timeout: cfg.command_timeout,
+        data_timeout: cfg.data_timeout,
+        final_timeout: cfg.final_timeout,
+    }
+}
+
+impl Outbound {
+    /// Connects to the first host/address of `hop` that greets us. The error
+    /// lists what went wrong with each address tried.
+    pub async fn open(
+        hop: &NextHop,
+        cfg: &DeliveryConfig,
+        tls: &Arc<ClientConfig>,
+    ) -> Result<Outbound, String> {
+        let mut errors = Vec::new();
+        for host in &hop.hosts {
+            for &addr in &host.addrs {
+                match Outbound::open_one(&host.name, addr, cfg, tls, cfg.starttls).await {
+                    Ok(o) => return Ok(o),
+                    Err((e, true)) => {
+                        // TLS failed: opportunistic means plain text is still better than nothing.
+                        match Outbound::open_one(&host.name, addr, cfg, tls, false).await {
+                            Ok(o) => return Ok(o),
+                            Err((e2, _)) => {
+                                errors.push(format!("{}[{addr}]: {e}; without TLS: {e2}", host.name))
+                            }
+                        }
+                    }
+                    Err((e, false)) => errors.push(format!("{}[{addr}]: {e}", host.name)),
+                }
+            }
+        }
+        Err(if errors.is_empty() { "no address to connect to".into() } else { errors.join("; ") })
+    }
+
+    /// One address. The flag in the error says the TLS handshake failed.
+    async fn open_one(
+        host: &str,
+        addr: SocketAddr,
+        cfg: &DeliveryConfig,
+        tls: &Arc<ClientConfig>,
+        starttls: bool,
+    ) -> Result<Outbound, (String, bool)> {
+        let stream = match monoio::time::timeout(cfg.connect_timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err((format!("connect: {e}"), false)),
+            Err(_) => return Err(("connect: timed out".into(), false)),
+        };
+        let _ = stream.set_nodelay(true);
+        let mut o = Outbound {
+            transport: Transport::Plain(stream),
+            client: Client::new(client_config(cfg, starttls), instant()),
+            rbuf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            wbuf: Vec::new(),
+            host: host.to_owned(),
+            addr,
+            tls: None,
+        };
+        loop {
+            match o.pump().await {
+                Event::Ready => return Ok(o),
+                Event::StartTls => {
+                    o.rbuf.clear();
+                    o.start = 0;
+                    match monoio::time::timeout(
+                        cfg.command_timeout,
+                        o.transport.upgrade_tls_client(tls.clone(), host),
+                    )
+                    .await
+                    {
+                        Ok(Ok(info)) => {
+                            o.tls = Some(info);
+                            o.client.handle_tls_established(instant());
+                        }
+                        Ok(Err(e)) => return Err((format!("TLS handshake: {e}"), true)),
+                        Err(_) => return Err(("TLS handshake: timed out".into(), true)),
+                    }
+                }
+                Event::Failed(f) => return Err((f.to_string(), false)),
+                other => return Err((format!("unexpected {other:?} while connecting"), false)),
+            }
+        }
+    }
+
+    /// Whether the server advertised DSN.
+    pub fn remote_dsn(&self) -> bool {
+        self.client.capabilities().dsn
+    }
+
+    /// Sends one message; returns one result per recipient of `msg`.
+    pub async fn send(&mut self, msg: Outgoing, content: &[u8]) -> Result<Vec<RcptResult>, Failure> {
+        self.client.send_message(msg, instant());
+        loop {
+            match self.pump().await {
+                Event::SendBody => {
+                    let mut out = std::mem::take(&mut self.wbuf);
+                    out.clear();
+                    // Commands still buffered (none with PIPELINING) go first.
+                    out.extend_from_slice(self.client.output());
+                    let mut none = Vec::new();
+                    self.client.swap_output(&mut none);
+                    body::encode(content, &mut out);
+                    let (res, out) = self.transport.write_all(out).await;
+                    self.wbuf = out;
+                    if res.is_err() {
+                        return Err(Failure::Closed);
+                    }
+                    self.client.handle_body_sent(instant());
+                }
+                Event::MessageDone(results) => return Ok(results),
+                Event::Failed(f) => return Err(f),
+                other => return Err(Failure::Tls(format!("unexpected {other:?}"))),
+            }
+        }
+    }
+
+    /// QUIT and close (bounded by the command timeout).
+    pub async fn quit(mut self) {
+        self.client.quit(instant());
+        let _ = monoio::time::timeout(std::time::Duration::from_secs(10), self.pump()).await;
+        self.transport.close().await;
+    }
+
+    /// Moves bytes until the client has an event.
+    async fn pump(&mut self) -> Event {
+        loop {
+            if self.start < self.rbuf.len() {
+                self.start += self.client.handle_input(&self.rbuf[self.start..], instant());
+                if self.start == self.rbuf.len() {
+                    self.rbuf.clear();
+                    self.start = 0;
+                }
+            }
+            if let Some(ev) = self.client.poll_event() {
+                return ev;
+            }
+            if !self.client.output().is_empty() {
+                let mut out = std::mem::take(&mut self.wbuf);
+                out.clear();
+                self.client.swap_output(&mut out);
+                let (res, out) = self.transport.write_all(out).await;
+                self.wbuf = out;
+                if res.is_err() {
+                    self.client.handle_eof();
+                    continue;
+                }
+            }
+            if self.start > 0 {
+                self.rbuf.drain(..self.start);
+                self.start = 0;
+            }
+            let deadline = self.client.poll_timeout();
+            let buf = std::mem::take(&mut self.rbuf);
+            let canceller = monoio::io::Canceller::new();
+            let read = self.transport.read(buf, canceller.handle());
+            match monoio::time::timeout_at(deadline.into(), read).await {
+                Ok((Ok(ReadOutcome::Data(_)), buf)) => self.rbuf = buf,
+                Ok((_, buf)) => {
+                    self.rbuf = buf;
+                    self.client.handle_eof();
+                }
+                Err(_) => self.client.handle_timeout(instant()),
+            }
+        }
+    }
+}
+
+/// The outgoing envelope for some recipients of a message.
+pub fn outgoing(env: &Envelope, rcpts: &[u32], content: &[u8]) -> Outgoing {
+    let recipients: Vec<OutRecipient> = rcpts
+        .iter()
+        .filter_map(|&i| env.recipients.get(i as usize))
+        .map(|r| OutRecipient { address: r.address.to_string(), notify: r.notify, orcpt: r.orcpt.clone() })
+        .collect();
+    let non_ascii =
+        !env.reverse_path.to_string().is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
+    Outgoing {
+        reverse_path: env.reverse_path.to_string(),
+        recipients,
+        size: content.len() as u64,
+        body_type: env.body_type,
+        eight_bit: body::has_8bit(content),
+        smtputf8: env.smtputf8 || non_ascii,
+        ret: env.ret,
+        envid: env.envid.clone(),
+    }
+}
