@@ -112,6 +112,7 @@ impl Admin {
     }
 
     async fn route(&self, method: &str, path: &str) -> Response {
+        let full_path = path;
         let path = path.split('?').next().unwrap_or(path);
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
@@ -127,11 +128,10 @@ impl Admin {
             }
             ("GET", ["queue"]) => self.queue().await,
             ("DELETE", ["queue", id]) => self.delete(id).await,
+            ("GET", ["queue", "messages"]) => self.list(query_limit(full_path)).await,
             ("GET", ["queue", id]) => self.show(id).await,
-            ("POST", ["queue", "flush"]) | ("POST", ["queue", _, "bounce"]) => Response::json(
-                501,
-                json!({"error": "outbound delivery is not implemented in this version, so there is nothing to flush or bounce"}),
-            ),
+            ("POST", ["queue", "flush"]) => self.flush().await,
+            ("POST", ["queue", id, "bounce"]) => self.bounce(id).await,
             (_, ["health" | "metrics" | "queue"]) | (_, ["queue", _]) => {
                 Response::text(405, "method not allowed\n")
             }
@@ -156,26 +156,96 @@ impl Admin {
         let Some(parts) = self.ask(Control::Queue).await else {
             return no_answer();
         };
-        let mut domains = std::collections::BTreeMap::<String, (u64, u64)>::new();
+        #[derive(Default)]
+        struct Row {
+            messages: u64,
+            recipients: u64,
+            next_attempt: Option<u64>,
+            last_error: Option<String>,
+        }
+        let mut domains = std::collections::BTreeMap::<String, Row>::new();
         for p in &parts {
             for (d, c) in &p.domains {
                 let e = domains.entry(d.clone()).or_default();
-                e.0 += c.messages;
-                e.1 += c.recipients;
+                e.messages += c.messages;
+                e.recipients += c.recipients;
+            }
+        }
+        // Retry state is known by the owners of the messages.
+        for p in &parts {
+            for (d, st) in &p.status {
+                if let Some(e) = domains.get_mut(d) {
+                    if let Some(t) = st.next_attempt {
+                        e.next_attempt = Some(e.next_attempt.map_or(t, |x| x.min(t)));
+                    }
+                    if e.last_error.is_none() {
+                        e.last_error.clone_from(&st.last_error);
+                    }
+                }
             }
         }
         let domains: Vec<_> = domains
             .into_iter()
-            .map(|(d, (m, r))| json!({"domain": d, "messages": m, "recipients": r, "next_attempt": null, "last_error": null}))
+            .map(|(d, r)| {
+                json!({"domain": d, "messages": r.messages, "recipients": r.recipients,
+                    "next_attempt": r.next_attempt, "last_error": r.last_error})
+            })
             .collect();
         Response::json(
             200,
             json!({
                 "messages": parts.iter().map(|p| p.messages).sum::<usize>(),
                 "recipients": parts.iter().map(|p| p.recipients).sum::<u64>(),
+                "deferred": parts.iter().map(|p| p.deferred).sum::<usize>(),
+                "in_flight": parts.iter().map(|p| p.in_flight).sum::<usize>(),
+                "outbound_connections": parts.iter().map(|p| p.outbound_connections).sum::<usize>(),
                 "domains": domains,
             }),
         )
+    }
+
+    async fn flush(&self) -> Response {
+        match self.ask(Control::Flush).await {
+            Some(counts) => Response::json(200, json!({"flushed": counts.iter().sum::<usize>()})),
+            None => no_answer(),
+        }
+    }
+
+    async fn bounce(&self, id: &str) -> Response {
+        let id = match parse_id(id) {
+            Ok(id) => id,
+            Err(r) => return r,
+        };
+        let Some(answers) = self.ask(|reply| Control::Bounce(id, reply)).await else {
+            return no_answer();
+        };
+        if let Some(Err(e)) = answers.iter().find(|a| a.is_err()) {
+            return Response::json(503, json!({"error": e}));
+        }
+        if answers.contains(&Ok(true)) {
+            Response::json(200, json!({"bounced": id.to_string()}))
+        } else {
+            Response::json(404, json!({"error": "no such message"}))
+        }
+    }
+
+    async fn list(&self, limit: usize) -> Response {
+        let Some(parts) = self.ask(|reply| Control::List(limit, reply)).await else {
+            return no_answer();
+        };
+        let mut all: Vec<_> = parts.into_iter().flatten().collect();
+        all.sort_by_key(|m| m.id);
+        all.truncate(limit);
+        let now = crate::rt::clock::unix_secs();
+        let rows: Vec<_> = all
+            .iter()
+            .map(|m| {
+                json!({"id": m.id.to_string(), "age": now.saturating_sub(m.received_at), "received_at": m.received_at,
+                    "sender": m.sender, "recipients": m.recipients, "attempts": m.attempts,
+                    "next_attempt": m.next_attempt, "last_error": m.last_error})
+            })
+            .collect();
+        Response::json(200, json!({"messages": rows}))
     }
 
     async fn show(&self, id: &str) -> Response {
@@ -262,6 +332,13 @@ impl Admin {
             ("ringpost_tls_failures_total", "Failed inbound TLS handshakes", load(&m.tls_failures)),
             ("ringpost_auth_successes_total", "Successful AUTH", load(&m.auth_successes)),
             ("ringpost_auth_failures_total", "Failed AUTH", load(&m.auth_failures)),
+            ("ringpost_delivered_total", "Recipients delivered", load(&m.delivered)),
+            ("ringpost_deferred_total", "Recipient delivery attempts that failed temporarily", load(&m.deferred)),
+            ("ringpost_bounced_total", "Recipients that failed permanently", load(&m.bounced)),
+            ("ringpost_dsn_total", "Delivery status notifications queued", load(&m.dsns)),
+            ("ringpost_dns_cache_hits_total", "DNS cache hits", load(&self.shared.dns_cache.stats.hits)),
+            ("ringpost_dns_cache_misses_total", "DNS queries sent", load(&self.shared.dns_cache.stats.misses)),
+            ("ringpost_dns_cache_coalesced_total", "DNS lookups that waited for a query already in flight", load(&self.shared.dns_cache.stats.coalesced)),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -281,6 +358,15 @@ impl Admin {
         );
         out
     }
+}
+
+/// `limit=N` from a query string; default 100, at most 10,000.
+fn query_limit(path: &str) -> usize {
+    path.split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100)
+        .min(10_000)
 }
 
 fn parse_id(id: &str) -> Result<QueueId, Response> {

@@ -44,7 +44,20 @@ enum Command {
 enum QueueAction {
     /// Totals and per-domain counts (JSON).
     Stats,
-    /// Remove one message from the queue without delivering it.
+    /// One line per queued message: ID, age, sender, recipients, last error.
+    List {
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Retry every deferred message now.
+    Flush,
+    /// Give up on a message now: its sender gets a DSN.
+    Bounce { id: String },
+    /// Remove one message from the queue without delivering it or telling anyone.
     Delete { id: String },
 }
 
@@ -127,11 +140,17 @@ fn hash_password() -> ExitCode {
 fn queue(action: QueueAction, admin: SocketAddr) -> ExitCode {
     let (method, path) = match &action {
         QueueAction::Stats => ("GET", "/queue".to_owned()),
+        QueueAction::List { limit, .. } => ("GET", format!("/queue/messages?limit={limit}")),
+        QueueAction::Flush => ("POST", "/queue/flush".to_owned()),
+        QueueAction::Bounce { id } => ("POST", format!("/queue/{id}/bounce")),
         QueueAction::Delete { id } => ("DELETE", format!("/queue/{id}")),
     };
     match http(admin, method, &path) {
         Ok((status, body)) => {
-            print!("{body}");
+            match action {
+                QueueAction::List { json: false, .. } if status == 200 => print!("{}", list_lines(&body)),
+                _ => print!("{body}"),
+            }
             if (200..300).contains(&status) {
                 ExitCode::SUCCESS
             } else {
@@ -143,6 +162,26 @@ fn queue(action: QueueAction, admin: SocketAddr) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `queue list` lines: ID, age, sender, recipients, last error.
+fn list_lines(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return body.to_owned() };
+    let mut out = String::new();
+    for m in v["messages"].as_array().into_iter().flatten() {
+        let age = m["age"].as_u64().unwrap_or(0);
+        let age = match age {
+            a if a < 120 => format!("{a}s"),
+            a if a < 7200 => format!("{}m", a / 60),
+            a if a < 172_800 => format!("{}h", a / 3600),
+            a => format!("{}d", a / 86_400),
+        };
+        let sender = m["sender"].as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
+        let rcpts: Vec<&str> = m["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+        let error = m["last_error"].as_str().unwrap_or("-");
+        out += &format!("{} {age} {sender} {} {error}\n", m["id"].as_str().unwrap_or("?"), rcpts.join(","));
+    }
+    out
 }
 
 /// A minimal HTTP/1.1 client for the admin API.
