@@ -333,12 +333,24 @@ impl Admin {
             ("ringpost_auth_successes_total", "Successful AUTH", load(&m.auth_successes)),
             ("ringpost_auth_failures_total", "Failed AUTH", load(&m.auth_failures)),
             ("ringpost_delivered_total", "Recipients delivered", load(&m.delivered)),
-            ("ringpost_deferred_total", "Recipient delivery attempts that failed temporarily", load(&m.deferred)),
+            (
+                "ringpost_deferred_total",
+                "Recipient delivery attempts that failed temporarily",
+                load(&m.deferred),
+            ),
             ("ringpost_bounced_total", "Recipients that failed permanently", load(&m.bounced)),
             ("ringpost_dsn_total", "Delivery status notifications queued", load(&m.dsns)),
             ("ringpost_dns_cache_hits_total", "DNS cache hits", load(&self.shared.dns_cache.stats.hits)),
-            ("ringpost_dns_cache_misses_total", "DNS queries sent", load(&self.shared.dns_cache.stats.misses)),
-            ("ringpost_dns_cache_coalesced_total", "DNS lookups that waited for a query already in flight", load(&self.shared.dns_cache.stats.coalesced)),
+            (
+                "ringpost_dns_cache_misses_total",
+                "DNS queries sent",
+                load(&self.shared.dns_cache.stats.misses),
+            ),
+            (
+                "ringpost_dns_cache_coalesced_total",
+                "DNS lookups that waited for a query already in flight",
+                load(&self.shared.dns_cache.stats.coalesced),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");

@@ -177,7 +177,8 @@ fn list_lines(body: &str) -> String {
             a => format!("{}d", a / 86_400),
         };
         let sender = m["sender"].as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
-        let rcpts: Vec<&str> = m["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+        let rcpts: Vec<&str> =
+            m["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
         let error = m["last_error"].as_str().unwrap_or("-");
         out += &format!("{} {age} {sender} {} {error}\n", m["id"].as_str().unwrap_or("?"), rcpts.join(","));
     }

@@ -26,15 +26,17 @@ pub struct Server {
 /// ours; its tables are appended, and a `[spool]` table gets our `dir` unless
 /// it sets one.
 pub fn config_text(dir: &Path, extra: &str) -> String {
-    let split =
-        extra.find("\n[").map(|i| i + 1).unwrap_or(if extra.starts_with('[') { 0 } else { extra.len() });
+    let split = if extra.starts_with('[') { 0 } else { extra.find("\n[").map_or(extra.len(), |i| i + 1) };
     let (top, tables) = extra.split_at(split);
     let mut text = String::from("hostname = \"mx.test\"\n");
     if !top.contains("threads") {
         text += "threads = 2\n";
     }
     text += top;
-    text += "\n[admin]\naddress = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n";
+    text += "\n[admin]\naddress = \"127.0.0.1:0\"\n";
+    if !tables.contains("[log]") {
+        text += "[log]\nlevel = \"warn\"\n";
+    }
     if !tables.contains("[[listener]]") {
         text += "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n";
     }
@@ -319,4 +321,139 @@ pub fn run(cmd: &mut Command) -> String {
 /// Path of a file under tests/.
 pub fn test_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(rel)
+}
+
+/// A TCP port free on 127.0.0.1 now (the same number is then used on other
+/// 127.x addresses, and by dnsmasq for UDP and TCP).
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// dnsmasq answering for a private `.test` zone on a loopback port.
+pub struct Dnsmasq {
+    child: Child,
+    pub port: u16,
+}
+
+impl Dnsmasq {
+    /// The zone of PEERS.md, plus `two-mx.test` (MX 10 dead, MX 20 live).
+    pub fn start() -> Dnsmasq {
+        let port = free_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                &format!("--port={port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file",
+                "--local=/test/",
+                "--local-ttl=30",
+                "--mx-host=mx-dom.test,mx1.mx-dom.test,10",
+                "--host-record=mx1.mx-dom.test,127.0.0.2",
+                "--host-record=amx.test,127.0.0.3",
+                "--mx-host=nullmx.test,.,0",
+                "--mx-host=two-mx.test,dead.two-mx.test,10",
+                "--mx-host=two-mx.test,mx1.mx-dom.test,20",
+                "--host-record=dead.two-mx.test,127.0.0.4",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "dnsmasq did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dnsmasq { child, port }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tests/peers/receiver.py on `ip:port`, saving what it accepts.
+pub struct Receiver {
+    child: Child,
+    pub dir: PathBuf,
+}
+
+impl Receiver {
+    pub fn start(ip: &str, port: u16, args: &[&str]) -> Receiver {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let mut child = Command::new("python3")
+            .arg(test_file("peers/receiver.py"))
+            .args([ip, &port.to_string()])
+            .arg(&dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "receiver on {ip}:{port} started");
+        Receiver { child, dir }
+    }
+
+    /// Accepted messages so far, in order.
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let p = e.path();
+                        let n = p.file_name()?.to_str()?.strip_suffix(".eml")?.parse().ok()?;
+                        Some((n, p))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.into_iter().map(|(_, p)| std::fs::read_to_string(p).unwrap_or_default()).collect()
+    }
+
+    /// Waits until `n` messages arrived (bounded); returns them.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = self.messages();
+            if m.len() >= n || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `cond` holds (bounded), polling.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
 }
