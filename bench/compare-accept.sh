@@ -26,6 +26,7 @@ BIN=target/release/ringpost
 
 # --- Postfix on loopback, HOLD everything it accepts -------------------------
 postfix stop >/dev/null 2>&1 || true
+cp /etc/postfix/main.cf "$WORK/main.cf.orig"
 postconf -e 'inet_interfaces = loopback-only' 'inet_protocols = ipv4' 'mydestination =' \
   'mynetworks = 127.0.0.0/8' 'relay_domains = example.test' \
   'default_transport = smtp:[127.0.0.1]:9' 'relay_transport = smtp:[127.0.0.1]:9' \
@@ -39,7 +40,7 @@ cp /etc/postfix/master.cf "$WORK/master.cf.orig"
 sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/$PF_PORT      inet  n       -       n       -       -       smtpd/" /etc/postfix/master.cf
 grep -q "^postlog" /etc/postfix/master.cf || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> /etc/postfix/master.cf
 postfix start >/dev/null 2>&1 || { echo "postfix did not start; see /var/log/postfix-bench.log"; exit 1; }
-trap 'postfix stop >/dev/null 2>&1 || true; cp "$WORK/master.cf.orig" /etc/postfix/master.cf; postsuper -d ALL >/dev/null 2>&1 || true; kill $RP_PID 2>/dev/null || true' EXIT
+trap 'postfix stop >/dev/null 2>&1 || true; cp "$WORK/master.cf.orig" /etc/postfix/master.cf; cp "$WORK/main.cf.orig" /etc/postfix/main.cf; postsuper -d ALL >/dev/null 2>&1 || true; kill $RP_PID 2>/dev/null || true' EXIT
 
 # --- ringpost, fsync on ------------------------------------------------------
 cat > "$WORK/ringpost.toml" <<EOF
