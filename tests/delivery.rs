@@ -337,3 +337,91 @@ fn flush_and_bounce_from_the_admin_api() {
     assert!(got[0].contains("bounced by the administrator"), "{}", got[0]);
     assert!(queue_empty(&srv));
 }
+
+#[test]
+fn connections_are_reused_and_limited_per_destination() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    let mx1 = Receiver::start("127.0.0.2", port, &["--mode", "slow-greet", "--arg", "0.3"]);
+    let srv = Server::start(&delivery(
+        &dns,
+        port,
+        "connections_per_destination = 2\nmessages_per_connection = 100\n",
+    ));
+    // 30 messages at once from 6 clients: at most 2 connections at a time.
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let addr = srv.addr();
+            std::thread::spawn(move || {
+                let mut c = common::Client::connect(addr);
+                c.expect("220");
+                c.cmd("EHLO c.test", "250");
+                for i in 0..5 {
+                    c.send_message("s@x.test", &["r@mx-dom.test"], &format!("Subject: {t}-{i}\r\n\r\nx\r\n"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(mx1.wait_for(30, Duration::from_secs(20)).len(), 30);
+    let (total, most) = mx1.connections();
+    assert!(most <= 2, "connections_per_destination = 2, saw {most} at once");
+    assert!(total <= 6, "connections are reused: {total} for 30 messages");
+}
+
+#[test]
+fn domains_on_the_same_mx_share_a_destination() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    let mx1 = Receiver::start("127.0.0.2", port, &[]);
+    let srv = Server::start(&delivery(&dns, port, "connections_per_destination = 1\n"));
+    // mx-dom.test and alias.test have the same MX host: one destination, so
+    // one connection limit covers both domains.
+    let threads: Vec<_> = ["mx-dom.test", "alias.test"]
+        .into_iter()
+        .map(|domain| {
+            let addr = srv.addr();
+            std::thread::spawn(move || {
+                let mut c = common::Client::connect(addr);
+                c.expect("220");
+                c.cmd("EHLO c.test", "250");
+                for i in 0..10 {
+                    c.send_message(
+                        "s@x.test",
+                        &[&format!("a@{domain}")],
+                        &format!("Subject: {i}\r\n\r\nx\r\n"),
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = mx1.wait_for(20, Duration::from_secs(15));
+    assert_eq!(got.len(), 20);
+    assert!(
+        got.iter().any(|m| m.contains("<a@alias.test>")) && got.iter().any(|m| m.contains("<a@mx-dom.test>"))
+    );
+    assert_eq!(mx1.connections().1, 1, "one connection at a time to the shared destination");
+}
+
+#[test]
+fn rate_per_destination_paces_messages() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    let mx1 = Receiver::start("127.0.0.2", port, &[]);
+    let srv = Server::start(&delivery(&dns, port, "rate_per_destination = 5.0\n"));
+    let started = std::time::Instant::now();
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    for i in 0..10 {
+        c.send_message("s@x.test", &["a@mx-dom.test"], &format!("Subject: {i}\r\n\r\nx\r\n"));
+    }
+    assert_eq!(mx1.wait_for(10, Duration::from_secs(20)).len(), 10);
+    // 10 messages at 5 per second: at least 9 intervals of 0.2 s.
+    assert!(started.elapsed() >= Duration::from_millis(1500), "paced: {:?}", started.elapsed());
+}

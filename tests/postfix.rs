@@ -129,7 +129,11 @@ fn ringpost_delivers_into_postfix() {
     c.cmd("EHLO c.test", "250");
     // The test client sends content as is, so the leading dot is stuffed here.
     for i in 0..5 {
-        c.send_message("s@x.test", &["r1@y.test", "r2@z.test"], &format!("Subject: to postfix {i}\r\n\r\n..dotted\r\n"));
+        c.send_message(
+            "s@x.test",
+            &["r1@y.test", "r2@z.test"],
+            &format!("Subject: to postfix {i}\r\n\r\n..dotted\r\n"),
+        );
     }
     c.cmd("QUIT", "221");
     assert!(wait_until(Duration::from_secs(20), || srv.queued_messages() == 0), "Postfix took everything");

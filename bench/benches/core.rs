@@ -20,8 +20,12 @@ fn parse(c: &mut Criterion) {
     // A 1 MiB body of 76-character lines, some starting with a dot.
     let mut body = Vec::new();
     while body.len() < 1 << 20 {
-        body.extend_from_slice(b".abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijk\r\n");
-        body.extend_from_slice(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijkl\r\n");
+        body.extend_from_slice(
+            b".abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijk\r\n",
+        );
+        body.extend_from_slice(
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijkl\r\n",
+        );
     }
     body.extend_from_slice(b".\r\n");
     let mut g = c.benchmark_group("DATA dot-unstuffing");

@@ -62,7 +62,8 @@ fn main() {
         helo: "client".into(),
         auth_user: None,
     };
-    let per_domain: Vec<Mailbox> = domains.iter().map(|d| Mailbox::parse(&format!("user@{d}")).unwrap()).collect();
+    let per_domain: Vec<Mailbox> =
+        domains.iter().map(|d| Mailbox::parse(&format!("user@{d}")).unwrap()).collect();
 
     let before = LIVE.load(Ordering::Relaxed);
     let t = Instant::now();
@@ -99,6 +100,10 @@ fn main() {
     println!("total: {:.1} bytes/queued message", (index_bytes + wheel_bytes) as f64 / n as f64);
     let t = Instant::now();
     let popped = wheel.poll(u64::MAX / 2).len();
-    println!("timer wheel: drained {popped} in {:.2} s ({:.0} ns/item)", t.elapsed().as_secs_f64(), t.elapsed().as_nanos() as f64 / popped.max(1) as f64);
+    println!(
+        "timer wheel: drained {popped} in {:.2} s ({:.0} ns/item)",
+        t.elapsed().as_secs_f64(),
+        t.elapsed().as_nanos() as f64 / popped.max(1) as f64
+    );
     assert_eq!(index.len() as u64, n);
 }

@@ -343,7 +343,8 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// The zone of PEERS.md, plus `two-mx.test` (MX 10 dead, MX 20 live).
+    /// The zone of PEERS.md, plus `two-mx.test` (MX 10 dead, MX 20 live) and
+    /// `alias.test` (the same MX as mx-dom.test).
     pub fn start() -> Dnsmasq {
         let port = free_port();
         let child = Command::new("dnsmasq")
@@ -358,6 +359,7 @@ impl Dnsmasq {
                 "--local=/test/",
                 "--local-ttl=30",
                 "--mx-host=mx-dom.test,mx1.mx-dom.test,10",
+                "--mx-host=alias.test,mx1.mx-dom.test,10",
                 "--host-record=mx1.mx-dom.test,127.0.0.2",
                 "--host-record=amx.test,127.0.0.3",
                 "--mx-host=nullmx.test,.,0",
@@ -424,6 +426,13 @@ impl Receiver {
             .unwrap_or_default();
         files.sort();
         files.into_iter().map(|(_, p)| std::fs::read_to_string(p).unwrap_or_default()).collect()
+    }
+
+    /// (connections so far, most open at once).
+    pub fn connections(&self) -> (u32, u32) {
+        let text = std::fs::read_to_string(self.dir.join("connections")).unwrap_or_default();
+        let mut it = text.split_whitespace().filter_map(|n| n.parse().ok());
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
     }
 
     /// Waits until `n` messages arrived (bounded); returns them.

@@ -25,7 +25,18 @@ import threading
 import time
 
 lock = threading.Lock()
-state = {"messages": 0, "tempfails": 0, "drops": 0}
+state = {"messages": 0, "tempfails": 0, "drops": 0, "connections": 0, "open": 0, "max_open": 0}
+
+
+def record_connections(delta):
+    """Counts connections (total and most at once) into OUTDIR/connections."""
+    with lock:
+        if delta > 0:
+            state["connections"] += 1
+        state["open"] += delta
+        state["max_open"] = max(state["max_open"], state["open"])
+        with open(os.path.join(args.outdir, "connections"), "w") as f:
+            f.write("%d %d\n" % (state["connections"], state["max_open"]))
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -69,6 +80,13 @@ class Handler(socketserver.StreamRequestHandler):
             pass
 
     def handle(self):
+        record_connections(1)
+        try:
+            self.converse()
+        finally:
+            record_connections(-1)
+
+    def converse(self):
         if args.mode == "hostile":
             return self.hostile(args.arg)
         if args.mode == "slow-greet":
