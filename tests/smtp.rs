@@ -435,3 +435,48 @@ fn refuses_to_start_without_io_uring() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("io_uring") && err.contains("does not fall back to epoll"), "{err}");
 }
+
+#[test]
+fn long_lived_messages_are_copied_forward_so_segments_can_go() {
+    let extra = "[spool]\nsegment_size = 1048576\n";
+    let srv = Server::start(extra);
+    let dir = srv.dir.clone();
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    let body = format!("Subject: big\r\n\r\n{}\r\n", "c".repeat(100_000));
+    // Deliveries fail (no DNS), so every message stays queued and deferred.
+    let ids: Vec<String> = (0..40).map(|_| c.send_message("a@x.test", &["r@example.net"], &body)).collect();
+    c.cmd("QUIT", "221");
+    let segments =
+        || walk(&dir.join("spool")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).count();
+    let before = segments();
+    assert!(before >= 4, "{before} segments");
+    // Keep one message in ten: every old segment is under 10% live.
+    let keep: Vec<&String> = ids.iter().step_by(10).collect();
+    for id in ids.iter().filter(|id| !keep.contains(id)) {
+        assert_eq!(srv.http("DELETE", &format!("/queue/{id}")).0, 200);
+    }
+    // The compactor runs every 10 s.
+    assert!(
+        common::wait_until(Duration::from_secs(40), || segments() <= 2),
+        "old segments compacted away: {before} -> {}",
+        segments()
+    );
+    for id in &keep {
+        assert_eq!(srv.http("GET", &format!("/queue/{id}")).0, 200, "{id} still queued");
+    }
+    assert_eq!(srv.stop().code(), Some(0));
+    let srv = Server::start_in(&dir, extra);
+    assert_eq!(srv.queued_messages(), keep.len() as u64, "the copies survive a restart, once each");
+    for id in &keep {
+        assert_eq!(srv.http("GET", &format!("/queue/{id}")).0, 200);
+    }
+    // Their delivery progress moved with them.
+    let (_, list) = srv.http("GET", "/queue/messages");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    for m in list["messages"].as_array().unwrap() {
+        assert!(m["attempts"].as_u64().unwrap() >= 1, "{m}");
+        assert!(m["last_error"].as_str().is_some_and(|e| e.starts_with('4')), "{m}");
+    }
+}

@@ -24,7 +24,7 @@ use crate::smtp::address::ReversePath;
 use crate::smtp::session::IdSource;
 use crate::spool::index::Location;
 use crate::spool::record::ProgressRecord;
-use crate::spool::Spool;
+use crate::spool::{Compaction, Spool};
 
 /// Planner tasks per worker (each resolves one message's next hops at a time).
 const PLANNERS: usize = 64;
@@ -76,6 +76,8 @@ pub struct Owner {
     todo_wakers: RefCell<Vec<Waker>>,
     attempts: RefCell<HashMap<QueueId, Attempt>>,
     domains: RefCell<HashMap<String, DomainStatus>>,
+    /// Messages whose attempt is being finalized (not in `attempts` any more).
+    finalizing: RefCell<std::collections::HashSet<QueueId>>,
     draining: Cell<bool>,
 }
 
@@ -111,6 +113,7 @@ impl Owner {
             todo_wakers: RefCell::new(Vec::new()),
             attempts: RefCell::new(HashMap::new()),
             domains: RefCell::new(HashMap::new()),
+            finalizing: RefCell::new(std::collections::HashSet::new()),
             draining: Cell::new(false),
         })
     }
@@ -138,6 +141,7 @@ impl Owner {
             monoio::spawn(self.clone().planner());
         }
         monoio::spawn(self.clone().ticker());
+        monoio::spawn(self.clone().compactor());
     }
 
     /// A message was just accepted: plan its first attempt.
@@ -399,7 +403,12 @@ impl Owner {
             attempts.remove(&r.id)
         };
         if let Some(a) = finished {
-            monoio::spawn(self.clone().finalize(r.id, a, now));
+            self.finalizing.borrow_mut().insert(r.id);
+            let owner = self.clone();
+            monoio::spawn(async move {
+                owner.clone().finalize(r.id, a, now).await;
+                owner.finalizing.borrow_mut().remove(&r.id);
+            });
         }
     }
 
@@ -440,6 +449,40 @@ impl Owner {
         }
         self.wheel.borrow_mut().insert(next, id);
         self.wake_planners();
+    }
+
+    /// Copies long-lived messages out of mostly-dead segments, so spent
+    /// segments can be deleted (see the spool's durability order, step 10).
+    async fn compactor(self: Rc<Self>) {
+        const ROUND_BYTES: u64 = 64 << 20;
+        while !self.draining.get() {
+            monoio::time::sleep(Duration::from_secs(10)).await;
+            let (dir, family) = self.spool.family();
+            let mut budget = ROUND_BYTES;
+            for work in self.spool.compaction_work() {
+                let busy = |id: &QueueId| {
+                    self.attempts.borrow().contains_key(id) || self.finalizing.borrow().contains(id)
+                };
+                match work {
+                    Compaction::Copy { id, loc, progress } if !busy(&id) => {
+                        if budget < u64::from(loc.len) {
+                            break;
+                        }
+                        budget -= u64::from(loc.len);
+                        match crate::spool::read::read_raw(&dir, family, loc).await {
+                            Ok(raw) => {
+                                let _ = self.spool.relocate(id, loc, &raw, progress).await;
+                            }
+                            Err(e) => tracing::error!(%id, error = %e, "cannot read a message to compact"),
+                        }
+                    }
+                    Compaction::Progress(p) if !busy(&p.id) => {
+                        let _ = self.spool.progress(p).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     fn wake_planners(&self) {

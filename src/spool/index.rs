@@ -81,9 +81,17 @@ impl Prepared {
 struct SegmentState {
     /// References from live messages (message records and latest progress).
     live: u32,
+    /// Bytes of live message records in this segment.
+    live_bytes: u64,
+    /// End of the last record written (the segment's useful size).
+    end: u64,
     /// Older segments that records in this one cancel.
     refs: BTreeSet<u64>,
 }
+
+/// A closed segment less live than this (live bytes / size) is compacted:
+/// its live messages are copied forward so it can be deleted.
+pub const COMPACT_BELOW: f64 = 0.10;
 
 /// Per-domain totals for `/queue`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +178,87 @@ impl Index {
         let entry = Entry { loc, received_at: p.received_at, rcpt_domains: p.rcpt_domains, progress: None };
         self.count(&entry, true);
         self.reference(loc.seq, 1);
+        self.live_bytes(loc, true);
         self.entries.insert(id, entry);
+    }
+
+    /// A live message was copied forward: its record (and, if given, its
+    /// progress) now lives at `loc`. Ignored unless the message is still at
+    /// `old` (it may have finished or moved meanwhile).
+    pub fn relocate(
+        &mut self,
+        id: QueueId,
+        old: Location,
+        loc: Location,
+        progress: Option<&ProgressRecord>,
+    ) -> bool {
+        let Some(entry) = self.entries.get(&id) else { return false };
+        if entry.loc != old {
+            return false;
+        }
+        let old_progress = entry.progress.as_ref().map(|p| p.seq);
+        self.live_bytes(old, false);
+        self.reference(old.seq, -1);
+        self.reference(loc.seq, 1);
+        self.live_bytes(loc, true);
+        if loc.seq > old.seq {
+            // The copy must outlive the original, or a crash could revive it.
+            self.segments.entry(loc.seq).or_default().refs.insert(old.seq);
+        }
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.loc = loc;
+        }
+        if let (Some(p), Some(_)) = (progress, old_progress) {
+            self.apply_progress(p, loc.seq);
+        }
+        true
+    }
+
+    fn live_bytes(&mut self, loc: Location, add: bool) {
+        let s = self.segments.entry(loc.seq).or_default();
+        if add {
+            s.live_bytes += u64::from(loc.len);
+        } else {
+            s.live_bytes = s.live_bytes.saturating_sub(u64::from(loc.len));
+        }
+    }
+
+    /// Records that segment `seq` holds data up to `end`.
+    pub fn note_extent(&mut self, seq: u64, end: u64) {
+        let s = self.segments.entry(seq).or_default();
+        s.end = s.end.max(end);
+    }
+
+    /// Closed segments worth compacting: some live data, but less than
+    /// [`COMPACT_BELOW`] of their size.
+    pub fn compactable(&self, current: Option<u64>) -> Vec<u64> {
+        self.segments
+            .iter()
+            .filter(|(seq, s)| {
+                Some(**seq) != current && s.live > 0 && (s.live_bytes as f64) < COMPACT_BELOW * s.end as f64
+            })
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
+    /// The live messages whose record or latest progress is in one of `seqs`.
+    pub fn live_in(&self, seqs: &[u64]) -> Vec<(QueueId, Location, Option<ProgressRecord>)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| {
+                seqs.contains(&e.loc.seq) || e.progress.as_ref().is_some_and(|p| seqs.contains(&p.seq))
+            })
+            .map(|(id, e)| {
+                let p = e.progress.as_ref().map(|p| ProgressRecord {
+                    id: *id,
+                    attempts: p.attempts,
+                    next_attempt: p.next_attempt,
+                    last_error: p.last_error.clone(),
+                    done: p.done.clone(),
+                });
+                (*id, e.loc, p)
+            })
+            .collect()
     }
 
     /// Applies a Progress record found in segment `seq`. Returns false if the
@@ -205,6 +293,7 @@ impl Index {
         let entry = self.entries.remove(&id)?;
         self.count(&entry, false);
         self.reference(entry.loc.seq, -1);
+        self.live_bytes(entry.loc, false);
         if let Some(p) = &entry.progress {
             self.reference(p.seq, -1);
         }
@@ -355,6 +444,31 @@ mod tests {
         ix.mark_deleted(1);
         assert_eq!(ix.deletable(Some(3)), vec![2]);
         assert_eq!(ix.deletable(Some(2)), Vec::<u64>::new(), "never the current segment");
+    }
+
+    #[test]
+    fn compaction_candidates_and_relocation() {
+        let mut ix = Index::default();
+        let big = |seq, offset| Location { seq, offset, len: 1000 };
+        for i in 0..20 {
+            ix.insert(&sample_envelope(i), big(1, i * 1000));
+        }
+        ix.note_extent(1, 20_000);
+        ix.add_segment(2);
+        assert!(ix.compactable(Some(2)).is_empty(), "all live");
+        for i in 0..19 {
+            ix.remove_at(QueueId(i), 2);
+        }
+        assert_eq!(ix.compactable(Some(2)), vec![1], "5% live");
+        assert!(ix.compactable(Some(1)).is_empty(), "never the current segment");
+        let live = ix.live_in(&[1]);
+        assert_eq!(live.len(), 1);
+        let (id, old, _) = live[0].clone();
+        assert!(ix.relocate(id, old, big(2, 0), None));
+        assert!(!ix.relocate(id, old, big(2, 0), None), "only from where it was");
+        assert_eq!(ix.get(id).unwrap().loc.seq, 2);
+        // Seg 1 is now dead and goes first; seg 2 waits for it.
+        assert_eq!(ix.deletable(Some(3)), vec![1]);
     }
 
     #[test]

@@ -33,6 +33,11 @@
 //! 9. A segment file is unlinked only when the index says nothing in it is live
 //!    and nothing it cancels is left in older files; the directory is fsynced
 //!    after each round of unlinks.
+//! 10. Compaction: a closed segment that is less than 10% live has its live
+//!     messages copied forward (record and progress, through steps 2-6); the
+//!     index then points at the copies, and the old segment, now dead, goes
+//!     first (the copy's segment refers to it), so no crash can revive the old
+//!     copy after the message finished.
 //!
 //! Recovery scans segments in order; the first record whose length or checksum
 //! is wrong ends that segment (a torn tail: a batch whose fdatasync never
@@ -57,7 +62,7 @@ mod writer;
 use std::io;
 use std::path::PathBuf;
 
-pub use writer::{Committed, Spool, SpoolStats, Ticket};
+pub use writer::{Committed, Compaction, Spool, SpoolStats, Ticket};
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]

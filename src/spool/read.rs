@@ -22,9 +22,8 @@ pub enum ReadError {
     NotMessage,
 }
 
-/// Reads and checks the Message record at `loc` of family `family`.
-/// Returns the envelope and the body.
-pub async fn read_message(dir: &Path, family: u32, loc: Location) -> Result<(Envelope, Vec<u8>), ReadError> {
+/// Reads the whole Message record at `loc` (header included) and checks it.
+pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>, ReadError> {
     let path = segment::segment_path(dir, family, loc.seq);
     let file = File::open(&path).await?;
     let buf = vec![0u8; loc.len as usize];
@@ -35,9 +34,15 @@ pub async fn read_message(dir: &Path, family: u32, loc: Location) -> Result<(Env
     if h.kind != Kind::Message || h.len as usize + HEADER_LEN != buf.len() {
         return Err(ReadError::NotMessage);
     }
-    let payload = &buf[HEADER_LEN..];
-    h.verify(&buf, payload)?;
-    let (env, body_at) = record::decode_message(payload)?;
+    h.verify(&buf, &buf[HEADER_LEN..])?;
+    Ok(buf)
+}
+
+/// Reads and checks the Message record at `loc` of family `family`.
+/// Returns the envelope and the body.
+pub async fn read_message(dir: &Path, family: u32, loc: Location) -> Result<(Envelope, Vec<u8>), ReadError> {
+    let buf = read_raw(dir, family, loc).await?;
+    let (env, body_at) = record::decode_message(&buf[HEADER_LEN..])?;
     // Move the body to the front instead of copying it.
     let mut body = buf;
     body.drain(..HEADER_LEN + body_at);

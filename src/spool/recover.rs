@@ -160,6 +160,7 @@ fn scan_segment(
             }
         }
     }
+    index.note_extent(seq, pos);
     Ok(())
 }
 

@@ -40,6 +40,15 @@ pub struct Committed {
     pub loc: Location,
 }
 
+/// One step of compaction (see [`Spool::compaction_work`]).
+#[derive(Debug, Clone)]
+pub enum Compaction {
+    /// Copy the message at `loc` forward (with its progress).
+    Copy { id: QueueId, loc: Location, progress: Option<record::ProgressRecord> },
+    /// Write this progress again, in the current segment.
+    Progress(record::ProgressRecord),
+}
+
 /// The answer to one append: resolves when the record is durable (or not).
 pub type Ticket = oneshot::Receiver<Result<Committed, AppendError>>;
 
@@ -47,6 +56,8 @@ enum Op {
     Insert(QueueId, Prepared),
     Remove(QueueId),
     Progress(Box<record::ProgressRecord>),
+    /// A copy of a live message's record (and its progress), from `Location`.
+    Relocate(QueueId, Location, Option<Box<record::ProgressRecord>>),
 }
 
 struct Item {
@@ -150,6 +161,47 @@ impl Spool {
         let offset = i.buf.len();
         let len = record::append_progress(&mut i.buf, &p);
         i.push(offset, len, Op::Progress(Box::new(p)))
+    }
+
+    /// Copies a live message forward: `raw` is its whole Message record as
+    /// read from `old` (checked), `progress` its delivery state, re-recorded
+    /// beside it. Resolves when the copy is durable and the index points to it.
+    pub fn relocate(
+        &self,
+        id: QueueId,
+        old: Location,
+        raw: &[u8],
+        progress: Option<record::ProgressRecord>,
+    ) -> Ticket {
+        let mut i = self.inner.borrow_mut();
+        let offset = i.buf.len();
+        i.buf.extend_from_slice(raw);
+        if let Some(p) = &progress {
+            record::append_progress(&mut i.buf, p);
+        }
+        i.push(offset, raw.len(), Op::Relocate(id, old, progress.map(Box::new)))
+    }
+
+    /// What compaction should do now: copy live messages out of mostly-dead
+    /// segments, and re-record progress that pins one.
+    pub fn compaction_work(&self) -> Vec<Compaction> {
+        let i = self.inner.borrow();
+        let seqs = i.index.compactable(i.current.as_ref().map(|c| c.seq));
+        if seqs.is_empty() {
+            return Vec::new();
+        }
+        i.index
+            .live_in(&seqs)
+            .into_iter()
+            .filter_map(|(id, loc, progress)| {
+                if seqs.contains(&loc.seq) {
+                    Some(Compaction::Copy { id, loc, progress })
+                } else {
+                    // Only its progress is in a candidate: record it again.
+                    progress.map(Compaction::Progress)
+                }
+            })
+            .collect()
     }
 
     /// Runs `f` on the index entry of a live message.
@@ -322,6 +374,7 @@ impl Spool {
         match result {
             Ok((seq, base)) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
+                i.index.note_extent(seq, base + batch.len() as u64);
                 stats.committed_records.fetch_add(items.len() as u64, Ordering::Relaxed);
                 for item in items {
                     let loc = Location { seq, offset: base + item.offset as u64, len: item.len as u32 };
@@ -338,6 +391,10 @@ impl Spool {
                         Op::Progress(p) => {
                             i.index.apply_progress(&p, seq);
                             p.id
+                        }
+                        Op::Relocate(id, old, p) => {
+                            i.index.relocate(id, old, loc, p.as_deref());
+                            id
                         }
                     };
                     let after = (i.index.len() as u64, i.index.recipients());
