@@ -425,3 +425,16 @@ fn rate_per_destination_paces_messages() {
     // 10 messages at 5 per second: at least 9 intervals of 0.2 s.
     assert!(started.elapsed() >= Duration::from_millis(1500), "paced: {:?}", started.elapsed());
 }
+
+#[test]
+fn ipv6_next_hop() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    // mx.v6.test has only an AAAA record (::1).
+    let mx = Receiver::start("::1", port, &[]);
+    let srv = Server::start(&delivery(&dns, port, ""));
+    send(&srv, "s@x.test", &["r@v6.test"], "Subject: over ipv6\r\n\r\nx\r\n");
+    let got = mx.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "delivered to [::1]");
+    assert!(queue_empty(&srv));
+}

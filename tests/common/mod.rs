@@ -366,6 +366,8 @@ impl Dnsmasq {
                 "--mx-host=two-mx.test,dead.two-mx.test,10",
                 "--mx-host=two-mx.test,mx1.mx-dom.test,20",
                 "--host-record=dead.two-mx.test,127.0.0.4",
+                "--mx-host=v6.test,mx.v6.test,10",
+                "--host-record=mx.v6.test,::1",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

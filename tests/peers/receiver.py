@@ -178,6 +178,10 @@ class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("host")
@@ -191,7 +195,7 @@ if __name__ == "__main__":
     p.add_argument("--no-pipelining", action="store_true")
     args = p.parse_args()
     os.makedirs(args.outdir, exist_ok=True)
-    server = Server((args.host, args.port), Handler)
+    server = (Server6 if ":" in args.host else Server)((args.host, args.port), Handler)
     print("ready", flush=True)
     try:
         server.serve_forever()
