@@ -54,6 +54,10 @@ dir = "$WORK/spool"
 fsync = true
 [limits]
 connections_per_ip = 10000
+[delivery]
+# Like Postfix's HOLD above: queue, deliver nothing (and ask no DNS server).
+hold = true
+dns_servers = ["127.0.0.1:9"]
 [log]
 level = "warn"
 EOF

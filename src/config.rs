@@ -226,6 +226,9 @@ pub struct DeliveryConfig {
     pub dns_timeout: Duration,
     /// Answers kept in the shared DNS cache.
     pub dns_cache_size: usize,
+    /// Accept and queue, but deliver nothing (maintenance, or measuring
+    /// acceptance alone). Queued mail is delivered once this is off again.
+    pub hold: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -247,6 +250,7 @@ impl Default for DeliveryConfig {
             starttls: true,
             dns_timeout: Duration::from_secs(5),
             dns_cache_size: 100_000,
+            hold: false,
         }
     }
 }

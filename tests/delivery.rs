@@ -438,3 +438,21 @@ fn ipv6_next_hop() {
     assert_eq!(got.len(), 1, "delivered to [::1]");
     assert!(queue_empty(&srv));
 }
+
+#[test]
+fn hold_queues_without_delivering() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    let mx1 = Receiver::start("127.0.0.2", port, &[]);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let held = delivery(&dns, port, "hold = true\n");
+    let srv = Server::start_in(&dir, &held);
+    send(&srv, "s@x.test", &["r@mx-dom.test"], "Subject: held\r\n\r\nx\r\n");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(mx1.messages().len(), 0, "nothing delivered on hold");
+    assert_eq!(srv.queued_messages(), 1);
+    assert_eq!(srv.stop().code(), Some(0));
+    let srv = Server::start_in(&dir, &delivery(&dns, port, ""));
+    assert_eq!(mx1.wait_for(1, Duration::from_secs(10)).len(), 1, "delivered once hold is off");
+    assert!(queue_empty(&srv));
+}

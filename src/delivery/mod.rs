@@ -56,6 +56,8 @@ pub struct DeliveryConfig {
     pub routes: Routes,
     pub local_domains: HashSet<String>,
     pub mail_dir: PathBuf,
+    /// Queue everything, deliver nothing.
+    pub hold: bool,
 }
 
 impl DeliveryConfig {
@@ -172,6 +174,7 @@ mod tests {
             routes: Routes::default(),
             local_domains: HashSet::new(),
             mail_dir: PathBuf::new(),
+            hold: false,
         };
         assert_eq!(cfg.retry_after(1), Duration::from_secs(60));
         assert_eq!(cfg.retry_after(2), Duration::from_secs(300));

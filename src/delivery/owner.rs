@@ -118,8 +118,14 @@ impl Owner {
         })
     }
 
-    /// Schedules every recovered message and starts the planner and wheel tasks.
+    /// Schedules every recovered message and starts the planner and wheel
+    /// tasks. With `hold`, nothing is scheduled: mail only accumulates.
     pub fn start(self: &Rc<Self>) {
+        if self.cfg.hold {
+            tracing::info!(worker = self.index, "delivery is on hold: accepting and queueing only");
+            monoio::spawn(self.clone().compactor());
+            return;
+        }
         let now = unix_secs();
         let mut due = Vec::new();
         let mut later = Vec::new();
@@ -146,7 +152,9 @@ impl Owner {
 
     /// A message was just accepted: plan its first attempt.
     pub fn enqueue_new(&self, env: Envelope) {
-        self.push(env.id, Some(Rc::new(env)));
+        if !self.cfg.hold {
+            self.push(env.id, Some(Rc::new(env)));
+        }
     }
 
     fn push(&self, id: QueueId, env: Option<Rc<Envelope>>) {
@@ -168,6 +176,9 @@ impl Owner {
 
     /// Retries every deferred message now. Returns how many.
     pub fn flush(&self) -> usize {
+        if self.cfg.hold {
+            return 0;
+        }
         let ids = self.wheel.borrow_mut().drain();
         let n = ids.len();
         for id in ids {

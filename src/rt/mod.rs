@@ -85,6 +85,7 @@ pub fn delivery_config(config: &Config) -> Result<crate::delivery::DeliveryConfi
         routes: crate::delivery::route::Routes::new(&config.routes).map_err(|e| format!("[[route]]: {e}"))?,
         local_domains: config.relay.local_domains.iter().map(|d| d.to_lowercase()).collect(),
         mail_dir: config.local.mail_dir.clone(),
+        hold: d.hold,
     })
 }
 
