@@ -37,3 +37,4 @@ pub mod policy;
 pub mod rt;
 pub mod smtp;
 pub mod spool;
+pub mod tune;

@@ -30,6 +30,11 @@ enum Command {
     },
     /// Read a password on stdin, print its argon2id PHC hash for [[user]].
     HashPassword,
+    /// Kernel and runtime tuning.
+    Tune {
+        #[command(subcommand)]
+        action: TuneAction,
+    },
     /// Inspect and manage the queue of a running server (admin API).
     Queue {
         #[command(subcommand)]
@@ -38,6 +43,21 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:8025")]
         admin: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum TuneAction {
+    /// Compare the running kernel and limits with a profile; exit 1 if they differ.
+    Check {
+        /// throughput | latency | low-memory
+        #[arg(long, default_value = "throughput")]
+        profile: String,
+        /// Also check what this config needs (open files for its connections).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a profile's config preset (every knob explained).
+    Show { profile: String },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +87,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::HashPassword => hash_password(),
         Command::Queue { action, admin } => queue(action, admin),
+        Command::Tune { action } => tune(action),
     }
 }
 
@@ -86,7 +107,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         None => Config::defaults(),
     };
     init_logging(&config.log.level);
-    match rt::serve(config, path) {
+    let notify = SdNotify::from_env();
+    match rt::serve(config, path, &notify) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::Config(e)) => {
             eprintln!("ringpost: {e}");
@@ -95,6 +117,38 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         Err(ServeError::Runtime(e)) => {
             eprintln!("ringpost: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// systemd's notification socket (`Type=notify`), if we run under it.
+struct SdNotify {
+    socket: Option<std::os::unix::net::UnixDatagram>,
+    path: Option<PathBuf>,
+}
+
+impl SdNotify {
+    fn from_env() -> SdNotify {
+        let path = std::env::var_os("NOTIFY_SOCKET").map(PathBuf::from);
+        let socket = path.as_ref().and_then(|_| std::os::unix::net::UnixDatagram::unbound().ok());
+        SdNotify { socket, path }
+    }
+}
+
+impl rt::Notify for SdNotify {
+    fn notify(&self, state: &str) {
+        let (Some(socket), Some(path)) = (&self.socket, &self.path) else { return };
+        let sent = match path.to_str().and_then(|p| p.strip_prefix('@')) {
+            // An abstract socket name.
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                    .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+            }
+            None => socket.send_to(state.as_bytes(), path),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot notify the service manager");
         }
     }
 }
@@ -133,6 +187,51 @@ fn hash_password() -> ExitCode {
         Err(e) => {
             eprintln!("ringpost: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn tune(action: TuneAction) -> ExitCode {
+    let profiles = ringpost::tune::profiles();
+    let find = |name: &str| profiles.iter().find(|p| p.name == name);
+    let names = || profiles.iter().map(|p| p.name).collect::<Vec<_>>().join(", ");
+    match action {
+        TuneAction::Show { profile } => match find(&profile) {
+            Some(p) => {
+                print!("{}", p.preset);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("ringpost: no profile {profile:?} (profiles: {})", names());
+                ExitCode::from(2)
+            }
+        },
+        TuneAction::Check { profile, config } => {
+            let Some(p) = find(&profile) else {
+                eprintln!("ringpost: no profile {profile:?} (profiles: {})", names());
+                return ExitCode::from(2);
+            };
+            let connections = match config.map(|c| Config::load(&c)) {
+                Some(Ok(c)) => Some(c.limits.connections as u64),
+                Some(Err(e)) => {
+                    eprintln!("ringpost: {e}");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
+            let (report, differs) = ringpost::tune::check(
+                p,
+                std::path::Path::new("/proc/sys"),
+                ringpost::tune::nofile_limit(),
+                connections,
+            );
+            print!("{report}");
+            if differs {
+                ExitCode::from(1)
+            } else {
+                println!("everything matches profile {}", p.name);
+                ExitCode::SUCCESS
+            }
         }
     }
 }

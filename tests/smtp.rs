@@ -480,3 +480,34 @@ fn long_lived_messages_are_copied_forward_so_segments_can_go() {
         assert!(m["last_error"].as_str().is_some_and(|e| e.starts_with('4')), "{m}");
     }
 }
+
+#[test]
+fn notifies_systemd_when_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, common::config_text(dir.path(), "")).unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(next(), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}

@@ -118,8 +118,22 @@ fn bind_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
     Ok(out)
 }
 
+/// Lifecycle notifications for a service manager (systemd's sd_notify).
+pub trait Notify {
+    /// `READY=1`, `RELOADING=1`, `STOPPING=1`, ...
+    fn notify(&self, state: &str);
+}
+
+/// No service manager.
+#[derive(Debug)]
+pub struct NoNotify;
+
+impl Notify for NoNotify {
+    fn notify(&self, _state: &str) {}
+}
+
 /// Runs the server until SIGTERM/SIGINT and a clean drain.
-pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
+pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) -> Result<(), ServeError> {
     block_signals();
     if !monoio::utils::detect_uring() {
         return Err(ServeError::Runtime(
@@ -255,8 +269,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    notify.notify("READY=1");
     let mut reload = Reload { config, path: config_path, ctxs, tls: tls_shared, shared: shared.clone() };
-    wait_for_shutdown(&shared, &mut reload);
+    wait_for_shutdown(&shared, &mut reload, notify);
     for h in handles {
         if h.join().is_err() {
             return Err(ServeError::Runtime("a worker thread panicked".into()));
@@ -372,14 +387,19 @@ fn wait_signal(timeout: Option<Duration>) -> Option<i32> {
     (sig > 0).then_some(sig)
 }
 
-fn wait_for_shutdown(shared: &Shared, reload: &mut Reload) {
+fn wait_for_shutdown(shared: &Shared, reload: &mut Reload, notify: &dyn Notify) {
     loop {
         match wait_signal(None) {
-            Some(libc::SIGHUP) => reload.run(),
+            Some(libc::SIGHUP) => {
+                notify.notify("RELOADING=1");
+                reload.run();
+                notify.notify("READY=1");
+            }
             Some(_) => break,
             None => {}
         }
     }
+    notify.notify("STOPPING=1");
     let grace = reload.config.limits.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: no new connections; open transactions may finish");
     shared.stage.advance(DRAINING);
