@@ -50,13 +50,18 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: 
         wbuf: Vec::new(),
         seen_stage: 0,
         charged: 0,
+        eof: false,
         write_timeout,
         l,
         w,
     };
-    d.run().await;
+    let we_closed = d.run().await;
     d.w.memory.release(d.charged);
-    d.transport.close().await;
+    if we_closed {
+        d.transport.lingering_close(std::time::Duration::from_secs(2)).await;
+    } else {
+        d.transport.close().await;
+    }
 }
 
 struct Driver {
@@ -69,13 +74,17 @@ struct Driver {
     seen_stage: u8,
     /// Bytes of the memory budget this session holds.
     charged: usize,
+    /// The peer closed its side.
+    eof: bool,
     write_timeout: std::time::Duration,
     l: Arc<ListenerCtx>,
     w: Rc<WorkerCtx>,
 }
 
 impl Driver {
-    async fn run(&mut self) {
+    /// Runs the session. True if it ended by our decision (QUIT, errors,
+    /// timeout, shutdown) with the connection still up.
+    async fn run(&mut self) -> bool {
         loop {
             self.feed();
             let ok = match self.session.poll_event() {
@@ -88,14 +97,11 @@ impl Driver {
                     true
                 }
                 Some(Event::StartTls) => self.flush().await && self.start_tls().await,
-                Some(Event::Close) => {
-                    self.flush().await;
-                    return;
-                }
+                Some(Event::Close) => return self.flush().await && !self.eof,
                 None => self.flush().await && self.fill().await,
             };
             if !ok {
-                return;
+                return false;
             }
         }
     }
@@ -189,6 +195,7 @@ impl Driver {
         match res {
             Ok(ReadOutcome::Data(_)) => true,
             Ok(ReadOutcome::Eof) => {
+                self.eof = true;
                 self.session.handle_eof();
                 true
             }

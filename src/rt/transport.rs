@@ -242,6 +242,34 @@ impl Transport {
             let _ = tls.flush().await;
         }
     }
+
+    /// Closes after our last reply so that the peer reads it: a close with
+    /// unread input makes the kernel send RST, which can destroy the reply in
+    /// flight. So: end our side (FIN, or close_notify), then read and drop
+    /// what the peer still sends, for at most `linger` or 256 KiB.
+    pub async fn lingering_close(&mut self, linger: std::time::Duration) {
+        self.close().await;
+        let tcp = match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => &mut tls.tcp,
+            Transport::Closed => return,
+        };
+        let _ = monoio::io::AsyncWriteRent::shutdown(tcp).await;
+        let drain = async {
+            let mut buf = Vec::with_capacity(READ_CHUNK);
+            let mut total = 0;
+            while total < 256 * 1024 {
+                buf.clear();
+                let (res, b) = read_tcp(tcp, buf, monoio::io::Canceller::new().handle()).await;
+                buf = b;
+                match res {
+                    Ok(ReadOutcome::Data(n)) => total += n,
+                    _ => return,
+                }
+            }
+        };
+        let _ = monoio::time::timeout(linger, drain).await;
+    }
 }
 
 impl TlsConn {
