@@ -8,46 +8,103 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use ringpost::rt::transport::{ReadOutcome, Transport};
 
 /// Timestamp header the sink reads for end-to-end latency (Unix microseconds).
 pub const SENT_HEADER: &str = "X-Ringpost-Bench-Sent";
+
+/// The load: the same for `blast` and `compare`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Load {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    /// Messages in total.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    /// Message size in bytes (headers included).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Messages per connection before QUIT and reconnect (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub per_connection: u64,
+    /// Send MAIL, RCPT and DATA in one write (RFC 2920).
+    #[arg(long)]
+    pub pipelining: bool,
+    /// STARTTLS before sending (certificates are not verified).
+    #[arg(long)]
+    pub starttls: bool,
+    #[arg(long, default_value = "blast@bench.test")]
+    pub from: String,
+    #[arg(long, default_value = "sink@example.test")]
+    pub to: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// SMTP server `ip:port`.
     #[arg(long)]
-    target: SocketAddr,
-    /// Concurrent connections.
-    #[arg(long, default_value_t = 50)]
-    connections: usize,
-    /// Messages in total.
-    #[arg(long, default_value_t = 10_000)]
-    messages: u64,
-    /// Message size in bytes (headers included).
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
-    /// Messages per connection before QUIT and reconnect (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
-    per_connection: u64,
-    /// Send MAIL, RCPT and DATA in one write (RFC 2920).
-    #[arg(long)]
-    pipelining: bool,
-    #[arg(long, default_value = "blast@bench.test")]
-    from: String,
-    #[arg(long, default_value = "sink@example.test")]
-    to: String,
+    pub target: SocketAddr,
+    #[command(flatten)]
+    pub load: Load,
     /// Write the JSON summary here.
     #[arg(long)]
-    json: Option<PathBuf>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
+    pub json: Option<PathBuf>,
 }
 
-/// A connection slot gives up after this many failed connections in a row.
-const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub elapsed_s: f64,
+    /// Accepted messages per second.
+    pub rate: f64,
+    pub latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Summary {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "elapsed_s": self.elapsed_s,
+            "rate": self.rate,
+            "latency_us": crate::latency_json(&self.latency),
+        })
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{} accepted, {} rejected, {} errors in {:.2} s: {:.0} msg/s; latency p50 {} us, p99 {} us, max {} us",
+            self.accepted,
+            self.rejected,
+            self.errors,
+            self.elapsed_s,
+            self.rate,
+            self.latency.value_at_quantile(0.5),
+            self.latency.value_at_quantile(0.99),
+            self.latency.max()
+        )
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = measure(args.target, &args.load, progress)?;
+    println!("{}", summary.line());
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{:#}\n", summary.json()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
 
 #[derive(Default)]
 struct Totals {
@@ -56,60 +113,73 @@ struct Totals {
     errors: AtomicU64,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.connections == 0 || args.messages == 0 {
+/// A connection slot gives up after this many failed connections in a row.
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// Runs the load against `target`; a progress bar on stderr if `progress`.
+pub fn measure(target: SocketAddr, load: &Load, progress: bool) -> anyhow::Result<Summary> {
+    if load.connections == 0 || load.messages == 0 {
         bail!("--connections and --messages must be above 0");
     }
-    let threads = crate::threads().min(args.connections);
-    let left = Arc::new(AtomicU64::new(args.messages));
+    let threads = crate::threads().min(load.connections);
+    let left = Arc::new(AtomicU64::new(load.messages));
     let totals = Arc::new(Totals::default());
     let hist = Arc::new(Mutex::new(crate::new_histogram()));
+    let tls = ringpost::rt::transport::opportunistic_client_config().map_err(anyhow::Error::msg)?;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.timeout);
+    let deadline = started + Duration::from_secs(load.timeout);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let conns = args.connections / threads + usize::from(t < args.connections % threads);
-            let (args, left, totals, hist) = (args.clone(), left.clone(), totals.clone(), hist.clone());
-            std::thread::spawn(move || thread_main(t, conns, args, left, totals, hist, deadline))
+            let conns = load.connections / threads + usize::from(t < load.connections % threads);
+            let (load, left, totals, hist, tls) =
+                (load.clone(), left.clone(), totals.clone(), hist.clone(), tls.clone());
+            std::thread::spawn(move || thread_main(t, conns, target, load, left, totals, hist, tls, deadline))
         })
         .collect();
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new(load.messages);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    while handles.iter().any(|h| !h.is_finished()) {
+        if let Some(bar) = &bar {
+            let done = totals.accepted.load(Ordering::Relaxed) + totals.rejected.load(Ordering::Relaxed);
+            bar.set_position(done);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let hist = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let latency = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let accepted = totals.accepted.load(Ordering::Relaxed);
-    let summary = serde_json::json!({
-        "accepted": accepted,
-        "rejected": totals.rejected.load(Ordering::Relaxed),
-        "errors": totals.errors.load(Ordering::Relaxed),
-        "elapsed_s": elapsed,
-        "rate": accepted as f64 / elapsed,
-        "latency_us": crate::latency_json(&hist),
-    });
-    println!(
-        "{accepted} accepted, {} rejected, {} errors in {elapsed:.2} s: {:.0} msg/s; latency p50 {} us, p99 {} us, max {} us",
-        summary["rejected"],
-        summary["errors"],
-        accepted as f64 / elapsed,
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99),
-        hist.max()
-    );
-    if let Some(path) = &args.json {
-        std::fs::write(path, format!("{summary:#}\n"))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    Ok(Summary {
+        accepted,
+        rejected: totals.rejected.load(Ordering::Relaxed),
+        errors: totals.errors.load(Ordering::Relaxed),
+        elapsed_s,
+        rate: accepted as f64 / elapsed_s,
+        latency,
+    })
 }
 
+#[allow(clippy::too_many_arguments)] // reason: one call site, thread entry point
 fn thread_main(
     thread: usize,
     conns: usize,
-    args: Args,
+    target: SocketAddr,
+    load: Load,
     left: Arc<AtomicU64>,
     totals: Arc<Totals>,
     hist: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    tls: Arc<rustls::ClientConfig>,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -120,14 +190,15 @@ fn thread_main(
         let local = Rc::new(std::cell::RefCell::new(crate::new_histogram()));
         let tasks: Vec<_> = (0..conns)
             .map(|c| {
-                let (args, left, totals, local) = (args.clone(), left.clone(), totals.clone(), local.clone());
+                let (load, left, totals, local, tls) =
+                    (load.clone(), left.clone(), totals.clone(), local.clone(), tls.clone());
                 monoio::spawn(async move {
                     let id = thread * 100_000 + c;
                     let mut failures = 0;
                     while left.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                         let r = monoio::time::timeout_at(
                             deadline.into(),
-                            connection(id, &args, &left, &totals, &local),
+                            connection(id, target, &load, &left, &totals, &local, &tls),
                         )
                         .await;
                         if matches!(r, Ok(Ok(()))) {
@@ -158,51 +229,63 @@ fn claim(left: &AtomicU64) -> bool {
     left.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
 }
 
-/// A client connection: greeting, EHLO, messages, QUIT.
+/// A client connection: greeting, EHLO, (STARTTLS, EHLO), messages, QUIT.
 async fn connection(
     id: usize,
-    args: &Args,
+    target: SocketAddr,
+    load: &Load,
     left: &AtomicU64,
     totals: &Totals,
     hist: &std::cell::RefCell<hdrhistogram::Histogram<u64>>,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<()> {
-    let stream = TcpStream::connect(args.target).await.context("connect")?;
+    let stream = TcpStream::connect(target).await.context("connect")?;
     stream.set_nodelay(true)?;
-    let mut c = Conn { stream, buf: Vec::with_capacity(4096), pos: 0 };
+    let mut c = Conn { transport: Transport::Plain(stream), buf: Vec::with_capacity(4096), pos: 0 };
     c.expect(220).await?;
     c.send(b"EHLO bench.test\r\n".to_vec()).await?;
     c.expect(250).await?;
+    if load.starttls {
+        c.send(b"STARTTLS\r\n".to_vec()).await?;
+        c.expect(220).await?;
+        c.buf.clear();
+        c.pos = 0;
+        c.transport
+            .upgrade_tls_client(tls.clone(), &target.ip().to_string())
+            .await
+            .context("TLS handshake")?;
+        c.send(b"EHLO bench.test\r\n".to_vec()).await?;
+        c.expect(250).await?;
+    }
     let mut sent = 0u64;
-    while args.per_connection == 0 || sent < args.per_connection {
+    while load.per_connection == 0 || sent < load.per_connection {
         if !claim(left) {
             break;
         }
         sent += 1;
         let t0 = Instant::now();
-        match c.transaction(args, id, sent).await? {
-            true => {
-                totals.accepted.fetch_add(1, Ordering::Relaxed);
-                let _ = hist.borrow_mut().record(t0.elapsed().as_micros().max(1) as u64);
-            }
-            false => {
-                totals.rejected.fetch_add(1, Ordering::Relaxed);
-            }
+        if c.transaction(load, id, sent).await? {
+            totals.accepted.fetch_add(1, Ordering::Relaxed);
+            let _ = hist.borrow_mut().record(t0.elapsed().as_micros().max(1) as u64);
+        } else {
+            totals.rejected.fetch_add(1, Ordering::Relaxed);
         }
     }
     c.send(b"QUIT\r\n".to_vec()).await?;
     let _ = c.reply().await;
+    c.transport.close().await;
     Ok(())
 }
 
 struct Conn {
-    stream: TcpStream,
+    transport: Transport,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl Conn {
     async fn send(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
-        let (res, _) = self.stream.write_all(data).await;
+        let (res, _) = self.transport.write_all(data).await;
         res.context("write")?;
         Ok(())
     }
@@ -210,7 +293,6 @@ impl Conn {
     /// Reads one whole reply; returns its code.
     async fn reply(&mut self) -> anyhow::Result<u16> {
         loop {
-            // Complete lines in the buffer: find the last line of a reply.
             while let Some(nl) = memchr::memchr(b'\n', &self.buf[self.pos..]) {
                 let line = &self.buf[self.pos..self.pos + nl + 1];
                 self.pos += nl + 1;
@@ -230,14 +312,12 @@ impl Conn {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
             }
-            let mut chunk = std::mem::take(&mut self.buf);
-            chunk.reserve(4096);
-            let len = chunk.len();
-            let cap = chunk.capacity();
-            let (res, slice) = self.stream.read(monoio::buf::IoBufMut::slice_mut(chunk, len..cap)).await;
-            self.buf = slice.into_inner();
-            if res.context("read")? == 0 {
-                bail!("server closed the connection");
+            let buf = std::mem::take(&mut self.buf);
+            let (res, buf) = self.transport.read(buf, monoio::io::Canceller::new().handle()).await;
+            self.buf = buf;
+            match res.context("read")? {
+                ReadOutcome::Data(_) => {}
+                _ => bail!("server closed the connection"),
             }
         }
     }
@@ -251,9 +331,9 @@ impl Conn {
     }
 
     /// One message. Ok(true): accepted; Ok(false): refused somewhere.
-    async fn transaction(&mut self, args: &Args, id: usize, n: u64) -> anyhow::Result<bool> {
-        let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", args.from, args.to);
-        if args.pipelining {
+    async fn transaction(&mut self, load: &Load, id: usize, n: u64) -> anyhow::Result<bool> {
+        let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", load.from, load.to);
+        if load.pipelining {
             self.send(envelope.into_bytes()).await?;
             let codes = [self.reply().await?, self.reply().await?, self.reply().await?];
             if codes != [250, 250, 354] {
@@ -275,24 +355,24 @@ impl Conn {
                 }
             }
         }
-        self.send(message(args, id, n)).await?;
+        self.send(message(load, id, n)).await?;
         Ok(self.reply().await? == 250)
     }
 }
 
-/// A message of about `args.size` bytes, ending with the `.` line.
-fn message(args: &Args, id: usize, n: u64) -> Vec<u8> {
+/// A message of about `load.size` bytes, ending with the `.` line.
+fn message(load: &Load, id: usize, n: u64) -> Vec<u8> {
     let sent_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
     let mut m = format!(
         "From: <{}>\r\nTo: <{}>\r\nSubject: bench {id}-{n}\r\nMessage-ID: <{id}.{n}.{sent_us}@bench.test>\r\n{SENT_HEADER}: {sent_us}\r\n\r\n",
-        args.from, args.to
+        load.from, load.to
     )
     .into_bytes();
     let line = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklm\r\n";
-    while m.len() + line.len() <= args.size {
+    while m.len() + line.len() <= load.size {
         m.extend_from_slice(line);
     }
-    let rest = args.size.saturating_sub(m.len() + 2);
+    let rest = load.size.saturating_sub(m.len() + 2);
     m.extend_from_slice(&line[..rest.min(line.len() - 2)]);
     m.extend_from_slice(b"\r\n.\r\n");
     m

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // reason: a load tool reads the clock and sleeps by design
 
 mod blast;
+mod compare;
 mod sink;
 
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Send messages to an SMTP server over many connections.
     Blast(blast::Args),
+    /// The same load against several servers, interleaved, with ratios and a chart.
+    Compare(compare::Args),
     /// Receive messages and count them (and their end-to-end latency).
     Sink {
         /// Address to listen on.
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Blast(args) => blast::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Sink { listen, json, expect, timeout } => sink::run(listen, json, expect, timeout),
     };
     match result {
