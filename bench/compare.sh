@@ -8,6 +8,11 @@
 # Matrix: 1 KiB and 100 KiB messages x 50 and 1,000 connections x 1 and 100
 # messages per connection. Everything listens on loopback.
 #
+# CPUs are split so that the load generator does not compete with the server
+# being measured: the servers (ringpost with one worker, Postfix, smtp-sink) run
+# on CPU 0, the client and the sink on the other CPUs. The figures are thus
+# per server core.
+#
 # usage: bench/compare.sh [ROUNDS] [MESSAGES_1K] [MESSAGES_100K]   (as root)
 # writes tuning/results/<date>.md and an SVG chart per cell
 set -euo pipefail
@@ -21,6 +26,9 @@ PF_PORT=2621
 SS_PORT=2622
 SINK_PORT=2623
 WORK=$(mktemp -d /tmp/ringpost-compare.XXXXXX)
+SERVER_CPUS=0
+CLIENT_CPUS=1-$(($(nproc) - 1))
+if [ "$(nproc)" -lt 2 ]; then CLIENT_CPUS=0; fi
 DATE=$(date -u +%Y-%m-%d)
 OUT=tuning/results/$DATE.md
 
@@ -33,7 +41,7 @@ BIN=target/release/ringpost
 BENCH=target/release/ringpost-bench
 
 # --- the sink both MTAs deliver to --------------------------------------------
-$BENCH sink --listen "127.0.0.1:$SINK_PORT" --timeout 86400 > "$WORK/sink.out" &
+taskset -c "$CLIENT_CPUS" $BENCH sink --listen "127.0.0.1:$SINK_PORT" --timeout 86400 > "$WORK/sink.out" &
 SINK_PID=$!
 
 # --- Postfix on loopback, relaying everything to the sink ---------------------
@@ -51,15 +59,17 @@ postconf -e 'inet_interfaces = loopback-only' 'inet_protocols = ipv4' 'mydestina
   'message_size_limit = 52428800'
 sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/$PF_PORT      inet  n       -       n       -       -       smtpd/" /etc/postfix/master.cf
 grep -q "^postlog" /etc/postfix/master.cf || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> /etc/postfix/master.cf
-postfix start >/dev/null 2>&1 || { echo "postfix did not start; see /var/log/postfix-bench.log"; exit 1; }
+# Postfix's processes inherit the affinity of its master.
+taskset -c "$SERVER_CPUS" postfix start >/dev/null 2>&1 || { echo "postfix did not start; see /var/log/postfix-bench.log"; exit 1; }
 
-# --- smtp-sink: the protocol ceiling -----------------------------------------
-smtp-sink "127.0.0.1:$SS_PORT" 4096 &
+# --- smtp-sink: the protocol ceiling (as root it needs -u) --------------------
+taskset -c "$SERVER_CPUS" smtp-sink -u postfix "127.0.0.1:$SS_PORT" 4096 &
 SS_PID=$!
 
 # --- ringpost, fsync on, relaying everything to the sink ----------------------
 cat > "$WORK/ringpost.toml" <<EOF
 hostname = "bench.test"
+threads = 1
 [[listener]]
 address = "127.0.0.1:$RP_PORT"
 [admin]
@@ -77,7 +87,7 @@ dns_servers = ["127.0.0.1:9"]
 [log]
 level = "warn"
 EOF
-$BIN serve --config "$WORK/ringpost.toml" > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
+taskset -c "$SERVER_CPUS" $BIN serve --config "$WORK/ringpost.toml" > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
 RP_PID=$!
 cleanup() {
   kill "$RP_PID" "$SS_PID" "$SINK_PID" 2>/dev/null || true
@@ -96,7 +106,8 @@ sleep 1
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), spool on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
   echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!tuning/results' || echo ' (dirty)')"
   echo "- ringpost fsync on, relaying to a sink; Postfix $(postconf -h mail_version) relaying to the same sink; smtp-sink stores nothing"
-  echo "- load: ringpost-bench compare, $ROUNDS interleaved rounds per cell, medians; client, servers and sink share the same $(nproc) cores"
+  echo "- CPUs: servers on CPU $SERVER_CPUS (ringpost with one worker), load generator and sink on CPUs $CLIENT_CPUS: figures are per server core"
+  echo "- load: ringpost-bench compare, $ROUNDS interleaved rounds per cell, medians"
   echo "- latency: MAIL FROM to the final 250, as the client sees it"
   echo "- command: bench/compare.sh $ROUNDS $M_SMALL $M_LARGE"
   echo
@@ -112,7 +123,7 @@ for size in 1024 102400; do
         echo "## $((size / 1024)) KiB, $conns connections, $per message(s) per connection ($messages messages)"
         echo
       } >> "$OUT"
-      $BENCH compare --rounds "$ROUNDS" --messages "$messages" --size $size --connections $conns \
+      taskset -c "$CLIENT_CPUS" $BENCH compare --rounds "$ROUNDS" --messages "$messages" --size $size --connections $conns \
         --per-connection $per \
         --target "postfix=127.0.0.1:$PF_PORT" --target "ringpost=127.0.0.1:$RP_PORT" \
         --target "smtp-sink=127.0.0.1:$SS_PORT" \
