@@ -19,28 +19,18 @@ SIZE=1024
 RP_PORT=2600
 PF_PORT=2601
 WORK=$(mktemp -d /tmp/ringpost-bench.XXXXXX)
+. bench/lib.sh
 
 command -v smtp-source >/dev/null || { echo "needs smtp-source (apt-get install postfix)"; exit 1; }
 cargo build --release -q
 BIN=target/release/ringpost
 
 # --- Postfix on loopback, HOLD everything it accepts -------------------------
-postfix stop >/dev/null 2>&1 || true
-cp /etc/postfix/main.cf "$WORK/main.cf.orig"
-postconf -e 'inet_interfaces = loopback-only' 'inet_protocols = ipv4' 'mydestination =' \
-  'mynetworks = 127.0.0.0/8' 'relay_domains = example.test' \
+# With HOLD the transport is never used; a dead loopback port keeps it harmless.
+postfix_loopback "$PF_PORT" 'relay_domains = example.test' \
   'default_transport = smtp:[127.0.0.1]:9' 'relay_transport = smtp:[127.0.0.1]:9' \
-  'local_transport = error:local delivery disabled' 'smtp_dns_support_level = disabled' \
-  'smtpd_peername_lookup = no' 'notify_classes =' 'alias_maps =' 'local_recipient_maps =' \
-  'smtpd_data_restrictions = check_client_access static:HOLD' \
-  'maillog_file = /var/log/postfix-bench.log' 'smtpd_client_connection_count_limit = 0' \
-  'default_process_limit = 200' 'smtpd_client_connection_rate_limit = 0'
-# Listen on PF_PORT instead of 25 (restored at the end).
-cp /etc/postfix/master.cf "$WORK/master.cf.orig"
-sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/$PF_PORT      inet  n       -       n       -       -       smtpd/" /etc/postfix/master.cf
-grep -q "^postlog" /etc/postfix/master.cf || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> /etc/postfix/master.cf
-postfix start >/dev/null 2>&1 || { echo "postfix did not start; see /var/log/postfix-bench.log"; exit 1; }
-trap 'postfix stop >/dev/null 2>&1 || true; cp "$WORK/master.cf.orig" /etc/postfix/master.cf; cp "$WORK/main.cf.orig" /etc/postfix/main.cf; postsuper -d ALL >/dev/null 2>&1 || true; kill $RP_PID 2>/dev/null || true' EXIT
+  'smtpd_data_restrictions = check_client_access static:HOLD' 'default_process_limit = 200'
+trap 'postfix_restore; kill $RP_PID 2>/dev/null || true' EXIT
 
 # --- ringpost, fsync on ------------------------------------------------------
 cat > "$WORK/ringpost.toml" <<EOF
@@ -82,7 +72,6 @@ run() {
     'BEGIN { printf "%.0f %.0f\n", n / (b - a), c / tick * 1e6 / n }'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 declare -A R
 for reuse in yes no; do
@@ -100,8 +89,7 @@ OUT=tuning/results/$DATE-accept.md
 {
   echo "# Accept rate, fsync on: ringpost vs Postfix ($DATE)"
   echo
-  echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), spool on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
-  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!tuning/results' || echo ' (dirty)')"
+  machine_line
   echo "- Postfix $(postconf -h mail_version), HOLD at end of DATA (accept + fsync + queue, no delivery)"
   echo "- load: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE [-d], on the same 2 cores"
   echo "- command: bench/compare-accept.sh $ROUNDS $MESSAGES"

@@ -18,6 +18,7 @@ RP_PORT=2610
 PF_PORT=2611
 SINK_PORT=2612
 WORK=$(mktemp -d /tmp/ringpost-relay.XXXXXX)
+. bench/lib.sh
 
 command -v smtp-source >/dev/null || { echo "needs smtp-source (apt-get install postfix)"; exit 1; }
 cargo build --release -q --workspace
@@ -25,25 +26,11 @@ BIN=target/release/ringpost
 SINK=target/release/ringpost-bench
 
 # --- Postfix on loopback, relaying everything to the sink --------------------
-postfix stop >/dev/null 2>&1 || true
-cp /etc/postfix/main.cf "$WORK/main.cf.orig"
-cp /etc/postfix/master.cf "$WORK/master.cf.orig"
-postconf -e 'inet_interfaces = loopback-only' 'inet_protocols = ipv4' 'mydestination =' \
-  'mynetworks = 127.0.0.0/8' 'relay_domains =' \
+postfix_loopback "$PF_PORT" 'relay_domains =' \
   "relayhost = [127.0.0.1]:$SINK_PORT" "default_transport = smtp:[127.0.0.1]:$SINK_PORT" \
-  "relay_transport = smtp:[127.0.0.1]:$SINK_PORT" 'local_transport = error:local delivery disabled' \
-  'smtp_dns_support_level = disabled' 'smtpd_peername_lookup = no' 'notify_classes =' \
-  'alias_maps =' 'local_recipient_maps =' 'smtpd_data_restrictions =' \
-  'maillog_file = /var/log/postfix-bench.log' 'smtpd_client_connection_count_limit = 0' \
-  'default_process_limit = 200' 'smtpd_client_connection_rate_limit = 0'
-sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/$PF_PORT      inet  n       -       n       -       -       smtpd/" /etc/postfix/master.cf
-grep -q "^postlog" /etc/postfix/master.cf || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> /etc/postfix/master.cf
-postfix start >/dev/null 2>&1 || { echo "postfix did not start; see /var/log/postfix-bench.log"; exit 1; }
+  "relay_transport = smtp:[127.0.0.1]:$SINK_PORT" 'smtpd_data_restrictions =' 'default_process_limit = 200'
 cleanup() {
-  postfix stop >/dev/null 2>&1 || true
-  cp "$WORK/main.cf.orig" /etc/postfix/main.cf
-  cp "$WORK/master.cf.orig" /etc/postfix/master.cf
-  postsuper -d ALL >/dev/null 2>&1 || true
+  postfix_restore
   kill "$RP_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -87,7 +74,6 @@ run() {
   awk -v n="$MESSAGES" -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "%.0f %.0f\n", n / (b - a), n / (c - a) }'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 RP_E2E=""; PF_E2E=""; RP_ACC=""; PF_ACC=""
 for i in $(seq "$ROUNDS"); do
@@ -104,8 +90,7 @@ rpa=$(echo $RP_ACC | tr ' ' '\n' | median); pfa=$(echo $PF_ACC | tr ' ' '\n' | m
 {
   echo "# End-to-end relay, fsync on: ringpost vs Postfix ($DATE)"
   echo
-  echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), spool on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
-  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!tuning/results' || echo ' (dirty)')"
+  machine_line
   echo "- Postfix $(postconf -h mail_version) relaying to the sink (relayhost), ringpost with a \`[[route]] domain = \"*\"\` to the sink"
   echo "- load: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -d; sink: ringpost-bench sink; everything on the same 2 cores"
   echo "- end to end = messages / (time from the first message sent to the last one received by the sink)"

@@ -26,6 +26,7 @@ PF_PORT=2621
 SS_PORT=2622
 SINK_PORT=2623
 WORK=$(mktemp -d /tmp/ringpost-compare.XXXXXX)
+. bench/lib.sh
 SERVER_CPUS=0
 CLIENT_CPUS=1-$(($(nproc) - 1))
 if [ "$(nproc)" -lt 2 ]; then CLIENT_CPUS=0; fi
@@ -45,22 +46,10 @@ taskset -c "$CLIENT_CPUS" $BENCH sink --listen "127.0.0.1:$SINK_PORT" --timeout 
 SINK_PID=$!
 
 # --- Postfix on loopback, relaying everything to the sink ---------------------
-postfix stop >/dev/null 2>&1 || true
-cp /etc/postfix/main.cf "$WORK/main.cf.orig"
-cp /etc/postfix/master.cf "$WORK/master.cf.orig"
-postconf -e 'inet_interfaces = loopback-only' 'inet_protocols = ipv4' 'mydestination =' \
-  'mynetworks = 127.0.0.0/8' 'relay_domains =' \
+POSTFIX_CPUS=$SERVER_CPUS postfix_loopback "$PF_PORT" 'relay_domains =' \
   "relayhost = [127.0.0.1]:$SINK_PORT" "default_transport = smtp:[127.0.0.1]:$SINK_PORT" \
-  "relay_transport = smtp:[127.0.0.1]:$SINK_PORT" 'local_transport = error:local delivery disabled' \
-  'smtp_dns_support_level = disabled' 'smtpd_peername_lookup = no' 'notify_classes =' \
-  'alias_maps =' 'local_recipient_maps =' 'smtpd_data_restrictions =' \
-  'maillog_file = /var/log/postfix-bench.log' 'smtpd_client_connection_count_limit = 0' \
-  'smtpd_client_connection_rate_limit = 0' 'default_process_limit = 1100' \
-  'message_size_limit = 52428800'
-sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/$PF_PORT      inet  n       -       n       -       -       smtpd/" /etc/postfix/master.cf
-grep -q "^postlog" /etc/postfix/master.cf || echo "postlog   unix-dgram n  -       n       -       1       postlogd" >> /etc/postfix/master.cf
-# Postfix's processes inherit the affinity of its master.
-taskset -c "$SERVER_CPUS" postfix start >/dev/null 2>&1 || { echo "postfix did not start; see /var/log/postfix-bench.log"; exit 1; }
+  "relay_transport = smtp:[127.0.0.1]:$SINK_PORT" 'smtpd_data_restrictions =' \
+  'default_process_limit = 1100' 'message_size_limit = 52428800'
 
 # --- smtp-sink: the protocol ceiling (as root it needs -u) --------------------
 taskset -c "$SERVER_CPUS" smtp-sink -u postfix "127.0.0.1:$SS_PORT" 4096 &
@@ -91,10 +80,7 @@ taskset -c "$SERVER_CPUS" $BIN serve --config "$WORK/ringpost.toml" > "$WORK/rin
 RP_PID=$!
 cleanup() {
   kill "$RP_PID" "$SS_PID" "$SINK_PID" 2>/dev/null || true
-  postfix stop >/dev/null 2>&1 || true
-  cp "$WORK/main.cf.orig" /etc/postfix/main.cf
-  cp "$WORK/master.cf.orig" /etc/postfix/master.cf
-  postsuper -d ALL >/dev/null 2>&1 || true
+  postfix_restore
 }
 trap cleanup EXIT
 for _ in $(seq 50); do grep -q "workers" "$WORK/ringpost.out" 2>/dev/null && break; sleep 0.1; done
@@ -103,8 +89,7 @@ sleep 1
 {
   echo "# ringpost vs Postfix vs smtp-sink ($DATE)"
   echo
-  echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), spool on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
-  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!tuning/results' || echo ' (dirty)')"
+  machine_line
   echo "- ringpost fsync on, relaying to a sink; Postfix $(postconf -h mail_version) relaying to the same sink; smtp-sink stores nothing"
   echo "- CPUs: servers on CPU $SERVER_CPUS (ringpost with one worker), load generator and sink on CPUs $CLIENT_CPUS: figures are per server core"
   echo "- load: ringpost-bench compare, $ROUNDS interleaved rounds per cell, medians"

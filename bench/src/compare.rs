@@ -106,6 +106,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One bar: (target index, height, opacity, inset from the slot's edges).
+type Bar = (usize, f64, f64, u32);
+
+/// A bar chart of one value per target on `area`.
+fn bars<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    rows: &[Row],
+    bars: &[Bar],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    let max = bars.iter().map(|b| b.1).fold(0.0, f64::max) * 1.15;
+    let mut c = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 15))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0u32..rows.len() as u32).into_segmented(), 0f64..max.max(1.0))?;
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => rows.get(*i as usize).map(|r| r.name.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()?;
+    c.draw_series(bars.iter().map(|&(i, h, opacity, inset)| {
+        let mut bar = Rectangle::new(
+            [(SegmentValue::Exact(i as u32), 0.0), (SegmentValue::Exact(i as u32 + 1), h)],
+            Palette99::pick(i).mix(opacity).filled(),
+        );
+        bar.set_margin(0, 0, inset, inset);
+        bar
+    }))?;
+    Ok(())
+}
+
 /// Two bar charts side by side: median throughput, and p50/p99 latency.
 fn chart(path: &PathBuf, rows: &[Row], load: &Load) -> anyhow::Result<()> {
     use plotters::prelude::*;
@@ -119,58 +158,11 @@ fn chart(path: &PathBuf, rows: &[Row], load: &Load) -> anyhow::Result<()> {
     );
     let root = root.titled(&title, ("sans-serif", 18))?;
     let (left, right) = root.split_horizontally(450);
-    let n = rows.len() as u32;
-    let max_rate = rows.iter().map(|r| r.rate).fold(0.0, f64::max) * 1.15;
-    let mut c = ChartBuilder::on(&left)
-        .caption("throughput (msg/s, median)", ("sans-serif", 15))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0u32..n).into_segmented(), 0f64..max_rate.max(1.0))?;
-    c.configure_mesh()
-        .disable_x_mesh()
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => rows.get(*i as usize).map(|r| r.name.clone()).unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()?;
-    c.draw_series(rows.iter().enumerate().map(|(i, r)| {
-        let x0 = SegmentValue::Exact(i as u32);
-        let x1 = SegmentValue::Exact(i as u32 + 1);
-        let mut bar = Rectangle::new([(x0, 0.0), (x1, r.rate)], Palette99::pick(i).filled());
-        bar.set_margin(0, 0, 8, 8);
-        bar
-    }))?;
-    let max_lat = rows.iter().map(|r| r.p99).fold(0.0, f64::max) * 1.15;
-    let mut c = ChartBuilder::on(&right)
-        .caption("latency MAIL..250 (us): p50 solid, p99 light", ("sans-serif", 15))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0u32..n).into_segmented(), 0f64..max_lat.max(1.0))?;
-    c.configure_mesh()
-        .disable_x_mesh()
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => rows.get(*i as usize).map(|r| r.name.clone()).unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()?;
-    c.draw_series(rows.iter().enumerate().map(|(i, r)| {
-        let mut bar = Rectangle::new(
-            [(SegmentValue::Exact(i as u32), 0.0), (SegmentValue::Exact(i as u32 + 1), r.p99)],
-            Palette99::pick(i).mix(0.35).filled(),
-        );
-        bar.set_margin(0, 0, 8, 8);
-        bar
-    }))?;
-    c.draw_series(rows.iter().enumerate().map(|(i, r)| {
-        let mut bar = Rectangle::new(
-            [(SegmentValue::Exact(i as u32), 0.0), (SegmentValue::Exact(i as u32 + 1), r.p50)],
-            Palette99::pick(i).filled(),
-        );
-        bar.set_margin(0, 0, 16, 16);
-        bar
-    }))?;
+    let rate: Vec<Bar> = rows.iter().enumerate().map(|(i, r)| (i, r.rate, 1.0, 8)).collect();
+    bars(&left, "throughput (msg/s, median)", rows, &rate)?;
+    let mut latency: Vec<Bar> = rows.iter().enumerate().map(|(i, r)| (i, r.p99, 0.35, 8)).collect();
+    latency.extend(rows.iter().enumerate().map(|(i, r)| (i, r.p50, 1.0, 16)));
+    bars(&right, "latency MAIL..250 (us): p50 solid, p99 light", rows, &latency)?;
     root.present()?;
     Ok(())
 }
