@@ -125,41 +125,28 @@ fn swaks_plain_pipelining_and_tls_auth() {
         "20",
     ]));
     assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
-    let out = run(Command::new("swaks").args([
-        "--server",
-        &server,
-        "--from",
-        USER,
-        "--to",
-        "far@elsewhere.test",
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        USER,
-        "--auth-password",
-        PASSWORD,
-        "--timeout",
-        "20",
-    ]));
+    let auth = |mechanism: &str| {
+        run(Command::new("swaks").args([
+            "--server",
+            &server,
+            "--from",
+            USER,
+            "--to",
+            "far@elsewhere.test",
+            "--tls",
+            "--auth",
+            mechanism,
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--timeout",
+            "20",
+        ]))
+    };
+    let out = auth("PLAIN");
     assert!(out.contains("235 2.7.0") && out.contains("250 2.0.0 Ok: queued as"), "{out}");
-    let out = run(Command::new("swaks").args([
-        "--server",
-        &server,
-        "--from",
-        USER,
-        "--to",
-        "far@elsewhere.test",
-        "--tls",
-        "--auth",
-        "LOGIN",
-        "--auth-user",
-        USER,
-        "--auth-password",
-        PASSWORD,
-        "--timeout",
-        "20",
-    ]));
+    let out = auth("LOGIN");
     assert!(out.contains("235 2.7.0"), "{out}");
     assert_eq!(srv.queued_messages(), 3);
 }

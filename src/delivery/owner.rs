@@ -150,10 +150,11 @@ impl Owner {
         monoio::spawn(self.clone().compactor());
     }
 
-    /// A message was just accepted: plan its first attempt.
-    pub fn enqueue_new(&self, env: Envelope) {
+    /// A message was just accepted: plan its first attempt (nothing on hold;
+    /// the envelope is copied only when it will be used).
+    pub fn enqueue_new(&self, env: &Envelope) {
         if !self.cfg.hold {
-            self.push(env.id, Some(Rc::new(env)));
+            self.push(env.id, Some(Rc::new(env.clone())));
         }
     }
 
@@ -538,7 +539,7 @@ impl Owner {
             Ok(Ok(_)) => {
                 inc(&self.metrics.dsns);
                 tracing::info!(target: "delivery", id = %env.id, dsn = %dsn_id, to = %dsn.to, "DSN queued");
-                self.enqueue_new(dsn_env);
+                self.enqueue_new(&dsn_env);
                 true
             }
             other => {

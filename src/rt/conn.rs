@@ -235,7 +235,7 @@ impl Driver {
                 m.store_latency.observe_us(started.elapsed().as_micros() as u64);
                 tracing::info!(id = %id, from = %msg.envelope.reverse_path, rcpts = msg.envelope.recipients.len(),
                     size, client = %msg.envelope.client_ip.map(|i| i.to_string()).unwrap_or_default(), "queued");
-                self.w.owner.enqueue_new(msg.envelope.clone());
+                self.w.owner.enqueue_new(&msg.envelope);
                 Ok(())
             }
             Ok(Err(e)) => {
