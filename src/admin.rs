@@ -368,6 +368,16 @@ impl Admin {
             "ringpost_store_latency_seconds",
             "End of data to durable (group commit wait)",
         );
+        s.write_latency.render(
+            &mut out,
+            "ringpost_spool_write_seconds",
+            "Group commit write of one batch (new segment included)",
+        );
+        s.sync_latency.render(
+            &mut out,
+            "ringpost_spool_fdatasync_seconds",
+            "Group commit fdatasync of one batch",
+        );
         out
     }
 }

@@ -1,4 +1,7 @@
-//! `blast`: N connections, M messages, measured from MAIL FROM to the final 250.
+//! `blast`: N connections, M messages, measured from MAIL FROM to the final 250
+//! (and, separately, from the end of the content to that 250: the server's
+//! store latency as the client sees it). With `--rate`, messages start on a
+//! fixed schedule instead of as fast as the server answers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +45,10 @@ pub struct Load {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Start messages at this many per second in total (0 = as fast as the
+    /// server answers). Needs enough connections to carry the rate.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -65,7 +72,10 @@ pub struct Summary {
     pub elapsed_s: f64,
     /// Accepted messages per second.
     pub rate: f64,
+    /// MAIL FROM to the final 250, microseconds.
     pub latency: hdrhistogram::Histogram<u64>,
+    /// End of the content (the `.` line sent) to the final 250, microseconds.
+    pub data_latency: hdrhistogram::Histogram<u64>,
 }
 
 impl Summary {
@@ -77,12 +87,14 @@ impl Summary {
             "elapsed_s": self.elapsed_s,
             "rate": self.rate,
             "latency_us": crate::latency_json(&self.latency),
+            "data_to_250_us": crate::latency_json(&self.data_latency),
         })
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{} accepted, {} rejected, {} errors in {:.2} s: {:.0} msg/s; latency p50 {} us, p99 {} us, max {} us",
+            "{} accepted, {} rejected, {} errors in {:.2} s: {:.0} msg/s; latency p50 {} us, p99 {} us, max {} us; \
+             end of data to 250 p50 {} us, p99 {} us",
             self.accepted,
             self.rejected,
             self.errors,
@@ -90,7 +102,9 @@ impl Summary {
             self.rate,
             self.latency.value_at_quantile(0.5),
             self.latency.value_at_quantile(0.99),
-            self.latency.max()
+            self.latency.max(),
+            self.data_latency.value_at_quantile(0.5),
+            self.data_latency.value_at_quantile(0.99),
         )
     }
 }
@@ -121,19 +135,31 @@ pub fn measure(target: SocketAddr, load: &Load, progress: bool) -> anyhow::Resul
     if load.connections == 0 || load.messages == 0 {
         bail!("--connections and --messages must be above 0");
     }
+    if !load.rate.is_finite() || load.rate < 0.0 {
+        bail!("--rate must be 0 (unpaced) or a positive number of messages per second");
+    }
     let threads = crate::threads().min(load.connections);
     let left = Arc::new(AtomicU64::new(load.messages));
     let totals = Arc::new(Totals::default());
-    let hist = Arc::new(Mutex::new(crate::new_histogram()));
+    let hist = Arc::new(Mutex::new(Hists::default()));
     let tls = ringpost::rt::transport::opportunistic_client_config().map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(load.timeout);
+    let pace = Arc::new(Pace { start: started, rate: load.rate, issued: AtomicU64::new(0) });
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let conns = load.connections / threads + usize::from(t < load.connections % threads);
-            let (load, left, totals, hist, tls) =
-                (load.clone(), left.clone(), totals.clone(), hist.clone(), tls.clone());
-            std::thread::spawn(move || thread_main(t, conns, target, load, left, totals, hist, tls, deadline))
+            let shared = Shared {
+                target,
+                load: load.clone(),
+                left: left.clone(),
+                totals: totals.clone(),
+                hist: hist.clone(),
+                tls: tls.clone(),
+                pace: pace.clone(),
+                deadline,
+            };
+            std::thread::spawn(move || thread_main(t, conns, shared))
         })
         .collect();
     let bar = progress.then(|| {
@@ -158,7 +184,7 @@ pub fn measure(target: SocketAddr, load: &Load, progress: bool) -> anyhow::Resul
         h.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
     }
     let elapsed_s = started.elapsed().as_secs_f64();
-    let latency = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let hists = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let accepted = totals.accepted.load(Ordering::Relaxed);
     Ok(Summary {
         accepted,
@@ -166,46 +192,85 @@ pub fn measure(target: SocketAddr, load: &Load, progress: bool) -> anyhow::Resul
         errors: totals.errors.load(Ordering::Relaxed),
         elapsed_s,
         rate: accepted as f64 / elapsed_s,
-        latency,
+        latency: hists.whole,
+        data_latency: hists.data,
     })
 }
 
-#[allow(clippy::too_many_arguments)] // reason: one call site, thread entry point
-fn thread_main(
-    thread: usize,
-    conns: usize,
+/// The two latency histograms of a run.
+#[derive(Clone)]
+struct Hists {
+    whole: hdrhistogram::Histogram<u64>,
+    data: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Hists {
+    fn default() -> Hists {
+        Hists { whole: crate::new_histogram(), data: crate::new_histogram() }
+    }
+}
+
+impl Hists {
+    fn add(&mut self, other: &Hists) -> anyhow::Result<()> {
+        self.whole.add(&other.whole).context("merge histograms")?;
+        self.data.add(&other.data).context("merge histograms")
+    }
+}
+
+/// The start schedule of `--rate`: message k starts at `start + k / rate`.
+struct Pace {
+    start: Instant,
+    rate: f64,
+    issued: AtomicU64,
+}
+
+impl Pace {
+    /// Waits for the next free start slot (at once when unpaced).
+    async fn wait_turn(&self) {
+        if self.rate > 0.0 {
+            let k = self.issued.fetch_add(1, Ordering::Relaxed);
+            let due = self.start + Duration::from_secs_f64(k as f64 / self.rate);
+            monoio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// What every load thread shares.
+struct Shared {
     target: SocketAddr,
     load: Load,
     left: Arc<AtomicU64>,
     totals: Arc<Totals>,
-    hist: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    hist: Arc<Mutex<Hists>>,
     tls: Arc<rustls::ClientConfig>,
+    pace: Arc<Pace>,
     deadline: Instant,
-) -> anyhow::Result<()> {
+}
+
+fn thread_main(thread: usize, conns: usize, shared: Shared) -> anyhow::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .enable_timer()
         .build()
         .context("io_uring runtime")?;
+    let shared = Rc::new(shared);
+    let hist = shared.hist.clone();
     let local = rt.block_on(async move {
-        let local = Rc::new(std::cell::RefCell::new(crate::new_histogram()));
+        let local = Rc::new(std::cell::RefCell::new(Hists::default()));
         let tasks: Vec<_> = (0..conns)
             .map(|c| {
-                let (load, left, totals, local, tls) =
-                    (load.clone(), left.clone(), totals.clone(), local.clone(), tls.clone());
+                let (shared, local) = (shared.clone(), local.clone());
                 monoio::spawn(async move {
                     let id = thread * 100_000 + c;
                     let mut failures = 0;
-                    while left.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-                        let r = monoio::time::timeout_at(
-                            deadline.into(),
-                            connection(id, target, &load, &left, &totals, &local, &tls),
-                        )
-                        .await;
+                    let deadline = shared.deadline;
+                    while shared.left.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                        let r =
+                            monoio::time::timeout_at(deadline.into(), connection(id, &shared, &local)).await;
                         if matches!(r, Ok(Ok(()))) {
                             failures = 0;
                             continue;
                         }
-                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                        shared.totals.errors.fetch_add(1, Ordering::Relaxed);
                         failures += 1;
                         if failures >= MAX_CONSECUTIVE_FAILURES {
                             break; // the target is down or refusing us: stop this connection
@@ -220,7 +285,7 @@ fn thread_main(
         }
         Rc::try_unwrap(local).map(|c| c.into_inner()).unwrap_or_else(|rc| rc.borrow().clone())
     });
-    hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.add(&local).context("merge histograms")?;
+    hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.add(&local)?;
     Ok(())
 }
 
@@ -230,18 +295,12 @@ fn claim(left: &AtomicU64) -> bool {
 }
 
 /// A client connection: greeting, EHLO, (STARTTLS, EHLO), messages, QUIT.
-async fn connection(
-    id: usize,
-    target: SocketAddr,
-    load: &Load,
-    left: &AtomicU64,
-    totals: &Totals,
-    hist: &std::cell::RefCell<hdrhistogram::Histogram<u64>>,
-    tls: &Arc<rustls::ClientConfig>,
-) -> anyhow::Result<()> {
+async fn connection(id: usize, shared: &Shared, hists: &std::cell::RefCell<Hists>) -> anyhow::Result<()> {
+    let (target, load, totals) = (shared.target, &shared.load, &shared.totals);
     let stream = TcpStream::connect(target).await.context("connect")?;
     stream.set_nodelay(true)?;
-    let mut c = Conn { transport: Transport::Plain(stream), buf: Vec::with_capacity(4096), pos: 0 };
+    let mut c =
+        Conn { transport: Transport::Plain(stream), buf: Vec::with_capacity(4096), pos: 0, size_ok: false };
     c.expect(220).await?;
     c.send(b"EHLO bench.test\r\n".to_vec()).await?;
     c.expect(250).await?;
@@ -251,7 +310,7 @@ async fn connection(
         c.buf.clear();
         c.pos = 0;
         c.transport
-            .upgrade_tls_client(tls.clone(), &target.ip().to_string())
+            .upgrade_tls_client(shared.tls.clone(), &target.ip().to_string())
             .await
             .context("TLS handshake")?;
         c.send(b"EHLO bench.test\r\n".to_vec()).await?;
@@ -259,14 +318,17 @@ async fn connection(
     }
     let mut sent = 0u64;
     while load.per_connection == 0 || sent < load.per_connection {
-        if !claim(left) {
+        if !claim(&shared.left) {
             break;
         }
+        shared.pace.wait_turn().await;
         sent += 1;
         let t0 = Instant::now();
-        if c.transaction(load, id, sent).await? {
+        if let Some(data_sent) = c.transaction(load, id, sent).await? {
             totals.accepted.fetch_add(1, Ordering::Relaxed);
-            let _ = hist.borrow_mut().record(t0.elapsed().as_micros().max(1) as u64);
+            let mut h = hists.borrow_mut();
+            let _ = h.whole.record(t0.elapsed().as_micros().max(1) as u64);
+            let _ = h.data.record(data_sent.elapsed().as_micros().max(1) as u64);
         } else {
             totals.rejected.fetch_add(1, Ordering::Relaxed);
         }
@@ -281,6 +343,8 @@ struct Conn {
     transport: Transport,
     buf: Vec<u8>,
     pos: usize,
+    /// The server advertised SIZE (RFC 1870): declare each message's size.
+    size_ok: bool,
 }
 
 impl Conn {
@@ -298,6 +362,9 @@ impl Conn {
                 self.pos += nl + 1;
                 if line.len() < 4 {
                     bail!("short reply line");
+                }
+                if line[4..].len() >= 4 && line[4..8].eq_ignore_ascii_case(b"SIZE") {
+                    self.size_ok = true;
                 }
                 if line[3] != b'-' {
                     let code = std::str::from_utf8(&line[..3])?.parse()?;
@@ -330,9 +397,12 @@ impl Conn {
         Ok(())
     }
 
-    /// One message. Ok(true): accepted; Ok(false): refused somewhere.
-    async fn transaction(&mut self, load: &Load, id: usize, n: u64) -> anyhow::Result<bool> {
-        let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", load.from, load.to);
+    /// One message. Ok(Some(when the content was sent)): accepted;
+    /// Ok(None): refused somewhere.
+    async fn transaction(&mut self, load: &Load, id: usize, n: u64) -> anyhow::Result<Option<Instant>> {
+        let content = message(load, id, n);
+        let size = if self.size_ok { format!(" SIZE={}", content.len() - 3) } else { String::new() };
+        let envelope = format!("MAIL FROM:<{}>{size}\r\nRCPT TO:<{}>\r\nDATA\r\n", load.from, load.to);
         if load.pipelining {
             self.send(envelope.into_bytes()).await?;
             let codes = [self.reply().await?, self.reply().await?, self.reply().await?];
@@ -343,7 +413,7 @@ impl Conn {
                 }
                 self.send(b"RSET\r\n".to_vec()).await?;
                 self.reply().await?;
-                return Ok(false);
+                return Ok(None);
             }
         } else {
             for (line, want) in envelope.split_inclusive("\r\n").zip([250, 250, 354]) {
@@ -351,12 +421,13 @@ impl Conn {
                 if self.reply().await? != want {
                     self.send(b"RSET\r\n".to_vec()).await?;
                     self.reply().await?;
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         }
-        self.send(message(load, id, n)).await?;
-        Ok(self.reply().await? == 250)
+        self.send(content).await?;
+        let sent = Instant::now();
+        Ok((self.reply().await? == 250).then_some(sent))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use monoio::buf::IoBufMut;
 use monoio::fs::File;
 
 use super::index::Location;
@@ -26,10 +27,15 @@ pub enum ReadError {
 pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>, ReadError> {
     let path = segment::segment_path(dir, family, loc.seq);
     let file = File::open(&path).await?;
-    let buf = vec![0u8; loc.len as usize];
-    let (res, buf) = file.read_exact_at(buf, loc.offset).await;
+    // Read into the spare capacity of exactly `len` bytes: no zeroing first.
+    let len = loc.len as usize;
+    let (res, buf) = file.read_exact_at(Vec::with_capacity(len).slice_mut(0..len), loc.offset).await;
+    let buf = buf.into_inner();
     res?;
     let _ = file.close().await;
+    if buf.len() != len {
+        return Err(ReadError::NotMessage);
+    }
     let h = Header::parse(&buf)?;
     if h.kind != Kind::Message || h.len as usize + HEADER_LEN != buf.len() {
         return Err(ReadError::NotMessage);

@@ -21,6 +21,11 @@ use super::segment::{self, FILE_HEADER_LEN};
 use super::AppendError;
 use crate::envelope::{Envelope, QueueId};
 
+/// Largest batch buffer kept for the next batch. Big messages make big
+/// batches; keeping the buffer spares growing (copying) a new one and the
+/// kernel zeroing its fresh pages, at a bounded cost in idle memory.
+const RETAINED_BATCH: usize = 32 << 20;
+
 /// Counters shared with the admin thread (all workers add into one).
 #[derive(Debug, Default)]
 pub struct SpoolStats {
@@ -31,6 +36,10 @@ pub struct SpoolStats {
     pub commit_failures: AtomicU64,
     pub segments_created: AtomicU64,
     pub segments_deleted: AtomicU64,
+    /// Time of each batch's write (steps 4-5: a new segment, if any, and the write).
+    pub write_latency: crate::metrics::Histogram,
+    /// Time of each batch's fdatasync (step 6).
+    pub sync_latency: crate::metrics::Histogram,
 }
 
 /// A record made durable: the message it concerns, and where it landed.
@@ -293,6 +302,7 @@ impl Spool {
     /// the batch buffer back (it went to the kernel by value).
     async fn commit(&self, batch: Vec<u8>) -> (Result<(u64, u64), AppendError>, Vec<u8>) {
         let len = batch.len() as u64;
+        let started = crate::rt::clock::instant();
         let (file, seq, end) = match self.segment_for(len).await {
             Ok(found) => found,
             Err(e) => return (Err(e), batch),
@@ -302,9 +312,16 @@ impl Spool {
             self.truncate_after_failed_write(&file, end);
             return (Err(AppendError::from_io(&e)), batch);
         }
-        let fsync = self.inner.borrow().fsync;
+        let (fsync, stats) = {
+            let i = self.inner.borrow();
+            (i.fsync, i.stats.clone())
+        };
+        stats.write_latency.observe_us(started.elapsed().as_micros() as u64);
         if fsync {
-            if let Err(e) = file.sync_data().await {
+            let synced = crate::rt::clock::instant();
+            let res = file.sync_data().await;
+            stats.sync_latency.observe_us(synced.elapsed().as_micros() as u64);
+            if let Err(e) = res {
                 tracing::error!(error = %e, "spool fdatasync failed; abandoning segment");
                 self.inner.borrow_mut().current = None;
                 return (Err(AppendError::from_io(&e)), batch);
@@ -411,7 +428,7 @@ impl Spool {
             }
         }
         batch.clear();
-        if batch.capacity() <= 1 << 22 {
+        if batch.capacity() <= RETAINED_BATCH {
             i.spare = batch;
         }
     }

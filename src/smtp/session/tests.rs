@@ -559,3 +559,20 @@ fn mail_loops_are_refused_at_end_of_data() {
     let out = h.send(&format!("{fine}Subject: x\r\n\r\n{body_has_more}.\r\n"));
     assert!(out.starts_with("250"), "{out}");
 }
+
+#[test]
+fn declared_size_reserves_the_content_buffer_within_bounds() {
+    let mut cfg = config(Kind::Mx);
+    cfg.max_message_size = 10 << 20;
+    let mut h = Harness::with_config(cfg, "192.0.2.1", false);
+    h.greet();
+    assert!(h.send("MAIL FROM:<a@b.test> SIZE=100000\r\nRCPT TO:<alice@example.test>\r\n").contains("250"));
+    assert!(h.send("DATA\r\n").starts_with("354"));
+    assert!(h.s.body.capacity() >= 100_000, "reserved {}", h.s.body.capacity());
+    assert!(h.send(".\r\n").starts_with("250"));
+    // A declared size far beyond what is typical reserves only the bound.
+    assert!(h.send("MAIL FROM:<a@b.test> SIZE=9000000\r\nRCPT TO:<alice@example.test>\r\n").contains("250"));
+    assert!(h.send("DATA\r\n").starts_with("354"));
+    let cap = h.s.body.capacity();
+    assert!((256 * 1024..512 * 1024).contains(&cap), "reserved {cap}");
+}
