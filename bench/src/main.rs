@@ -39,6 +39,10 @@ enum Command {
         /// Exit after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Keep the number of messages received so far in this file (for
+        /// `compare --sink-count`).
+        #[arg(long)]
+        count_file: Option<PathBuf>,
     },
 }
 
@@ -47,7 +51,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Blast(args) => blast::run(args),
         Command::Compare(args) => compare::run(args),
-        Command::Sink { listen, json, expect, timeout } => sink::run(listen, json, expect, timeout),
+        Command::Sink { listen, json, expect, timeout, count_file } => {
+            sink::run(listen, json, expect, timeout, count_file)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ pub fn run(
     json: Option<PathBuf>,
     expect: Option<u64>,
     timeout: u64,
+    count_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let count = Arc::new(AtomicU64::new(0));
     let threads = crate::threads();
@@ -46,9 +47,16 @@ pub fn run(
     println!("ringpost-bench sink: listening on {listen}");
     let started = Instant::now();
     let deadline = started + Duration::from_secs(timeout);
+    let mut published = None;
     loop {
         std::thread::sleep(Duration::from_millis(20));
         let n = count.load(Ordering::Relaxed);
+        if let Some(path) = &count_file {
+            if published != Some(n) {
+                publish_count(path, n).with_context(|| format!("writing {}", path.display()))?;
+                published = Some(n);
+            }
+        }
         if expect.is_some_and(|e| n >= e) || Instant::now() >= deadline {
             break;
         }
@@ -78,6 +86,18 @@ pub fn run(
     }
     // Serving threads are still blocked in accept; the summary is out, so end here.
     std::process::exit(0);
+}
+
+/// Replaces the count file atomically (a reader never sees a partial number).
+fn publish_count(path: &std::path::Path, n: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{n}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a count file written by a sink (`None` until there is one).
+pub fn read_count(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// One listening socket per thread on the same port (SO_REUSEPORT), so each

@@ -13,7 +13,7 @@ use super::route::NextHop;
 use super::DeliveryConfig;
 use crate::envelope::Envelope;
 use crate::rt::clock::instant;
-use crate::rt::transport::{ReadOutcome, Transport, READ_CHUNK};
+use crate::rt::transport::{ReadOutcome, Transport, READ_MIN};
 use crate::smtp::client::{
     body, Client, ClientConfig as SmtpClientConfig, Event, Failure, OutRecipient, Outgoing, RcptResult,
 };
@@ -93,7 +93,7 @@ impl Outbound {
         let mut o = Outbound {
             transport: Transport::Plain(stream),
             client: Client::new(client_config(cfg, starttls), instant()),
-            rbuf: Vec::with_capacity(READ_CHUNK),
+            rbuf: Vec::with_capacity(READ_MIN),
             start: 0,
             wbuf: Vec::new(),
             host: host.to_owned(),

@@ -13,7 +13,7 @@ use monoio::net::TcpStream;
 
 use super::clock::{instant, now};
 use super::signal::{CLOSING, DRAINING};
-use super::transport::{ReadOutcome, Transport, READ_CHUNK};
+use super::transport::{ReadOutcome, Transport, READ_MIN};
 use super::worker::{ListenerCtx, WorkerCtx};
 use crate::metrics::inc;
 use crate::policy::canonical;
@@ -45,7 +45,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: 
     let mut d = Driver {
         transport,
         session,
-        rbuf: Vec::with_capacity(READ_CHUNK),
+        rbuf: Vec::with_capacity(READ_MIN),
         start: 0,
         wbuf: Vec::new(),
         seen_stage: 0,

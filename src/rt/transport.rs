@@ -24,8 +24,13 @@ use rustls::{
 
 use crate::smtp::session::TlsInfo;
 
-/// Bytes of free space guaranteed before each socket read.
+/// Most free space a socket read asks for: the size reads grow to while a
+/// peer streams message content.
 pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Least free space a socket read asks for, and what a session starts with:
+/// commands are short, and an idle session should cost little memory.
+pub const READ_MIN: usize = 1024;
 
 /// What one read produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,14 +165,19 @@ async fn read_tcp(
     mut buf: Vec<u8>,
     cancel: CancelHandle,
 ) -> (io::Result<ReadOutcome>, Vec<u8>) {
-    if buf.capacity() - buf.len() < READ_CHUNK {
-        buf.reserve(READ_CHUNK);
+    if buf.capacity() - buf.len() < READ_MIN {
+        buf.reserve(READ_MIN);
     }
     let len = buf.len();
     let cap = buf.capacity();
     let slice: SliceMut<Vec<u8>> = buf.slice_mut(len..cap);
     let (res, slice) = tcp.cancelable_read(slice, cancel).await;
-    let buf = slice.into_inner();
+    let mut buf = slice.into_inner();
+    // The read filled all the space it had: the peer is streaming, so offer
+    // more next time (doubling, up to READ_CHUNK of free space).
+    if matches!(res, Ok(n) if n == cap - len) && cap - len < READ_CHUNK {
+        buf.reserve((cap - len) * 2);
+    }
     let outcome = match res {
         Ok(0) => Ok(ReadOutcome::Eof),
         Ok(n) => Ok(ReadOutcome::Data(n)),
@@ -379,5 +389,48 @@ impl TlsConn {
             .and_then(|s| s.suite().as_str())
             .map_or_else(|| "unknown".to_owned(), str::to_owned);
         TlsInfo { version, cipher }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests
+    use super::*;
+    use monoio::io::Canceller;
+
+    #[test]
+    fn read_space_starts_small_and_grows_while_the_peer_streams() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap();
+        rt.block_on(async {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let sender = monoio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let (res, _) = s.write_all(b"EHLO x\r\n".to_vec()).await;
+                res.unwrap();
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let (res, _) = s.write_all(vec![b'a'; 256 * 1024]).await;
+                res.unwrap();
+            });
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::with_capacity(READ_MIN);
+            let (res, b) = read_tcp(&mut tcp, buf, Canceller::new().handle()).await;
+            buf = b;
+            assert!(matches!(res.unwrap(), ReadOutcome::Data(8)));
+            assert!(buf.capacity() < 2 * READ_MIN, "a command leaves the buffer small: {}", buf.capacity());
+            let mut total = 0;
+            let mut reads = 0;
+            while total < 256 * 1024 {
+                buf.clear();
+                let (res, b) = read_tcp(&mut tcp, buf, Canceller::new().handle()).await;
+                buf = b;
+                let ReadOutcome::Data(n) = res.unwrap() else { panic!("eof") };
+                total += n;
+                reads += 1;
+            }
+            assert!(buf.capacity() >= READ_CHUNK, "streaming grows the buffer: {}", buf.capacity());
+            assert!(reads < 256 * 1024 / READ_MIN / 2, "{reads} reads for 256 KiB");
+            sender.await;
+        });
     }
 }
