@@ -125,6 +125,9 @@ struct Totals {
     accepted: AtomicU64,
     rejected: AtomicU64,
     errors: AtomicU64,
+    /// When the last message got its answer, in nanoseconds from the start:
+    /// the end of the measured interval.
+    last_answer_ns: AtomicU64,
 }
 
 /// A connection slot gives up after this many failed connections in a row.
@@ -183,7 +186,8 @@ pub fn measure(target: SocketAddr, load: &Load, progress: bool) -> anyhow::Resul
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
+    let last = totals.last_answer_ns.load(Ordering::Relaxed);
+    let elapsed_s = if last > 0 { last as f64 / 1e9 } else { started.elapsed().as_secs_f64() };
     let hists = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let accepted = totals.accepted.load(Ordering::Relaxed);
     Ok(Summary {
@@ -332,6 +336,8 @@ async fn connection(id: usize, shared: &Shared, hists: &std::cell::RefCell<Hists
         } else {
             totals.rejected.fetch_add(1, Ordering::Relaxed);
         }
+        let at = shared.pace.start.elapsed().as_nanos() as u64;
+        totals.last_answer_ns.fetch_max(at, Ordering::Relaxed);
     }
     c.send(b"QUIT\r\n".to_vec()).await?;
     let _ = c.reply().await;

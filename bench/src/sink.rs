@@ -49,7 +49,7 @@ pub fn run(
     let deadline = started + Duration::from_secs(timeout);
     let mut published = None;
     loop {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
         let n = count.load(Ordering::Relaxed);
         if let Some(path) = &count_file {
             if published != Some(n) {
