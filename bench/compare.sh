@@ -40,9 +40,9 @@ if [ "$(nproc)" -lt 2 ]; then CLIENT_CPUS=0; fi
 DATE=$(date -u +%Y-%m-%d)
 OUT=tuning/results/$DATE.md
 
-if ! command -v postfix >/dev/null || ! command -v smtp-sink >/dev/null; then
+if ! command -v postfix >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v python3 >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q --no-install-recommends postfix
+  apt-get update -q && apt-get install -y -q --no-install-recommends postfix python3
 fi
 cargo build --release -q --workspace
 BIN=target/release/ringpost
