@@ -96,6 +96,8 @@ struct Inner {
     items: Vec<Item>,
     spare: Vec<u8>,
     waker: Option<Waker>,
+    /// The janitor task, waiting for segments to delete.
+    janitor: Option<Waker>,
     closed: bool,
     stats: Arc<SpoolStats>,
 }
@@ -131,6 +133,7 @@ impl Spool {
             items: Vec::new(),
             spare: Vec::with_capacity(1 << 16),
             waker: None,
+            janitor: None,
             closed: false,
             stats,
         };
@@ -272,11 +275,59 @@ impl Spool {
     }
 
     /// The commit loop. Runs until [`Spool::close`] and the last batch is done.
+    /// Spent segments are deleted by a janitor task beside it: unlinking a big
+    /// file and syncing the directory takes tens of milliseconds on ext4, and
+    /// commits must not wait for that.
     pub async fn run_committer(self) {
+        let janitor = monoio::spawn(self.clone().run_janitor());
         while let Some((batch, items)) = self.next_batch().await {
             let (result, batch) = self.commit(batch).await;
             self.settle(batch, items, result);
-            self.delete_dead_segments().await;
+            if let Some(w) = self.inner.borrow_mut().janitor.take() {
+                w.wake();
+            }
+        }
+        if let Some(w) = self.inner.borrow_mut().janitor.take() {
+            w.wake();
+        }
+        janitor.await;
+    }
+
+    /// Step 9, off the commit path: waits for spent segments and deletes
+    /// them; returns once the spool is closed and nothing is left to delete.
+    async fn run_janitor(self) {
+        loop {
+            let work = poll_fn(|cx| {
+                let mut i = self.inner.borrow_mut();
+                if !i.index.deletable(i.current.as_ref().map(|c| c.seq)).is_empty() {
+                    return Poll::Ready(true);
+                }
+                if i.closed && i.items.is_empty() {
+                    return Poll::Ready(false);
+                }
+                i.janitor = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            if !work {
+                return;
+            }
+            if !self.delete_dead_segments().await {
+                // Unlink failed (logged); try again after the next commit
+                // rather than spinning on it.
+                poll_fn(|cx| {
+                    let mut i = self.inner.borrow_mut();
+                    if i.closed {
+                        return Poll::Ready(());
+                    }
+                    i.janitor = Some(cx.waker().clone());
+                    Poll::Pending
+                })
+                .await;
+                if self.inner.borrow().closed {
+                    return;
+                }
+            }
         }
     }
 
@@ -433,15 +484,15 @@ impl Spool {
         }
     }
 
-    /// Step 9: unlink segments that hold nothing live.
-    async fn delete_dead_segments(&self) {
+    /// Step 9: unlink segments that hold nothing live. False if an unlink failed.
+    async fn delete_dead_segments(&self) -> bool {
         loop {
             let (dir, family, dead) = {
                 let i = self.inner.borrow();
                 (i.dir.clone(), i.family, i.index.deletable(i.current.as_ref().map(|c| c.seq)))
             };
             if dead.is_empty() {
-                return;
+                return true;
             }
             for seq in dead {
                 let path = segment::segment_path(&dir, family, seq);
@@ -450,7 +501,7 @@ impl Spool {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "cannot delete spent segment");
-                        return;
+                        return false;
                     }
                 }
                 let mut i = self.inner.borrow_mut();
