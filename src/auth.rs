@@ -18,6 +18,36 @@ pub fn hash(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Decodes a base64 SASL response that must be UTF-8 text.
+pub fn decode_b64(b64: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// SASL PLAIN (RFC 4616): `authzid NUL authcid NUL passwd`, base64. The
+/// authorization identity must be empty or the user's own. Returns the user
+/// and the password.
+pub fn parse_plain(b64: &str) -> Result<(String, String), PlainError> {
+    let text = decode_b64(b64).ok_or(PlainError::Base64)?;
+    let mut parts = text.split('\0');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(authz), Some(user), Some(pass), None) if authz.is_empty() || authz == user => {
+            Ok((user.to_owned(), pass.to_owned()))
+        }
+        _ => Err(PlainError::Malformed),
+    }
+}
+
+/// Why a SASL PLAIN response was refused before any password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainError {
+    /// Not base64 of UTF-8 text.
+    Base64,
+    /// Not three fields, or a foreign authorization identity.
+    Malformed,
+}
+
 /// Checks `password` against a PHC hash; `None` (unknown user) always fails,
 /// after the same amount of work.
 pub fn verify(hash: Option<&str>, password: &str) -> bool {

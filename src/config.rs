@@ -373,9 +373,6 @@ impl Config {
         }
         for (i, l) in self.listeners.iter().enumerate() {
             let key = format!("listener[{i}]");
-            if l.get_ref().kind == ListenerKind::Pop3 {
-                return Err(at(l.span(), &key, "kind = \"pop3\" is not implemented in this version"));
-            }
             if l.get_ref().tls != TlsMode::None && self.tls.is_none() {
                 return Err(at(l.span(), &format!("{key}.tls"), "needs a [tls] section with cert and key"));
             }

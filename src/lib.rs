@@ -34,6 +34,7 @@ pub mod dns;
 pub mod envelope;
 pub mod metrics;
 pub mod policy;
+pub mod pop3;
 pub mod rt;
 pub mod smtp;
 pub mod spool;

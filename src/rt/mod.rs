@@ -13,6 +13,7 @@
 pub mod clock;
 pub mod conn;
 pub mod limits;
+pub mod pop3;
 pub mod signal;
 pub mod transport;
 pub mod worker;
@@ -176,6 +177,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
             session: RwLock::new(Arc::new(session_config(&config, l, policy.clone()))),
             tls: tls_shared.clone(),
             implicit_tls: l.tls == TlsMode::Implicit,
+            pop3: l.kind == ListenerKind::Pop3,
+            mail_dir: config.local.mail_dir.clone(),
         }));
     }
 

@@ -81,6 +81,10 @@ pub struct ListenerCtx {
     pub session: RwLock<Arc<SessionConfig>>,
     pub tls: Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>,
     pub implicit_tls: bool,
+    /// A POP3 listener (else SMTP).
+    pub pop3: bool,
+    /// Where POP3 finds the Maildirs (`local.mail_dir` at startup).
+    pub mail_dir: std::path::PathBuf,
 }
 
 impl ListenerCtx {
@@ -389,7 +393,11 @@ async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx
                         w.opened();
                         let (l, w) = (l.clone(), w.clone());
                         monoio::spawn(async move {
-                            conn::serve(stream, peer, l, w.clone()).await;
+                            if l.pop3 {
+                                super::pop3::serve(stream, peer, l, w.clone()).await;
+                            } else {
+                                conn::serve(stream, peer, l, w.clone()).await;
+                            }
                             drop(guard);
                             w.closed();
                         });

@@ -1,10 +1,8 @@
 //! AUTH PLAIN and AUTH LOGIN (RFC 4954, RFC 4616). Checking the password is the
 //! shell's job (it is slow on purpose), so the session only collects credentials.
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
 use super::{Event, Now, Phase, Session};
+use crate::auth::decode_b64 as decode;
 use crate::smtp::reply::canned;
 
 /// Where a multi-step SASL exchange stands.
@@ -91,15 +89,10 @@ impl Session {
 
     /// `authzid NUL authcid NUL passwd`; authzid must be empty or the same user.
     fn auth_plain(&mut self, resp: &str) {
-        let Some(text) = decode(resp) else {
-            return self.error(&canned::AUTH_BAD_B64);
-        };
-        let mut parts = text.split('\0');
-        match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(authz), Some(user), Some(pass), None) if authz.is_empty() || authz == user => {
-                self.request_check(user.to_owned(), pass.to_owned())
-            }
-            _ => self.error(&canned::AUTH_FAILED),
+        match crate::auth::parse_plain(resp) {
+            Ok((user, pass)) => self.request_check(user, pass),
+            Err(crate::auth::PlainError::Base64) => self.error(&canned::AUTH_BAD_B64),
+            Err(crate::auth::PlainError::Malformed) => self.error(&canned::AUTH_FAILED),
         }
     }
 
@@ -135,9 +128,4 @@ impl Session {
     pub fn auth_user(&self) -> Option<&str> {
         self.auth_user.as_deref()
     }
-}
-
-fn decode(b64: &str) -> Option<String> {
-    let bytes = B64.decode(b64.trim()).ok()?;
-    String::from_utf8(bytes).ok()
 }

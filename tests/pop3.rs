@@ -1,0 +1,123 @@
+//! POP3 end to end: mail arrives over SMTP, local delivery writes the Maildir,
+//! and Python's poplib reads it over plain text, STLS and implicit TLS.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // reason: tests wait on real time and processes, and fail loudly
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{make_cert, run, test_file, wait_until, Server};
+
+const USER: &str = "alice@example.test";
+const PASSWORD: &str = "pop secret";
+
+fn python(mode: &str, addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(test_file("peers/pop3_check.py"))
+        .arg(mode)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(args);
+    run(&mut cmd)
+}
+
+/// Like [`python`], but a failed check is `false` (for retries).
+fn python_ok(mode: &str, addr: std::net::SocketAddr, args: &[&str]) -> bool {
+    Command::new("python3")
+        .arg(test_file("peers/pop3_check.py"))
+        .arg(mode)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Listeners: [0] mx, [1] pop3 with STLS, [2] pop3 on implicit TLS.
+fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (cert, key) = make_cert(&dir);
+    let hash = ringpost::auth::hash(PASSWORD).unwrap();
+    let extra = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n\
+[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"pop3\"\ntls = \"starttls\"\n\
+[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"pop3\"\ntls = \"implicit\"\n\
+[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+[relay]\nlocal_domains = [\"example.test\"]\n\
+[[user]]\naddress = \"{USER}\"\npassword = \"{hash}\"\n",
+        cert.display(),
+        key.display(),
+    );
+    Server::start_in(&dir, &extra)
+}
+
+fn maildir(srv: &Server) -> PathBuf {
+    srv.dir.join("mail/example.test/alice")
+}
+
+fn files(dir: &Path) -> usize {
+    ["new", "cur"].iter().map(|s| std::fs::read_dir(dir.join(s)).map_or(0, |d| d.count())).sum()
+}
+
+fn deliver(srv: &Server, n: usize) {
+    let before = files(&maildir(srv));
+    let out = python("send", srv.smtp[0], &[&n.to_string(), USER]);
+    assert!(out.contains("ok send"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(20), || files(&maildir(srv)) == before + n),
+        "local delivery: {} files",
+        files(&maildir(srv))
+    );
+}
+
+#[test]
+fn poplib_reads_deletes_and_only_quit_removes() {
+    let srv = server();
+    deliver(&srv, 3);
+    let pop = srv.smtp[1];
+    // Deleting without QUIT removes nothing; the lock goes with the connection
+    // (the next login may race the server noticing the close, hence retries).
+    let out = python("keep", pop, &[USER, PASSWORD, "3"]);
+    assert!(out.contains("ok keep"), "{out}");
+    assert!(wait_until(Duration::from_secs(5), || python_ok("plain", pop, &[USER, PASSWORD, "3"])));
+    assert_eq!(files(&maildir(&srv)), 3);
+    let out = python("read", pop, &[USER, PASSWORD, "3"]);
+    assert!(out.contains("ok read"), "{out}");
+    assert_eq!(files(&maildir(&srv)), 2, "QUIT removed the deleted message");
+    let out = python("read", pop, &[USER, PASSWORD, "2"]);
+    assert!(out.contains("ok read"), "{out}");
+    assert_eq!(files(&maildir(&srv)), 1);
+}
+
+#[test]
+fn one_session_per_maildrop_and_tls_both_ways() {
+    let srv = server();
+    deliver(&srv, 1);
+    let out = python("inuse", srv.smtp[1], &[USER, PASSWORD]);
+    assert!(out.contains("ok inuse"), "{out}");
+    let out = python("stls", srv.smtp[1], &[USER, PASSWORD, "1"]);
+    assert!(out.contains("ok stls"), "{out}");
+    let out = python("pop3s", srv.smtp[2], &[USER, PASSWORD, "1"]);
+    assert!(out.contains("ok pop3s"), "{out}");
+}
+
+#[test]
+fn wrong_passwords_and_unknown_users_are_refused_alike() {
+    let srv = server();
+    let mut c = common::Client::connect(srv.smtp[1]);
+    assert!(c.reply().starts_with("+OK"));
+    for (user, pass) in [(USER, "wrong"), ("nobody@example.test", PASSWORD)] {
+        c.send_str(&format!("USER {user}\r\n"));
+        assert!(c.reply().starts_with("+OK"));
+        c.send_str(&format!("PASS {pass}\r\n"));
+        assert_eq!(c.reply(), "-ERR [AUTH] invalid user name or password\r\n");
+    }
+    c.send_str("STAT\r\n");
+    assert!(c.reply().starts_with("-ERR"));
+    c.send_str(&format!("USER {USER}\r\nPASS x\r\n"));
+    assert!(c.reply().starts_with("+OK"));
+    assert!(c.reply().starts_with("-ERR [AUTH]"));
+    assert!(c.closed(), "three failed logins end the session");
+}
