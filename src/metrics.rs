@@ -31,13 +31,16 @@ pub struct Metrics {
 }
 
 /// Bucket bounds (microseconds) of the store latency histogram.
-pub const LATENCY_BUCKETS_US: [u64; 12] =
-    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+/// Fine between 1 and 5 ms, where group-commit latency lives.
+pub const LATENCY_BUCKETS_US: [u64; 18] = [
+    100, 250, 500, 750, 1_000, 1_500, 2_000, 2_500, 3_000, 4_000, 5_000, 7_500, 10_000, 25_000, 50_000,
+    100_000, 250_000, 1_000_000,
+];
 
 /// A fixed-bucket latency histogram (Prometheus style), lock-free.
 #[derive(Debug, Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; 12],
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
 }
