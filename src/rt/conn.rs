@@ -3,12 +3,10 @@
 //! No protocol decisions are made here.
 
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
 use super::clock::{instant, now};
@@ -27,15 +25,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: 
     let mut tls = None;
     if l.implicit_tls {
         let Some(tls_config) = l.tls_config() else { return };
-        match monoio::time::timeout(config.command_timeout, transport.upgrade_tls(tls_config)).await {
-            Ok(Ok(info)) => {
-                inc(&w.metrics.tls_handshakes);
-                tls = Some(info);
-            }
-            _ => {
-                inc(&w.metrics.tls_failures);
-                return;
-            }
+        match transport.accept_tls(tls_config, config.command_timeout, &w.metrics).await {
+            Some(info) => tls = Some(info),
+            None => return,
         }
     }
     let ip = canonical(peer.ip());
@@ -153,16 +145,8 @@ impl Driver {
         if self.session.output().is_empty() {
             return true;
         }
-        self.session.swap_output(&mut self.wbuf);
-        let buf = std::mem::take(&mut self.wbuf);
-        match monoio::time::timeout(self.write_timeout, self.transport.write_all(buf)).await {
-            Ok((Ok(()), mut buf)) => {
-                buf.clear();
-                self.wbuf = buf;
-                true
-            }
-            _ => false,
-        }
+        let session = &mut self.session;
+        self.transport.send_swapped(&mut self.wbuf, self.write_timeout, |b| session.swap_output(b)).await
     }
 
     /// Reads more input, until the session's deadline or a shutdown stage.
@@ -173,23 +157,9 @@ impl Driver {
             self.start = 0;
         }
         let deadline = self.session.poll_timeout();
-        let canceller = Canceller::new();
         let buf = std::mem::take(&mut self.rbuf);
-        let (res, buf) = {
-            let mut read = pin!(self.transport.read(buf, canceller.handle()));
-            let early = monoio::select! {
-                r = &mut read => Some(r),
-                _ = monoio::time::sleep_until(deadline.into()) => None,
-                _ = self.w.signal.changed(self.seen_stage) => None,
-            };
-            match early {
-                Some(r) => r,
-                None => {
-                    let _ = canceller.cancel();
-                    read.await
-                }
-            }
-        };
+        let (res, buf) =
+            self.transport.read_until(buf, deadline, self.w.signal.changed(self.seen_stage)).await;
         self.rbuf = buf;
         self.apply_stage();
         match res {
@@ -269,16 +239,12 @@ impl Driver {
         self.rbuf.clear();
         self.start = 0;
         let Some(config) = self.l.tls_config() else { return false };
-        match monoio::time::timeout(self.write_timeout, self.transport.upgrade_tls(config)).await {
-            Ok(Ok(info)) => {
-                inc(&self.w.metrics.tls_handshakes);
+        match self.transport.accept_tls(config, self.write_timeout, &self.w.metrics).await {
+            Some(info) => {
                 self.session.handle_tls_established(info, now());
                 true
             }
-            _ => {
-                inc(&self.w.metrics.tls_failures);
-                false
-            }
+            None => false,
         }
     }
 }

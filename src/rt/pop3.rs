@@ -4,12 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
 use super::signal::DRAINING;
@@ -31,16 +29,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: 
     let mut tls = false;
     if l.implicit_tls {
         let Some(tls_config) = l.tls_config() else { return };
-        match monoio::time::timeout(config.command_timeout, transport.upgrade_tls(tls_config)).await {
-            Ok(Ok(_)) => {
-                inc(&w.metrics.tls_handshakes);
-                tls = true;
-            }
-            _ => {
-                inc(&w.metrics.tls_failures);
-                return;
-            }
+        if transport.accept_tls(tls_config, config.command_timeout, &w.metrics).await.is_none() {
+            return;
         }
+        tls = true;
     }
     let ip = canonical(peer.ip());
     let stls = config.starttls && l.tls_config().is_some();
@@ -117,16 +109,8 @@ impl Driver {
         if self.session.output().is_empty() {
             return true;
         }
-        self.session.swap_output(&mut self.wbuf);
-        let buf = std::mem::take(&mut self.wbuf);
-        match monoio::time::timeout(self.write_timeout, self.transport.write_all(buf)).await {
-            Ok((Ok(()), mut buf)) => {
-                buf.clear();
-                self.wbuf = buf;
-                true
-            }
-            _ => false,
-        }
+        let session = &mut self.session;
+        self.transport.send_swapped(&mut self.wbuf, self.write_timeout, |b| session.swap_output(b)).await
     }
 
     /// Reads more input, until the idle timer or a shutdown. False if the
@@ -140,23 +124,10 @@ impl Driver {
             self.session.handle_shutdown();
             return true;
         }
-        let canceller = Canceller::new();
         let buf = std::mem::take(&mut self.rbuf);
-        let (res, buf) = {
-            let mut read = pin!(self.transport.read(buf, canceller.handle()));
-            let early = monoio::select! {
-                r = &mut read => Some(r),
-                _ = monoio::time::sleep(IDLE) => None,
-                _ = self.w.signal.changed(self.w.signal.stage()) => None,
-            };
-            match early {
-                Some(r) => r,
-                None => {
-                    let _ = canceller.cancel();
-                    read.await
-                }
-            }
-        };
+        let deadline = super::clock::instant() + IDLE;
+        let stop = self.w.signal.changed(self.w.signal.stage());
+        let (res, buf) = self.transport.read_until(buf, deadline, stop).await;
         self.rbuf = buf;
         match res {
             Ok(ReadOutcome::Data(_)) => true,
@@ -235,17 +206,11 @@ impl Driver {
         self.rbuf.clear();
         self.start = 0;
         let Some(config) = self.l.tls_config() else { return false };
-        match monoio::time::timeout(self.write_timeout, self.transport.upgrade_tls(config)).await {
-            Ok(Ok(_)) => {
-                inc(&self.w.metrics.tls_handshakes);
-                self.session.handle_tls_established();
-                true
-            }
-            _ => {
-                inc(&self.w.metrics.tls_failures);
-                false
-            }
+        if self.transport.accept_tls(config, self.write_timeout, &self.w.metrics).await.is_none() {
+            return false;
         }
+        self.session.handle_tls_established();
+        true
     }
 }
 

@@ -197,6 +197,82 @@ impl Transport {
         }
     }
 
+    /// Writes all of `buf` within `limit`. The buffer comes back emptied, for
+    /// reuse; `None` if the peer is gone or too slow to take it.
+    pub async fn write_within(&mut self, buf: Vec<u8>, limit: std::time::Duration) -> Option<Vec<u8>> {
+        match monoio::time::timeout(limit, self.write_all(buf)).await {
+            Ok((Ok(()), mut buf)) => {
+                buf.clear();
+                Some(buf)
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends a session's pending output: `swap` trades it for `spare` (an
+    /// empty buffer), which gets the written buffer back, emptied. False if
+    /// the peer is gone.
+    pub async fn send_swapped(
+        &mut self,
+        spare: &mut Vec<u8>,
+        limit: std::time::Duration,
+        swap: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
+        swap(spare);
+        match self.write_within(std::mem::take(spare), limit).await {
+            Some(buf) => {
+                *spare = buf;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads whatever arrives next into `buf`, unless `deadline` passes or
+    /// `stop` resolves first: then the read is cancelled, and the outcome is
+    /// [`ReadOutcome::Cancelled`] (or data that won the race).
+    pub async fn read_until(
+        &mut self,
+        buf: Vec<u8>,
+        deadline: std::time::Instant,
+        stop: impl std::future::Future,
+    ) -> (io::Result<ReadOutcome>, Vec<u8>) {
+        let canceller = monoio::io::Canceller::new();
+        let mut read = std::pin::pin!(self.read(buf, canceller.handle()));
+        let early = monoio::select! {
+            r = &mut read => Some(r),
+            _ = monoio::time::sleep_until(deadline.into()) => None,
+            _ = stop => None,
+        };
+        match early {
+            Some(r) => r,
+            None => {
+                let _ = canceller.cancel();
+                read.await
+            }
+        }
+    }
+
+    /// The server side of a TLS handshake within `limit`, counted in
+    /// `metrics`. `None` if it failed (the transport is then closed).
+    pub async fn accept_tls(
+        &mut self,
+        config: Arc<ServerConfig>,
+        limit: std::time::Duration,
+        metrics: &crate::metrics::Metrics,
+    ) -> Option<TlsInfo> {
+        match monoio::time::timeout(limit, self.upgrade_tls(config)).await {
+            Ok(Ok(info)) => {
+                crate::metrics::inc(&metrics.tls_handshakes);
+                Some(info)
+            }
+            _ => {
+                crate::metrics::inc(&metrics.tls_failures);
+                None
+            }
+        }
+    }
+
     /// Writes all of `data`.
     pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
