@@ -32,7 +32,8 @@
 //!    forgets it in step 7.
 //! 9. A segment file is unlinked only when the index says nothing in it is live
 //!    and nothing it cancels is left in older files; the directory is fsynced
-//!    after each round of unlinks.
+//!    after each round of unlinks. A janitor task beside the committer does
+//!    this, so commits never wait for an unlink.
 //! 10. Compaction: a closed segment that is less than 10% live has its live
 //!     messages copied forward (record and progress, through steps 2-6); the
 //!     index then points at the copies, and the old segment, now dead, goes
