@@ -121,3 +121,31 @@ fn wrong_passwords_and_unknown_users_are_refused_alike() {
     assert!(c.reply().starts_with("-ERR [AUTH]"));
     assert!(c.closed(), "three failed logins end the session");
 }
+
+#[test]
+fn shutdown_ends_sessions_without_removing_anything() {
+    let mut srv = server();
+    deliver(&srv, 2);
+    let mut c = common::Client::connect(srv.smtp[1]);
+    assert!(c.reply().starts_with("+OK"));
+    c.send_str(&format!("USER {USER}\r\nPASS {PASSWORD}\r\n"));
+    assert!(c.reply().starts_with("+OK"));
+    assert_eq!(c.reply(), format!("+OK {USER} has 2 messages ({} octets)\r\n", total_size(&srv)));
+    c.send_str("DELE 1\r\n");
+    assert_eq!(c.reply(), "+OK message 1 deleted\r\n");
+    srv.signal(libc::SIGTERM);
+    assert_eq!(c.reply(), "-ERR [SYS/TEMP] server shutting down\r\n");
+    assert!(c.closed());
+    assert!(srv.wait(Duration::from_secs(20)).success());
+    assert_eq!(files(&maildir(&srv)), 2, "no UPDATE without QUIT");
+}
+
+/// The maildrop's size as POP3 counts it (CRLF line ends).
+fn total_size(srv: &Server) -> u64 {
+    ["new", "cur"]
+        .iter()
+        .filter_map(|s| std::fs::read_dir(maildir(srv).join(s)).ok())
+        .flatten()
+        .map(|e| ringpost::pop3::session::wire_size(&std::fs::read(e.unwrap().path()).unwrap()))
+        .sum()
+}
