@@ -62,13 +62,6 @@ pub fn deliver(
         let p = dir.join(sub);
         fs::create_dir_all(&p).map_err(|e| temp(e, "cannot create", &p))?;
     }
-    let name = unique_name(hostname, unix);
-    let tmp = dir.join("tmp").join(&name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| temp(e, "cannot create", &tmp))?;
     let mut content = Vec::with_capacity(body.len() + 128);
     // The mailbox's own name, as the directory is named.
     let (local, domain) = (local.to_lowercase(), domain.to_lowercase());
@@ -83,6 +76,16 @@ pub fn deliver(
         rest = &rest[i + 2..];
     }
     content.extend_from_slice(rest);
+    // Sizes in the name, as Dovecot writes them: S= on disk, W= with CRLF
+    // line ends (what POP3 lists), so readers need not open the file.
+    let wire = crate::pop3::session::wire_size(&content);
+    let name = format!("{},S={},W={wire}", unique_name(hostname, unix), content.len());
+    let tmp = dir.join("tmp").join(&name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| temp(e, "cannot create", &tmp))?;
     f.write_all(&content).and_then(|_| f.sync_all()).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         temp(e, "cannot write", &tmp)
@@ -107,6 +110,11 @@ mod tests {
         assert!(path.starts_with(root.path().join("example.test/alice/new")));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "Return-Path: <s@x.test>\nDelivered-To: alice@example.test\nReceived: x\nSubject: hi\n\nline one\nline two\n");
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.ends_with(&format!(",S={},W={}", text.len(), text.len() + text.lines().count())),
+            "{name}"
+        );
         assert!(root.path().join("example.test/alice/cur").is_dir());
         assert_eq!(std::fs::read_dir(root.path().join("example.test/alice/tmp")).unwrap().count(), 0);
     }

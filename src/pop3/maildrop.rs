@@ -35,21 +35,32 @@ pub fn load(dir: &Path) -> io::Result<Vec<MessageInfo>> {
             if name.starts_with('.') || !entry.file_type()?.is_file() {
                 continue;
             }
-            let content = match fs::read(entry.path()) {
-                Ok(c) => c,
-                // Removed meanwhile (another reader of the Maildir).
+            let size = match named_size(name) {
+                Some(size) => size,
+                None => match fs::read(entry.path()) {
+                    Ok(c) => super::session::wire_size(&c),
+                    // Removed meanwhile (another reader of the Maildir).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            let mtime = match entry.metadata() {
+                Ok(m) => m.modified().ok(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let mtime = entry.metadata()?.modified().ok();
-            found.push((
-                mtime,
-                MessageInfo { uid: uid(name), size: super::session::wire_size(&content), path: entry.path() },
-            ));
+            found.push((mtime, MessageInfo { uid: uid(name), size, path: entry.path() }));
         }
     }
     found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.uid.cmp(&b.1.uid)));
     Ok(found.into_iter().map(|(_, m)| m).collect())
+}
+
+/// The size with CRLF line ends, if the file's name carries it (`,W=` as
+/// Dovecot and our local delivery write it), so listing need not read it.
+fn named_size(name: &str) -> Option<u64> {
+    let base = name.split(':').next()?;
+    base.split(',').find_map(|field| field.strip_prefix("W=")?.parse().ok())
 }
 
 /// The UIDL of a Maildir file: its base name (before `:2,flags`), if that is
@@ -147,6 +158,18 @@ mod tests {
         assert_eq!(b.size, "Subject: b\r\n\r\nx\r\n".len() as u64);
         assert_eq!(remove(m.iter().filter(|m| m.uid == "1.1_0.host")), 0);
         assert_eq!(load(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sizes_come_from_the_name_when_it_has_them() {
+        assert_eq!(named_size("1.2_3.host,S=10,W=12:2,S"), Some(12));
+        assert_eq!(named_size("1.2_3.host,S=10"), None);
+        assert_eq!(named_size("1.2_3.host:2,W=5"), None, "flags are not sizes");
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("new")).unwrap();
+        // The name wins: the file is not read.
+        fs::write(dir.path().join("new/1.1_0.host,S=3,W=99"), "abc").unwrap();
+        assert_eq!(load(dir.path()).unwrap()[0].size, 99);
     }
 
     #[test]
