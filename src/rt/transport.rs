@@ -197,21 +197,9 @@ impl Transport {
         }
     }
 
-    /// Writes all of `buf` within `limit`. The buffer comes back emptied, for
-    /// reuse; `None` if the peer is gone or too slow to take it.
-    pub async fn write_within(&mut self, buf: Vec<u8>, limit: std::time::Duration) -> Option<Vec<u8>> {
-        match monoio::time::timeout(limit, self.write_all(buf)).await {
-            Ok((Ok(()), mut buf)) => {
-                buf.clear();
-                Some(buf)
-            }
-            _ => None,
-        }
-    }
-
-    /// Sends a session's pending output: `swap` trades it for `spare` (an
-    /// empty buffer), which gets the written buffer back, emptied. False if
-    /// the peer is gone.
+    /// Sends a session's pending output within `limit`: `swap` trades it for
+    /// `spare` (an empty buffer), which gets the written buffer back, emptied.
+    /// False if the peer is gone or too slow to take it.
     pub async fn send_swapped(
         &mut self,
         spare: &mut Vec<u8>,
@@ -219,12 +207,13 @@ impl Transport {
         swap: impl FnOnce(&mut Vec<u8>),
     ) -> bool {
         swap(spare);
-        match self.write_within(std::mem::take(spare), limit).await {
-            Some(buf) => {
+        match monoio::time::timeout(limit, self.write_all(std::mem::take(spare))).await {
+            Ok((Ok(()), mut buf)) => {
+                buf.clear();
                 *spare = buf;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 

@@ -96,8 +96,10 @@ struct Inner {
     items: Vec<Item>,
     spare: Vec<u8>,
     waker: Option<Waker>,
-    /// The janitor task, waiting for segments to delete.
+    /// The janitor task, waiting for the next commit.
     janitor: Option<Waker>,
+    /// A commit happened since the janitor last looked.
+    janitor_due: bool,
     closed: bool,
     stats: Arc<SpoolStats>,
 }
@@ -134,6 +136,7 @@ impl Spool {
             spare: Vec::with_capacity(1 << 16),
             waker: None,
             janitor: None,
+            janitor_due: false,
             closed: false,
             stats,
         };
@@ -283,50 +286,37 @@ impl Spool {
         while let Some((batch, items)) = self.next_batch().await {
             let (result, batch) = self.commit(batch).await;
             self.settle(batch, items, result);
-            if let Some(w) = self.inner.borrow_mut().janitor.take() {
-                w.wake();
-            }
+            self.wake_janitor();
         }
-        if let Some(w) = self.inner.borrow_mut().janitor.take() {
+        self.wake_janitor();
+        janitor.await;
+    }
+
+    fn wake_janitor(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.janitor_due = true;
+        if let Some(w) = i.janitor.take() {
             w.wake();
         }
-        janitor.await;
     }
 
     /// Step 9, off the commit path: waits for spent segments and deletes
     /// them; returns once the spool is closed and nothing is left to delete.
+    /// A failed unlink is logged and tried again after the next commit.
     async fn run_janitor(self) {
         loop {
-            let work = poll_fn(|cx| {
+            self.delete_dead_segments().await;
+            let closed = poll_fn(|cx| {
                 let mut i = self.inner.borrow_mut();
-                if !i.index.deletable(i.current.as_ref().map(|c| c.seq)).is_empty() {
-                    return Poll::Ready(true);
-                }
-                if i.closed && i.items.is_empty() {
-                    return Poll::Ready(false);
+                if std::mem::take(&mut i.janitor_due) || i.closed {
+                    return Poll::Ready(i.closed);
                 }
                 i.janitor = Some(cx.waker().clone());
                 Poll::Pending
             })
             .await;
-            if !work {
+            if closed {
                 return;
-            }
-            if !self.delete_dead_segments().await {
-                // Unlink failed (logged); try again after the next commit
-                // rather than spinning on it.
-                poll_fn(|cx| {
-                    let mut i = self.inner.borrow_mut();
-                    if i.closed {
-                        return Poll::Ready(());
-                    }
-                    i.janitor = Some(cx.waker().clone());
-                    Poll::Pending
-                })
-                .await;
-                if self.inner.borrow().closed {
-                    return;
-                }
             }
         }
     }
@@ -484,15 +474,15 @@ impl Spool {
         }
     }
 
-    /// Step 9: unlink segments that hold nothing live. False if an unlink failed.
-    async fn delete_dead_segments(&self) -> bool {
+    /// Step 9: unlink segments that hold nothing live.
+    async fn delete_dead_segments(&self) {
         loop {
             let (dir, family, dead) = {
                 let i = self.inner.borrow();
                 (i.dir.clone(), i.family, i.index.deletable(i.current.as_ref().map(|c| c.seq)))
             };
             if dead.is_empty() {
-                return true;
+                return;
             }
             for seq in dead {
                 let path = segment::segment_path(&dir, family, seq);
@@ -501,7 +491,7 @@ impl Spool {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "cannot delete spent segment");
-                        return false;
+                        return;
                     }
                 }
                 let mut i = self.inner.borrow_mut();
