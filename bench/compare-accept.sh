@@ -33,27 +33,9 @@ postfix_loopback "$PF_PORT" 'relay_domains = example.test' \
 trap 'postfix_restore; kill $RP_PID 2>/dev/null || true' EXIT
 
 # --- ringpost, fsync on ------------------------------------------------------
-cat > "$WORK/ringpost.toml" <<EOF
-hostname = "bench.test"
-[[listener]]
-address = "127.0.0.1:$RP_PORT"
-[admin]
-address = "127.0.0.1:0"
-[spool]
-dir = "$WORK/spool"
-fsync = true
-[limits]
-connections_per_ip = 10000
-[delivery]
 # Like Postfix's HOLD above: queue, deliver nothing (and ask no DNS server).
-hold = true
-dns_servers = ["127.0.0.1:9"]
-[log]
-level = "warn"
-EOF
-$BIN serve --config "$WORK/ringpost.toml" > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
-RP_PID=$!
-for _ in $(seq 50); do grep -q "workers" "$WORK/ringpost.out" 2>/dev/null && break; sleep 0.1; done
+ringpost_start "$RP_PORT" '[limits]' 'connections_per_ip = 10000' '[delivery]' 'hold = true' \
+  'dns_servers = ["127.0.0.1:9"]'
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)

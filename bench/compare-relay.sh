@@ -36,28 +36,8 @@ cleanup() {
 trap cleanup EXIT
 
 # --- ringpost, fsync on, routing everything to the sink ----------------------
-cat > "$WORK/ringpost.toml" <<EOF
-hostname = "bench.test"
-[[listener]]
-address = "127.0.0.1:$RP_PORT"
-[admin]
-address = "127.0.0.1:0"
-[spool]
-dir = "$WORK/spool"
-fsync = true
-[limits]
-connections_per_ip = 10000
-[[route]]
-domain = "*"
-to = ["127.0.0.1:$SINK_PORT"]
-[delivery]
-dns_servers = ["127.0.0.1:9"]
-[log]
-level = "warn"
-EOF
-$BIN serve --config "$WORK/ringpost.toml" > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
-RP_PID=$!
-for _ in $(seq 50); do grep -q "workers" "$WORK/ringpost.out" 2>/dev/null && break; sleep 0.1; done
+ringpost_start "$RP_PORT" '[limits]' 'connections_per_ip = 10000' '[[route]]' 'domain = "*"' \
+  "to = [\"127.0.0.1:$SINK_PORT\"]" '[delivery]' 'dns_servers = ["127.0.0.1:9"]'
 
 # run TARGET_PORT -> prints "accept_rate end_to_end_rate"
 run() {

@@ -76,35 +76,13 @@ taskset -c "$SERVER_CPUS" smtp-sink -u postfix "127.0.0.1:$SS_PORT" 4096 &
 SS_PID=$!
 
 # --- ringpost, fsync on, relaying everything to the sink ----------------------
-cat > "$WORK/ringpost.toml" <<EOF
-hostname = "bench.test"
-threads = 1
-[[listener]]
-address = "127.0.0.1:$RP_PORT"
-[admin]
-address = "127.0.0.1:0"
-[spool]
-dir = "$WORK/spool"
-fsync = true
-[limits]
-connections = 5000
-[[route]]
-domain = "*"
-to = ["127.0.0.1:$SINK_PORT"]
-[delivery]
-dns_servers = ["127.0.0.1:9"]
-[log]
-level = "warn"
-EOF
-taskset -c "$SERVER_CPUS" $BIN serve --config "$WORK/ringpost.toml" > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
-RP_PID=$!
+RINGPOST_CPUS=$SERVER_CPUS ringpost_start "$RP_PORT" 'threads = 1' '[limits]' 'connections = 5000' \
+  '[[route]]' 'domain = "*"' "to = [\"127.0.0.1:$SINK_PORT\"]" '[delivery]' 'dns_servers = ["127.0.0.1:9"]'
 cleanup() {
   kill "$RP_PID" "$SS_PID" "$SINK_PID" 2>/dev/null || true
   postfix_restore
 }
 trap cleanup EXIT
-for _ in $(seq 50); do grep -q "workers" "$WORK/ringpost.out" 2>/dev/null && break; sleep 0.1; done
-RP_ADMIN=$(sed -n 's|^ringpost: admin http://||p' "$WORK/ringpost.out")
 sleep 1
 
 {

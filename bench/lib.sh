@@ -39,3 +39,24 @@ postfix_restore() {
   [ -f "$WORK/master.cf.orig" ] && cp "$WORK/master.cf.orig" /etc/postfix/master.cf
   postsuper -d ALL >/dev/null 2>&1 || true
 }
+
+# ringpost_start PORT [TOML LINE...]: ringpost on 127.0.0.1:PORT, fsync on,
+# spool in $WORK/spool, admin on a free port, log level warn, plus the given
+# lines (top-level keys first, then whole tables other than [[listener]],
+# [admin], [spool] and [log]); under taskset -c $RINGPOST_CPUS if that is set.
+# Waits until it serves; sets RP_PID and RP_ADMIN.
+ringpost_start() {
+  local port=$1
+  shift
+  {
+    echo 'hostname = "bench.test"'
+    printf '%s\n' "$@"
+    printf '[[listener]]\naddress = "127.0.0.1:%s"\n[admin]\naddress = "127.0.0.1:0"\n' "$port"
+    printf '[spool]\ndir = "%s/spool"\nfsync = true\n[log]\nlevel = "warn"\n' "$WORK"
+  } > "$WORK/ringpost.toml"
+  ${RINGPOST_CPUS:+taskset -c "$RINGPOST_CPUS"} $BIN serve --config "$WORK/ringpost.toml" \
+    > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
+  RP_PID=$!
+  for _ in $(seq 50); do grep -q "workers" "$WORK/ringpost.out" 2>/dev/null && break; sleep 0.1; done
+  RP_ADMIN=$(sed -n 's|^ringpost: admin http://||p' "$WORK/ringpost.out")
+}
