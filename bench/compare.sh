@@ -40,9 +40,10 @@ if [ "$(nproc)" -lt 2 ]; then CLIENT_CPUS=0; fi
 DATE=$(date -u +%Y-%m-%d)
 OUT=tuning/results/$DATE.md
 
-if ! command -v postfix >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v python3 >/dev/null; then
+if ! command -v postfix >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v python3 >/dev/null \
+  || ! command -v curl >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q --no-install-recommends postfix python3
+  apt-get update -q && apt-get install -y -q --no-install-recommends postfix python3 curl
 fi
 cargo build --release -q --workspace
 BIN=target/release/ringpost
