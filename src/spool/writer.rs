@@ -348,7 +348,7 @@ impl Spool {
             Ok(found) => found,
             Err(e) => return (Err(e), batch),
         };
-        let (res, batch) = file.write_all_at(batch, end).await;
+        let (res, batch) = write_batch(&file, batch, end).await;
         if let Err(e) = res {
             self.truncate_after_failed_write(&file, end);
             return (Err(AppendError::from_io(&e)), batch);
@@ -503,6 +503,47 @@ impl Spool {
             }
         }
     }
+}
+
+/// Batches up to this size are written with pwrite(2) on the worker thread.
+/// io_uring hands a buffered ext4 write to an io-wq thread, which on a busy
+/// core costs two context switches and a wait behind the sessions' work (the
+/// median batch write took 250 us that way); copying a few KiB into the page
+/// cache takes microseconds. Bigger batches still go through io_uring, so a
+/// long copy does not hold up the worker's connections.
+const INLINE_WRITE_MAX: usize = 256 << 10;
+
+/// Step 5: writes all of `batch` at `offset`; gives the buffer back.
+async fn write_batch(file: &File, batch: Vec<u8>, offset: u64) -> (std::io::Result<()>, Vec<u8>) {
+    if batch.len() > INLINE_WRITE_MAX {
+        return file.write_all_at(batch, offset).await;
+    }
+    let mut done = 0;
+    while done < batch.len() {
+        let rest = &batch[done..];
+        // SAFETY: `rest` is a live, initialised slice for the whole call, and
+        // the descriptor is owned by `file`.
+        let n = unsafe {
+            libc::pwrite(
+                file.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (Err(e), batch);
+        }
+        if n == 0 {
+            return (Err(std::io::ErrorKind::WriteZero.into()), batch);
+        }
+        done += n as usize;
+    }
+    (Ok(()), batch)
 }
 
 /// Moves a shared gauge by the change of a family's count.
