@@ -324,6 +324,11 @@ impl Admin {
                 load(&s.segments_created),
             ),
             (
+                "ringpost_spool_segments_recycled_total",
+                "Dead spool segment files reused as new segments (renamed and overwritten)",
+                load(&s.segments_recycled),
+            ),
+            (
                 "ringpost_spool_segments_deleted_total",
                 "Spool segment files deleted",
                 load(&s.segments_deleted),

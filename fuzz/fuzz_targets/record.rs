@@ -7,7 +7,7 @@ use ringpost::spool::record::{decode_done, decode_message, Header, HEADER_LEN};
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = Header::parse(data) {
         let payload = &data[HEADER_LEN.min(data.len())..];
-        let _ = h.verify(data, payload);
+        let _ = h.verify(data, payload, data.len() as u64);
     }
     if let Ok((env, body_at)) = decode_message(data) {
         assert!(body_at <= data.len());

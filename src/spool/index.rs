@@ -87,6 +87,9 @@ struct SegmentState {
     end: u64,
     /// Older segments that records in this one cancel.
     refs: BTreeSet<u64>,
+    /// Never recycle this file (an `RPSEG001` file, with untagged records, or
+    /// one whose recycling failed half way): delete it.
+    no_recycle: bool,
 }
 
 /// A closed segment less live than this (live bytes / size) is compacted:
@@ -117,6 +120,16 @@ impl Index {
     /// never holds a live message).
     pub fn add_segment(&mut self, seq: u64) {
         self.segments.entry(seq).or_default();
+    }
+
+    /// Notes that the file of segment `seq` must be deleted, not recycled.
+    pub fn forbid_recycling(&mut self, seq: u64) {
+        self.segments.entry(seq).or_default().no_recycle = true;
+    }
+
+    /// Whether the file of segment `seq` may be recycled once dead.
+    pub fn recyclable(&self, seq: u64) -> bool {
+        self.segments.get(&seq).is_some_and(|s| !s.no_recycle)
     }
 
     pub fn len(&self) -> usize {

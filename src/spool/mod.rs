@@ -13,10 +13,15 @@
 //!    it to the family's pending batch, in memory.
 //! 3. The committer takes the whole pending batch: every message finished since
 //!    the last commit started.
-//! 4. If the batch needs a new segment file: create it, write its header,
-//!    fdatasync it, then fsync the family directory so the file's name is
-//!    durable too.
-//! 5. One write of the batch at the end of the segment (io_uring).
+//! 4. If the batch needs a new segment file: take the one prepared ahead, or
+//!    prepare it now. Preparing means: rename the spare dead segment to the
+//!    new number (or create a new file), write the header, fdatasync it, then
+//!    fsync the family directory so the file's name is durable too. A janitor
+//!    task prepares the next segment as soon as one is started.
+//! 5. Seal the batch (tag each record's checksum with the segment number, see
+//!    [`record`]) and write it, followed by a 16-byte end mark, at the end of
+//!    the segment's records: pwrite(2) for batches up to 256 KiB, io_uring
+//!    above. The next batch overwrites the end mark.
 //! 6. One fdatasync of the segment (io_uring). Steps 5-6 are the group commit.
 //! 7. Only now are the messages added to the queue index, and each waiting
 //!    session replies `250`.
@@ -30,20 +35,26 @@
 //!
 //! 8. Finishing a message (a Done record) follows the same steps 2-6; the index
 //!    forgets it in step 7.
-//! 9. A segment file is unlinked only when the index says nothing in it is live
-//!    and nothing it cancels is left in older files; the directory is fsynced
-//!    after each round of unlinks. A janitor task beside the committer does
-//!    this, so commits never wait for an unlink.
+//! 9. A segment file is dropped only when the index says nothing in it is live
+//!    and nothing it cancels is left in older files. One such file is kept as
+//!    the spare for step 4 (it leaves the index only once renamed and synced);
+//!    the others are unlinked, and the directory is fsynced after each round.
+//!    The janitor task beside the committer does this, so commits never wait
+//!    for an unlink. Reusing a file spares each commit's fdatasync an ext4
+//!    journal commit (overwriting allocated blocks changes no metadata).
 //! 10. Compaction: a closed segment that is less than 10% live has its live
 //!     messages copied forward (record and progress, through steps 2-6); the
 //!     index then points at the copies, and the old segment, now dead, goes
 //!     first (the copy's segment refers to it), so no crash can revive the old
 //!     copy after the message finished.
 //!
-//! Recovery scans segments in order; the first record whose length or checksum
-//! is wrong ends that segment (a torn tail: a batch whose fdatasync never
-//! finished, so no `250` was sent for it). New records always go to a new
-//! segment after a restart.
+//! Recovery scans segments in order; an end mark ends a segment, and so does
+//! the first record whose length or checksum (with this segment's tag) is
+//! wrong: a torn tail, a batch whose fdatasync never finished, so no `250` was
+//! sent for it. Records left from a recycled file's earlier life carry another
+//! segment's tag and are never read as this one's. A file whose header names
+//! an older segment was renamed for reuse and then interrupted: it holds
+//! nothing. New records always go to a new segment after a restart.
 //!
 //! With `fsync = false` step 4's and step 6's syncs are skipped: a `250` then
 //! means "in the page cache". That setting exists for benchmarks only.

@@ -1,6 +1,8 @@
 //! Reading records back (for delivery, DSNs and listings), from any worker:
-//! segment files are append-only and a live record never moves, so a reader
-//! needs no lock.
+//! a live record never moves, so a reader needs no lock. A segment file is
+//! only reused (renamed and overwritten) once nothing in it is live; a reader
+//! that still reaches it then finds records tagged for another segment and
+//! gets an error, never another message's bytes.
 
 use std::path::Path;
 
@@ -24,6 +26,7 @@ pub enum ReadError {
 }
 
 /// Reads the whole Message record at `loc` (header included) and checks it.
+/// It comes back untagged, as a batch holds it (see `record::unseal`).
 pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>, ReadError> {
     let path = segment::segment_path(dir, family, loc.seq);
     let file = File::open(&path).await?;
@@ -40,7 +43,9 @@ pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>,
     if h.kind != Kind::Message || h.len as usize + HEADER_LEN != buf.len() {
         return Err(ReadError::NotMessage);
     }
-    h.verify(&buf, &buf[HEADER_LEN..])?;
+    h.verify(&buf, &buf[HEADER_LEN..], loc.seq)?;
+    let mut buf = buf;
+    record::unseal(&mut buf, &h, loc.seq);
     Ok(buf)
 }
 

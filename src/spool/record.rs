@@ -1,8 +1,8 @@
 //! The on-disk record format of spool segments. Pure encoding and decoding.
 //!
 //! ```text
-//! record  = magic "RPR1" | kind u8 | 0 0 0 | len u32 LE | crc32c u32 LE | payload (len bytes)
-//!           crc32c covers kind, the three zero bytes, len, and the payload
+//! record  = magic "RPR2" | kind u8 | 0 0 0 | len u32 LE | crc u32 LE | payload (len bytes)
+//!           crc = crc32c(kind, the three zero bytes, len, payload) XOR seq_tag(segment seq)
 //! Message = envelope | body (the rest of the payload)
 //! Done    = id u64 LE
 //! Progress= id u64 | attempts u32 | next_attempt u64 (Unix s) | last_error string
@@ -10,13 +10,25 @@
 //! ```
 //! All integers are little-endian. Strings are `u16 length | bytes`; optional
 //! strings are `u8 present | string`.
-
+//!
+//! The tag binds a record to the segment it was committed to. Segment files
+//! are recycled (a dead file gets a new number and is overwritten from the
+//! start), so past the last commit a file may still hold whole, once valid
+//! records of its earlier life: their tags are another segment's, so neither
+//! recovery nor a reader can take them for records of this one. Records are
+//! built in memory untagged ([`seal`] tags a batch just before its write) and
+//! [`unseal`] turns one read back into that form again.
+//!
+//! `RPR1` records (written before tags existed) carry the plain checksum; they
+//! are only ever found in segments that are never recycled (see `segment`).
 use std::net::IpAddr;
 
 use crate::envelope::{BodyType, Envelope, Notify, QueueId, Recipient, Ret};
 use crate::smtp::address::{Mailbox, ReversePath};
 
-pub const MAGIC: [u8; 4] = *b"RPR1";
+pub const MAGIC: [u8; 4] = *b"RPR2";
+/// Records from before segment tags: the checksum is not tagged.
+pub const MAGIC_UNTAGGED: [u8; 4] = *b"RPR1";
 pub const HEADER_LEN: usize = 16;
 /// Records larger than this are corrupt by definition.
 pub const MAX_PAYLOAD: u32 = 1 << 30;
@@ -68,15 +80,25 @@ pub struct Header {
     pub kind: Kind,
     pub len: u32,
     pub crc: u32,
+    /// False for an `RPR1` record, whose checksum carries no segment tag.
+    pub tagged: bool,
+}
+
+/// The tag of segment `seq`: distinct for any two segment numbers below
+/// 2^32 (a CRC detects every error burst of 32 bits or less).
+pub fn seq_tag(seq: u64) -> u32 {
+    crc32c::crc32c(&seq.to_le_bytes())
 }
 
 impl Header {
     pub fn parse(b: &[u8]) -> Result<Header, DecodeError> {
         let b: &[u8; HEADER_LEN] =
             b.get(..HEADER_LEN).and_then(|s| s.try_into().ok()).ok_or(DecodeError::Truncated)?;
-        if b[..4] != MAGIC {
-            return Err(DecodeError::Magic);
-        }
+        let tagged = match [b[0], b[1], b[2], b[3]] {
+            MAGIC => true,
+            MAGIC_UNTAGGED => false,
+            _ => return Err(DecodeError::Magic),
+        };
         let kind = match b[4] {
             1 => Kind::Message,
             2 => Kind::Done,
@@ -87,12 +109,14 @@ impl Header {
         if len > MAX_PAYLOAD || b[5..8] != [0, 0, 0] {
             return Err(DecodeError::Length(len));
         }
-        Ok(Header { kind, len, crc: u32::from_le_bytes([b[12], b[13], b[14], b[15]]) })
+        Ok(Header { kind, len, crc: u32::from_le_bytes([b[12], b[13], b[14], b[15]]), tagged })
     }
 
-    /// Checks the payload against the header's checksum.
-    pub fn verify(&self, header_bytes: &[u8], payload: &[u8]) -> Result<(), DecodeError> {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[4..12]), payload);
+    /// Checks the payload against the header's checksum, as a record of
+    /// segment `seq`.
+    pub fn verify(&self, header_bytes: &[u8], payload: &[u8], seq: u64) -> Result<(), DecodeError> {
+        let tag = if self.tagged { seq_tag(seq) } else { 0 };
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[4..12]), payload) ^ tag;
         if crc == self.crc {
             Ok(())
         } else {
@@ -113,6 +137,31 @@ fn append(out: &mut Vec<u8>, kind: Kind, write_payload: impl FnOnce(&mut Vec<u8>
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 4..start + 12]), &out[start + HEADER_LEN..]);
     out[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
+}
+
+/// Tags every record in `batch` (whole records built by the `append_*`
+/// functions, back to back) for segment `seq`. XOR is its own inverse, so
+/// sealing twice with the same `seq` undoes it.
+pub fn seal(batch: &mut [u8], seq: u64) {
+    let tag = seq_tag(seq).to_le_bytes();
+    let mut at = 0;
+    while let Some(h) = batch.get_mut(at..at + HEADER_LEN) {
+        debug_assert_eq!(h[..4], MAGIC, "seal walks records it built");
+        for (b, t) in h[12..16].iter_mut().zip(tag) {
+            *b ^= t;
+        }
+        at += HEADER_LEN + u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    }
+}
+
+/// Turns a checked record read from segment `seq` back into the untagged
+/// in-memory form (an `RPR1` record becomes `RPR2`), ready for another batch.
+pub fn unseal(record: &mut [u8], h: &Header, seq: u64) {
+    if h.tagged {
+        let crc = h.crc ^ seq_tag(seq);
+        record[12..16].copy_from_slice(&crc.to_le_bytes());
+    }
+    record[..4].copy_from_slice(&MAGIC);
 }
 
 /// Appends a Message record. Returns its length in bytes.
@@ -358,11 +407,12 @@ pub(crate) mod tests {
         let mut buf = vec![0xAA; 3]; // records append after existing bytes
         let len = append_message(&mut buf, &env, b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(len, buf.len() - 3);
+        seal(&mut buf[3..], 5);
         let rec = &buf[3..];
         let h = Header::parse(rec).unwrap();
         assert_eq!(h.kind, Kind::Message);
         let payload = &rec[HEADER_LEN..HEADER_LEN + h.len as usize];
-        h.verify(rec, payload).unwrap();
+        h.verify(rec, payload, 5).unwrap();
         let (decoded, body_at) = decode_message(payload).unwrap();
         assert_eq!(decoded, env);
         assert_eq!(&payload[body_at..], b"Subject: x\r\n\r\nbody\r\n");
@@ -372,13 +422,14 @@ pub(crate) mod tests {
     fn done_round_trip_and_corruption() {
         let mut buf = Vec::new();
         append_done(&mut buf, QueueId(7));
+        seal(&mut buf, 0);
         let h = Header::parse(&buf).unwrap();
-        h.verify(&buf, &buf[HEADER_LEN..]).unwrap();
+        h.verify(&buf, &buf[HEADER_LEN..], 0).unwrap();
         assert_eq!(decode_done(&buf[HEADER_LEN..]), Ok(QueueId(7)));
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x10;
-            let ok = Header::parse(&bad).and_then(|h| h.verify(&bad, &bad[HEADER_LEN..]));
+            let ok = Header::parse(&bad).and_then(|h| h.verify(&bad, &bad[HEADER_LEN..], 0));
             assert!(ok.is_err(), "flipping byte {i} is detected");
         }
         assert_eq!(Header::parse(&buf[..10]), Err(DecodeError::Truncated));
@@ -395,11 +446,64 @@ pub(crate) mod tests {
         };
         let mut buf = Vec::new();
         append_progress(&mut buf, &p);
+        seal(&mut buf, 1 << 40);
         let h = Header::parse(&buf).unwrap();
         assert_eq!(h.kind, Kind::Progress);
-        h.verify(&buf, &buf[HEADER_LEN..]).unwrap();
+        h.verify(&buf, &buf[HEADER_LEN..], 1 << 40).unwrap();
         assert_eq!(decode_progress(&buf[HEADER_LEN..]), Ok(p));
         assert!(decode_progress(&buf[HEADER_LEN..buf.len() - 1]).is_err());
+    }
+
+    /// Checks every record of `buf` as a record of segment `seq`.
+    fn check_all(buf: &[u8], seq: u64) -> Result<usize, DecodeError> {
+        let (mut at, mut n) = (0, 0);
+        while at < buf.len() {
+            let h = Header::parse(&buf[at..])?;
+            let end = at + HEADER_LEN + h.len as usize;
+            h.verify(&buf[at..], &buf[at + HEADER_LEN..end], seq)?;
+            at = end;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    #[test]
+    fn records_are_bound_to_their_segment() {
+        let mut batch = Vec::new();
+        append_message(&mut batch, &sample_envelope(1), b"body\r\n");
+        append_done(&mut batch, QueueId(2));
+        append_progress(&mut batch, &ProgressRecord { id: QueueId(3), ..Default::default() });
+        let plain = batch.clone();
+        seal(&mut batch, 7);
+        assert_eq!(check_all(&batch, 7), Ok(3));
+        // The same bytes, found in a file recycled as segment 8 (or 6), are not its records.
+        for other in [0, 6, 8, 7 + (1 << 32)] {
+            assert_eq!(check_all(&batch, other), Err(DecodeError::Checksum), "seq {other}");
+        }
+        seal(&mut batch, 7);
+        assert_eq!(batch, plain, "sealing twice undoes it");
+
+        // unseal: a record read back from segment 7, copied into segment 9.
+        seal(&mut batch, 7);
+        let h = Header::parse(&batch).unwrap();
+        let mut rec = batch[..HEADER_LEN + h.len as usize].to_vec();
+        unseal(&mut rec, &h, 7);
+        assert_eq!(rec, plain[..rec.len()]);
+        seal(&mut rec, 9);
+        assert_eq!(check_all(&rec, 9), Ok(1));
+    }
+
+    #[test]
+    fn untagged_records_of_old_segments_still_read() {
+        let mut rec = Vec::new();
+        append_done(&mut rec, QueueId(4));
+        rec[..4].copy_from_slice(&MAGIC_UNTAGGED); // as written before tags
+        assert_eq!(check_all(&rec, 3), Ok(1));
+        let h = Header::parse(&rec).unwrap();
+        assert!(!h.tagged);
+        unseal(&mut rec, &h, 3);
+        seal(&mut rec, 12);
+        assert_eq!(check_all(&rec, 12), Ok(1));
     }
 
     #[test]

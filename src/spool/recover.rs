@@ -136,8 +136,19 @@ fn scan_segment(
         return Ok(());
     }
     file.read_exact(&mut header).map_err(|e| io_err(&path, e))?;
-    if segment::decode_header(&header) != Some((family, seq)) {
-        return Err(SpoolError::Corrupt { path, reason: "bad segment header".into() });
+    match segment::decode_header(&header) {
+        Some(h) if h.family == family && h.seq == seq => {
+            if !h.recyclable {
+                index.forbid_recycling(seq);
+            }
+        }
+        Some(h) if h.family == family && h.seq < seq => {
+            // A dead segment renamed for reuse before its new header was
+            // written: what it holds was spent. It is deleted as dead.
+            tracing::info!(path = %path.display(), was = h.seq, "segment file was being recycled; it holds nothing");
+            return Ok(());
+        }
+        _ => return Err(SpoolError::Corrupt { path, reason: "bad segment header".into() }),
     }
     let mut reader = io::BufReader::with_capacity(1 << 20, file);
     let mut pos = FILE_HEADER_LEN;
@@ -147,14 +158,15 @@ fn scan_segment(
         if rest == 0 {
             break;
         }
-        match read_record(&mut reader, rest, &mut payload) {
+        match read_record(&mut reader, rest, seq, &mut payload) {
             Ok(h) => {
                 let len = HEADER_LEN as u64 + u64::from(h.len);
                 let loc = Location { seq, offset: pos, len: len as u32 };
                 apply(h.kind, &payload, loc, index, report, max_id, &path);
                 pos += len;
             }
-            Err(_) => {
+            Err(Stop::End) => break,
+            Err(Stop::Bad) => {
                 report.torn.push((path.clone(), pos, rest));
                 break;
             }
@@ -164,20 +176,32 @@ fn scan_segment(
     Ok(())
 }
 
-/// Reads one record; any problem means the tail from here on is torn.
-fn read_record(r: &mut impl Read, rest: u64, payload: &mut Vec<u8>) -> Result<Header, record::DecodeError> {
+/// Why a segment's records stop.
+enum Stop {
+    /// The end mark every commit leaves after its batch (or a hole): what
+    /// follows, if anything, is left from the file's earlier life.
+    End,
+    /// Anything else: the tail from here on is torn.
+    Bad,
+}
+
+/// Reads one record of segment `seq`.
+fn read_record(r: &mut impl Read, rest: u64, seq: u64, payload: &mut Vec<u8>) -> Result<Header, Stop> {
     let mut hb = [0u8; HEADER_LEN];
     if rest < HEADER_LEN as u64 || r.read_exact(&mut hb).is_err() {
-        return Err(record::DecodeError::Truncated);
+        return Err(Stop::Bad);
     }
-    let h = Header::parse(&hb)?;
+    if hb == [0; HEADER_LEN] {
+        return Err(Stop::End);
+    }
+    let h = Header::parse(&hb).map_err(|_| Stop::Bad)?;
     if u64::from(h.len) > rest - HEADER_LEN as u64 {
-        return Err(record::DecodeError::Truncated);
+        return Err(Stop::Bad);
     }
     payload.clear();
     payload.resize(h.len as usize, 0);
-    r.read_exact(payload).map_err(|_| record::DecodeError::Truncated)?;
-    h.verify(&hb, payload)?;
+    r.read_exact(payload).map_err(|_| Stop::Bad)?;
+    h.verify(&hb, payload, seq).map_err(|_| Stop::Bad)?;
     Ok(h)
 }
 
@@ -297,8 +321,14 @@ fn adopt(dir: &Path, old: Family, target: &mut Family) -> Result<usize, SpoolErr
             f.seek(SeekFrom::Start(loc.offset)).map_err(|e| io_err(&src, e))?;
             buf.resize(loc.len as usize, 0);
             f.read_exact(&mut buf).map_err(|e| io_err(&src, e))?;
-            let (env, _) = record::decode_message(&buf[HEADER_LEN..])
-                .map_err(|e| SpoolError::Corrupt { path: src.clone(), reason: e.to_string() })?;
+            let corrupt =
+                |e: record::DecodeError| SpoolError::Corrupt { path: src.clone(), reason: e.to_string() };
+            let h = Header::parse(&buf).map_err(corrupt)?;
+            h.verify(&buf, &buf[HEADER_LEN..], loc.seq).map_err(corrupt)?;
+            let (env, _) = record::decode_message(&buf[HEADER_LEN..]).map_err(corrupt)?;
+            // Re-tag the record for the segment it moves to.
+            record::unseal(&mut buf, &h, loc.seq);
+            record::seal(&mut buf, seq);
             out.write_all(&buf).map_err(|e| io_err(&path, e))?;
             target.index.insert(&env, Location { seq, offset: pos, len: loc.len });
             pos += u64::from(loc.len);
@@ -313,6 +343,7 @@ fn adopt(dir: &Path, old: Family, target: &mut Family) -> Result<usize, SpoolErr
                 };
                 let mut pbuf = Vec::new();
                 pos += record::append_progress(&mut pbuf, &rec) as u64;
+                record::seal(&mut pbuf, seq);
                 out.write_all(&pbuf).map_err(|e| io_err(&path, e))?;
                 target.index.apply_progress(&rec, seq);
             }

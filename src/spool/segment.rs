@@ -3,13 +3,30 @@
 //! ```text
 //! <spool>/lock                      flock'd by the running server
 //! <spool>/w<family:03>/<seq:016x>.seg
-//! header = "RPSEG001" | family u32 | 0u32 | seq u64 | crc32c(first 24 bytes) u32 | 0u32
+//! header = "RPSEG002" | family u32 | 0u32 | seq u64 | crc32c(first 24 bytes) u32 | 0u32
 //! ```
+//!
+//! A `RPSEG002` file holds tagged records (see `record`) and may be recycled:
+//! once dead, it is renamed to a new number, gets that number's header, and
+//! is overwritten from the start. Overwriting blocks a file already has costs
+//! a commit only the data and a cache flush; appending to a fresh file also
+//! costs ext4 a journal commit (the new size and blocks) at every fdatasync.
+//! `RPSEG001` files (from before tags) are read as before and never recycled.
 
 use std::path::{Path, PathBuf};
 
 pub const FILE_HEADER_LEN: u64 = 32;
-const MAGIC: &[u8; 8] = b"RPSEG001";
+const MAGIC: &[u8; 8] = b"RPSEG002";
+const MAGIC_UNTAGGED: &[u8; 8] = b"RPSEG001";
+
+/// A checked segment file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub family: u32,
+    pub seq: u64,
+    /// False for an `RPSEG001` file: untagged records, never recycled.
+    pub recyclable: bool,
+}
 
 pub fn family_dir(spool: &Path, family: u32) -> PathBuf {
     spool.join(format!("w{family:03}"))
@@ -47,19 +64,21 @@ pub fn encode_header(family: u32, seq: u64) -> [u8; FILE_HEADER_LEN as usize] {
     h
 }
 
-/// Checks a file header; returns (family, seq).
-pub fn decode_header(h: &[u8]) -> Option<(u32, u64)> {
+/// Checks a file header.
+pub fn decode_header(h: &[u8]) -> Option<SegmentHeader> {
     let h = h.get(..FILE_HEADER_LEN as usize)?;
-    if &h[..8] != MAGIC {
-        return None;
-    }
+    let recyclable = match &h[..8] {
+        m if m == MAGIC => true,
+        m if m == MAGIC_UNTAGGED => false,
+        _ => return None,
+    };
     let crc = u32::from_le_bytes(h[24..28].try_into().ok()?);
     if crc != crc32c::crc32c(&h[..24]) {
         return None;
     }
     let family = u32::from_le_bytes(h[8..12].try_into().ok()?);
     let seq = u64::from_le_bytes(h[16..24].try_into().ok()?);
-    Some((family, seq))
+    Some(SegmentHeader { family, seq, recyclable })
 }
 
 #[cfg(test)]
@@ -76,7 +95,12 @@ mod tests {
         assert_eq!(parse_segment_name("000000000000002a.seg"), Some(42));
         assert_eq!(parse_segment_name("2a.seg"), None);
         let h = encode_header(3, 42);
-        assert_eq!(decode_header(&h), Some((3, 42)));
+        assert_eq!(decode_header(&h), Some(SegmentHeader { family: 3, seq: 42, recyclable: true }));
+        let mut old = h;
+        old[..8].copy_from_slice(MAGIC_UNTAGGED);
+        let crc = crc32c::crc32c(&old[..24]);
+        old[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&old), Some(SegmentHeader { family: 3, seq: 42, recyclable: false }));
         let mut bad = h;
         bad[17] ^= 1;
         assert_eq!(decode_header(&bad), None);

@@ -35,6 +35,7 @@ pub struct SpoolStats {
     pub committed_records: AtomicU64,
     pub commit_failures: AtomicU64,
     pub segments_created: AtomicU64,
+    pub segments_recycled: AtomicU64,
     pub segments_deleted: AtomicU64,
     /// Time of each batch's write (steps 4-5: a new segment, if any, and the write).
     pub write_latency: crate::metrics::Histogram,
@@ -92,6 +93,18 @@ struct Inner {
     index: Index,
     next_seq: u64,
     current: Option<Open>,
+    /// The next segment, made ready (header durable) before it is needed.
+    prepared: Option<Open>,
+    /// A segment is being prepared (by the janitor or the committer).
+    preparing: bool,
+    /// The committer, waiting for a preparation under way.
+    prepare_waiter: Option<Waker>,
+    /// The last preparation failed: the janitor leaves it to the committer.
+    prepare_failed: bool,
+    /// A dead, recyclable segment kept for the next preparation. It stays in
+    /// the index (so nothing that depends on it being gone goes first) until
+    /// its file carries its new name and header.
+    spare_segment: Option<u64>,
     buf: Vec<u8>,
     items: Vec<Item>,
     spare: Vec<u8>,
@@ -131,6 +144,11 @@ impl Spool {
             index: fam.index,
             next_seq: fam.max_seq + 1,
             current: None,
+            prepared: None,
+            preparing: false,
+            prepare_waiter: None,
+            prepare_failed: false,
+            spare_segment: None,
             buf: Vec::with_capacity(1 << 16),
             items: Vec::new(),
             spare: Vec::with_capacity(1 << 16),
@@ -306,6 +324,7 @@ impl Spool {
     async fn run_janitor(self) {
         loop {
             self.delete_dead_segments().await;
+            self.prepare_ahead().await;
             let closed = poll_fn(|cx| {
                 let mut i = self.inner.borrow_mut();
                 if std::mem::take(&mut i.janitor_due) || i.closed {
@@ -341,14 +360,20 @@ impl Spool {
 
     /// Steps 4-6 of the durability order. Returns where the batch landed, and
     /// the batch buffer back (it went to the kernel by value).
-    async fn commit(&self, batch: Vec<u8>) -> (Result<(u64, u64), AppendError>, Vec<u8>) {
+    async fn commit(&self, mut batch: Vec<u8>) -> (Result<(u64, u64), AppendError>, Vec<u8>) {
         let len = batch.len() as u64;
         let started = crate::rt::clock::instant();
         let (file, seq, end) = match self.segment_for(len).await {
             Ok(found) => found,
             Err(e) => return (Err(e), batch),
         };
-        let (res, batch) = write_batch(&file, batch, end).await;
+        record::seal(&mut batch, seq);
+        // The end mark: the next batch overwrites it. Recovery stops there
+        // without calling the rest torn (in a recycled file, the rest is the
+        // file's earlier life).
+        batch.extend_from_slice(&[0; record::HEADER_LEN]);
+        let (res, mut batch) = write_batch(&file, batch, end).await;
+        batch.truncate(len as usize);
         if let Err(e) = res {
             self.truncate_after_failed_write(&file, end);
             return (Err(AppendError::from_io(&e)), batch);
@@ -383,46 +408,105 @@ impl Spool {
         }
     }
 
-    /// The open segment, or a new one if there is none or the batch would make
-    /// it exceed the segment size (an empty segment takes any batch).
+    /// The open segment, or the next one if there is none or the batch would
+    /// make it exceed the segment size (an empty segment takes any batch).
+    /// The next one is normally ready (see [`Spool::prepare_ahead`]); if not,
+    /// it is prepared now, or the preparation under way is awaited.
     async fn segment_for(&self, len: u64) -> Result<(Rc<File>, u64, u64), AppendError> {
-        {
-            let i = self.inner.borrow();
-            if let Some(cur) = &i.current {
-                if cur.end == FILE_HEADER_LEN || cur.end + len <= i.segment_size {
-                    return Ok((cur.file.clone(), cur.seq, cur.end));
+        loop {
+            {
+                let mut i = self.inner.borrow_mut();
+                if let Some(cur) = &i.current {
+                    if cur.end == FILE_HEADER_LEN || cur.end + len <= i.segment_size {
+                        return Ok((cur.file.clone(), cur.seq, cur.end));
+                    }
+                }
+                if let Some(next) = i.prepared.take() {
+                    i.index.add_segment(next.seq);
+                    let found = (next.file.clone(), next.seq, next.end);
+                    i.current = Some(next);
+                    return Ok(found);
                 }
             }
+            let busy = poll_fn(|cx| {
+                let mut i = self.inner.borrow_mut();
+                if i.preparing {
+                    i.prepare_waiter = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(i.prepared.is_some())
+            })
+            .await;
+            if !busy {
+                self.prepare().await?;
+            }
         }
-        let (dir, family, seq) = {
+    }
+
+    /// Janitor: makes the segment after the current one ready, so that
+    /// starting it costs a commit nothing.
+    async fn prepare_ahead(&self) {
+        let due = {
             let i = self.inner.borrow();
-            (i.dir.clone(), i.family, i.next_seq)
+            i.current.is_some() && i.prepared.is_none() && !i.preparing && !i.prepare_failed && !i.closed
         };
-        let path = segment::segment_path(&dir, family, seq);
-        // `seq` is above every segment that holds a record, so truncating a
-        // file left by an earlier failed attempt cannot lose anything. The
-        // number is taken only once the header is durable.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| AppendError::from_io(&e))?;
-        let header = segment::encode_header(family, seq).to_vec();
-        let (res, _) = file.write_all_at(header, 0).await;
-        res.map_err(|e| AppendError::from_io(&e))?;
-        file.sync_data().await.map_err(|e| AppendError::from_io(&e))?;
-        let fdir =
-            File::open(segment::family_dir(&dir, family)).await.map_err(|e| AppendError::from_io(&e))?;
-        fdir.sync_all().await.map_err(|e| AppendError::from_io(&e))?;
-        self.inner.borrow_mut().next_seq = seq + 1;
-        let file = Rc::new(file);
+        if due {
+            if let Err(e) = self.prepare().await {
+                tracing::warn!(error = %e, "cannot prepare the next spool segment");
+            }
+        }
+    }
+
+    /// Steps 4 of the durability order, ahead of time: the next segment file
+    /// with its header durable and its name in the synced directory. It is
+    /// the spare dead segment renamed, if there is one (see `segment`), or a
+    /// new file. Its number is taken now (given back if this fails), so
+    /// segments stay in order.
+    async fn prepare(&self) -> Result<(), AppendError> {
+        let (dir, family, seq, spare) = {
+            let mut i = self.inner.borrow_mut();
+            i.preparing = true;
+            let seq = i.next_seq;
+            i.next_seq += 1;
+            (i.dir.clone(), i.family, seq, i.spare_segment.take())
+        };
+        let made = make_segment(&dir, family, seq, spare).await;
         let mut i = self.inner.borrow_mut();
-        i.index.add_segment(seq);
-        i.stats.segments_created.fetch_add(1, Ordering::Relaxed);
-        i.current = Some(Open { file: file.clone(), seq, end: FILE_HEADER_LEN });
-        Ok((file, seq, FILE_HEADER_LEN))
+        i.preparing = false;
+        if let Some(w) = i.prepare_waiter.take() {
+            w.wake();
+        }
+        i.prepare_failed = made.is_err();
+        match made {
+            Ok(file) => {
+                if let Some(old) = spare {
+                    // Its old name and records are gone for good: whatever
+                    // waited for it to go may go now.
+                    i.index.mark_deleted(old);
+                    i.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    i.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+                }
+                i.prepared = Some(Open { file: Rc::new(file), seq, end: FILE_HEADER_LEN });
+                Ok(())
+            }
+            Err(Made { error, renamed }) => {
+                // The same number next time: a new file under it truncates
+                // whatever this attempt left there.
+                i.next_seq = seq;
+                match spare {
+                    Some(old) if renamed => {
+                        // Its old name is gone, but durably so only after a
+                        // directory sync: it stays in the index, to be
+                        // "deleted" (unlink finds nothing, then the sync) like
+                        // any dead segment, never recycled again.
+                        i.index.forbid_recycling(old);
+                    }
+                    _ => i.spare_segment = spare,
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Step 7: update the index, then answer every waiter.
@@ -479,12 +563,22 @@ impl Spool {
         loop {
             let (dir, family, dead) = {
                 let i = self.inner.borrow();
-                (i.dir.clone(), i.family, i.index.deletable(i.current.as_ref().map(|c| c.seq)))
+                let mut dead = i.index.deletable(i.current.as_ref().map(|c| c.seq));
+                dead.retain(|s| Some(*s) != i.spare_segment);
+                (i.dir.clone(), i.family, dead)
             };
             if dead.is_empty() {
                 return;
             }
             for seq in dead {
+                {
+                    // Keep one to recycle.
+                    let mut i = self.inner.borrow_mut();
+                    if i.spare_segment.is_none() && i.index.recyclable(seq) {
+                        i.spare_segment = Some(seq);
+                        continue;
+                    }
+                }
                 let path = segment::segment_path(&dir, family, seq);
                 match monoio::fs::remove_file(&path).await {
                     Ok(()) => {}
@@ -498,11 +592,66 @@ impl Spool {
                 i.index.mark_deleted(seq);
                 i.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
             }
-            if let Ok(d) = File::open(segment::family_dir(&dir, family)).await {
-                let _ = d.sync_all().await;
+            // What the next round may delete can depend on these unlinks
+            // being durable: no next round without the sync.
+            let synced = match File::open(segment::family_dir(&dir, family)).await {
+                Ok(d) => d.sync_all().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                tracing::warn!(error = %e, "cannot sync the spool directory; deleting more later");
+                return;
             }
         }
     }
+}
+
+/// A failed [`make_segment`]: the error, and whether the spare had already
+/// been renamed (so it is no longer there to reuse).
+struct Made {
+    error: AppendError,
+    renamed: bool,
+}
+
+/// Makes segment `seq` of `family` ready: from the dead segment `spare` if
+/// given (renamed, then overwritten from the start), else a new file. On
+/// return its header and end mark are durable and so is its name.
+async fn make_segment(
+    dir: &std::path::Path,
+    family: u32,
+    seq: u64,
+    spare: Option<u64>,
+) -> Result<File, Made> {
+    let path = segment::segment_path(dir, family, seq);
+    let fail = |renamed: bool| move |e: std::io::Error| Made { error: AppendError::from_io(&e), renamed };
+    let file = match spare {
+        Some(old) => {
+            // Blocking, but brief: a rename within a directory only updates
+            // cached metadata; the directory fsync below (io_uring) is the
+            // part that waits for the disk. (monoio's renameat op does not
+            // build without its legacy driver.)
+            std::fs::rename(segment::segment_path(dir, family, old), &path).map_err(fail(false))?;
+            OpenOptions::new().write(true).open(&path).await.map_err(fail(true))?
+        }
+        // `seq` is above every segment that holds a record, so truncating a
+        // file left by an earlier failed attempt cannot lose anything.
+        None => OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(fail(false))?,
+    };
+    let renamed = spare.is_some();
+    let mut head = segment::encode_header(family, seq).to_vec();
+    head.extend_from_slice(&[0; record::HEADER_LEN]); // the end mark: no records yet
+    let (res, _) = file.write_all_at(head, 0).await;
+    res.map_err(fail(renamed))?;
+    file.sync_data().await.map_err(fail(renamed))?;
+    let fdir = File::open(segment::family_dir(dir, family)).await.map_err(fail(renamed))?;
+    fdir.sync_all().await.map_err(fail(renamed))?;
+    Ok(file)
 }
 
 /// Batches up to this size are written with pwrite(2) on the worker thread.
@@ -568,5 +717,140 @@ impl Inner {
             w.wake();
         }
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests fail loudly
+
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::spool::record::tests::sample_envelope;
+    use crate::spool::recover;
+
+    const SEGMENT: u64 = 64 << 10;
+
+    fn open(dir: &std::path::Path) -> (Spool, recover::Report) {
+        let rec = recover::scan(dir).unwrap();
+        let (mut fams, report) = recover::assign(dir, rec, 1).unwrap();
+        let fam = fams.remove(0);
+        (Spool::new(dir.to_path_buf(), fam, true, SEGMENT, Arc::default()), report)
+    }
+
+    fn live_ids(dir: &std::path::Path) -> (BTreeSet<u64>, recover::Report) {
+        let rec = recover::scan(dir).unwrap();
+        let ids = rec.families.iter().flat_map(|f| f.index.ids().map(|id| id.0)).collect();
+        (ids, rec.report)
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap().block_on(f)
+    }
+
+    /// Messages come and go through many small segments: dead ones are
+    /// recycled, and what recovery finds afterwards is exactly what is live:
+    /// no record of a recycled file's earlier life comes back, and no tail is
+    /// reported torn.
+    #[test]
+    fn recycled_segments_never_revive_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path());
+        let stats = spool.inner.borrow().stats.clone();
+        let body = vec![b'x'; 3000];
+        let mut live = BTreeSet::new();
+        block_on(async {
+            let committer = monoio::spawn(spool.clone().run_committer());
+            for n in 1..=400u64 {
+                spool.append_message(&sample_envelope(n), &body).await.unwrap().unwrap();
+                live.insert(n);
+                // Finish each message a little later (the last five stay).
+                if n > 5 {
+                    spool.finish(QueueId(n - 5)).await.unwrap().unwrap();
+                    live.remove(&(n - 5));
+                }
+            }
+            // Let the janitor catch up with the last commits.
+            for _ in 0..20 {
+                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            spool.close();
+            committer.await;
+        });
+        let recycled = stats.segments_recycled.load(Ordering::Relaxed);
+        let created = stats.segments_created.load(Ordering::Relaxed);
+        let deleted = stats.segments_deleted.load(Ordering::Relaxed);
+        assert!(recycled >= 5, "segments were recycled ({recycled}; {created} created, {deleted} deleted)");
+        let (found, report) = live_ids(dir.path());
+        assert_eq!(found, live);
+        assert!(report.torn.is_empty(), "clean ends are not torn: {:?}", report.torn);
+
+        // And it goes on from there after a restart.
+        let (spool, report) = open(dir.path());
+        assert!(report.deleted_segments >= 1, "the prepared and spare segments are cleaned up");
+        block_on(async {
+            let committer = monoio::spawn(spool.clone().run_committer());
+            for n in 1000..1100u64 {
+                spool.append_message(&sample_envelope(n), &body).await.unwrap().unwrap();
+                live.insert(n);
+            }
+            spool.close();
+            committer.await;
+        });
+        assert_eq!(live_ids(dir.path()).0, live);
+    }
+
+    /// A torn batch in a recycled file can end right where a record of the
+    /// file's earlier life begins, with no end mark between: that record is
+    /// whole and once valid, but it is tagged for the old segment.
+    #[test]
+    fn a_stale_record_after_a_torn_batch_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fdir = segment::family_dir(dir.path(), 0);
+        std::fs::create_dir_all(&fdir).unwrap();
+        let mut file = segment::encode_header(0, 5).to_vec();
+        let mut new = Vec::new();
+        record::append_message(&mut new, &sample_envelope(50), b"new\r\n");
+        record::seal(&mut new, 5);
+        let mut old = Vec::new();
+        record::append_message(&mut old, &sample_envelope(30), b"old\r\n");
+        record::seal(&mut old, 3);
+        file.extend_from_slice(&new);
+        file.extend_from_slice(&old);
+        std::fs::write(segment::segment_path(dir.path(), 0, 5), &file).unwrap();
+        let (found, report) = live_ids(dir.path());
+        assert_eq!(found, BTreeSet::from([50]));
+        assert_eq!(report.torn.len(), 1, "the stale record is where the segment ends");
+    }
+
+    /// A crash between renaming a dead segment and writing its new header
+    /// leaves a file whose header names an older segment: it holds nothing.
+    /// A header naming a newer segment is not that, and stops the start.
+    #[test]
+    fn an_interrupted_recycle_is_an_empty_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path());
+        block_on(async {
+            let committer = monoio::spawn(spool.clone().run_committer());
+            spool.append_message(&sample_envelope(1), b"body\r\n").await.unwrap().unwrap();
+            spool.close();
+            committer.await;
+        });
+        let fdir = segment::family_dir(dir.path(), 0);
+        let spent = fdir.join("spent");
+        std::fs::copy(segment::segment_path(dir.path(), 0, 1), &spent).unwrap();
+        std::fs::rename(&spent, segment::segment_path(dir.path(), 0, 9)).unwrap();
+        let (found, report) = live_ids(dir.path());
+        assert_eq!(found, BTreeSet::from([1]), "only the real segment 1 counts");
+        assert!(report.torn.is_empty());
+
+        std::fs::copy(segment::segment_path(dir.path(), 0, 9), fdir.join("0000000000000000.seg")).unwrap();
+        std::fs::remove_file(segment::segment_path(dir.path(), 0, 9)).unwrap();
+        // Segment 0 carrying segment 1's header: not a recycle.
+        std::fs::rename(segment::segment_path(dir.path(), 0, 1), &spent).unwrap();
+        std::fs::rename(fdir.join("0000000000000000.seg"), segment::segment_path(dir.path(), 0, 1)).unwrap();
+        std::fs::rename(&spent, fdir.join("0000000000000000.seg")).unwrap();
+        assert!(matches!(recover::scan(dir.path()), Err(crate::spool::SpoolError::Corrupt { .. })));
     }
 }
