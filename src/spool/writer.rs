@@ -824,6 +824,31 @@ mod tests {
         assert_eq!(report.torn.len(), 1, "the stale record is where the segment ends");
     }
 
+    /// A segment written before tags (`RPSEG001`, `RPR1` records) still
+    /// recovers, and its file is marked to be deleted, never recycled.
+    #[test]
+    fn segments_from_before_tags_still_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let fdir = segment::family_dir(dir.path(), 0);
+        std::fs::create_dir_all(&fdir).unwrap();
+        let mut file = segment::encode_header(0, 2).to_vec();
+        file[..8].copy_from_slice(b"RPSEG001");
+        let crc = crc32c::crc32c(&file[..24]);
+        file[24..28].copy_from_slice(&crc.to_le_bytes());
+        let at = file.len();
+        record::append_message(&mut file, &sample_envelope(70), b"old format\r\n");
+        file[at..at + 4].copy_from_slice(&record::MAGIC_UNTAGGED);
+        std::fs::write(segment::segment_path(dir.path(), 0, 2), &file).unwrap();
+        let rec = recover::scan(dir.path()).unwrap();
+        assert!(rec.report.torn.is_empty());
+        let fam = &rec.families[0];
+        assert_eq!(fam.index.ids().map(|id| id.0).collect::<Vec<_>>(), vec![70]);
+        assert!(!fam.index.recyclable(2));
+        let loc = fam.index.get(QueueId(70)).unwrap().loc;
+        let (env, body) = block_on(crate::spool::read::read_message(dir.path(), 0, loc)).unwrap();
+        assert_eq!((env.id, body.as_slice()), (QueueId(70), &b"old format\r\n"[..]));
+    }
+
     /// A crash between renaming a dead segment and writing its new header
     /// leaves a file whose header names an older segment: it holds nothing.
     /// A header naming a newer segment is not that, and stops the start.
