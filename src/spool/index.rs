@@ -124,7 +124,9 @@ impl Index {
 
     /// Notes that the file of segment `seq` must be deleted, not recycled.
     pub fn forbid_recycling(&mut self, seq: u64) {
-        self.segments.entry(seq).or_default().no_recycle = true;
+        if let Some(s) = self.segments.get_mut(&seq) {
+            s.no_recycle = true;
+        }
     }
 
     /// Whether the file of segment `seq` may be recycled once dead.

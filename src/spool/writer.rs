@@ -36,6 +36,9 @@ pub struct SpoolStats {
     pub commit_failures: AtomicU64,
     pub segments_created: AtomicU64,
     pub segments_recycled: AtomicU64,
+    /// Spare segments whose file was gone when they were to be recycled
+    /// (removed by someone else); a new file was started instead.
+    pub spares_missing: AtomicU64,
     pub segments_deleted: AtomicU64,
     /// Time of each batch's write (steps 4-5: a new segment, if any, and the write).
     pub write_latency: crate::metrics::Histogram,
@@ -105,6 +108,9 @@ struct Inner {
     /// the index (so nothing that depends on it being gone goes first) until
     /// its file carries its new name and header.
     spare_segment: Option<u64>,
+    /// The spare being renamed and rewritten by a preparation under way; like
+    /// the spare, it is no longer the janitor's to keep or delete.
+    recycling: Option<u64>,
     buf: Vec<u8>,
     items: Vec<Item>,
     spare: Vec<u8>,
@@ -149,6 +155,7 @@ impl Spool {
             prepare_waiter: None,
             prepare_failed: false,
             spare_segment: None,
+            recycling: None,
             buf: Vec::with_capacity(1 << 16),
             items: Vec::new(),
             spare: Vec::with_capacity(1 << 16),
@@ -468,24 +475,36 @@ impl Spool {
             i.preparing = true;
             let seq = i.next_seq;
             i.next_seq += 1;
-            (i.dir.clone(), i.family, seq, i.spare_segment.take())
+            let spare = i.spare_segment.take();
+            i.recycling = spare;
+            (i.dir.clone(), i.family, seq, spare)
         };
         let made = make_segment(&dir, family, seq, spare).await;
         let mut i = self.inner.borrow_mut();
         i.preparing = false;
+        i.recycling = None;
         if let Some(w) = i.prepare_waiter.take() {
             w.wake();
         }
         i.prepare_failed = made.is_err();
         match made {
-            Ok(file) => {
-                if let Some(old) = spare {
-                    // Its old name and records are gone for good: whatever
-                    // waited for it to go may go now.
-                    i.index.mark_deleted(old);
-                    i.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    i.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+            Ok((file, recycled)) => {
+                match spare {
+                    Some(old) if recycled => {
+                        // Its old name and records are gone for good: whatever
+                        // waited for it to go may go now.
+                        i.index.mark_deleted(old);
+                        i.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        if let Some(missing) = other {
+                            // Dropped like any dead segment (the unlink finds
+                            // nothing), after a directory sync.
+                            i.index.forbid_recycling(missing);
+                            i.stats.spares_missing.fetch_add(1, Ordering::Relaxed);
+                        }
+                        i.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 i.prepared = Some(Open { file: Rc::new(file), seq, end: FILE_HEADER_LEN });
                 Ok(())
@@ -564,7 +583,7 @@ impl Spool {
             let (dir, family, dead) = {
                 let i = self.inner.borrow();
                 let mut dead = i.index.deletable(i.current.as_ref().map(|c| c.seq));
-                dead.retain(|s| Some(*s) != i.spare_segment);
+                dead.retain(|s| Some(*s) != i.spare_segment && Some(*s) != i.recycling);
                 (i.dir.clone(), i.family, dead)
             };
             if dead.is_empty() {
@@ -615,35 +634,37 @@ struct Made {
 
 /// Makes segment `seq` of `family` ready: from the dead segment `spare` if
 /// given (renamed, then overwritten from the start), else a new file. On
-/// return its header and end mark are durable and so is its name.
+/// return its header and end mark are durable and so is its name; the flag
+/// says whether the spare was used.
 async fn make_segment(
     dir: &std::path::Path,
     family: u32,
     seq: u64,
     spare: Option<u64>,
-) -> Result<File, Made> {
+) -> Result<(File, bool), Made> {
     let path = segment::segment_path(dir, family, seq);
     let fail = |renamed: bool| move |e: std::io::Error| Made { error: AppendError::from_io(&e), renamed };
-    let file = match spare {
-        Some(old) => {
-            // Blocking, but brief: a rename within a directory only updates
-            // cached metadata; the directory fsync below (io_uring) is the
-            // part that waits for the disk. (monoio's renameat op does not
-            // build without its legacy driver.)
-            std::fs::rename(segment::segment_path(dir, family, old), &path).map_err(fail(false))?;
-            OpenOptions::new().write(true).open(&path).await.map_err(fail(true))?
+    // Blocking, but brief: a rename within a directory only updates cached
+    // metadata; the directory fsync below (io_uring) is the part that waits
+    // for the disk. (monoio's renameat op does not build without its legacy
+    // driver.)
+    let renamed = match spare.map(|old| std::fs::rename(segment::segment_path(dir, family, old), &path)) {
+        None => false,
+        Some(Ok(())) => true,
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Someone removed it: not a reason to fail a commit.
+            tracing::error!(segment = ?spare, "the spare spool segment is missing; starting a new file");
+            false
         }
+        Some(Err(e)) => return Err(fail(false)(e)),
+    };
+    let file = if renamed {
+        OpenOptions::new().write(true).open(&path).await.map_err(fail(true))?
+    } else {
         // `seq` is above every segment that holds a record, so truncating a
         // file left by an earlier failed attempt cannot lose anything.
-        None => OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(fail(false))?,
+        OpenOptions::new().write(true).create(true).truncate(true).open(&path).await.map_err(fail(false))?
     };
-    let renamed = spare.is_some();
     let mut head = segment::encode_header(family, seq).to_vec();
     head.extend_from_slice(&[0; record::HEADER_LEN]); // the end mark: no records yet
     let (res, _) = file.write_all_at(head, 0).await;
@@ -651,7 +672,7 @@ async fn make_segment(
     file.sync_data().await.map_err(fail(renamed))?;
     let fdir = File::open(segment::family_dir(dir, family)).await.map_err(fail(renamed))?;
     fdir.sync_all().await.map_err(fail(renamed))?;
-    Ok(file)
+    Ok((file, renamed))
 }
 
 /// Batches up to this size are written with pwrite(2) on the worker thread.
@@ -798,6 +819,54 @@ mod tests {
             spool.close();
             committer.await;
         });
+        assert_eq!(live_ids(dir.path()).0, live);
+    }
+
+    /// Segments rolling over at every commit, faster than the janitor works:
+    /// the committer prepares segments itself while the janitor deletes and
+    /// keeps spares. Every append must succeed, and recovery must find
+    /// exactly what is live.
+    #[test]
+    fn segments_rolling_over_at_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path());
+        let stats = spool.inner.borrow().stats.clone();
+        let body = Rc::new(vec![b'y'; 40_000]);
+        let mut live = BTreeSet::new();
+        block_on(async {
+            let committer = monoio::spawn(spool.clone().run_committer());
+            for round in 0..30u64 {
+                let ids: Vec<u64> = (0..12).map(|k| round * 100 + k + 1).collect();
+                let tasks: Vec<_> = ids
+                    .iter()
+                    .map(|&n| {
+                        let (spool, body) = (spool.clone(), body.clone());
+                        monoio::spawn(async move { spool.append_message(&sample_envelope(n), &body).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap().unwrap();
+                }
+                // Finish the previous round's messages, all at once.
+                let done: Vec<u64> = live.iter().copied().collect();
+                let tasks: Vec<_> = done
+                    .iter()
+                    .map(|&n| {
+                        let spool = spool.clone();
+                        monoio::spawn(async move { spool.finish(QueueId(n)).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap().unwrap();
+                }
+                live = ids.into_iter().collect();
+            }
+            spool.close();
+            committer.await;
+        });
+        assert!(stats.segments_recycled.load(Ordering::Relaxed) >= 5);
+        assert_eq!(stats.commit_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.spares_missing.load(Ordering::Relaxed), 0, "no spare was handed out twice");
         assert_eq!(live_ids(dir.path()).0, live);
     }
 
