@@ -43,7 +43,8 @@ postfix_restore() {
 # ringpost_start PORT [TOML LINE...]: ringpost on 127.0.0.1:PORT, fsync on,
 # spool in $WORK/spool, admin on a free port, log level warn, plus the given
 # lines (top-level keys first, then whole tables other than [[listener]],
-# [admin], [spool] and [log]); under taskset -c $RINGPOST_CPUS if that is set.
+# [admin], [spool] and [log]; $RP_SPOOL_EXTRA, if set, goes into [spool]);
+# under taskset -c $RINGPOST_CPUS if that is set.
 # Waits until it serves; sets RP_PID and RP_ADMIN.
 ringpost_start() {
   local port=$1
@@ -52,7 +53,7 @@ ringpost_start() {
     echo 'hostname = "bench.test"'
     printf '%s\n' "$@"
     printf '[[listener]]\naddress = "127.0.0.1:%s"\n[admin]\naddress = "127.0.0.1:0"\n' "$port"
-    printf '[spool]\ndir = "%s/spool"\nfsync = true\n[log]\nlevel = "warn"\n' "$WORK"
+    printf '[spool]\ndir = "%s/spool"\nfsync = true\n%s\n[log]\nlevel = "warn"\n' "$WORK" "${RP_SPOOL_EXTRA:-}"
   } > "$WORK/ringpost.toml"
   ${RINGPOST_CPUS:+taskset -c "$RINGPOST_CPUS"} $BIN serve --config "$WORK/ringpost.toml" \
     > "$WORK/ringpost.out" 2> "$WORK/ringpost.err" &
