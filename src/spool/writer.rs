@@ -766,6 +766,13 @@ mod tests {
         (ids, rec.report)
     }
 
+    /// An empty spool with family 0's directory, for hand-made segment files.
+    fn spool_with_family_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(segment::family_dir(dir.path(), 0)).unwrap();
+        dir
+    }
+
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap().block_on(f)
     }
@@ -875,9 +882,7 @@ mod tests {
     /// whole and once valid, but it is tagged for the old segment.
     #[test]
     fn a_stale_record_after_a_torn_batch_is_not_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let fdir = segment::family_dir(dir.path(), 0);
-        std::fs::create_dir_all(&fdir).unwrap();
+        let dir = spool_with_family_dir();
         let mut file = segment::encode_header(0, 5).to_vec();
         let mut new = Vec::new();
         record::append_message(&mut new, &sample_envelope(50), b"new\r\n");
@@ -897,9 +902,7 @@ mod tests {
     /// recovers, and its file is marked to be deleted, never recycled.
     #[test]
     fn segments_from_before_tags_still_recover() {
-        let dir = tempfile::tempdir().unwrap();
-        let fdir = segment::family_dir(dir.path(), 0);
-        std::fs::create_dir_all(&fdir).unwrap();
+        let dir = spool_with_family_dir();
         let mut file = segment::encode_header(0, 2).to_vec();
         file[..8].copy_from_slice(b"RPSEG001");
         let crc = crc32c::crc32c(&file[..24]);
