@@ -303,6 +303,11 @@ fn thread_count_change_adopts_old_families() {
     let srv = Server::start_with_config(&dir, &dir.join("ringpost.toml"));
     assert_eq!(srv.queued_messages(), 10);
     assert!(!dir.join("spool/w001").exists(), "family 1 was adopted by worker 0");
+    // The copies carry their new segment's tag: the next start reads them all.
+    assert_eq!(srv.stop().code(), Some(0));
+    let srv = Server::start_with_config(&dir, &dir.join("ringpost.toml"));
+    assert_eq!(srv.queued_messages(), 10);
+    assert!(!srv.stderr().contains("torn"), "{}", srv.stderr());
 }
 
 /// The spool's segment files.
