@@ -130,7 +130,7 @@ fn kill_9_while_segments_are_recycled_loses_nothing() {
         let threads = load(&srv, 2, 30_000, Duration::from_millis(8), acked.clone(), stop.clone());
         let goal = 500 + rng.usize(0..300);
         common::wait_until(Duration::from_secs(20), || acked.lock().unwrap().len() >= goal);
-        recycled += metric(&srv, "ringpost_spool_segments_recycled_total");
+        recycled += srv.metric("ringpost_spool_segments_recycled_total");
         srv.kill9();
         stop.store(true, Ordering::Relaxed);
         for t in threads {
@@ -151,7 +151,7 @@ fn kill_9_while_segments_are_recycled_loses_nothing() {
                 "the queue drains: {} left",
                 srv.queued_messages()
             );
-            recycled += metric(&srv, "ringpost_spool_segments_recycled_total");
+            recycled += srv.metric("ringpost_spool_segments_recycled_total");
         }
         srv.kill9();
     }
@@ -174,12 +174,6 @@ fn kill_9_while_segments_are_recycled_loses_nothing() {
         "{again} deliveries repeated over {rounds} kills ({} messages): more than were in flight",
         unique.len()
     );
-}
-
-/// The value of a counter in the server's /metrics.
-fn metric(srv: &Server, name: &str) -> f64 {
-    let (_, text) = srv.http("GET", "/metrics");
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 /// A small tmpfs for the spool; unmounted on drop.

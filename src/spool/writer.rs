@@ -613,11 +613,7 @@ impl Spool {
             }
             // What the next round may delete can depend on these unlinks
             // being durable: no next round without the sync.
-            let synced = match File::open(segment::family_dir(&dir, family)).await {
-                Ok(d) => d.sync_all().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = synced {
+            if let Err(e) = sync_family_dir(&dir, family).await {
                 tracing::warn!(error = %e, "cannot sync the spool directory; deleting more later");
                 return;
             }
@@ -670,9 +666,14 @@ async fn make_segment(
     let (res, _) = file.write_all_at(head, 0).await;
     res.map_err(fail(renamed))?;
     file.sync_data().await.map_err(fail(renamed))?;
-    let fdir = File::open(segment::family_dir(dir, family)).await.map_err(fail(renamed))?;
-    fdir.sync_all().await.map_err(fail(renamed))?;
+    sync_family_dir(dir, family).await.map_err(fail(renamed))?;
     Ok((file, renamed))
+}
+
+/// Fsyncs a family's directory, so names created, renamed or removed in it
+/// are durable.
+async fn sync_family_dir(dir: &std::path::Path, family: u32) -> std::io::Result<()> {
+    File::open(segment::family_dir(dir, family)).await?.sync_all().await
 }
 
 /// Batches up to this size are written with pwrite(2) on the worker thread.

@@ -181,6 +181,12 @@ impl Server {
         self.queue()["messages"].as_u64().expect("messages")
     }
 
+    /// The value of a metric without labels in /metrics (0 if absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.http("GET", "/metrics");
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.addr())
     }
