@@ -105,7 +105,6 @@ sleep 1
 # gigabytes through both MTAs, and the disk is still busy with it (writeback,
 # and on a filesystem mounted with discard, trimming what was deleted) well
 # after the sink is quiet; that adds to every fdatasync for a while.
-# (The body is not indented: it holds a here-document.)
 latency_at_half_peak() {
 rate_of() {
   python3 -c "import json,sys; print([t for t in json.load(open(sys.argv[1]))['targets'] if t['name']==sys.argv[2]][0]['rate_median'])" "$@"
@@ -137,21 +136,10 @@ done
 # ringpost's own view of the same run: end of data to durable, from the
 # store-latency histogram of /metrics (the client's figure adds the network
 # and the load generator's own scheduling, on a CPU it shares with the sink).
-python3 - "$WORK/halfpeak-before.metrics" "$WORK/halfpeak-after.metrics" >> "$OUT" <<'PY'
-import re, sys
-def buckets(path):
-    out = {}
-    for line in open(path):
-        m = re.match(r'ringpost_store_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
-        if m:
-            out[m.group(1)] = int(m.group(2))
-    return out
-a, b = buckets(sys.argv[1]), buckets(sys.argv[2])
-total = b["+Inf"] - a["+Inf"]
-bounds = [next(k for k in b if (b[k] - a[k]) >= q * total) for q in (0.5, 0.99)]
-print(f"\nringpost's own store latency in that run (end of data to durable, its /metrics histogram, "
-      f"{total} messages): p50 at most {float(bounds[0]) * 1000:g} ms, p99 at most {float(bounds[1]) * 1000:g} ms.")
-PY
+read -r total p50 p99 < <(python3 bench/histogram.py "$WORK/halfpeak-before.metrics" \
+  "$WORK/halfpeak-after.metrics" ringpost_store_latency_seconds 0.5 0.99)
+printf "\nringpost's own store latency in that run (end of data to durable, its /metrics histogram, %s messages): p50 at most %s ms, p99 at most %s ms.\n" \
+  "$total" "$p50" "$p99" >> "$OUT"
 echo >> "$OUT"
 postsuper -d ALL >/dev/null 2>&1 || true
 }

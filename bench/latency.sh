@@ -46,19 +46,12 @@ for round in $(seq "$ROUNDS"); do
     kill "$RP_PID" "$SINK_PID" 2>/dev/null || true
     wait "$RP_PID" "$SINK_PID" 2>/dev/null || true
     python3 - "$WORK/before" "$WORK/after" "$WORK/blast.json" "$BIN" <<'PY'
-import json, re, sys
+import json, sys
+sys.path.insert(0, "bench")
+from histogram import bounds
 before, after, blast, name = sys.argv[1:5]
-def buckets(path, metric):
-    out = {}
-    for line in open(path):
-        m = re.match(metric + r'_bucket\{le="([^"]+)"\} (\d+)', line)
-        if m:
-            out[m.group(1)] = int(m.group(2))
-    return out
 def quantiles(metric, qs):
-    a, b = buckets(before, metric), buckets(after, metric)
-    total = b["+Inf"] - a.get("+Inf", 0)
-    return "/".join(f"{float(next(k for k in b if b[k] - a.get(k, 0) >= q * total)) * 1000:g}" for q in qs)
+    return "/".join(f"{x:g}" for x in bounds(before, after, metric, qs)[1])
 def counter(path, metric):
     for line in open(path):
         if line.startswith(metric + " "):
