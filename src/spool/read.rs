@@ -33,7 +33,7 @@ pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>,
     // Read into the spare capacity of exactly `len` bytes: no zeroing first.
     let len = loc.len as usize;
     let (res, buf) = file.read_exact_at(Vec::with_capacity(len).slice_mut(0..len), loc.offset).await;
-    let buf = buf.into_inner();
+    let mut buf = buf.into_inner();
     res?;
     let _ = file.close().await;
     if buf.len() != len {
@@ -44,7 +44,6 @@ pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>,
         return Err(ReadError::NotMessage);
     }
     h.verify(&buf, &buf[HEADER_LEN..], loc.seq)?;
-    let mut buf = buf;
     record::unseal(&mut buf, &h, loc.seq);
     Ok(buf)
 }
