@@ -333,6 +333,16 @@ impl Admin {
                 "Spool segment files deleted",
                 load(&s.segments_deleted),
             ),
+            (
+                "ringpost_spool_recovery_corrupt_total",
+                "Damaged regions of committed spool records skipped at startup (their records are lost)",
+                load(&s.recovery_corrupt),
+            ),
+            (
+                "ringpost_spool_recovery_undecodable_total",
+                "Whole spool records that could not be decoded at startup (skipped)",
+                load(&s.recovery_undecodable),
+            ),
             ("ringpost_tls_handshakes_total", "Successful inbound TLS handshakes", load(&m.tls_handshakes)),
             ("ringpost_tls_failures_total", "Failed inbound TLS handshakes", load(&m.tls_failures)),
             ("ringpost_auth_successes_total", "Successful AUTH", load(&m.auth_successes)),

@@ -71,7 +71,7 @@ fn main() {
     for i in 0..n {
         env.id = QueueId(i);
         env.recipients[0].address = per_domain[(i % 1000) as usize].clone();
-        index.insert(&env, Location { seq: i / 50_000, offset: (i % 50_000) * 1200, len: 1200 });
+        index.insert(&env, Location { seq: i / 50_000, offset: (i % 50_000) * 1200, len: 1200, tag: 0 });
     }
     let index_bytes = LIVE.load(Ordering::Relaxed) - before;
     let index_time = t.elapsed();

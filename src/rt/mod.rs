@@ -160,7 +160,12 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     let (families, report) = spool::recover::assign(&dir, recovery, workers as u32)
         .map_err(|e| ServeError::Runtime(format!("spool recovery: {e}")))?;
     for (path, at, dropped) in &report.torn {
-        tracing::warn!(path = %path.display(), valid_bytes = at, dropped_bytes = dropped, "spool segment had a torn tail");
+        tracing::warn!(path = %path.display(), valid_bytes = at, dropped_bytes = dropped,
+            "spool segment had a torn tail (a batch never acknowledged)");
+    }
+    for (path, at, bytes) in &report.corrupt {
+        tracing::error!(path = %path.display(), offset = at, bytes,
+            "spool segment was damaged; the records in these bytes are lost, the rest were recovered");
     }
 
     let policy = Arc::new(policy(&config));
@@ -199,7 +204,11 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         dns_timeout: config.delivery.dns_timeout,
         client_tls,
         metrics: Arc::new(Metrics::default()),
-        spool_stats: Arc::new(SpoolStats::default()),
+        spool_stats: Arc::new(SpoolStats {
+            recovery_corrupt: (report.corrupt.len() as u64).into(),
+            recovery_undecodable: (report.bad_records as u64).into(),
+            ..SpoolStats::default()
+        }),
         limits: ConnLimits::new(config.limits.connections, config.limits.connections_per_ip),
         memory: MemoryBudget::new(usize::try_from(config.limits.message_memory).unwrap_or(usize::MAX)),
         stage: Broadcast::new(workers),

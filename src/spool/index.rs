@@ -22,6 +22,9 @@ pub struct Location {
     pub offset: u64,
     /// Whole record length, header included.
     pub len: u32,
+    /// The tag of the segment's records (see `record`): what a reader checks
+    /// the record against.
+    pub tag: u32,
 }
 
 /// Where delivery of a message stands (from its Progress records).
@@ -386,7 +389,7 @@ mod tests {
     use crate::spool::record::tests::sample_envelope;
 
     fn loc(seq: u64) -> Location {
-        Location { seq, offset: 0, len: 10 }
+        Location { seq, offset: 0, len: 10, tag: 0 }
     }
 
     fn progress(id: u64, done: &[u32]) -> ProgressRecord {
@@ -464,7 +467,7 @@ mod tests {
     #[test]
     fn compaction_candidates_and_relocation() {
         let mut ix = Index::default();
-        let big = |seq, offset| Location { seq, offset, len: 1000 };
+        let big = |seq, offset| Location { seq, offset, len: 1000, tag: 0 };
         for i in 0..20 {
             ix.insert(&sample_envelope(i), big(1, i * 1000));
         }

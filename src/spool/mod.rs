@@ -18,7 +18,7 @@
 //!    new number (or create a new file), write the header, fdatasync it, then
 //!    fsync the family directory so the file's name is durable too. A janitor
 //!    task prepares the next segment as soon as one is started.
-//! 5. Seal the batch (tag each record's checksum with the segment number, see
+//! 5. Seal the batch (tag each record's checksum and header with the segment's tag, see
 //!    [`record`]) and write it, followed by a 16-byte end mark, at the end of
 //!    the segment's records: pwrite(2) for batches up to 256 KiB, io_uring
 //!    above. The next batch overwrites the end mark.
@@ -48,13 +48,19 @@
 //!     first (the copy's segment refers to it), so no crash can revive the old
 //!     copy after the message finished.
 //!
-//! Recovery scans segments in order; an end mark ends a segment, and so does
-//! the first record whose length or checksum (with this segment's tag) is
-//! wrong: a torn tail, a batch whose fdatasync never finished, so no `250` was
-//! sent for it. Records left from a recycled file's earlier life carry another
-//! segment's tag and are never read as this one's. A file whose header names
-//! an older segment was renamed for reuse and then interrupted: it holds
-//! nothing. New records always go to a new segment after a restart.
+//! Recovery scans segments in order and stops at the end mark of the last
+//! commit, which names its own offset and segment. A torn batch (its
+//! fdatasync never finished, so no `250` was sent for it) can only sit at the
+//! end of what was written: damage with no good record and no end mark of
+//! this segment after it is such a tail, and is dropped. Any other damage is
+//! corruption of committed records: the damaged bytes alone are lost (logged
+//! as an error with segment and offset, counted in `/metrics`), and the scan
+//! goes on from the next good record, searching for it if the damage left no
+//! length to skip by. Records left from a recycled file's earlier life, or
+//! shaped like records inside a message body, carry another tag and are
+//! never read as this segment's. A file whose header names an older segment
+//! was renamed for reuse and then interrupted: it holds nothing. New records
+//! always go to a new segment after a restart.
 //!
 //! With `fsync = false` step 4's and step 6's syncs are skipped: a `250` then
 //! means "in the page cache". That setting exists for benchmarks only.
@@ -98,6 +104,21 @@ pub enum AppendError {
     Closed,
     #[error("no such message")]
     NotFound,
+}
+
+/// A random salt for a new segment's header (see `segment`), from the
+/// kernel's generator: the salt keeps record tags unknown outside the spool,
+/// so it must not come from a generator whose output peers can observe.
+pub(crate) fn new_salt() -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`, which is
+    // live and writable for the whole call.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == b.len() as isize {
+        Ok(u32::from_le_bytes(b))
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl AppendError {

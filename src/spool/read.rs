@@ -43,8 +43,8 @@ pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>,
     if h.kind != Kind::Message || h.len as usize + HEADER_LEN != buf.len() {
         return Err(ReadError::NotMessage);
     }
-    h.verify(&buf, &buf[HEADER_LEN..], loc.seq)?;
-    record::unseal(&mut buf, &h, loc.seq);
+    h.verify(&buf[HEADER_LEN..], loc.tag)?;
+    record::unseal(&mut buf, &h, loc.tag);
     Ok(buf)
 }
 

@@ -1,36 +1,59 @@
 //! The on-disk record format of spool segments. Pure encoding and decoding.
 //!
 //! ```text
-//! record  = magic "RPR2" | kind u8 | 0 0 0 | len u32 LE | crc u32 LE | payload (len bytes)
-//!           crc = crc32c(kind, the three zero bytes, len, payload) XOR seq_tag(segment seq)
-//! Message = envelope | body (the rest of the payload)
-//! Done    = id u64 LE
-//! Progress= id u64 | attempts u32 | next_attempt u64 (Unix s) | last_error string
-//!           | n u32 | n x recipient index u32   (recipients finished by this attempt)
+//! record   = magic "RPR3" | kind u8 | check u24 LE | len u32 LE | crc u32 LE | payload (len bytes)
+//!            crc   = crc32c(kind, 0 0 0, len, payload) XOR tag
+//!            check = crc32c(tag, kind, len) & 0xff_ffff
+//! end mark = "RPE3" | crc32c("RPE3", offset) XOR tag u32 | offset u64   (16 bytes)
+//! Message  = envelope | body (the rest of the payload)
+//! Done     = id u64 LE
+//! Progress = id u64 | attempts u32 | next_attempt u64 (Unix s) | last_error string
+//!            | n u32 | n x recipient index u32   (recipients finished by this attempt)
 //! ```
 //! All integers are little-endian. Strings are `u16 length | bytes`; optional
 //! strings are `u8 present | string`.
 //!
-//! The tag binds a record to the segment it was committed to. Segment files
-//! are recycled (a dead file gets a new number and is overwritten from the
-//! start), so past the last commit a file may still hold whole, once valid
-//! records of its earlier life: their tags are another segment's, so neither
-//! recovery nor a reader can take them for records of this one. Records are
-//! built in memory untagged ([`seal`] tags a batch just before its write) and
-//! [`unseal`] turns one read back into that form again.
+//! The *tag* binds a record to the segment it was committed to: it is
+//! computed from the segment's number and a random salt in the segment's
+//! header (see `segment`). Segment files are recycled (a dead file gets a new
+//! number and salt and is overwritten from the start), so past the last
+//! commit a file may still hold whole, once valid records of its earlier
+//! life: their tags are another segment's, so neither recovery nor a reader
+//! can take them for records of this one. The salt also makes tags unknown
+//! outside the spool, so bytes a client sends (a message body holding
+//! something shaped like a record) cannot pass for a record when recovery
+//! searches a damaged segment for the next good one.
 //!
-//! `RPR1` records (written before tags existed) carry the plain checksum; they
-//! are only ever found in segments that are never recycled (see `segment`).
+//! The 24-bit header *check* lets that search reject almost every false
+//! candidate from its 16 header bytes, without reading the payload it
+//! claims; the *end mark* written after every batch names its own offset, so
+//! zeroed or damaged bytes are never taken for the end of a segment.
+//!
+//! Records are built in memory untagged ([`seal`] tags a batch just before its
+//! write) and [`unseal`] turns one read back into that form again.
+//!
+//! Older formats are still read: `RPR2` records (segments `RPSEG002`) have no
+//! check and a tag from the segment number alone, and their end mark is 16
+//! zero bytes; `RPR1` records (`RPSEG001`) carry the plain checksum.
 use std::net::IpAddr;
 
 use crate::envelope::{BodyType, Envelope, Notify, QueueId, Recipient, Ret};
 use crate::smtp::address::{Mailbox, ReversePath};
 
-pub const MAGIC: [u8; 4] = *b"RPR2";
+pub const MAGIC: [u8; 4] = *b"RPR3";
+/// Records of `RPSEG002` segments: tagged by segment number, no header check.
+pub const MAGIC_V2: [u8; 4] = *b"RPR2";
 /// Records from before segment tags: the checksum is not tagged.
 pub const MAGIC_UNTAGGED: [u8; 4] = *b"RPR1";
+/// The first bytes of an end mark.
+pub const END_MAGIC: [u8; 4] = *b"RPE3";
 pub const HEADER_LEN: usize = 16;
-/// Records larger than this are corrupt by definition.
+/// An end mark's length (the same as a record header's).
+pub const END_LEN: usize = 16;
+/// Largest payload a record may have. A message's payload is its envelope
+/// and body, so `limits.message_size` is bounded well below this (see
+/// `config`); the writer refuses anything larger instead of storing what
+/// recovery would take for corruption.
 pub const MAX_PAYLOAD: u32 = 1 << 30;
 
 /// Record kinds.
@@ -43,6 +66,17 @@ pub enum Kind {
     Done = 2,
     /// A delivery attempt finished some recipients and/or scheduled a retry.
     Progress = 3,
+}
+
+/// The record format a header was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `RPR1`: untagged.
+    V1,
+    /// `RPR2`: tagged by segment number.
+    V2,
+    /// `RPR3`: salted tag and header check.
+    V3,
 }
 
 /// The content of a Progress record.
@@ -80,23 +114,49 @@ pub struct Header {
     pub kind: Kind,
     pub len: u32,
     pub crc: u32,
-    /// False for an `RPR1` record, whose checksum carries no segment tag.
-    pub tagged: bool,
+    pub version: Version,
+    /// The 24-bit header check (`RPR3`; zero otherwise).
+    pub check: u32,
 }
 
-/// The tag of segment `seq`: distinct for any two segment numbers below
-/// 2^32 (a CRC detects every error burst of 32 bits or less).
+/// The tag of an `RPSEG002` segment: its number alone. Distinct for any two
+/// segment numbers below 2^32 (a CRC detects every error burst of 32 bits or
+/// less), but known to anyone.
 pub fn seq_tag(seq: u64) -> u32 {
     crc32c::crc32c(&seq.to_le_bytes())
+}
+
+/// The tag of an `RPSEG003` segment: its number and its random salt. For one
+/// salt, distinct for any two numbers below 2^32, as [`seq_tag`].
+pub fn segment_tag(seq: u64, salt: u32) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), &salt.to_le_bytes())
+}
+
+/// The 24-bit check of an `RPR3` header.
+fn header_check(tag: u32, kind: u8, len: u32) -> u32 {
+    let mut b = [0u8; 9];
+    b[..4].copy_from_slice(&tag.to_le_bytes());
+    b[4] = kind;
+    b[5..].copy_from_slice(&len.to_le_bytes());
+    crc32c::crc32c(&b) & 0xff_ffff
+}
+
+/// The checksum of `kind`, `len` and the payload, untagged.
+fn body_crc(kind: u8, len: u32, payload: &[u8]) -> u32 {
+    let mut b = [0u8; 8];
+    b[0] = kind;
+    b[4..].copy_from_slice(&len.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&b), payload)
 }
 
 impl Header {
     pub fn parse(b: &[u8]) -> Result<Header, DecodeError> {
         let b: &[u8; HEADER_LEN] =
             b.get(..HEADER_LEN).and_then(|s| s.try_into().ok()).ok_or(DecodeError::Truncated)?;
-        let tagged = match [b[0], b[1], b[2], b[3]] {
-            MAGIC => true,
-            MAGIC_UNTAGGED => false,
+        let version = match [b[0], b[1], b[2], b[3]] {
+            MAGIC => Version::V3,
+            MAGIC_V2 => Version::V2,
+            MAGIC_UNTAGGED => Version::V1,
             _ => return Err(DecodeError::Magic),
         };
         let kind = match b[4] {
@@ -106,23 +166,45 @@ impl Header {
             k => return Err(DecodeError::Kind(k)),
         };
         let len = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if len > MAX_PAYLOAD || b[5..8] != [0, 0, 0] {
+        let check = u32::from_le_bytes([b[5], b[6], b[7], 0]);
+        if len > MAX_PAYLOAD || (version != Version::V3 && check != 0) {
             return Err(DecodeError::Length(len));
         }
-        Ok(Header { kind, len, crc: u32::from_le_bytes([b[12], b[13], b[14], b[15]]), tagged })
+        Ok(Header { kind, len, crc: u32::from_le_bytes([b[12], b[13], b[14], b[15]]), version, check })
     }
 
-    /// Checks the payload against the header's checksum, as a record of
-    /// segment `seq`.
-    pub fn verify(&self, header_bytes: &[u8], payload: &[u8], seq: u64) -> Result<(), DecodeError> {
-        let tag = if self.tagged { seq_tag(seq) } else { 0 };
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[4..12]), payload) ^ tag;
-        if crc == self.crc {
+    /// Whether the header itself fits a segment whose records carry `tag`:
+    /// the 24-bit check of an `RPR3` header (older headers have none). Lets a
+    /// search reject a false candidate without reading its payload.
+    pub fn fits(&self, tag: u32) -> bool {
+        self.version != Version::V3 || self.check == header_check(tag, self.kind as u8, self.len)
+    }
+
+    /// Checks the payload against the header, as a record of a segment whose
+    /// records carry `tag` (ignored for an untagged `RPR1` record).
+    pub fn verify(&self, payload: &[u8], tag: u32) -> Result<(), DecodeError> {
+        let tag = if self.version == Version::V1 { 0 } else { tag };
+        if self.fits(tag) && body_crc(self.kind as u8, self.len, payload) ^ tag == self.crc {
             Ok(())
         } else {
             Err(DecodeError::Checksum)
         }
     }
+}
+
+/// The end mark at `offset` of a segment whose records carry `tag`.
+pub fn end_mark(tag: u32, offset: u64) -> [u8; END_LEN] {
+    let mut m = [0u8; END_LEN];
+    m[..4].copy_from_slice(&END_MAGIC);
+    m[8..].copy_from_slice(&offset.to_le_bytes());
+    let check = crc32c::crc32c_append(crc32c::crc32c(&END_MAGIC), &m[8..]) ^ tag;
+    m[4..8].copy_from_slice(&check.to_le_bytes());
+    m
+}
+
+/// Whether `b` starts with the end mark of offset `offset` for `tag`.
+pub fn is_end_mark(b: &[u8], tag: u32, offset: u64) -> bool {
+    b.get(..END_LEN).is_some_and(|m| m == end_mark(tag, offset))
 }
 
 /// Appends a record with the given payload writer; returns the record's length.
@@ -134,34 +216,35 @@ fn append(out: &mut Vec<u8>, kind: Kind, write_payload: impl FnOnce(&mut Vec<u8>
     write_payload(out);
     let len = (out.len() - start - HEADER_LEN) as u32;
     out[start + 8..start + 12].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 4..start + 12]), &out[start + HEADER_LEN..]);
+    let crc = body_crc(kind as u8, len, &out[start + HEADER_LEN..]);
     out[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
 }
 
 /// Tags every record in `batch` (whole records built by the `append_*`
-/// functions, back to back) for segment `seq`. XOR is its own inverse, so
-/// sealing twice with the same `seq` undoes it.
-pub fn seal(batch: &mut [u8], seq: u64) {
-    let tag = seq_tag(seq).to_le_bytes();
+/// functions, back to back) for a segment whose records carry `tag`.
+/// [`unseal`] undoes it for one record.
+pub fn seal(batch: &mut [u8], tag: u32) {
     let mut at = 0;
     while let Some(h) = batch.get_mut(at..at + HEADER_LEN) {
         debug_assert_eq!(h[..4], MAGIC, "seal walks records it built");
-        for (b, t) in h[12..16].iter_mut().zip(tag) {
-            *b ^= t;
-        }
-        at += HEADER_LEN + u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        let check = header_check(tag, h[4], len).to_le_bytes();
+        h[5..8].copy_from_slice(&check[..3]);
+        let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) ^ tag;
+        h[12..16].copy_from_slice(&crc.to_le_bytes());
+        at += HEADER_LEN + len as usize;
     }
 }
 
-/// Turns a checked record read from segment `seq` back into the untagged
-/// in-memory form (an `RPR1` record becomes `RPR2`), ready for another batch.
-pub fn unseal(record: &mut [u8], h: &Header, seq: u64) {
-    if h.tagged {
-        let crc = h.crc ^ seq_tag(seq);
-        record[12..16].copy_from_slice(&crc.to_le_bytes());
-    }
+/// Turns a checked record read from a segment whose records carry `tag`
+/// back into the untagged in-memory form (an `RPR1` or `RPR2` record becomes
+/// `RPR3`), ready for another batch.
+pub fn unseal(record: &mut [u8], h: &Header, tag: u32) {
+    let crc = if h.version == Version::V1 { h.crc } else { h.crc ^ tag };
     record[..4].copy_from_slice(&MAGIC);
+    record[5..8].copy_from_slice(&[0, 0, 0]);
+    record[12..16].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Appends a Message record. Returns its length in bytes.
@@ -401,18 +484,29 @@ pub(crate) mod tests {
         }
     }
 
+    /// Checks a whole record at the start of `b` as one of a segment whose
+    /// records carry `tag`; returns its length.
+    fn check_one(b: &[u8], tag: u32) -> Result<usize, DecodeError> {
+        let h = Header::parse(b)?;
+        let end = HEADER_LEN + h.len as usize;
+        h.verify(b.get(HEADER_LEN..end).ok_or(DecodeError::Truncated)?, tag)?;
+        Ok(end)
+    }
+
     #[test]
     fn message_round_trip() {
         let env = sample_envelope(42);
         let mut buf = vec![0xAA; 3]; // records append after existing bytes
         let len = append_message(&mut buf, &env, b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(len, buf.len() - 3);
-        seal(&mut buf[3..], 5);
+        let tag = segment_tag(5, 0x1234_5678);
+        seal(&mut buf[3..], tag);
         let rec = &buf[3..];
         let h = Header::parse(rec).unwrap();
-        assert_eq!(h.kind, Kind::Message);
+        assert_eq!((h.kind, h.version), (Kind::Message, Version::V3));
+        assert!(h.fits(tag));
         let payload = &rec[HEADER_LEN..HEADER_LEN + h.len as usize];
-        h.verify(rec, payload, 5).unwrap();
+        h.verify(payload, tag).unwrap();
         let (decoded, body_at) = decode_message(payload).unwrap();
         assert_eq!(decoded, env);
         assert_eq!(&payload[body_at..], b"Subject: x\r\n\r\nbody\r\n");
@@ -422,15 +516,16 @@ pub(crate) mod tests {
     fn done_round_trip_and_corruption() {
         let mut buf = Vec::new();
         append_done(&mut buf, QueueId(7));
-        seal(&mut buf, 0);
-        let h = Header::parse(&buf).unwrap();
-        h.verify(&buf, &buf[HEADER_LEN..], 0).unwrap();
+        let tag = segment_tag(0, 99);
+        seal(&mut buf, tag);
+        assert_eq!(check_one(&buf, tag), Ok(buf.len()));
         assert_eq!(decode_done(&buf[HEADER_LEN..]), Ok(QueueId(7)));
         for i in 0..buf.len() {
-            let mut bad = buf.clone();
-            bad[i] ^= 0x10;
-            let ok = Header::parse(&bad).and_then(|h| h.verify(&bad, &bad[HEADER_LEN..], 0));
-            assert!(ok.is_err(), "flipping byte {i} is detected");
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[i] ^= 1 << bit;
+                assert!(check_one(&bad, tag).is_err(), "flipping bit {bit} of byte {i} is detected");
+            }
         }
         assert_eq!(Header::parse(&buf[..10]), Err(DecodeError::Truncated));
     }
@@ -446,22 +541,20 @@ pub(crate) mod tests {
         };
         let mut buf = Vec::new();
         append_progress(&mut buf, &p);
-        seal(&mut buf, 1 << 40);
+        let tag = segment_tag(1 << 40, 7);
+        seal(&mut buf, tag);
         let h = Header::parse(&buf).unwrap();
         assert_eq!(h.kind, Kind::Progress);
-        h.verify(&buf, &buf[HEADER_LEN..], 1 << 40).unwrap();
+        h.verify(&buf[HEADER_LEN..], tag).unwrap();
         assert_eq!(decode_progress(&buf[HEADER_LEN..]), Ok(p));
         assert!(decode_progress(&buf[HEADER_LEN..buf.len() - 1]).is_err());
     }
 
-    /// Checks every record of `buf` as a record of segment `seq`.
-    fn check_all(buf: &[u8], seq: u64) -> Result<usize, DecodeError> {
+    /// Checks every record of `buf` for `tag`.
+    fn check_all(buf: &[u8], tag: u32) -> Result<usize, DecodeError> {
         let (mut at, mut n) = (0, 0);
         while at < buf.len() {
-            let h = Header::parse(&buf[at..])?;
-            let end = at + HEADER_LEN + h.len as usize;
-            h.verify(&buf[at..], &buf[at + HEADER_LEN..end], seq)?;
-            at = end;
+            at += check_one(&buf[at..], tag)?;
             n += 1;
         }
         Ok(n)
@@ -474,36 +567,71 @@ pub(crate) mod tests {
         append_done(&mut batch, QueueId(2));
         append_progress(&mut batch, &ProgressRecord { id: QueueId(3), ..Default::default() });
         let plain = batch.clone();
-        seal(&mut batch, 7);
-        assert_eq!(check_all(&batch, 7), Ok(3));
-        // The same bytes, found in a file recycled as segment 8 (or 6), are not its records.
-        for other in [0, 6, 8, 7 + (1 << 32)] {
-            assert_eq!(check_all(&batch, other), Err(DecodeError::Checksum), "seq {other}");
+        let tag = segment_tag(7, 0xdead_beef);
+        seal(&mut batch, tag);
+        assert_eq!(check_all(&batch, tag), Ok(3));
+        // The same bytes, found in a file recycled as another segment (or the
+        // same number with another salt), are not its records.
+        for (seq, salt) in [(0, 0xdead_beef), (6, 0xdead_beef), (8, 0xdead_beef), (7, 0xdead_beee), (7, 0)] {
+            let other = segment_tag(seq, salt);
+            assert_eq!(check_all(&batch, other), Err(DecodeError::Checksum), "seq {seq} salt {salt:x}");
+            let h = Header::parse(&batch).unwrap();
+            // The header check alone already tells (but for one in 2^24).
+            assert!(!h.fits(other), "seq {seq} salt {salt:x}");
         }
-        seal(&mut batch, 7);
-        assert_eq!(batch, plain, "sealing twice undoes it");
 
         // unseal: a record read back from segment 7, copied into segment 9.
-        seal(&mut batch, 7);
         let h = Header::parse(&batch).unwrap();
         let mut rec = batch[..HEADER_LEN + h.len as usize].to_vec();
-        unseal(&mut rec, &h, 7);
+        unseal(&mut rec, &h, tag);
         assert_eq!(rec, plain[..rec.len()]);
-        seal(&mut rec, 9);
-        assert_eq!(check_all(&rec, 9), Ok(1));
+        seal(&mut rec, segment_tag(9, 1));
+        assert_eq!(check_all(&rec, segment_tag(9, 1)), Ok(1));
     }
 
     #[test]
-    fn untagged_records_of_old_segments_still_read() {
-        let mut rec = Vec::new();
-        append_done(&mut rec, QueueId(4));
-        rec[..4].copy_from_slice(&MAGIC_UNTAGGED); // as written before tags
-        assert_eq!(check_all(&rec, 3), Ok(1));
-        let h = Header::parse(&rec).unwrap();
-        assert!(!h.tagged);
-        unseal(&mut rec, &h, 3);
-        seal(&mut rec, 12);
-        assert_eq!(check_all(&rec, 12), Ok(1));
+    fn older_records_still_read() {
+        // RPR1 (untagged) and RPR2 (tagged by number) as their writers made them.
+        let mut v1 = Vec::new();
+        append_done(&mut v1, QueueId(4));
+        v1[..4].copy_from_slice(&MAGIC_UNTAGGED);
+        let h = Header::parse(&v1).unwrap();
+        assert_eq!(h.version, Version::V1);
+        assert_eq!(check_all(&v1, 0), Ok(1));
+        assert_eq!(check_all(&v1, 12345), Ok(1), "untagged: any tag");
+        let mut v2 = Vec::new();
+        append_done(&mut v2, QueueId(5));
+        v2[..4].copy_from_slice(&MAGIC_V2);
+        let crc = u32::from_le_bytes(v2[12..16].try_into().unwrap()) ^ seq_tag(3);
+        v2[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(check_all(&v2, seq_tag(3)), Ok(1));
+        assert_eq!(check_all(&v2, seq_tag(4)), Err(DecodeError::Checksum));
+        // Both unseal into today's in-memory form, ready for a new segment.
+        for (mut rec, tag) in [(v1, 0), (v2, seq_tag(3))] {
+            let h = Header::parse(&rec).unwrap();
+            unseal(&mut rec, &h, tag);
+            assert_eq!(Header::parse(&rec).unwrap().version, Version::V3);
+            seal(&mut rec, segment_tag(12, 5));
+            assert_eq!(check_all(&rec, segment_tag(12, 5)), Ok(1));
+        }
+        // An older header with check bytes set is not a header.
+        let mut bad = Vec::new();
+        append_done(&mut bad, QueueId(6));
+        bad[..4].copy_from_slice(&MAGIC_V2);
+        bad[6] = 1;
+        assert!(Header::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn end_marks_name_their_segment_and_offset() {
+        let tag = segment_tag(3, 42);
+        let m = end_mark(tag, 4096);
+        assert!(is_end_mark(&m, tag, 4096));
+        assert!(!is_end_mark(&m, tag, 4112), "another offset");
+        assert!(!is_end_mark(&m, segment_tag(4, 42), 4096), "another segment");
+        assert!(!is_end_mark(&[0; END_LEN], tag, 4096), "zeros are not an end mark");
+        assert!(!is_end_mark(&m[..15], tag, 4096));
+        assert!(Header::parse(&m).is_err(), "an end mark is not a record header");
     }
 
     #[test]
