@@ -11,6 +11,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use crate::smtp::address::Domain;
+
 /// A config problem, with the file, line and key where possible.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -22,7 +24,7 @@ pub struct ConfigError(String);
 pub struct Config {
     /// Name in the greeting, EHLO and Received. Default: the system host name.
     #[serde(default)]
-    pub hostname: Option<String>,
+    pub hostname: Option<Spanned<String>>,
     /// Worker threads, one io_uring runtime each. 0 = one per CPU.
     #[serde(default)]
     pub threads: usize,
@@ -368,6 +370,17 @@ impl Config {
         let at = |span: Range<usize>, key: &str, msg: &str| {
             ConfigError(format!("{name}: line {}: {key}: {msg}", line_of(text, span.start)))
         };
+        let host = self.hostname.as_ref().map_or_else(system_hostname, |h| h.get_ref().clone());
+        if Domain::parse_host_name(&host).is_err() {
+            let msg = format!(
+                "{host:?} is not a valid host name (dot-separated labels of letters, digits and \
+                 hyphens, no trailing dot, e.g. \"mx1.example.com\")"
+            );
+            return Err(match &self.hostname {
+                Some(h) => at(h.span(), "hostname", &msg),
+                None => ConfigError(format!("{name}: hostname: the system host name {msg}; set hostname")),
+            });
+        }
         if self.listeners.is_empty() {
             return Err(ConfigError(format!("{name}: at least one [[listener]] is needed")));
         }
@@ -409,9 +422,11 @@ impl Config {
         Ok(())
     }
 
-    /// The host name to announce.
-    pub fn hostname(&self) -> String {
-        self.hostname.clone().unwrap_or_else(system_hostname)
+    /// The host name to announce (checked by [`Config::parse`]; should it
+    /// not be valid in a config that was not checked, `localhost`).
+    pub fn hostname(&self) -> Domain {
+        let host = self.hostname.as_ref().map_or_else(system_hostname, |h| h.get_ref().clone());
+        Domain::parse_host_name(&host).unwrap_or_else(|_| Domain::localhost())
     }
 }
 
@@ -503,7 +518,7 @@ address  = "alice@example.test"
 password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUjw4bSE8kx+u6PzV5C0M"
 "#;
         let c = Config::parse(text, "t.toml").unwrap();
-        assert_eq!(c.hostname(), "mx1.example.com");
+        assert_eq!(c.hostname().as_str(), "mx1.example.com");
         assert_eq!(c.listeners[1].get_ref().tls, TlsMode::Implicit);
         assert_eq!(c.limits.command_timeout, Duration::from_secs(30));
         assert_eq!(c.delivery.retry, vec![Duration::from_secs(60), Duration::from_secs(300)]);
@@ -522,6 +537,11 @@ password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUj
             ("[[user]]\naddress = \"a@b.test\"\npassword = \"hunter2\"\n", "line 1", "user[0].password"),
             ("[relay]\nrelay_networks = [\"10.0.0.0/33\"]\n", "line 2", "relay_networks"),
             ("[spool]\nfsync = \"yes\"\n", "line 2", "fsync"),
+            ("threads = 1\nhostname = \"mx.test.\"\n", "line 2", "hostname"),
+            ("hostname = \"mx_test\"\n", "line 1", "not a valid host name"),
+            ("hostname = \"\"\n", "line 1", "hostname"),
+            ("hostname = \"mx.test\\r\\n250 injected\"\n", "line 1", "hostname"),
+            ("hostname = \"[192.0.2.1]\"\n", "line 1", "hostname"),
         ];
         for (text, line, word) in cases {
             let err = Config::parse(text, "x.toml").unwrap_err().to_string();

@@ -104,7 +104,13 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        None => Config::defaults(),
+        None => match Config::parse("", "built-in defaults") {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ringpost: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     init_logging(&config.log.level);
     let notify = SdNotify::from_env();

@@ -413,6 +413,47 @@ fn config_errors_exit_2_with_location() {
     assert!(err.contains("bad.toml") && err.contains("line 3") && err.contains("mesage_size"), "{err}");
 }
 
+/// A host name that is not a domain would go into the greeting as it is and
+/// into `<postmaster>`'s address, which the spool could then not read back
+/// (the mail was acknowledged and lost). It is a config error instead.
+#[test]
+fn a_bad_hostname_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for host in ["mx.test.", "mx_test", "", "mx.test\\r\\n250 x"] {
+        let path = dir.path().join("host.toml");
+        std::fs::write(&path, format!("threads = 1\nhostname = \"{host}\"\n")).unwrap();
+        let out = common::run_briefly(
+            std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(&path),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{host:?}: {err}");
+        assert!(err.contains("host.toml: line 2: hostname"), "{host:?}: {err}");
+    }
+}
+
+/// `<postmaster>` (no domain) takes our host name; the message must read
+/// back after a restart.
+#[test]
+fn mail_to_bare_postmaster_survives_a_restart() {
+    let extra = "[delivery]\nhold = true\ndns_servers = [\"127.0.0.1:9\"]\n";
+    let srv = Server::start(extra);
+    let dir = srv.dir.clone();
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<Postmaster>", "250");
+    c.cmd("DATA", "354");
+    c.send_str("Subject: hi\r\n\r\nhello\r\n.\r\n");
+    let id = common::queue_id(&c.expect("250")).unwrap().to_owned();
+    c.cmd("QUIT", "221");
+    assert_eq!(srv.stop().code(), Some(0));
+    let srv = Server::start_in(&dir, extra);
+    let (status, body) = srv.http("GET", &format!("/queue/{id}"));
+    assert_eq!(status, 200, "{body}");
+    assert!(!srv.stderr().contains("undecodable"), "{}", srv.stderr());
+}
+
 #[test]
 fn bind_failure_exits_1_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

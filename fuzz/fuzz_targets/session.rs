@@ -47,7 +47,7 @@ const TOKENS: &[&[u8]] = &[
 
 fn config() -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
-        hostname: "mx.test".into(),
+        hostname: ringpost::smtp::address::Domain::parse_host_name("mx.test").expect("valid"),
         kind: Kind::Mx,
         starttls: true,
         max_message_size: 200,

@@ -16,6 +16,7 @@ use super::worker::{ListenerCtx, WorkerCtx};
 use crate::metrics::inc;
 use crate::policy::canonical;
 use crate::smtp::session::{ConnInfo, Event, Session, StoreError};
+use crate::spool::AppendError;
 
 /// Serves one accepted connection to the end.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: Rc<WorkerCtx>) {
@@ -208,6 +209,7 @@ impl Driver {
                 self.w.owner.enqueue_new(&msg.envelope);
                 Ok(())
             }
+            Ok(Err(AppendError::Unstorable(_))) => Err(StoreError::Local),
             Ok(Err(e)) => {
                 inc(&self.w.metrics.spool_failures);
                 tracing::warn!(error = %e, "message not stored; replied 452");

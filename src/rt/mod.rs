@@ -70,7 +70,7 @@ pub fn session_config(config: &Config, l: &ListenerConfig, policy: Arc<Policy>) 
 pub fn delivery_config(config: &Config) -> Result<crate::delivery::DeliveryConfig, String> {
     let d = &config.delivery;
     Ok(crate::delivery::DeliveryConfig {
-        hostname: config.hostname(),
+        hostname: config.hostname().to_string(),
         port: d.port,
         retry: d.retry.clone(),
         max_age: d.max_age,

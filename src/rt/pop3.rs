@@ -37,7 +37,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: 
     let ip = canonical(peer.ip());
     let stls = config.starttls && l.tls_config().is_some();
     let mut d = Driver {
-        session: Session::new(&config.hostname, stls, tls, ip.is_loopback()),
+        session: Session::new(config.hostname.as_str(), stls, tls, ip.is_loopback()),
         transport,
         rbuf: Vec::with_capacity(READ_MIN),
         start: 0,

@@ -48,6 +48,21 @@ impl Domain {
         Ok(Domain(s.to_owned()))
     }
 
+    /// Parses a host name for our own use (greeting, EHLO, Received,
+    /// `<postmaster>`): an ASCII DNS name of letter, digit and hyphen labels,
+    /// no address literal, no trailing dot.
+    pub fn parse_host_name(s: &str) -> Result<Domain, AddressError> {
+        if !s.is_ascii() || s.starts_with('[') || s.len() > 253 {
+            return Err(AddressError::Domain);
+        }
+        Domain::parse(s)
+    }
+
+    /// `localhost`, a valid host name.
+    pub fn localhost() -> Domain {
+        Domain("localhost".to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -267,10 +282,10 @@ pub fn parse_reverse_path(arg: &str) -> Result<(ReversePath, &str), AddressError
 
 /// Parses the text after `RCPT TO:` into the forward path and its parameters.
 /// A bare `<postmaster>` is returned with `domain` as its domain (RFC 5321 §4.1.1.3).
-pub fn parse_forward_path<'a>(arg: &'a str, domain: &str) -> Result<(Mailbox, &'a str), AddressError> {
+pub fn parse_forward_path<'a>(arg: &'a str, domain: &Domain) -> Result<(Mailbox, &'a str), AddressError> {
     let (inner, params) = split_path(arg)?;
     if inner.eq_ignore_ascii_case("postmaster") {
-        let mailbox = Mailbox { local: inner.to_owned(), domain: Domain(domain.to_owned()) };
+        let mailbox = Mailbox { local: inner.to_owned(), domain: domain.clone() };
         return Ok((mailbox, params));
     }
     Ok((Mailbox::parse(inner)?, params))
@@ -348,10 +363,35 @@ mod tests {
     #[test]
     fn reverse_and_forward() {
         assert_eq!(parse_reverse_path("<>").unwrap().0, ReversePath::Null);
-        let (m, p) = parse_forward_path("<Postmaster> NOTIFY=NEVER", "mx.test").unwrap();
+        let host = Domain::parse_host_name("mx.test").unwrap();
+        let (m, p) = parse_forward_path("<Postmaster> NOTIFY=NEVER", &host).unwrap();
         assert!(m.is_postmaster());
         assert_eq!(m.domain().as_str(), "mx.test");
         assert_eq!(p, "NOTIFY=NEVER");
-        assert!(parse_forward_path("<>", "mx.test").is_err());
+        // What goes to the spool as text comes back as the same mailbox.
+        assert_eq!(Mailbox::parse(&m.to_string()), Ok(m));
+        assert!(parse_forward_path("<>", &host).is_err());
+    }
+
+    #[test]
+    fn host_names() {
+        for ok in ["mx.test", "localhost", "mx-1.example.com", "a.b.c.d.e"] {
+            assert!(Domain::parse_host_name(ok).is_ok(), "{ok}");
+        }
+        let long = format!("{}.test", "a.".repeat(130));
+        for bad in [
+            "",
+            "mx.test.",
+            "mx_test",
+            ".mx",
+            "mx..test",
+            "mx.test\r\n250 x",
+            "a b",
+            "[127.0.0.1]",
+            "mx.тест",
+            &long,
+        ] {
+            assert!(Domain::parse_host_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

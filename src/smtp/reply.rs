@@ -92,6 +92,7 @@ pub mod canned {
     pub const TOO_MANY_RCPTS: Reply = Reply::new(452, S(4, 5, 3), "Too many recipients");
     pub const SPOOL_FAILED: Reply =
         Reply::new(452, S(4, 3, 1), "Insufficient system storage, try again later");
+    pub const LOCAL_ERROR: Reply = Reply::new(451, S(4, 3, 0), "Local error: this message cannot be stored");
     pub const TLS_UNAVAILABLE: Reply = Reply::new(454, S(4, 7, 0), "TLS not available");
 
     pub const UNRECOGNIZED: Reply = Reply::new(500, S(5, 5, 2), "Command not recognized");

@@ -93,9 +93,15 @@ pub enum SpoolError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// Why a record could not be made durable. Every variant means `452 4.3.1`.
+/// Why a record could not be made durable. [`AppendError::Unstorable`]
+/// means `451 4.3.0`; every other variant `452 4.3.1`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AppendError {
+    /// The record would not read back as it was meant (a field the decoder
+    /// refuses, or one the encoder had to cut). Refused rather than stored
+    /// and lost at the next read.
+    #[error("the message cannot be stored: {0}")]
+    Unstorable(&'static str),
     #[error("spool disk is full")]
     NoSpace,
     #[error("spool I/O error: {0}")]

@@ -255,6 +255,18 @@ pub fn append_message(out: &mut Vec<u8>, env: &Envelope, body: &[u8]) -> usize {
     })
 }
 
+/// Checks an untagged Message record just built from `env`: it must decode
+/// into `env` again. Returns what is wrong otherwise.
+pub fn check_message(record: &[u8], env: &Envelope) -> Result<(), &'static str> {
+    let h = Header::parse(record).map_err(|_| "record header")?;
+    let payload = record.get(HEADER_LEN..HEADER_LEN + h.len as usize).ok_or("record length")?;
+    match decode_message(payload) {
+        Ok((decoded, _)) if decoded == *env => Ok(()),
+        Ok(_) => Err("a field would read back differently"),
+        Err(_) => Err("the envelope would not decode"),
+    }
+}
+
 /// Appends a Done record. Returns its length in bytes.
 pub fn append_done(out: &mut Vec<u8>, id: QueueId) -> usize {
     append(out, Kind::Done, |p| p.extend_from_slice(&id.0.to_le_bytes()))

@@ -175,12 +175,19 @@ impl Spool {
         Spool { inner: Rc::new(RefCell::new(inner)) }
     }
 
-    /// Queues a message for the next commit.
+    /// Queues a message for the next commit. The record is decoded again
+    /// at once and must give back `env`: what could not be read back (and
+    /// so would be lost after the `250`) is refused here instead.
     pub fn append_message(&self, env: &Envelope, body: &[u8]) -> Ticket {
         let mut i = self.inner.borrow_mut();
-        let prepared = i.index.prepare(env);
         let offset = i.buf.len();
         let len = record::append_message(&mut i.buf, env, body);
+        if let Err(e) = record::check_message(&i.buf[offset..offset + len], env) {
+            i.buf.truncate(offset);
+            tracing::error!(id = %env.id, error = e, "refusing a message whose spool record would not read back");
+            return refused(AppendError::Unstorable(e));
+        }
+        let prepared = i.index.prepare(env);
         i.push(offset, len, Op::Insert(env.id, prepared))
     }
 
@@ -188,9 +195,7 @@ impl Spool {
     pub fn finish(&self, id: QueueId) -> Ticket {
         let mut i = self.inner.borrow_mut();
         if i.index.get(id).is_none() {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(Err(AppendError::NotFound));
-            return rx;
+            return refused(AppendError::NotFound);
         }
         let offset = i.buf.len();
         let len = record::append_done(&mut i.buf, id);
@@ -201,9 +206,7 @@ impl Spool {
     pub fn progress(&self, p: record::ProgressRecord) -> Ticket {
         let mut i = self.inner.borrow_mut();
         if i.index.get(p.id).is_none() {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(Err(AppendError::NotFound));
-            return rx;
+            return refused(AppendError::NotFound);
         }
         let offset = i.buf.len();
         let len = record::append_progress(&mut i.buf, &p);
@@ -735,6 +738,13 @@ async fn write_batch(file: &File, batch: Vec<u8>, offset: u64) -> (std::io::Resu
     (Ok(()), batch)
 }
 
+/// A ticket already answered with `e`.
+fn refused(e: AppendError) -> Ticket {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Err(e));
+    rx
+}
+
 /// Moves a shared gauge by the change of a family's count.
 fn adjust(gauge: &AtomicU64, before: u64, after: u64) {
     if after >= before {
@@ -839,6 +849,25 @@ mod tests {
             committer.await;
         });
         assert_eq!(live_ids(dir.path()).0, live);
+    }
+
+    /// A record that would not read back as it was meant is refused before
+    /// anything is written (`451`), never stored and lost at the next read.
+    #[test]
+    fn what_would_not_read_back_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path());
+        let mut env = sample_envelope(1);
+        env.envid = Some("x".repeat(70_000)); // a string field holds at most 64 KiB
+        block_on(async {
+            let committer = monoio::spawn(spool.clone().run_committer());
+            let r = spool.append_message(&env, b"body\r\n").await.unwrap();
+            assert!(matches!(r, Err(AppendError::Unstorable(_))), "{r:?}");
+            spool.append_message(&sample_envelope(2), b"body\r\n").await.unwrap().unwrap();
+            spool.close();
+            committer.await;
+        });
+        assert_eq!(live_ids(dir.path()).0, BTreeSet::from([2]));
     }
 
     /// Segments rolling over at every commit, faster than the janitor works:

@@ -324,6 +324,22 @@ pub fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// Runs a command that should end by itself within 10 s (a server that
+/// should refuse to start); kills it and fails the test if it does not.
+pub fn run_briefly(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!("{cmd:?} still runs after 10 s: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait")
+}
+
 /// Path of a file under tests/.
 pub fn test_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(rel)

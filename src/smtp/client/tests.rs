@@ -44,7 +44,7 @@ fn client_and_server_cores_talk_without_sockets() {
     let t0 = Instant::now();
     let now = Now { instant: t0, unix_secs: 1_800_000_000 };
     let server_config = Arc::new(SessionConfig {
-        hostname: "mx.test".into(),
+        hostname: crate::smtp::address::Domain::parse_host_name("mx.test").unwrap(),
         kind: Kind::Mx,
         starttls: false,
         max_message_size: 10_000,

@@ -224,6 +224,10 @@ impl Session {
                 self.refused_messages += 1;
                 self.reply(&canned::SPOOL_FAILED);
             }
+            Err(StoreError::Local) => {
+                self.refused_messages += 1;
+                self.reply(&canned::LOCAL_ERROR);
+            }
         }
         // Keep the allocation for the next message, but not a big one: idle
         // sessions should cost little memory.

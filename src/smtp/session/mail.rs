@@ -86,7 +86,7 @@ impl Session {
         }
         let relay_ok = self.conn.trusted || self.auth_user.is_some();
         // `<postmaster>` (no domain) is always accepted, RFC 5321 §4.5.1.
-        let ours = address.is_postmaster() && address.domain().as_str() == self.config.hostname;
+        let ours = address.is_postmaster() && *address.domain() == self.config.hostname;
         let verdict =
             if ours { RcptVerdict::Accept } else { self.config.policy.check_recipient(&address, relay_ok) };
         match verdict {

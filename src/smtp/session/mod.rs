@@ -38,7 +38,7 @@ use super::params::MailParams;
 use super::reply::{canned, EnhancedStatus, Reply};
 use crate::envelope::{Envelope, QueueIdGen, Recipient};
 use crate::policy::Policy;
-use crate::smtp::address::ReversePath;
+use crate::smtp::address::{Domain, ReversePath};
 
 pub use received::format_rfc5322_date;
 
@@ -61,7 +61,7 @@ pub enum Kind {
 /// Per-listener settings. Shared by all sessions of a listener.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    pub hostname: String,
+    pub hostname: Domain,
     pub kind: Kind,
     /// Whether STARTTLS may be offered (a certificate is loaded and the listener wants it).
     pub starttls: bool,
@@ -123,6 +123,8 @@ pub enum Event {
 pub enum StoreError {
     /// Temporary: disk full or failing (`452 4.3.1`).
     Temporary,
+    /// This message cannot be stored as it is (`451 4.3.0`).
+    Local,
 }
 
 /// The open mail transaction (between MAIL and the end of data).

@@ -18,7 +18,7 @@ struct Harness {
 
 fn config(kind: Kind) -> SessionConfig {
     SessionConfig {
-        hostname: "mx.test".into(),
+        hostname: Domain::parse_host_name("mx.test").unwrap(),
         kind,
         starttls: true,
         max_message_size: 1000,
