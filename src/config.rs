@@ -13,6 +13,14 @@ use toml::Spanned;
 
 use crate::smtp::address::Domain;
 
+/// Largest `limits.message_size`: a spool record holds at most 1 GiB
+/// (`spool::record::MAX_PAYLOAD`), and besides the content it holds our
+/// Received header (under 2 KiB) and the envelope (under 40 MB with
+/// [`MAX_RECIPIENTS`] recipients of at most 800 bytes each).
+pub const MAX_MESSAGE_SIZE: u64 = crate::spool::record::MAX_PAYLOAD as u64 - (64 << 20);
+/// Largest `limits.recipients`.
+pub const MAX_RECIPIENTS: usize = 50_000;
+
 /// A config problem, with the file, line and key where possible.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -400,9 +408,15 @@ impl Config {
                 return Err(at(u.span(), &format!("user[{i}].password"), msg));
             }
         }
-        let checks: [(bool, &str); 5] = [
+        let checks: [(bool, &str); 7] = [
             (self.limits.message_size == 0, "limits.message_size must be above 0"),
+            (
+                self.limits.message_size > MAX_MESSAGE_SIZE,
+                "limits.message_size must be at most 1006632960 (960 MiB: a spool record holds at most 1 GiB, \
+                 envelope included)",
+            ),
             (self.limits.recipients == 0, "limits.recipients must be above 0"),
+            (self.limits.recipients > MAX_RECIPIENTS, "limits.recipients must be at most 50000"),
             (self.limits.connections == 0, "limits.connections must be above 0"),
             (self.limits.line_length < 512, "limits.line_length must be at least 512 (RFC 5321 §4.5.3.1.4)"),
             (self.spool.segment_size < 1 << 20, "spool.segment_size must be at least 1 MiB"),
@@ -548,6 +562,21 @@ password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUj
             assert!(err.starts_with("x.toml: "), "{err}");
             assert!(err.contains(line), "{text:?}: {err}");
             assert!(err.contains(word), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_fit_the_spool() {
+        assert_eq!(MAX_MESSAGE_SIZE, 1_006_632_960);
+        let ok = Config::parse("[limits]\nmessage_size = 1006632960\nrecipients = 50000\n", "x.toml");
+        assert!(ok.is_ok(), "{ok:?}");
+        for (text, key) in [
+            ("[limits]\nmessage_size = 1073741824\n", "limits.message_size"),
+            ("[limits]\nmessage_size = 1006632961\n", "limits.message_size"),
+            ("[limits]\nrecipients = 50001\n", "limits.recipients"),
+        ] {
+            let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("at most"), "{err}");
         }
     }
 

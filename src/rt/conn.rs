@@ -210,6 +210,7 @@ impl Driver {
                 Ok(())
             }
             Ok(Err(AppendError::Unstorable(_))) => Err(StoreError::Local),
+            Ok(Err(AppendError::TooBig)) => Err(StoreError::TooBig),
             Ok(Err(e)) => {
                 inc(&self.w.metrics.spool_failures);
                 tracing::warn!(error = %e, "message not stored; replied 452");

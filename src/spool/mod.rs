@@ -94,7 +94,8 @@ pub enum SpoolError {
 }
 
 /// Why a record could not be made durable. [`AppendError::Unstorable`]
-/// means `451 4.3.0`; every other variant `452 4.3.1`.
+/// means `451 4.3.0`, [`AppendError::TooBig`] `552 5.3.4`; every other
+/// variant `452 4.3.1`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AppendError {
     /// The record would not read back as it was meant (a field the decoder
@@ -102,6 +103,10 @@ pub enum AppendError {
     /// and lost at the next read.
     #[error("the message cannot be stored: {0}")]
     Unstorable(&'static str),
+    /// Larger than a record can be (`552 5.3.4`): recovery would take it
+    /// for corruption.
+    #[error("the message is larger than the spool can store")]
+    TooBig,
     #[error("spool disk is full")]
     NoSpace,
     #[error("spool I/O error: {0}")]

@@ -247,6 +247,30 @@ pub fn unseal(record: &mut [u8], h: &Header, tag: u32) {
     record[12..16].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The payload length of the Message record of `env` and `body`, without
+/// building it (as [`append_message`] would write it).
+pub fn message_payload_len(env: &Envelope, body: &[u8]) -> u64 {
+    let string = |s: &str| 2 + s.len().min(u16::MAX as usize) as u64;
+    let opt = |s: Option<&str>| 1 + s.map_or(0, string);
+    let ip = match env.client_ip {
+        None => 1,
+        Some(IpAddr::V4(_)) => 5,
+        Some(IpAddr::V6(_)) => 17,
+    };
+    let rcpts: u64 =
+        env.recipients.iter().map(|r| string(&r.address.to_string()) + 1 + opt(r.orcpt.as_deref())).sum();
+    8 + 8
+        + 1
+        + string(&env.reverse_path.to_string())
+        + opt(env.envid.as_deref())
+        + string(&env.helo)
+        + ip
+        + opt(env.auth_user.as_deref())
+        + 4
+        + rcpts
+        + body.len() as u64
+}
+
 /// Appends a Message record. Returns its length in bytes.
 pub fn append_message(out: &mut Vec<u8>, env: &Envelope, body: &[u8]) -> usize {
     append(out, Kind::Message, |p| {
@@ -522,6 +546,18 @@ pub(crate) mod tests {
         let (decoded, body_at) = decode_message(payload).unwrap();
         assert_eq!(decoded, env);
         assert_eq!(&payload[body_at..], b"Subject: x\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn message_payload_len_is_exact() {
+        let mut env = sample_envelope(1);
+        for body in [&b""[..], b"x", b"Subject: s\r\n\r\nbody\r\n"] {
+            let mut buf = Vec::new();
+            let len = append_message(&mut buf, &env, body);
+            assert_eq!(message_payload_len(&env, body), (len - HEADER_LEN) as u64);
+            env.client_ip = None;
+            env.envid = None;
+        }
     }
 
     #[test]

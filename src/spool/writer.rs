@@ -179,6 +179,9 @@ impl Spool {
     /// at once and must give back `env`: what could not be read back (and
     /// so would be lost after the `250`) is refused here instead.
     pub fn append_message(&self, env: &Envelope, body: &[u8]) -> Ticket {
+        if record::message_payload_len(env, body) > u64::from(record::MAX_PAYLOAD) {
+            return refused(AppendError::TooBig);
+        }
         let mut i = self.inner.borrow_mut();
         let offset = i.buf.len();
         let len = record::append_message(&mut i.buf, env, body);
@@ -868,6 +871,23 @@ mod tests {
             committer.await;
         });
         assert_eq!(live_ids(dir.path()).0, BTreeSet::from([2]));
+    }
+
+    /// A message larger than a record may be is refused, not stored for
+    /// recovery to drop as corrupt.
+    #[test]
+    fn what_recovery_would_refuse_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path());
+        // Zeroed pages are only mapped when touched: this costs no memory.
+        let body = vec![0u8; record::MAX_PAYLOAD as usize];
+        block_on(async {
+            let committer = monoio::spawn(spool.clone().run_committer());
+            let r = spool.append_message(&sample_envelope(1), &body).await.unwrap();
+            assert_eq!(r.unwrap_err(), AppendError::TooBig);
+            spool.close();
+            committer.await;
+        });
     }
 
     /// Segments rolling over at every commit, faster than the janitor works:

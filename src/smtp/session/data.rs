@@ -228,6 +228,10 @@ impl Session {
                 self.refused_messages += 1;
                 self.reply(&canned::LOCAL_ERROR);
             }
+            Err(StoreError::TooBig) => {
+                self.refused_messages += 1;
+                self.reply(&canned::TOO_BIG);
+            }
         }
         // Keep the allocation for the next message, but not a big one: idle
         // sessions should cost little memory.

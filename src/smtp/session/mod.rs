@@ -125,6 +125,8 @@ pub enum StoreError {
     Temporary,
     /// This message cannot be stored as it is (`451 4.3.0`).
     Local,
+    /// Larger than the spool can store (`552 5.3.4`).
+    TooBig,
 }
 
 /// The open mail transaction (between MAIL and the end of data).
