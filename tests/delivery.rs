@@ -312,6 +312,32 @@ fn kill_9_with_deliveries_pending_then_everything_arrives() {
     let _ = ids;
 }
 
+/// A long multi-line reply in a multi-byte script, for one recipient, is
+/// kept as the message's last error. After a restart the other recipient,
+/// already delivered, must stay done: the progress record reads back.
+#[test]
+fn a_long_multibyte_reply_keeps_progress_readable() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    let mx1 = Receiver::start("127.0.0.2", port, &["--mode", "long-451", "--arg", "slow@mx-dom.test"]);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = delivery(&dns, port, "retry = [\"1h\"]\n").replace("retry = [\"1s\"]\n", "");
+    let srv = Server::start_in(&dir, &config);
+    let id = send(&srv, "s@x.test", &["good@mx-dom.test", "slow@mx-dom.test"], "Subject: s\r\n\r\nx\r\n");
+    assert_eq!(mx1.wait_for(1, Duration::from_secs(10)).len(), 1);
+    assert!(wait_until(Duration::from_secs(10), || srv.queue()["deferred"].as_u64() == Some(1)));
+    let (_, shown) = srv.http("GET", "/queue");
+    assert!(shown.contains("4.2.0") && shown.contains('€'), "last error shown: {} bytes", shown.len());
+    assert_eq!(srv.stop().code(), Some(0));
+
+    let srv = Server::start_in(&dir, &config);
+    assert_eq!(srv.http("GET", &format!("/queue/{id}")).0, 200);
+    assert_eq!(srv.http("POST", "/queue/flush").0, 200);
+    assert!(wait_until(Duration::from_secs(10), || srv.metric("ringpost_deferred_total") >= 1.0));
+    assert_eq!(mx1.messages().len(), 1, "good@ was delivered once, not again after the restart");
+    assert!(!srv.stderr().contains("undecodable"), "{}", srv.stderr());
+}
+
 #[test]
 fn flush_and_bounce_from_the_admin_api() {
     let dns = Dnsmasq::start();

@@ -23,7 +23,7 @@ use crate::rt::clock::unix_secs;
 use crate::smtp::address::ReversePath;
 use crate::smtp::session::IdSource;
 use crate::spool::index::Location;
-use crate::spool::record::ProgressRecord;
+use crate::spool::record::{bounded_text, ProgressRecord, MAX_LAST_ERROR};
 use crate::spool::{Compaction, Spool};
 
 /// Planner tasks per worker (each resolves one message's next hops at a time).
@@ -401,7 +401,7 @@ impl Owner {
             let mut domains = self.domains.borrow_mut();
             let st = domains.entry(r.domain.clone()).or_default();
             if let Some(o) = r.outcomes.iter().find(|o| o.outcome != Outcome::Delivered) {
-                st.last_error = Some(format!("{} {}", o.status, o.text));
+                st.last_error = Some(bounded_text(&format!("{} {}", o.status, o.text), MAX_LAST_ERROR));
             }
         }
         let finished = {

@@ -291,6 +291,18 @@ pub fn check_message(record: &[u8], env: &Envelope) -> Result<(), &'static str> 
     }
 }
 
+/// Checks an untagged Progress record just built from `p`: it must decode
+/// into `p` again.
+pub fn check_progress(record: &[u8], p: &ProgressRecord) -> Result<(), &'static str> {
+    let h = Header::parse(record).map_err(|_| "record header")?;
+    let payload = record.get(HEADER_LEN..HEADER_LEN + h.len as usize).ok_or("record length")?;
+    match decode_progress(payload) {
+        Ok(decoded) if decoded == *p => Ok(()),
+        Ok(_) => Err("a field would read back differently"),
+        Err(_) => Err("the progress would not decode"),
+    }
+}
+
 /// Appends a Done record. Returns its length in bytes.
 pub fn append_done(out: &mut Vec<u8>, id: QueueId) -> usize {
     append(out, Kind::Done, |p| p.extend_from_slice(&id.0.to_le_bytes()))
@@ -311,10 +323,31 @@ pub fn append_progress(out: &mut Vec<u8>, p: &ProgressRecord) -> usize {
 }
 
 fn put_str(p: &mut Vec<u8>, s: &str) {
-    // Every string we store is bounded far below 64 KiB by the parsers.
-    let len = s.len().min(u16::MAX as usize);
-    p.extend_from_slice(&(len as u16).to_le_bytes());
-    p.extend_from_slice(&s.as_bytes()[..len]);
+    // Strings are bounded far below 64 KiB where they are made; should one
+    // not be, it is cut at a character boundary, so it still decodes (and
+    // the check that records read back refuses what changed).
+    let s = &s[..floor_char_boundary(s, u16::MAX as usize)];
+    p.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    p.extend_from_slice(s.as_bytes());
+}
+
+/// The largest index at most `max` that is a character boundary of `s`.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if max >= s.len() {
+        return s.len();
+    }
+    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+}
+
+/// Longest `last_error` a Progress record keeps, in bytes.
+pub const MAX_LAST_ERROR: usize = 1000;
+
+/// `text` made fit for a one-line field: control characters (CR, LF, tab
+/// and the rest) become spaces, and it is cut at a character boundary to at
+/// most `max` bytes.
+pub fn bounded_text(text: &str, max: usize) -> String {
+    let cut = &text[..floor_char_boundary(text, max)];
+    cut.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 fn put_opt(p: &mut Vec<u8>, s: Option<&str>) {
@@ -546,6 +579,26 @@ pub(crate) mod tests {
         let (decoded, body_at) = decode_message(payload).unwrap();
         assert_eq!(decoded, env);
         assert_eq!(&payload[body_at..], b"Subject: x\r\n\r\nbody\r\n");
+    }
+
+    /// A long remote reply in a multi-byte script: what is stored decodes.
+    #[test]
+    fn long_multibyte_text_still_decodes() {
+        let reply = format!("451 4.7.1 {}", "é".repeat(40_000)); // 80,010 bytes
+        let mut p =
+            ProgressRecord { id: QueueId(1), last_error: reply.clone(), done: vec![0], ..Default::default() };
+        let mut buf = Vec::new();
+        append_progress(&mut buf, &p);
+        let back = decode_progress(&buf[HEADER_LEN..]).unwrap();
+        assert!(reply.starts_with(&back.last_error) && back.last_error.len() > 65_000);
+        assert!(check_progress(&buf, &p).is_err(), "cut: not what was meant");
+        p.last_error = bounded_text(&reply, MAX_LAST_ERROR);
+        assert!(p.last_error.len() <= MAX_LAST_ERROR && p.last_error.ends_with('é'));
+        let mut buf = Vec::new();
+        append_progress(&mut buf, &p);
+        assert_eq!(check_progress(&buf, &p), Ok(()));
+        assert_eq!(bounded_text("451 a\r\nb\tc\u{7f}", 100), "451 a  b c ");
+        assert_eq!(bounded_text("ab€", 4), "ab", "never half a character");
     }
 
     #[test]

@@ -206,13 +206,21 @@ impl Spool {
     }
 
     /// Records delivery progress: finished recipients, the next attempt.
-    pub fn progress(&self, p: record::ProgressRecord) -> Ticket {
+    /// The last error is made one line of at most
+    /// [`record::MAX_LAST_ERROR`] bytes; the record must read back as made.
+    pub fn progress(&self, mut p: record::ProgressRecord) -> Ticket {
         let mut i = self.inner.borrow_mut();
         if i.index.get(p.id).is_none() {
             return refused(AppendError::NotFound);
         }
+        p.last_error = record::bounded_text(&p.last_error, record::MAX_LAST_ERROR);
         let offset = i.buf.len();
         let len = record::append_progress(&mut i.buf, &p);
+        if let Err(e) = record::check_progress(&i.buf[offset..offset + len], &p) {
+            i.buf.truncate(offset);
+            tracing::error!(id = %p.id, error = e, "refusing a progress record that would not read back");
+            return refused(AppendError::Unstorable(e));
+        }
         i.push(offset, len, Op::Progress(Box::new(p)))
     }
 

@@ -13,6 +13,7 @@ Prints "ready" once listening. Modes:
   drop-data N       close the connection in the middle of DATA, N times
   slow-greet S      wait S seconds before the greeting
   always-451        451 4.7.1 to every RCPT
+  long-451 ADDR     a long multi-line 451 in a multi-byte script for RCPT TO ADDR
   hostile KIND      multiline-flood | long-line | garbage | bare-lf | silence
 """
 import argparse
@@ -120,6 +121,9 @@ class Handler(socketserver.StreamRequestHandler):
                 addr = cmd[8:].split(">")[0].lstrip("<")
                 if args.mode == "reject-rcpt" and addr == args.arg:
                     self.send("550 5.1.1 <%s>: user unknown\r\n" % addr)
+                elif args.mode == "long-451" and addr == args.arg:
+                    line = "451-4.2.0 " + "\u20ac" * 1000 + "\r\n"
+                    self.send(line * 60 + "451 4.2.0 mailbox busy\r\n")
                 elif args.mode == "always-451":
                     self.send("451 4.7.1 greylisted, come back later\r\n")
                 else:
