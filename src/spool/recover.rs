@@ -111,6 +111,13 @@ fn scan_family(
     for entry in fs::read_dir(&fdir).map_err(|e| io_err(&fdir, e))? {
         let entry = entry.map_err(|e| io_err(&fdir, e))?;
         if let Some(seq) = entry.file_name().to_str().and_then(segment::parse_segment_name) {
+            if seq > segment::MAX_SEQ {
+                // Not a number ringpost gives: new segments count up from the
+                // highest, and this one would make them wrap.
+                let reason =
+                    format!("segment number {seq:#x} is out of range (at most {:#x})", segment::MAX_SEQ);
+                return Err(SpoolError::Corrupt { path: entry.path(), reason });
+            }
             seqs.push(seq);
         }
     }

@@ -287,3 +287,30 @@ fn an_interrupted_recycle_is_an_empty_segment() {
     std::fs::rename(&spent, fdir.join("0000000000000000.seg")).unwrap();
     assert!(matches!(scan(dir.path()), Err(crate::spool::SpoolError::Corrupt { .. })));
 }
+
+/// A hand-made segment name near `u64::MAX` would make new segment numbers
+/// wrap: the start is refused, naming the file.
+#[test]
+fn a_segment_number_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(segment::family_dir(dir.path(), 0)).unwrap();
+    let seq = u64::MAX - 1;
+    let mut file = segment::encode_header(0, seq, 5).to_vec();
+    file.extend_from_slice(&record::end_mark(record::segment_tag(seq, 5), FILE_HEADER_LEN));
+    let path = segment::segment_path(dir.path(), 0, seq);
+    std::fs::write(&path, &file).unwrap();
+    match scan(dir.path()) {
+        Err(crate::spool::SpoolError::Corrupt { path: p, reason }) => {
+            assert_eq!(p, path);
+            assert!(reason.contains("out of range"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The largest number given is still fine.
+    std::fs::remove_file(&path).unwrap();
+    let seq = segment::MAX_SEQ;
+    let mut file = segment::encode_header(0, seq, 5).to_vec();
+    file.extend_from_slice(&record::end_mark(record::segment_tag(seq, 5), FILE_HEADER_LEN));
+    std::fs::write(segment::segment_path(dir.path(), 0, seq), &file).unwrap();
+    assert!(scan(dir.path()).is_ok());
+}
