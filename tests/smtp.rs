@@ -511,7 +511,9 @@ fn sighup_reloads_relay_policy() {
 
 #[test]
 fn message_memory_budget_is_shared_by_all_sessions() {
-    let srv = Server::start("[limits]\nmessage_memory = 150000\n");
+    // A message in progress counts its buffer (~128 KiB for 100 kB) and the
+    // copy the spool will make (100 kB): one fits, two do not.
+    let srv = Server::start("[limits]\nmessage_memory = 350000\n");
     let open = |srv: &Server| {
         let mut c = srv.client();
         c.open_data("a@x.test", "r@example.net");
@@ -540,6 +542,44 @@ fn message_memory_budget_is_shared_by_all_sessions() {
     }
     b.send_str(".\r\n");
     b.expect("250 2.0.0 Ok: queued as");
+}
+
+/// Sessions that ended a transaction without a stored message (a refused
+/// message, a BDAT transaction reset) and then sit idle must not keep its
+/// content counted against the shared budget.
+#[test]
+fn refused_and_reset_transactions_give_their_memory_back() {
+    let srv = Server::start("[limits]\nmessage_memory = 67108864\nmessage_size = 26214400\n");
+    let lines = |mib: usize| format!("{}\r\n", "m".repeat(1022)).repeat(mib * 1024);
+    let twenty = lines(20);
+    let mut idle = Vec::new();
+    let mut c = srv.client();
+    c.open_data("a@x.test", "r@example.net");
+    c.send_str(&format!("{twenty}bare\nlf\r\n.\r\n"));
+    c.expect("550 5.5.2");
+    idle.push(c);
+    let mut c = srv.client();
+    c.open_data("a@x.test", "r@example.net");
+    c.send_str(&format!("{}.\r\n", lines(26)));
+    c.expect("552 5.3.4");
+    idle.push(c);
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r@example.net>", "250");
+    c.send_str(&format!("BDAT {}\r\n{twenty}", twenty.len()));
+    c.expect("250");
+    c.cmd("RSET", "250");
+    idle.push(c);
+    // The three sit idle; another client's 20 MiB message still fits.
+    let mut d = srv.client();
+    d.open_data("a@x.test", "r@example.net");
+    d.send_str(&format!("{twenty}.\r\n"));
+    d.expect("250 2.0.0");
+    for mut c in idle {
+        c.cmd("NOOP", "250");
+    }
 }
 
 #[test]

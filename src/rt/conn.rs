@@ -125,7 +125,7 @@ impl Driver {
     /// Charges the growth of the session's message content to the server's
     /// memory budget; when it is spent, the message is dropped (452).
     fn account_memory(&mut self) {
-        let held = self.session.body_len();
+        let held = self.session.content_memory();
         if held > self.charged {
             if self.w.memory.try_charge(held - self.charged) {
                 self.charged = held;

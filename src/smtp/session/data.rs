@@ -25,9 +25,27 @@ const RETAINED_BODY: usize = 64 * 1024;
 const MAX_RESERVED_BODY: u64 = 256 * 1024;
 
 impl Session {
-    /// Bytes of message content this session holds in memory now.
-    pub fn body_len(&self) -> usize {
-        self.body.len() + self.message.as_ref().map_or(0, |m| m.body.len())
+    /// Bytes of memory this session's message content takes now: the
+    /// capacity of its buffer (a buffer grown by doubling can hold twice its
+    /// content) plus, for content of a transaction, the copy the spool makes
+    /// of it when it is stored. Between messages at most 64 KiB is kept.
+    pub fn content_memory(&self) -> usize {
+        match &self.message {
+            Some(m) => m.body.capacity() + m.body.len() + self.body.capacity(),
+            None if self.tx.is_some() => self.body.capacity() + self.body.len(),
+            None => self.body.capacity(),
+        }
+    }
+
+    /// The transaction is over without a message to store (RSET, EHLO, a
+    /// refused message, ...): its content goes, and so does a big buffer.
+    pub(super) fn end_transaction(&mut self) {
+        self.tx = None;
+        self.message_id = None;
+        self.body.clear();
+        if self.body.capacity() > RETAINED_BODY {
+            self.body = Vec::new();
+        }
     }
 
     /// The shell's memory budget for message content is spent: drop the
@@ -188,6 +206,7 @@ impl Session {
             }
             (refusal, _, _) => {
                 self.refused_messages += 1;
+                self.end_transaction();
                 self.await_command(now);
                 self.error(&refusal.unwrap_or(canned::NEED_MAIL));
             }

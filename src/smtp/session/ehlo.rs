@@ -13,7 +13,7 @@ impl Session {
             return;
         }
         // EHLO/HELO also resets any transaction (RFC 5321 §4.1.4).
-        self.tx = None;
+        self.end_transaction();
         self.helo = Some((name.to_owned(), esmtp));
         if !esmtp {
             let text = format!("{} Hello {}", self.config.hostname, name);
@@ -62,7 +62,7 @@ impl Session {
     pub fn handle_tls_established(&mut self, info: TlsInfo, now: Now) {
         self.conn.tls = Some(info);
         self.helo = None;
-        self.tx = None;
+        self.end_transaction();
         self.auth_user = None;
         self.await_command(now);
     }

@@ -324,7 +324,7 @@ impl Session {
     /// effect while an event is pending (the shell must finish it first).
     pub fn handle_shutdown_deadline(&mut self) {
         if !matches!(self.phase, Phase::Blocked(_) | Phase::Closed) {
-            self.tx = None;
+            self.end_transaction();
             self.reply(&canned::SHUTDOWN);
             self.phase = Phase::Closed;
         }
@@ -438,7 +438,7 @@ impl Session {
             Command::Data => self.handle_data(now),
             Command::Bdat { size, last } => self.handle_bdat(size, last, now),
             Command::Rset => {
-                self.tx = None;
+                self.end_transaction();
                 self.reply(&canned::OK);
             }
             Command::Noop => self.reply(&canned::OK),

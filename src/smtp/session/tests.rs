@@ -526,11 +526,11 @@ fn memory_pressure_drops_content_and_answers_452() {
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
     h.send("some content\r\n");
-    assert!(h.s.body_len() > 0);
+    assert!(h.s.content_memory() > 0);
     h.s.handle_memory_pressure();
-    assert_eq!(h.s.body_len(), 0, "memory released");
+    assert_eq!(h.s.content_memory(), 0, "memory released");
     h.send("more content that is not kept\r\n");
-    assert_eq!(h.s.body_len(), 0);
+    assert_eq!(h.s.content_memory(), 0);
     assert_eq!(h.send(".\r\n"), "452 4.3.1 Insufficient system storage, try again later\r\n");
     // Between BDAT chunks too.
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT 3\r\nabc");
@@ -538,6 +538,34 @@ fn memory_pressure_drops_content_and_answers_452() {
     assert!(h.send("BDAT 2 LAST\r\n\r\n").starts_with("452 4.3.1"));
     // And the session goes on.
     assert!(h.send("NOOP\r\n").starts_with("250"));
+}
+
+/// A transaction that ends without a stored message (refused content,
+/// RSET or EHLO after BDAT chunks) gives back the memory of its content.
+#[test]
+fn ended_transactions_release_their_content() {
+    let mut cfg = config(Kind::Mx);
+    cfg.max_message_size = 1 << 20;
+    let big = "x".repeat(200_000);
+    let bdat = format!("BDAT {}\r\n{big}", big.len());
+    let cases: [(String, &str, &str); 5] = [
+        (format!("DATA\r\n{big}\nbare\r\n"), ".\r\n", "550"),
+        (format!("DATA\r\n{big}{big}{big}{big}{big}{big}\r\n"), ".\r\n", "552"),
+        (bdat.clone(), "RSET\r\n", "250"),
+        (bdat.clone(), "EHLO again.test\r\n", "250"),
+        (bdat, "BDAT 1 LAST\r\n\n", "550"),
+    ];
+    for (content, end, code) in cases {
+        let mut h = Harness::with_config(cfg.clone(), "192.0.2.1", false);
+        h.greet();
+        h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
+        h.send(&content);
+        let held = h.s.content_memory();
+        assert!(held >= 200_000, "{end:?}: content held while receiving ({held})");
+        let out = h.send(end);
+        assert!(codes(&out).last() == Some(&code), "{end:?}: {out}");
+        assert_eq!(h.s.content_memory(), 0, "{end:?} ({code}): content released");
+    }
 }
 
 #[test]
