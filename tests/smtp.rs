@@ -142,6 +142,27 @@ fn relay_control_and_unknown_users() {
     assert!(metrics.contains("ringpost_recipients_rejected_total 2\n"), "{metrics}");
 }
 
+/// The tail of an over-long line inside an AUTH exchange is not a command.
+#[test]
+fn an_overlong_auth_response_is_not_run_as_a_command() {
+    let hash = ringpost::auth::hash("pw").unwrap();
+    let srv = Server::start(&format!(
+        "[relay]\nrelay_networks = []\n[[user]]\naddress = \"alice@example.test\"\npassword = \"{hash}\"\n"
+    ));
+    let mut c = srv.client();
+    c.expect("220");
+    assert!(c.cmd("EHLO c.test", "250").contains("AUTH PLAIN LOGIN"));
+    c.cmd("AUTH LOGIN", "334");
+    // The line's start arrives first, longer than line_length; its tail later.
+    c.send_str(&"A".repeat(3000));
+    std::thread::sleep(Duration::from_millis(300));
+    c.send_str("MAIL FROM:<a@x.test>\r\n");
+    c.expect("500 5.5.2");
+    // Not in a transaction: RCPT needs MAIL first.
+    c.cmd("RCPT TO:<alice@example.test>", "503 5.5.1");
+    c.cmd("QUIT", "221");
+}
+
 #[test]
 fn http_and_garbage_are_refused() {
     let srv = Server::start("");

@@ -60,7 +60,12 @@ impl Session {
             Ok(Some(found)) => found,
             Ok(None) => return 0,
             Err(used) => {
-                self.phase = Phase::Command;
+                // The exchange is over. An over-long line is still being
+                // discarded (to its end, then `500`): never read its tail
+                // as a command.
+                if matches!(self.phase, Phase::Auth(_)) {
+                    self.phase = Phase::Command;
+                }
                 return used;
             }
         };

@@ -412,6 +412,23 @@ fn auth_login_and_failures() {
     assert!(h.send("AUTH PLAIN !!!\r\n").starts_with("501 5.5.2"));
 }
 
+/// An over-long line inside an AUTH exchange is discarded whole: its tail
+/// is never read as a command, however the bytes arrive.
+#[test]
+fn an_overlong_auth_line_is_discarded_whole() {
+    let line = format!("{}MAIL FROM:<a@b.test>\r\n", "A".repeat(100));
+    for (mechanism, bytewise) in [("LOGIN", false), ("LOGIN", true), ("PLAIN", false), ("PLAIN", true)] {
+        let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+        h.greet();
+        assert!(h.send(&format!("AUTH {mechanism}\r\n")).starts_with("334"));
+        let out = h.send_with(line.as_bytes(), bytewise, true);
+        assert_eq!(codes(&out), ["500"], "{mechanism} bytewise={bytewise}: {out}");
+        assert!(out.contains("5.5.2 Line too long"), "{out}");
+        assert_eq!(h.s.reverse_path(), None, "no transaction was opened");
+        assert!(h.send("NOOP\r\n").starts_with("250"), "back to commands");
+    }
+}
+
 #[test]
 fn auth_refused_in_clear_off_loopback() {
     let mut h = Harness::mx();
