@@ -332,15 +332,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. \"30s\", \"5m\""))?;
     let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" if n <= MAX_DURATION_SECS * 1000 => return Ok(Duration::from_millis(n)),
+        "ms" => return Err(format!("duration {s:?} is too large (at most 365d)")),
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => return Err(format!("bad duration {s:?}: unit must be ms, s, m, h or d")),
     };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("duration {s:?} is too large"))
+    match n.checked_mul(secs) {
+        Some(total) if total <= MAX_DURATION_SECS => Ok(Duration::from_secs(total)),
+        _ => Err(format!("duration {s:?} is too large (at most 365d)")),
+    }
 }
+
+/// No duration in the config is longer than a year.
+const MAX_DURATION_SECS: u64 = 365 * 86_400;
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -408,30 +415,82 @@ impl Config {
                 return Err(at(u.span(), &format!("user[{i}].password"), msg));
             }
         }
-        let checks: [(bool, &str); 7] = [
-            (self.limits.message_size == 0, "limits.message_size must be above 0"),
-            (
-                self.limits.message_size > MAX_MESSAGE_SIZE,
-                "limits.message_size must be at most 1006632960 (960 MiB: a spool record holds at most 1 GiB, \
-                 envelope included)",
-            ),
-            (self.limits.recipients == 0, "limits.recipients must be above 0"),
-            (self.limits.recipients > MAX_RECIPIENTS, "limits.recipients must be at most 50000"),
-            (self.limits.connections == 0, "limits.connections must be above 0"),
-            (self.limits.line_length < 512, "limits.line_length must be at least 512 (RFC 5321 §4.5.3.1.4)"),
-            (self.spool.segment_size < 1 << 20, "spool.segment_size must be at least 1 MiB"),
-        ];
-        if let Some((_, msg)) = checks.iter().find(|c| c.0) {
-            return Err(ConfigError(format!("{name}: {msg}")));
-        }
-        if self.delivery.rate_per_destination < 0.0 || !self.delivery.rate_per_destination.is_finite() {
-            return Err(ConfigError(format!("{name}: delivery.rate_per_destination must be 0 or more")));
+        if let Err((section, key, msg)) = self.check_bounds() {
+            let full = if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") };
+            return Err(match key_line(text, section, key) {
+                Some(line) => ConfigError(format!("{name}: line {line}: {full}: {msg}")),
+                None => ConfigError(format!("{name}: {full}: {msg}")),
+            });
         }
         if let Err(e) = crate::delivery::route::Routes::new(&self.routes) {
             return Err(ConfigError(format!("{name}: [[route]]: {e}")));
         }
         if self.delivery.retry.is_empty() {
             return Err(ConfigError(format!("{name}: delivery.retry needs at least one interval")));
+        }
+        Ok(())
+    }
+
+    /// Every number and duration within the range the server can use:
+    /// beyond it, deadlines overflow, buffers grow without need, or records
+    /// outgrow the spool. Returns (section, key, what is wrong).
+    fn check_bounds(&self) -> Result<(), (&'static str, &'static str, String)> {
+        const MS: Duration = Duration::from_millis(1);
+        const SEC: Duration = Duration::from_secs(1);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let int = |section, key, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err((section, key, format!("must be between {min} and {max} (is {v})")))
+            }
+        };
+        let dur = |section, key, v: Duration, min: Duration, max: Duration| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err((section, key, format!("must be between {} and {}", show(min), show(max))))
+            }
+        };
+        let (l, d) = (&self.limits, &self.delivery);
+        int("", "threads", self.threads as u64, 0, 255)?;
+        if l.message_size > MAX_MESSAGE_SIZE {
+            let msg =
+                "must be at most 1006632960 (960 MiB: a spool record holds at most 1 GiB, envelope included)";
+            return Err(("limits", "message_size", msg.to_owned()));
+        }
+        int("limits", "message_size", l.message_size, 1, MAX_MESSAGE_SIZE)?;
+        int("limits", "recipients", l.recipients as u64, 1, MAX_RECIPIENTS as u64)?;
+        int("limits", "connections", l.connections as u64, 1, 1_000_000)?;
+        int("limits", "connections_per_ip", l.connections_per_ip as u64, 1, 1_000_000)?;
+        // RFC 5321 §4.5.3.1.4: at least 512; more than 64 KiB only lets one
+        // connection make the server hold that much per line.
+        int("limits", "line_length", l.line_length as u64, 512, 65_536)?;
+        int("limits", "errors", u64::from(l.errors), 1, 10_000)?;
+        int("limits", "message_memory", l.message_memory, 1, 1 << 40)?;
+        dur("limits", "command_timeout", l.command_timeout, MS, DAY)?;
+        dur("limits", "data_timeout", l.data_timeout, MS, DAY)?;
+        dur("limits", "shutdown_grace", l.shutdown_grace, Duration::ZERO, HOUR)?;
+        int("spool", "segment_size", self.spool.segment_size, 1 << 20, 1 << 34)?;
+        int("delivery", "port", u64::from(d.port), 1, 65_535)?;
+        for &r in &d.retry {
+            dur("delivery", "retry", r, SEC, 30 * DAY)?;
+        }
+        dur("delivery", "max_age", d.max_age, SEC, 365 * DAY)?;
+        dur("delivery", "connect_timeout", d.connect_timeout, MS, DAY)?;
+        dur("delivery", "command_timeout", d.command_timeout, MS, DAY)?;
+        dur("delivery", "data_timeout", d.data_timeout, MS, DAY)?;
+        dur("delivery", "final_timeout", d.final_timeout, MS, DAY)?;
+        dur("delivery", "destination_backoff", d.destination_backoff, Duration::ZERO, DAY)?;
+        dur("delivery", "dns_timeout", d.dns_timeout, MS, 60 * SEC)?;
+        int("delivery", "dns_cache_size", d.dns_cache_size as u64, 1, 10_000_000)?;
+        int("delivery", "connections_per_destination", d.connections_per_destination as u64, 1, 10_000)?;
+        int("delivery", "messages_per_connection", d.messages_per_connection as u64, 1, 1_000_000)?;
+        let rate = d.rate_per_destination;
+        if !(rate == 0.0 || (0.001..=1_000_000.0).contains(&rate)) {
+            let msg = format!("must be 0 (unlimited) or between 0.001 and 1000000 messages/s (is {rate})");
+            return Err(("delivery", "rate_per_destination", msg));
         }
         Ok(())
     }
@@ -450,6 +509,35 @@ fn system_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// A duration as written in the config (`"250ms"`, `"30s"`, `"1d"`).
+fn show(d: Duration) -> String {
+    let s = d.as_secs();
+    match (d.subsec_millis(), s) {
+        (ms, _) if ms > 0 || s == 0 => format!("{}ms", d.as_millis()),
+        (_, s) if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        (_, s) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (_, s) if s % 60 == 0 => format!("{}m", s / 60),
+        (_, s) => format!("{s}s"),
+    }
+}
+
+/// The line of `key` in table `section` ("" for the top level), if written.
+fn key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = "";
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header.trim_start_matches('[').split(']').next().unwrap_or("").trim();
+            continue;
+        }
+        let is_key = line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='));
+        if current == section && is_key {
+            return Some(n + 1);
+        }
+    }
+    None
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -576,8 +664,70 @@ password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUj
             ("[limits]\nrecipients = 50001\n", "limits.recipients"),
         ] {
             let err = Config::parse(text, "x.toml").unwrap_err().to_string();
-            assert!(err.contains(key) && err.contains("at most"), "{err}");
+            assert!(
+                err.contains(key) && (err.contains("at most") || err.contains("between 1 and 50000")),
+                "{err}"
+            );
         }
+    }
+
+    /// Every duration and number is bounded: beyond these a deadline
+    /// overflows (a worker panics) or one connection can make the server
+    /// hold what it likes. The error names file, line and key.
+    #[test]
+    fn every_duration_and_number_is_bounded() {
+        let huge = "\"18446744073709551615s\"";
+        let mut cases: Vec<(String, &str)> = Vec::new();
+        for key in ["command_timeout", "data_timeout", "shutdown_grace"] {
+            cases.push((format!("[limits]\n{key} = {huge}\n"), key));
+        }
+        for key in [
+            "max_age",
+            "connect_timeout",
+            "command_timeout",
+            "data_timeout",
+            "final_timeout",
+            "destination_backoff",
+            "dns_timeout",
+        ] {
+            cases.push((format!("[delivery]\n{key} = {huge}\n"), key));
+        }
+        cases.push((format!("[delivery]\nretry = [\"1m\", {huge}]\n"), "retry"));
+        let table = [
+            ("[limits]\ncommand_timeout = \"2d\"\n", "limits.command_timeout"),
+            ("[limits]\ndata_timeout = \"0s\"\n", "limits.data_timeout"),
+            ("[limits]\nshutdown_grace = \"2h\"\n", "limits.shutdown_grace"),
+            ("[limits]\nline_length = 10000000\n", "limits.line_length"),
+            ("[limits]\nline_length = 100\n", "limits.line_length"),
+            ("[limits]\nconnections = 0\n", "limits.connections"),
+            ("[limits]\nconnections_per_ip = 0\n", "limits.connections_per_ip"),
+            ("[limits]\nerrors = 0\n", "limits.errors"),
+            ("[limits]\nmessage_memory = 0\n", "limits.message_memory"),
+            ("[spool]\nsegment_size = 1000\n", "spool.segment_size"),
+            ("[delivery]\nport = 0\n", "delivery.port"),
+            ("[delivery]\nretry = [\"0s\"]\n", "delivery.retry"),
+            ("[delivery]\ndns_timeout = \"5m\"\n", "delivery.dns_timeout"),
+            ("[delivery]\ndns_cache_size = 0\n", "delivery.dns_cache_size"),
+            ("[delivery]\nconnections_per_destination = 0\n", "delivery.connections_per_destination"),
+            ("[delivery]\nmessages_per_connection = 0\n", "delivery.messages_per_connection"),
+            ("[delivery]\nrate_per_destination = 1e-300\n", "delivery.rate_per_destination"),
+            ("[delivery]\nrate_per_destination = -1.0\n", "delivery.rate_per_destination"),
+            ("threads = 300\n", "threads"),
+        ];
+        for (text, key) in table {
+            cases.push((text.to_owned(), key));
+        }
+        for (text, key) in cases {
+            let text = format!("# a comment\n{text}");
+            let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+            let line = if text.contains("threads") { "line 2" } else { "line 3" };
+            assert!(err.starts_with(&format!("x.toml: {line}: ")), "{text:?}: {err}");
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        // The edges themselves are fine.
+        let ok = "threads = 255\n[limits]\ncommand_timeout = \"1d\"\nline_length = 65536\nshutdown_grace = \"0s\"\n\
+                  [delivery]\nmax_age = \"365d\"\nretry = [\"30d\"]\nrate_per_destination = 0.001\n";
+        assert!(Config::parse(ok, "x.toml").is_ok(), "{:?}", Config::parse(ok, "x.toml").err());
     }
 
     #[test]
@@ -587,5 +737,8 @@ password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUj
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(parse_duration("365d"), Ok(Duration::from_secs(365 * 86_400)));
+        assert!(parse_duration("366d").is_err());
+        assert!(parse_duration("18446744073709551615ms").is_err());
     }
 }

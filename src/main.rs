@@ -82,6 +82,14 @@ enum QueueAction {
 }
 
 fn main() -> ExitCode {
+    // A panic anywhere (a worker thread included) takes the whole process
+    // down, so a service manager restarts it, rather than leaving it half
+    // alive: /health answering while a worker no longer serves.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),

@@ -530,6 +530,35 @@ fn sighup_reloads_relay_policy() {
     c.expect("220");
 }
 
+/// A duration too long for a deadline used to pass validation and then
+/// panic a worker at the first connection, while /health still said 200.
+/// It is a config error at start, and a reload with it keeps the old config.
+#[test]
+fn overflowing_durations_are_config_errors_at_start_and_on_reload() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let huge = "[limits]\ncommand_timeout = \"18446744073709551615s\"\n";
+    std::fs::write(dir.join("huge.toml"), common::config_text(&dir, huge)).unwrap();
+    let out = common::run_briefly(
+        std::process::Command::new(common::BIN).args(["serve", "--config"]).arg(dir.join("huge.toml")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("huge.toml: line") && err.contains("command_timeout"), "{err}");
+
+    let srv = Server::start("");
+    let reload = "[limits]\ndata_timeout = \"18446744073709551615s\"\n";
+    std::fs::write(&srv.config_path, common::config_text(&srv.dir, reload)).unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(common::wait_until(Duration::from_secs(10), || srv
+        .stderr()
+        .contains("keeping the old configuration")));
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.send_message("a@x.test", &["r@example.net"], "Subject: s\r\n\r\nstill serving\r\n");
+    c.cmd("QUIT", "221");
+}
+
 #[test]
 fn message_memory_budget_is_shared_by_all_sessions() {
     // A message in progress counts its buffer (~128 KiB for 100 kB) and the
