@@ -7,7 +7,7 @@ use crate::envelope::QueueId;
 
 /// Writes our Received header, folded so no line exceeds 998 octets.
 pub(super) fn write_header(out: &mut Vec<u8>, s: &Session, tx: &Transaction, id: QueueId, unix: u64) {
-    let helo = s.helo.as_ref().map_or("unknown", |h| h.0.as_str());
+    let helo = trace_helo(s.helo.as_ref().map_or("unknown", |h| h.0.as_str()), tx.params.smtputf8);
     let ip = match s.conn.peer {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
@@ -30,6 +30,20 @@ pub(super) fn write_header(out: &mut Vec<u8>, s: &Session, tx: &Transaction, id:
         let _ = write!(out, "\r\n\tfor <{}>", only.address);
     }
     let _ = write!(out, ";\r\n\t{}\r\n", format_rfc5322_date(unix));
+}
+
+/// The EHLO name as our Received header gives it. A UTF-8 name is written
+/// as it is only in an SMTPUTF8 transaction; otherwise it would make a 7-bit
+/// message 8-bit (and a next hop without 8BITMIME would refuse it), so it
+/// becomes its A-label form (`xn--...`), or `unknown` if it has none.
+fn trace_helo(helo: &str, smtputf8: bool) -> std::borrow::Cow<'_, str> {
+    if helo.is_ascii() || smtputf8 {
+        return helo.into();
+    }
+    match idna::domain_to_ascii(helo) {
+        Ok(ascii) if ascii.is_ascii() => ascii.into(),
+        _ => "unknown".into(),
+    }
 }
 
 /// Formats Unix seconds as an RFC 5322 date in UTC: `Mon, 23 Nov 2026 11:20:17 +0000`.
@@ -70,6 +84,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utf8_helo_names_stay_out_of_7bit_messages() {
+        assert_eq!(trace_helo("client.test", false), "client.test");
+        assert_eq!(trace_helo("пример.test", false), "xn--e1afmkfd.test");
+        assert_eq!(trace_helo("пример.test", true), "пример.test");
+        assert_eq!(trace_helo("bad\u{fffd}.test", false), "unknown");
+    }
 
     #[test]
     fn dates() {

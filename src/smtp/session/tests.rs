@@ -429,6 +429,22 @@ fn an_overlong_auth_line_is_discarded_whole() {
     }
 }
 
+/// A UTF-8 EHLO name must not make a 7-bit message 8-bit through our
+/// Received header (a next hop without 8BITMIME would refuse it).
+#[test]
+fn a_utf8_ehlo_name_keeps_a_7bit_message_7bit() {
+    for (params, want) in [("", "from xn--e1afmkfd.test "), (" SMTPUTF8", "from пример.test ")] {
+        let mut h = Harness::mx();
+        h.send("");
+        h.send("EHLO пример.test\r\n");
+        h.send(&format!("MAIL FROM:<a@b.test>{params}\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"));
+        h.s.handle_input(b"Subject: plain\r\n\r\nascii\r\n.\r\n", h.now);
+        let body = String::from_utf8(h.s.message().expect("message").body.clone()).unwrap();
+        assert!(body.starts_with("Received: ") && body.contains(want), "{params:?}: {body}");
+        assert_eq!(body.is_ascii(), params.is_empty(), "{body}");
+    }
+}
+
 #[test]
 fn auth_refused_in_clear_off_loopback() {
     let mut h = Harness::mx();
