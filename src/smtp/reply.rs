@@ -101,6 +101,7 @@ pub mod canned {
         Reply::new(500, S(5, 5, 2), "Command line must end with <CR><LF> only");
     pub const NOT_UTF8: Reply = Reply::new(500, S(5, 5, 2), "Command is not valid UTF-8");
     pub const HTTP_REFUSED: Reply = Reply::new(554, S(5, 7, 0), "This is an SMTP server, not an HTTP server");
+    pub const NO_BINARYMIME: Reply = Reply::new(555, S(5, 5, 4), "BODY=BINARYMIME is not supported");
     pub const SYNTAX_PARAMS: Reply = Reply::new(501, S(5, 5, 4), "Syntax error in parameters");
     pub const NO_PARAMS_ALLOWED: Reply = Reply::new(501, S(5, 5, 4), "Command takes no parameters");
     pub const BAD_SENDER: Reply = Reply::new(501, S(5, 1, 7), "Bad sender address syntax");

@@ -1,7 +1,7 @@
 //! DATA and BDAT: receiving content, then handing the message to the shell.
 
 use super::{received, Event, Message, Now, Phase, Session, StoreError, Transaction};
-use crate::envelope::{BodyType, Envelope};
+use crate::envelope::Envelope;
 use crate::smtp::data::{ChunkReceiver, ContentVerdict, DotReceiver};
 use crate::smtp::reply::{canned, EnhancedStatus, Reply};
 
@@ -105,8 +105,9 @@ impl Session {
             self.start_body(now);
         }
         let Some(tx) = self.tx.as_mut() else { return };
-        let check = tx.params.body != BodyType::BinaryMime;
-        let chunks = tx.chunks.get_or_insert_with(|| ChunkReceiver::new(limit, check));
+        // Line endings are checked in chunks as in DATA: BINARYMIME, the one
+        // body type that would allow anything, is refused at MAIL.
+        let chunks = tx.chunks.get_or_insert_with(|| ChunkReceiver::new(limit, true));
         chunks.begin_chunk(size);
         self.phase = Phase::Chunk { last };
         if size == 0 {

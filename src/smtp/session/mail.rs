@@ -1,7 +1,7 @@
 //! MAIL FROM and RCPT TO (RFC 5321 §4.1.1.2-3), with relay control.
 
 use super::{Session, Transaction};
-use crate::envelope::Recipient;
+use crate::envelope::{BodyType, Recipient};
 use crate::policy::RcptVerdict;
 use crate::smtp::address::{parse_forward_path, parse_reverse_path, AddressError, ReversePath};
 use crate::smtp::params::{MailParams, ParamError, RcptParams};
@@ -41,6 +41,11 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.error(&param_reply(e)),
         };
+        if params.body == BodyType::BinaryMime {
+            // Not advertised (we could not pass binary content on to a next
+            // hop that lacks it), so not accepted (RFC 3030 §3).
+            return self.error(&canned::NO_BINARYMIME);
+        }
         if params.size.is_some_and(|s| s > self.config.max_message_size) {
             return self.error(&canned::TOO_BIG);
         }

@@ -445,6 +445,21 @@ fn a_utf8_ehlo_name_keeps_a_7bit_message_7bit() {
     }
 }
 
+/// BINARYMIME is not advertised, so not accepted, with DATA or BDAT.
+#[test]
+fn binarymime_is_refused_at_mail() {
+    let mut h = Harness::mx();
+    h.greet();
+    assert!(!h.send("EHLO c.test\r\n").contains("BINARYMIME"));
+    for verb in ["DATA\r\n", "BDAT 5 LAST\r\nab\ncd"] {
+        let out = h
+            .send(&format!("MAIL FROM:<a@b.test> BODY=BINARYMIME\r\nRCPT TO:<alice@example.test>\r\n{verb}"));
+        assert_eq!(codes(&out), ["555", "503", "503"], "{verb:?}: {out}");
+        assert!(out.starts_with("555 5.5.4 BODY=BINARYMIME is not supported\r\n"), "{out}");
+    }
+    assert!(h.send("MAIL FROM:<a@b.test> BODY=8BITMIME\r\n").starts_with("250"));
+}
+
 #[test]
 fn auth_refused_in_clear_off_loopback() {
     let mut h = Harness::mx();
