@@ -149,3 +149,20 @@ fn total_size(srv: &Server) -> u64 {
         .map(|e| ringpost::pop3::session::wire_size(&std::fs::read(e.unwrap().path()).unwrap()))
         .sum()
 }
+
+/// A POP3 client over the connection limit is answered in POP3, not with
+/// an SMTP line.
+#[test]
+fn over_the_connection_limit_pop3_gets_a_pop3_answer() {
+    let extra = "[limits]\nconnections = 1\n\
+[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n\
+[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"pop3\"\n";
+    let srv = Server::start(extra);
+    let mut first = common::Client::connect(srv.smtp[1]);
+    assert!(first.reply().starts_with("+OK"));
+    let mut second = common::Client::connect(srv.smtp[1]);
+    assert_eq!(second.reply(), "-ERR [SYS/TEMP] too many connections, try again later\r\n");
+    assert!(second.closed());
+    let mut smtp = srv.client();
+    assert!(smtp.reply().starts_with("421 4.7.0"), "SMTP keeps its own answer");
+}

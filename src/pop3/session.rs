@@ -9,6 +9,9 @@ use super::maildrop::MessageInfo;
 /// longer, so a little room).
 pub const MAX_LINE: usize = 1024;
 
+/// The whole answer to a connection over the server's limits (RFC 3206).
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"-ERR [SYS/TEMP] too many connections, try again later\r\n";
+
 /// Failed logins before the connection is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 

@@ -405,7 +405,7 @@ async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx
                     Err(hit) => {
                         inc(&w.metrics.connections_refused);
                         tracing::debug!(%peer, ?hit, "connection refused by limit");
-                        monoio::spawn(refuse(stream));
+                        monoio::spawn(refuse(stream, l.pop3));
                     }
                 }
             }
@@ -419,10 +419,15 @@ async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx
     }
 }
 
-/// Answers a connection over the limits and closes it.
-async fn refuse(mut stream: TcpStream) {
+/// Answers a connection over the limits in its listener's protocol, and
+/// closes it.
+async fn refuse(mut stream: TcpStream, pop3: bool) {
     let mut reply = Vec::new();
-    crate::smtp::reply::canned::TOO_MANY_CONNECTIONS.write_to(&mut reply);
+    if pop3 {
+        reply.extend_from_slice(crate::pop3::session::TOO_MANY_CONNECTIONS);
+    } else {
+        crate::smtp::reply::canned::TOO_MANY_CONNECTIONS.write_to(&mut reply);
+    }
     let _ = monoio::time::timeout(Duration::from_secs(10), stream.write_all(reply)).await;
 }
 
