@@ -22,7 +22,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and serves the admin API on a new thread. Returns the bound
 /// address (port 0 picks one).
-pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+pub fn start(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    serving: Arc<AtomicBool>,
+    names: Vec<String>,
+) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     let bound = std_listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -44,7 +49,7 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) ->
                 }
             };
             let _ = tx.send(Ok(()));
-            let admin = Arc::new(Admin { shared, serving });
+            let admin = Arc::new(Admin { shared, serving, names });
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
@@ -65,6 +70,9 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) ->
 struct Admin {
     shared: Arc<Shared>,
     serving: Arc<AtomicBool>,
+    /// Host names besides `localhost` and IP literals that a request may
+    /// name in `Host` (this server's own names).
+    names: Vec<String>,
 }
 
 struct Response {
@@ -88,13 +96,20 @@ impl Admin {
             Ok(Some(head)) => head,
             _ => return,
         };
-        let resp = match parse_request_line(&head) {
-            Some((method, path)) => self.route(&method, &path).await,
+        let resp = match parse_request(&head) {
+            Some(req) => match check_origin(&req, &self.names) {
+                Ok(()) => self.route(&req.method, &req.path).await,
+                Err(why) => {
+                    tracing::warn!(method = %req.method, path = %req.path, why, "admin request refused");
+                    Response::text(403, format!("forbidden: {why}\n"))
+                }
+            },
             None => Response::text(400, "bad request\n"),
         };
         let reason = match resp.status {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             501 => "Not Implemented",
@@ -433,15 +448,90 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
-fn parse_request_line(head: &[u8]) -> Option<(String, String)> {
-    let line_end = head.iter().position(|&b| b == b'\n')?;
-    let line = std::str::from_utf8(&head[..line_end]).ok()?.trim_end_matches('\r');
-    let mut parts = line.split(' ');
-    let (method, path, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if !version.starts_with("HTTP/1.") || !path.starts_with('/') {
+/// What the admin API needs of a request head.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+    host: Option<String>,
+    origin: Option<String>,
+}
+
+/// Parses a request head (httparse); `None` if it is not HTTP/1.x with an
+/// absolute path.
+fn parse_request(head: &[u8]) -> Option<Request> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let path = req.path?;
+    if !path.starts_with('/') {
         return None;
     }
-    Some((method.to_owned(), path.to_owned()))
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(|v| v.trim().to_owned())
+    };
+    Some(Request {
+        method: req.method?.to_owned(),
+        path: path.to_owned(),
+        host: header("Host"),
+        origin: header("Origin"),
+    })
+}
+
+/// Refuses what a web page could make a browser on this machine send: a
+/// `Host` that is not this machine (DNS rebinding: a page's own name made
+/// to resolve to us), and an `Origin` of another site (a cross-site form or
+/// fetch). Tools (curl, Prometheus, the CLI) send a local or own `Host` and
+/// no `Origin`.
+fn check_origin(req: &Request, names: &[String]) -> Result<(), &'static str> {
+    let host = req.host.as_deref().ok_or("a Host header is required")?;
+    if !is_local_host(host, names) {
+        return Err("Host is not this server (use an IP address, localhost or the server's host name)");
+    }
+    match req.origin.as_deref() {
+        None => Ok(()),
+        Some(origin) => {
+            let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+            if origin_host.eq_ignore_ascii_case(host) || is_loopback_host(origin_host) {
+                Ok(())
+            } else {
+                Err("requests from other sites (Origin) are refused")
+            }
+        }
+    }
+}
+
+/// `host[:port]` without the port; an IPv6 literal keeps its brackets off.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+/// `localhost` or a loopback address literal.
+fn is_loopback_host(authority: &str) -> bool {
+    let h = strip_port(authority);
+    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A name for this machine: `localhost`, any IP literal (a browser sends
+/// one only for a page loaded from that very address), or one of `names`.
+fn is_local_host(authority: &str, names: &[String]) -> bool {
+    let h = strip_port(authority);
+    is_loopback_host(authority)
+        || h.parse::<std::net::IpAddr>().is_ok()
+        || names.iter().any(|n| n.eq_ignore_ascii_case(h))
 }
 
 #[cfg(test)]
@@ -449,12 +539,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_lines() {
+    fn request_heads() {
+        let r = parse_request(b"GET /queue HTTP/1.1\r\nHost: 127.0.0.1:8025\r\norigin: http://x\r\n\r\n")
+            .unwrap();
         assert_eq!(
-            parse_request_line(b"GET /queue HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(("GET".into(), "/queue".into()))
+            r,
+            Request {
+                method: "GET".into(),
+                path: "/queue".into(),
+                host: Some("127.0.0.1:8025".into()),
+                origin: Some("http://x".into())
+            }
         );
-        assert_eq!(parse_request_line(b"GET queue HTTP/1.1\r\n"), None);
-        assert_eq!(parse_request_line(b"EHLO x\r\n"), None);
+        assert_eq!(parse_request(b"GET queue HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(parse_request(b"EHLO x\r\n\r\n"), None);
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost"), None, "incomplete");
+    }
+
+    #[test]
+    fn only_local_hosts_and_origins() {
+        let names = vec!["mx1.example.com".to_owned()];
+        let req = |host: Option<&str>, origin: Option<&str>| Request {
+            method: "POST".into(),
+            path: "/queue/flush".into(),
+            host: host.map(str::to_owned),
+            origin: origin.map(str::to_owned),
+        };
+        let ok = [
+            (Some("127.0.0.1:8025"), None),
+            (Some("localhost:8025"), None),
+            (Some("LOCALHOST"), None),
+            (Some("[::1]:8025"), None),
+            (Some("10.0.0.5:8025"), None),
+            (Some("mx1.example.com:8025"), None),
+            (Some("127.0.0.1:8025"), Some("http://127.0.0.1:8025")),
+            (Some("127.0.0.1:8025"), Some("http://localhost:3000")),
+            (Some("mx1.example.com:8025"), Some("https://mx1.example.com:8025")),
+        ];
+        for (host, origin) in ok {
+            assert_eq!(check_origin(&req(host, origin), &names), Ok(()), "{host:?} {origin:?}");
+        }
+        let refused = [
+            (None, None),
+            (Some("attacker.example:8025"), None),
+            (Some("127.0.0.1.attacker.example"), None),
+            (Some("localhost.attacker.example"), None),
+            (Some("127.0.0.1:8025"), Some("http://attacker.example")),
+            (Some("127.0.0.1:8025"), Some("null")),
+            (Some("mx1.example.com:8025"), Some("http://mx1.example.com.attacker.example")),
+        ];
+        for (host, origin) in refused {
+            assert!(check_origin(&req(host, origin), &names).is_err(), "{host:?} {origin:?}");
+        }
     }
 }

@@ -163,6 +163,39 @@ fn an_overlong_auth_response_is_not_run_as_a_command() {
     c.cmd("QUIT", "221");
 }
 
+/// A web page cannot drive the admin API through a browser on the same
+/// machine: a name that is not this server in `Host` (DNS rebinding) and
+/// another site in `Origin` (a cross-site form) are refused, and nothing
+/// happens.
+#[test]
+fn admin_refuses_foreign_hosts_and_origins() {
+    let srv = Server::start("[delivery]\nhold = true\ndns_servers = [\"127.0.0.1:9\"]\n");
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    let id = c.send_message("a@x.test", &["r@example.net"], "Subject: s\r\n\r\nx\r\n");
+    let admin = srv.admin;
+    let local = format!("Host: {admin}\r\n");
+    let refused = [
+        ("GET", "/queue".to_owned(), "Host: attacker.example\r\n".to_owned()),
+        ("GET", "/metrics".to_owned(), String::new()),
+        ("POST", "/queue/flush".to_owned(), format!("{local}Origin: http://attacker.example\r\n")),
+        ("DELETE", format!("/queue/{id}"), format!("{local}Origin: http://attacker.example\r\n")),
+        ("DELETE", format!("/queue/{id}"), format!("Host: localhost.attacker.example:{}\r\n", admin.port())),
+        ("POST", format!("/queue/{id}/bounce"), format!("{local}Origin: null\r\n")),
+    ];
+    for (method, path, headers) in &refused {
+        let (status, body) = common::http_with(admin, method, path, headers);
+        assert_eq!(status, 403, "{method} {path} {headers:?}: {body}");
+    }
+    assert_eq!(srv.http("GET", &format!("/queue/{id}")).0, 200, "the message is still queued");
+    let ok = [format!("Host: localhost:{}\r\n", admin.port()), format!("{local}Origin: http://{admin}\r\n")];
+    for headers in &ok {
+        assert_eq!(common::http_with(admin, "GET", "/queue", headers).0, 200, "{headers:?}");
+    }
+    assert_eq!(srv.http("DELETE", &format!("/queue/{id}")).0, 200);
+}
+
 #[test]
 fn http_and_garbage_are_refused() {
     let srv = Server::start("");

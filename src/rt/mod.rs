@@ -97,6 +97,16 @@ fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String
     }
 }
 
+/// The names a request to the admin API may give in `Host` besides
+/// `localhost` and IP literals: the configured and the system host name.
+fn admin_names(config: &Config) -> Vec<String> {
+    let mut names = vec![config.hostname().to_string()];
+    if let Ok(system) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(system.trim().to_owned());
+    }
+    names
+}
+
 /// One socket per worker per listener, all with SO_REUSEPORT on one address.
 fn bind_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::with_capacity(workers);
@@ -215,8 +225,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
     });
     let serving = Arc::new(AtomicBool::new(false));
-    let admin_addr =
-        crate::admin::start(config.admin.address, shared.clone(), serving.clone()).map_err(|e| {
+    let names = admin_names(&config);
+    let admin_addr = crate::admin::start(config.admin.address, shared.clone(), serving.clone(), names)
+        .map_err(|e| {
             ServeError::Runtime(format!("cannot listen on {} (admin): {e}", config.admin.address))
         })?;
 
