@@ -22,12 +22,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and serves the admin API on a new thread. Returns the bound
 /// address (port 0 picks one).
-pub fn start(
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    serving: Arc<AtomicBool>,
-    names: Vec<String>,
-) -> std::io::Result<SocketAddr> {
+pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     let bound = std_listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -49,7 +44,7 @@ pub fn start(
                 }
             };
             let _ = tx.send(Ok(()));
-            let admin = Arc::new(Admin { shared, serving, names });
+            let admin = Arc::new(Admin { shared, serving });
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
@@ -70,9 +65,6 @@ pub fn start(
 struct Admin {
     shared: Arc<Shared>,
     serving: Arc<AtomicBool>,
-    /// Host names besides `localhost` and IP literals that a request may
-    /// name in `Host` (this server's own names).
-    names: Vec<String>,
 }
 
 struct Response {
@@ -97,7 +89,7 @@ impl Admin {
             _ => return,
         };
         let resp = match parse_request(&head) {
-            Some(req) => match check_origin(&req, &self.names) {
+            Some(req) => match check_origin(&req, &self.names()) {
                 Ok(()) => self.route(&req.method, &req.path).await,
                 Err(why) => {
                     tracing::warn!(method = %req.method, path = %req.path, why, "admin request refused");
@@ -124,6 +116,16 @@ impl Admin {
             resp.body
         );
         let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(out.into_bytes())).await;
+    }
+
+    /// The names a request may give in `Host` besides `localhost` and IP
+    /// literals: the configured host name (as reloaded) and the system's.
+    fn names(&self) -> Vec<String> {
+        let mut names = vec![self.shared.live.delivery().hostname.clone()];
+        if let Ok(system) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            names.push(system.trim().to_owned());
+        }
+        names
     }
 
     async fn route(&self, method: &str, path: &str) -> Response {
@@ -370,6 +372,12 @@ impl Admin {
             ),
             ("ringpost_bounced_total", "Recipients that failed permanently", load(&m.bounced)),
             ("ringpost_dsn_total", "Delivery status notifications queued", load(&m.dsns)),
+            ("ringpost_config_reloads_total", "SIGHUP reloads put in force", load(&m.config_reloads)),
+            (
+                "ringpost_config_reload_failures_total",
+                "SIGHUP reloads refused (the running configuration stayed)",
+                load(&m.config_reload_failures),
+            ),
             ("ringpost_dns_cache_hits_total", "DNS cache hits", load(&self.shared.dns_cache.stats.hits)),
             (
                 "ringpost_dns_cache_misses_total",

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub bounced: AtomicU64,
     /// DSNs queued.
     pub dsns: AtomicU64,
+    /// SIGHUP reloads that put a new configuration in force.
+    pub config_reloads: AtomicU64,
+    /// SIGHUP reloads refused (the running configuration stayed).
+    pub config_reload_failures: AtomicU64,
     /// From the end of data to the spool's answer (the group commit wait).
     pub store_latency: Histogram,
 }

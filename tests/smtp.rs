@@ -108,9 +108,8 @@ fn limits_and_errors() {
     c.cmd("DATA", "354");
     c.send_str(&format!("{}\r\n.\r\n", "x".repeat(200)));
     c.expect("552 5.3.4");
-    let (_, metrics) = srv.http("GET", "/metrics");
-    assert!(metrics.contains("ringpost_messages_rejected_total 1\n"), "{metrics}");
-    assert!(metrics.contains("ringpost_recipients_rejected_total 1\n"), "{metrics}");
+    assert_eq!(srv.metric("ringpost_messages_rejected_total"), 1.0);
+    assert_eq!(srv.metric("ringpost_recipients_rejected_total"), 1.0);
     c.cmd(&format!("NOOP {}", "y".repeat(700)), "500 5.5.2");
     c.cmd("RSET", "250");
     // A line of 100 kB without CRLF is discarded as it streams in.
@@ -138,8 +137,7 @@ fn relay_control_and_unknown_users() {
     c.cmd("RCPT TO:<anyone@relay.test>", "250");
     c.cmd("RCPT TO:<postmaster@example.test>", "250");
     c.cmd("QUIT", "221");
-    let (_, metrics) = srv.http("GET", "/metrics");
-    assert!(metrics.contains("ringpost_recipients_rejected_total 2\n"), "{metrics}");
+    assert_eq!(srv.metric("ringpost_recipients_rejected_total"), 2.0);
 }
 
 /// The tail of an over-long line inside an AUTH exchange is not a command.
@@ -534,38 +532,6 @@ fn second_server_on_same_spool_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("locked"));
 }
 
-#[test]
-fn sighup_reloads_relay_policy() {
-    let srv = Server::start("[relay]\nrelay_networks = []\n");
-    let mut c = srv.client();
-    c.expect("220");
-    c.cmd("EHLO c.test", "250");
-    c.cmd("MAIL FROM:<a@x.test>", "250");
-    c.cmd("RCPT TO:<r@newly.test>", "554 5.7.1");
-    std::fs::write(
-        &srv.config_path,
-        common::config_text(&srv.dir, "[relay]\nrelay_networks = []\nrelay_domains = [\"newly.test\"]\n"),
-    )
-    .unwrap();
-    srv.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
-    let mut c = srv.client();
-    c.expect("220");
-    c.cmd("EHLO c.test", "250");
-    c.cmd("MAIL FROM:<a@x.test>", "250");
-    c.cmd("RCPT TO:<r@newly.test>", "250");
-    // A broken file is refused and the running config stays.
-    std::fs::write(&srv.config_path, "this is not toml").unwrap();
-    srv.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(srv.stderr().contains("keeping the old configuration"), "{}", srv.stderr());
-    let mut c = srv.client();
-    c.expect("220");
-}
-
-/// A duration too long for a deadline used to pass validation and then
-/// panic a worker at the first connection, while /health still said 200.
-/// It is a config error at start, and a reload with it keeps the old config.
 #[test]
 fn overflowing_durations_are_config_errors_at_start_and_on_reload() {
     let dir = tempfile::tempdir().unwrap().keep();

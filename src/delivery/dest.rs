@@ -16,9 +16,10 @@ use rustls::ClientConfig;
 
 use super::outbound::{outgoing, Outbound};
 use super::route::NextHop;
-use super::{outcome_of, status_of, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome};
+use super::{outcome_of, status_of, Job, JobResult, Outcome, RcptOutcome};
 use crate::metrics::{inc, Metrics};
 use crate::rt::clock::instant;
+use crate::rt::live::Live;
 
 /// How long an idle connection waits for another job before QUIT.
 const IDLE: Duration = Duration::from_millis(500);
@@ -46,14 +47,16 @@ impl Dest {
 
 /// A worker's destinations.
 pub struct Destinations {
-    cfg: Rc<DeliveryConfig>,
+    /// Delivery settings, read when a connection starts or a job is paced.
+    live: Arc<Live>,
     tls: Arc<ClientConfig>,
     spool_dir: PathBuf,
     report: Reporter,
     metrics: Arc<Metrics>,
     map: RefCell<HashMap<String, Rc<Dest>>>,
     draining: Cell<bool>,
-    live: Cell<usize>,
+    /// Connections open now.
+    open: Cell<usize>,
     drained: RefCell<Option<Waker>>,
 }
 
@@ -61,35 +64,35 @@ impl std::fmt::Debug for Destinations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Destinations")
             .field("count", &self.map.borrow().len())
-            .field("connections", &self.live.get())
+            .field("connections", &self.open.get())
             .finish()
     }
 }
 
 impl Destinations {
     pub fn new(
-        cfg: Rc<DeliveryConfig>,
+        live: Arc<Live>,
         tls: Arc<ClientConfig>,
         spool_dir: PathBuf,
         report: Reporter,
         metrics: Arc<Metrics>,
     ) -> Rc<Destinations> {
         Rc::new(Destinations {
-            cfg,
+            live,
             tls,
             spool_dir,
             report,
             metrics,
             map: RefCell::new(HashMap::new()),
             draining: Cell::new(false),
-            live: Cell::new(0),
+            open: Cell::new(0),
             drained: RefCell::new(None),
         })
     }
 
     /// Outbound connections open now.
     pub fn connections(&self) -> usize {
-        self.live.get()
+        self.open.get()
     }
 
     /// Takes a job for one of our destinations.
@@ -134,10 +137,10 @@ impl Destinations {
 
     /// Opens connections while jobs wait and the limit allows.
     fn maybe_start(self: &Rc<Self>, key: &str, dest: &Rc<Dest>) {
-        let limit = self.cfg.connections_per_destination.max(1);
+        let limit = self.live.delivery().connections_per_destination.max(1);
         while dest.active.get() < limit && dest.active.get() < dest.queue.borrow().len() {
             dest.active.set(dest.active.get() + 1);
-            self.live.set(self.live.get() + 1);
+            self.open.set(self.open.get() + 1);
             monoio::spawn(self.clone().connection(key.to_owned(), dest.clone()));
         }
     }
@@ -145,10 +148,11 @@ impl Destinations {
     /// One connection: open, send queued jobs, QUIT.
     async fn connection(self: Rc<Self>, key: String, dest: Rc<Dest>) {
         let hop = dest.hop.borrow().clone();
-        match Outbound::open(&hop, &self.cfg, &self.tls).await {
+        let cfg = self.live.delivery();
+        match Outbound::open(&hop, &cfg, &self.tls).await {
             Err(e) => {
                 tracing::warn!(target: "delivery", destination = %key, error = %e, "destination unreachable");
-                dest.backoff_until.set(Some(instant() + self.cfg.destination_backoff));
+                dest.backoff_until.set(Some(instant() + cfg.destination_backoff));
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
                     self.fail(job, "4.4.1", &e);
@@ -158,7 +162,7 @@ impl Destinations {
                 dest.backoff_until.set(None);
                 let mut sent = 0;
                 let mut alive = true;
-                while sent < self.cfg.messages_per_connection.max(1) && !self.draining.get() {
+                while sent < cfg.messages_per_connection.max(1) && !self.draining.get() {
                     let Some(job) = next_job(&dest).await else { break };
                     self.pace(&dest).await;
                     alive = self.deliver(&mut conn, job).await;
@@ -173,7 +177,7 @@ impl Destinations {
             }
         }
         dest.active.set(dest.active.get() - 1);
-        self.live.set(self.live.get() - 1);
+        self.open.set(self.open.get() - 1);
         if !dest.queue.borrow().is_empty() && dest.backoff_until.get().is_none() && !self.draining.get() {
             self.maybe_start(&key, &dest);
         } else if dest.active.get() == 0
@@ -182,7 +186,7 @@ impl Destinations {
         {
             self.map.borrow_mut().remove(&key);
         }
-        if self.live.get() == 0 {
+        if self.open.get() == 0 {
             if let Some(w) = self.drained.borrow_mut().take() {
                 w.wake();
             }
@@ -191,12 +195,13 @@ impl Destinations {
 
     /// Waits for the destination's rate limit.
     async fn pace(&self, dest: &Dest) {
-        if self.cfg.rate_per_destination <= 0.0 {
+        let rate = self.live.delivery().rate_per_destination;
+        if rate <= 0.0 {
             return;
         }
         let now = instant();
         let at = dest.next_send.get().max(now);
-        dest.next_send.set(at + Duration::from_secs_f64(1.0 / self.cfg.rate_per_destination));
+        dest.next_send.set(at + Duration::from_secs_f64(1.0 / rate));
         if at > now {
             monoio::time::sleep_until(at.into()).await;
         }
@@ -276,7 +281,7 @@ impl Destinations {
             d.wake_idle();
         }
         poll_fn(|cx| {
-            if self.live.get() == 0 {
+            if self.open.get() == 0 {
                 return Poll::Ready(());
             }
             *self.drained.borrow_mut() = Some(cx.waker().clone());

@@ -20,6 +20,7 @@ use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
 use crate::metrics::{inc, Metrics};
 use crate::rt::clock::unix_secs;
+use crate::rt::live::Live;
 use crate::smtp::address::ReversePath;
 use crate::smtp::session::IdSource;
 use crate::spool::index::Location;
@@ -65,7 +66,10 @@ pub struct Listed {
 /// The per-worker owner.
 pub struct Owner {
     pub index: usize,
-    cfg: Rc<DeliveryConfig>,
+    /// Delivery settings: read when an attempt is planned or finished.
+    live: Arc<Live>,
+    /// `[delivery] hold` at startup (a restart changes it).
+    hold: bool,
     spool: Spool,
     resolver: Resolver,
     dispatch: Dispatcher,
@@ -93,16 +97,18 @@ impl std::fmt::Debug for Owner {
 impl Owner {
     pub fn new(
         index: usize,
-        cfg: Rc<DeliveryConfig>,
+        live: Arc<Live>,
         spool: Spool,
         resolver: Resolver,
         dispatch: Dispatcher,
         ids: IdSource,
         metrics: Arc<Metrics>,
     ) -> Rc<Owner> {
+        let hold = live.delivery().hold;
         Rc::new(Owner {
             index,
-            cfg,
+            live,
+            hold,
             spool,
             resolver,
             dispatch,
@@ -118,10 +124,15 @@ impl Owner {
         })
     }
 
+    /// Delivery settings in force now.
+    fn cfg(&self) -> Arc<DeliveryConfig> {
+        self.live.delivery()
+    }
+
     /// Schedules every recovered message and starts the planner and wheel
     /// tasks. With `hold`, nothing is scheduled: mail only accumulates.
     pub fn start(self: &Rc<Self>) {
-        if self.cfg.hold {
+        if self.hold {
             tracing::info!(worker = self.index, "delivery is on hold: accepting and queueing only");
             monoio::spawn(self.clone().compactor());
             return;
@@ -153,7 +164,7 @@ impl Owner {
     /// A message was just accepted: plan its first attempt (nothing on hold;
     /// the envelope is copied only when it will be used).
     pub fn enqueue_new(&self, env: &Envelope) {
-        if !self.cfg.hold {
+        if !self.hold {
             self.push(env.id, Some(Rc::new(env.clone())));
         }
     }
@@ -177,7 +188,7 @@ impl Owner {
 
     /// Retries every deferred message now. Returns how many.
     pub fn flush(&self) -> usize {
-        if self.cfg.hold {
+        if self.hold {
             return 0;
         }
         let ids = self.wheel.borrow_mut().drain();
@@ -265,7 +276,8 @@ impl Owner {
                 groups.entry(r.address.domain().to_lowercase()).or_default().push(i);
             }
         }
-        let expired = unix_secs().saturating_sub(received_at) > self.cfg.max_age.as_secs();
+        let cfg = self.cfg();
+        let expired = unix_secs().saturating_sub(received_at) > cfg.max_age.as_secs();
         self.attempts.borrow_mut().insert(
             id,
             Attempt {
@@ -284,7 +296,7 @@ impl Owner {
                     .flatten();
                 let text = format!(
                     "message expired after {} days in the queue; last error: {}",
-                    self.cfg.max_age.as_secs() / 86_400,
+                    cfg.max_age.as_secs() / 86_400,
                     last.as_deref().unwrap_or("none")
                 );
                 self.job_done(JobResult {
@@ -292,7 +304,7 @@ impl Owner {
                     domain,
                     outcomes: RcptOutcome::all(&rcpts, Outcome::Permanent, "4.4.7", &text),
                 });
-            } else if self.cfg.local_domains.contains(&domain) {
+            } else if cfg.local_domains.contains(&domain) {
                 monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
             } else {
                 self.route_group(id, loc, domain, rcpts).await;
@@ -301,7 +313,8 @@ impl Owner {
     }
 
     async fn route_group(self: &Rc<Self>, id: QueueId, loc: Location, domain: String, rcpts: Vec<u32>) {
-        match route::resolve(&self.resolver, &self.cfg.routes, &domain, self.cfg.port).await {
+        let cfg = self.cfg();
+        match route::resolve(&self.resolver, &cfg.routes, &domain, cfg.port).await {
             Ok(hop) => {
                 let (_, family) = self.spool.family();
                 (self.dispatch)(Job {
@@ -337,6 +350,7 @@ impl Owner {
         rcpts: Vec<u32>,
         env: Rc<Envelope>,
     ) {
+        let cfg = self.cfg();
         let (dir, family) = self.spool.family();
         let outcomes = match crate::spool::read::read_message(&dir, family, loc).await {
             Err(e) => RcptOutcome::all(
@@ -350,11 +364,8 @@ impl Owner {
                 let mut outcomes = Vec::new();
                 for &i in &rcpts {
                     let Some(r) = env.recipients.get(i as usize) else { continue };
-                    let (mail_dir, host, local) = (
-                        self.cfg.mail_dir.clone(),
-                        self.cfg.hostname.clone(),
-                        r.address.local_part().to_owned(),
-                    );
+                    let (mail_dir, host, local) =
+                        (cfg.mail_dir.clone(), cfg.hostname.clone(), r.address.local_part().to_owned());
                     let (dom, sender, body) = (domain.clone(), env.reverse_path.to_string(), body.clone());
                     let now = unix_secs();
                     let res = monoio::spawn_blocking(move || {
@@ -446,8 +457,9 @@ impl Owner {
         }
         let attempts = a.attempts_before + 1;
         let received_at = a.env.received_at;
-        let expiry = received_at + self.cfg.max_age.as_secs();
-        let next = (now + self.cfg.retry_after(attempts).as_secs()).min(expiry.max(now + 1));
+        let cfg = self.cfg();
+        let expiry = received_at + cfg.max_age.as_secs();
+        let next = (now + cfg.retry_after(attempts).as_secs()).min(expiry.max(now + 1));
         let last_error = temp.first().map(|o| format!("{} {}", o.status, o.text)).unwrap_or_default();
         for o in &temp {
             if let Some(r) = a.env.recipients.get(o.index as usize) {
@@ -517,7 +529,8 @@ impl Owner {
             }
         };
         let dsn_id = self.ids.borrow_mut().next(now);
-        let Some(dsn) = dsn::build(&self.cfg.hostname, env, &body, reports, dsn_id, now) else { return true };
+        let cfg = self.cfg();
+        let Some(dsn) = dsn::build(&cfg.hostname, env, &body, reports, dsn_id, now) else { return true };
         let dsn_env = Envelope {
             id: dsn_id,
             received_at: now,
@@ -532,7 +545,7 @@ impl Owner {
             ret: None,
             envid: None,
             client_ip: None,
-            helo: self.cfg.hostname.clone(),
+            helo: cfg.hostname.clone(),
             auth_user: None,
         };
         match self.spool.append_message(&dsn_env, &dsn.body).await {

@@ -13,6 +13,7 @@
 pub mod clock;
 pub mod conn;
 pub mod limits;
+pub mod live;
 pub mod pop3;
 pub mod signal;
 pub mod transport;
@@ -21,15 +22,16 @@ pub mod worker;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::config::{Config, ListenerConfig, ListenerKind, TlsMode};
-use crate::metrics::Metrics;
+use crate::metrics::{inc, Metrics};
 use crate::policy::Policy;
 use crate::smtp::session::{Kind, SessionConfig};
 use crate::spool::{self, SpoolStats};
 use limits::{ConnLimits, MemoryBudget};
+use live::{Live, Snapshot};
 use signal::{Broadcast, Inbox, CLOSING, DRAINING};
 use worker::{ListenerCtx, Shared, WorkerSetup};
 
@@ -84,10 +86,15 @@ pub fn delivery_config(config: &Config) -> Result<crate::delivery::DeliveryConfi
         destination_backoff: d.destination_backoff,
         starttls: d.starttls,
         routes: crate::delivery::route::Routes::new(&config.routes).map_err(|e| format!("[[route]]: {e}"))?,
-        local_domains: config.relay.local_domains.iter().map(|d| d.to_lowercase()).collect(),
+        local_domains: local_domains(config),
         mail_dir: config.local.mail_dir.clone(),
         hold: d.hold,
     })
+}
+
+/// `[relay] local_domains`, in lower case.
+fn local_domains(config: &Config) -> std::collections::HashSet<String> {
+    config.relay.local_domains.iter().map(|d| d.to_lowercase()).collect()
 }
 
 fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
@@ -95,16 +102,6 @@ fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String
         Some(t) => transport::load_server_config(&t.cert, &t.key).map(Some),
         None => Ok(None),
     }
-}
-
-/// The names a request to the admin API may give in `Host` besides
-/// `localhost` and IP literals: the configured and the system host name.
-fn admin_names(config: &Config) -> Vec<String> {
-    let mut names = vec![config.hostname().to_string()];
-    if let Ok(system) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        names.push(system.trim().to_owned());
-    }
-    names
 }
 
 /// One socket per worker per listener, all with SO_REUSEPORT on one address.
@@ -179,25 +176,26 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     }
 
     let policy = Arc::new(policy(&config));
-    let tls_shared = Arc::new(RwLock::new(tls));
+    let sessions =
+        config.listeners.iter().map(|l| Arc::new(session_config(&config, l.get_ref(), policy.clone())));
+    let delivery = delivery_config(&config).map_err(ServeError::Config)?;
+    let live = Live::new(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery) });
     let mut bound = Vec::new();
     let mut ctxs = Vec::new();
-    for l in &config.listeners {
+    for (index, l) in config.listeners.iter().enumerate() {
         let l = l.get_ref();
         let sockets = bind_all(l.address, workers)
             .map_err(|e| ServeError::Runtime(format!("cannot listen on {}: {e}", l.address)))?;
         let local = sockets[0].local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
         bound.push((local, l.clone(), sockets));
         ctxs.push(Arc::new(ListenerCtx {
-            session: RwLock::new(Arc::new(session_config(&config, l, policy.clone()))),
-            tls: tls_shared.clone(),
+            index,
+            live: live.clone(),
             implicit_tls: l.tls == TlsMode::Implicit,
             pop3: l.kind == ListenerKind::Pop3,
-            mail_dir: config.local.mail_dir.clone(),
         }));
     }
 
-    let delivery = delivery_config(&config).map_err(ServeError::Config)?;
     let dns_servers = if config.delivery.dns_servers.is_empty() {
         crate::dns::servers_from_resolv_conf(Path::new("/etc/resolv.conf"))
     } else {
@@ -208,7 +206,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     }
     let client_tls = transport::opportunistic_client_config().map_err(ServeError::Runtime)?;
     let shared = Arc::new(Shared {
-        delivery: Arc::new(delivery),
+        live: live.clone(),
         dns_cache: Arc::new(crate::dns::cache::Cache::new(config.delivery.dns_cache_size)),
         dns_servers,
         dns_timeout: config.delivery.dns_timeout,
@@ -225,9 +223,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
     });
     let serving = Arc::new(AtomicBool::new(false));
-    let names = admin_names(&config);
-    let admin_addr = crate::admin::start(config.admin.address, shared.clone(), serving.clone(), names)
-        .map_err(|e| {
+    let admin_addr =
+        crate::admin::start(config.admin.address, shared.clone(), serving.clone()).map_err(|e| {
             ServeError::Runtime(format!("cannot listen on {} (admin): {e}", config.admin.address))
         })?;
 
@@ -293,7 +290,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     let _ = std::io::stdout().flush();
 
     notify.notify("READY=1");
-    let mut reload = Reload { config, path: config_path, ctxs, tls: tls_shared, shared: shared.clone() };
+    let mut reload = Reload { config, path: config_path, shared: shared.clone() };
     wait_for_shutdown(&shared, &mut reload, notify);
     for h in handles {
         if h.join().is_err() {
@@ -309,8 +306,6 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
 struct Reload {
     config: Config,
     path: Option<PathBuf>,
-    ctxs: Vec<Arc<ListenerCtx>>,
-    tls: Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>,
     shared: Arc<Shared>,
 }
 
@@ -329,52 +324,69 @@ impl Reload {
                 "configuration reloaded; these changes need a restart and were not applied: {}",
                 restart.join(", ")
             ),
-            Err(e) => tracing::error!("SIGHUP: keeping the old configuration: {e}"),
+            Err(e) => {
+                inc(&self.shared.metrics.config_reload_failures);
+                tracing::error!("SIGHUP: keeping the old configuration: {e}");
+                return;
+            }
         }
+        inc(&self.shared.metrics.config_reloads);
     }
 
+    /// Reads the file again and puts what may change without a restart in
+    /// force, as one snapshot. Returns what changed but needs a restart.
     fn try_reload(&mut self, path: &Path) -> Result<Vec<&'static str>, String> {
         let new = Config::load(path).map_err(|e| e.to_string())?;
         let tls = load_tls(&new).map_err(|e| format!("[tls]: {e}"))?;
-        let old = &self.config;
-        let mut restart = Vec::new();
-        let listeners =
-            |c: &Config| c.listeners.iter().map(|l| format!("{:?}", l.get_ref())).collect::<Vec<_>>();
-        if listeners(old) != listeners(&new) {
-            restart.push("[[listener]]");
-        }
-        if old.threads != new.threads {
-            restart.push("threads");
-        }
-        if old.spool.dir != new.spool.dir
-            || old.spool.fsync != new.spool.fsync
-            || old.spool.segment_size != new.spool.segment_size
-        {
-            restart.push("[spool]");
-        }
-        if old.admin.address != new.admin.address {
-            restart.push("[admin]");
-        }
-        if (old.tls.is_some()) != (new.tls.is_some()) {
-            restart.push("[tls] (added or removed)");
-        }
+        let restart = needs_restart(&self.config, &new);
+        let current = self.shared.live.get();
         let policy = Arc::new(policy(&new));
-        for (ctx, l) in self.ctxs.iter().zip(&self.config.listeners) {
-            let fresh = Arc::new(session_config(&new, l.get_ref(), policy.clone()));
-            *ctx.session.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        }
-        if tls.is_some() && old.tls.is_some() {
-            *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-        }
+        // The listeners running now keep their address, kind and TLS mode.
+        let sessions =
+            self.config.listeners.iter().map(|l| Arc::new(session_config(&new, l.get_ref(), policy.clone())));
+        let tls = if tls.is_some() && current.tls.is_some() { tls } else { current.tls.clone() };
+        let delivery = crate::delivery::DeliveryConfig {
+            hostname: new.hostname().to_string(),
+            local_domains: local_domains(&new),
+            ..(*current.delivery).clone()
+        };
+        self.shared.live.set(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery) });
         self.shared.limits.set(new.limits.connections, new.limits.connections_per_ip);
         self.shared.memory.set_max(usize::try_from(new.limits.message_memory).unwrap_or(usize::MAX));
-        let listeners_kept = std::mem::take(&mut self.config.listeners);
-        self.config = new;
-        if !restart.contains(&"[[listener]]") {
-            self.config.listeners = listeners_kept;
+        // What was not applied stays as it runs, so the next reload compares
+        // against what is in force.
+        let mut new = new;
+        new.listeners = std::mem::take(&mut self.config.listeners);
+        new.threads = self.config.threads;
+        new.spool = self.config.spool.clone();
+        new.admin = self.config.admin.clone();
+        new.routes = std::mem::take(&mut self.config.routes);
+        new.delivery = self.config.delivery.clone();
+        new.local = self.config.local.clone();
+        if new.tls.is_some() != self.config.tls.is_some() {
+            new.tls = self.config.tls.take();
         }
+        self.config = new;
         Ok(restart)
     }
+}
+
+/// The sections and keys that differ between `old` and `new` but are only
+/// read at startup.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    let listeners = |c: &Config| c.listeners.iter().map(|l| debug(l.get_ref())).collect::<Vec<_>>();
+    let checks: [(bool, &'static str); 8] = [
+        (listeners(old) != listeners(new), "[[listener]]"),
+        (old.threads != new.threads, "threads"),
+        (debug(&old.spool) != debug(&new.spool), "[spool]"),
+        (old.admin.address != new.admin.address, "[admin]"),
+        (old.tls.is_some() != new.tls.is_some(), "[tls] (added or removed)"),
+        (debug(&old.routes) != debug(&new.routes), "[[route]]"),
+        (debug(&old.delivery) != debug(&new.delivery), "[delivery]"),
+        (debug(&old.local) != debug(&new.local), "[local]"),
+    ];
+    checks.into_iter().filter(|c| c.0).map(|c| c.1).collect()
 }
 
 fn signal_set() -> libc::sigset_t {

@@ -154,7 +154,7 @@ impl Driver {
         let (user, pass) = (user.to_owned(), pass.to_owned());
         let config = self.l.session_config();
         let hash = config.policy.password_hash(&user).map(str::to_owned);
-        let dir = maildrop_dir(&self.l.mail_dir, &user);
+        let dir = maildrop_dir(&self.l.mail_dir(), &user);
         let ok = monoio::spawn_blocking(move || crate::auth::verify(hash.as_deref(), &pass))
             .await
             .unwrap_or(false);

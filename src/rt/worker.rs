@@ -7,7 +7,7 @@ use std::future::poll_fn;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -17,12 +17,13 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::conn;
 use super::limits::{ConnLimits, MemoryBudget};
+use super::live::Live;
 use super::signal::{Broadcast, Inbox, LocalSignal, RUNNING};
 use std::collections::HashMap;
 
 use crate::delivery::dest::Destinations;
 use crate::delivery::owner::{DomainStatus, Listed, Owner};
-use crate::delivery::{DeliveryConfig, Job, JobResult};
+use crate::delivery::{Job, JobResult};
 use crate::envelope::{QueueId, QueueIdGen};
 use crate::metrics::{inc, Metrics};
 use crate::policy::canonical;
@@ -75,32 +76,38 @@ pub struct WorkerQueue {
     pub outbound_connections: usize,
 }
 
-/// One listening socket's settings, shared by all workers; reloadable.
+/// One listening socket, shared by all workers. Its settings come from the
+/// live snapshot (see [`Live`]), so they follow reloads.
 #[derive(Debug)]
 pub struct ListenerCtx {
-    pub session: RwLock<Arc<SessionConfig>>,
-    pub tls: Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>,
+    /// This listener's place in the snapshot's `sessions`.
+    pub index: usize,
+    pub live: Arc<Live>,
     pub implicit_tls: bool,
     /// A POP3 listener (else SMTP).
     pub pop3: bool,
-    /// Where POP3 finds the Maildirs (`local.mail_dir` at startup).
-    pub mail_dir: std::path::PathBuf,
 }
 
 impl ListenerCtx {
     pub fn session_config(&self) -> Arc<SessionConfig> {
-        self.session.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live.get().sessions[self.index].clone()
     }
 
     pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live.get().tls.clone()
+    }
+
+    /// Where POP3 finds the Maildirs (`[local] mail_dir`).
+    pub fn mail_dir(&self) -> std::path::PathBuf {
+        self.live.delivery().mail_dir.clone()
     }
 }
 
 /// What all threads share.
 #[derive(Debug)]
 pub struct Shared {
-    pub delivery: Arc<DeliveryConfig>,
+    /// What SIGHUP can change.
+    pub live: Arc<Live>,
     pub dns_cache: Arc<crate::dns::cache::Cache>,
     pub dns_servers: Vec<std::net::SocketAddr>,
     pub dns_timeout: Duration,
@@ -218,7 +225,7 @@ async fn serve(setup: WorkerSetup) {
     );
     let committer = monoio::spawn(spool.clone().run_committer());
     let ids = Rc::new(RefCell::new(QueueIdGen::new(index as u8, setup.max_id)));
-    let cfg = Rc::new((*shared.delivery).clone());
+    let live = shared.live.clone();
     let resolver = crate::dns::Resolver::new(
         shared.dns_cache.clone(),
         shared.dns_servers.clone(),
@@ -240,7 +247,7 @@ async fn serve(setup: WorkerSetup) {
             }
         });
         let dests = Destinations::new(
-            cfg.clone(),
+            live.clone(),
             shared.client_tls.clone(),
             setup.spool_dir.clone(),
             report,
@@ -261,7 +268,7 @@ async fn serve(setup: WorkerSetup) {
         })
     };
     let owner =
-        Owner::new(index, cfg, spool.clone(), resolver, dispatch, ids.clone(), shared.metrics.clone());
+        Owner::new(index, live, spool.clone(), resolver, dispatch, ids.clone(), shared.metrics.clone());
     *owner_slot.borrow_mut() = Some(owner.clone());
     let w = Rc::new(WorkerCtx {
         index,

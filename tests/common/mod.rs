@@ -28,7 +28,10 @@ pub struct Server {
 pub fn config_text(dir: &Path, extra: &str) -> String {
     let split = if extra.starts_with('[') { 0 } else { extra.find("\n[").map_or(extra.len(), |i| i + 1) };
     let (top, tables) = extra.split_at(split);
-    let mut text = String::from("hostname = \"mx.test\"\n");
+    let mut text = String::new();
+    if !top.contains("hostname") {
+        text += "hostname = \"mx.test\"\n";
+    }
     if !top.contains("threads") {
         text += "threads = 2\n";
     }
@@ -181,10 +184,35 @@ impl Server {
         self.queue()["messages"].as_u64().expect("messages")
     }
 
-    /// The value of a metric without labels in /metrics (0 if absent).
+    /// The value of a metric without labels in /metrics; fails the test if
+    /// there is no such metric.
     pub fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.http("GET", "/metrics");
-        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in /metrics:\n{text}"))
+    }
+
+    /// Rewrites the config file with `extra` (see [`config_text`]), sends
+    /// SIGHUP, and waits until the reload is done: put in force, or refused
+    /// if `refused`. Fails the test if neither happens.
+    pub fn reload(&self, extra: &str, refused: bool) {
+        std::fs::write(&self.config_path, config_text(&self.dir, extra)).expect("write config");
+        self.reload_file(refused);
+    }
+
+    /// Sends SIGHUP for the config file as it is now; see [`Server::reload`].
+    pub fn reload_file(&self, refused: bool) {
+        let name =
+            if refused { "ringpost_config_reload_failures_total" } else { "ringpost_config_reloads_total" };
+        let before = self.metric(name);
+        self.signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.metric(name) > before),
+            "reload {}: {}",
+            if refused { "not refused" } else { "not done" },
+            self.stderr()
+        );
     }
 
     pub fn client(&self) -> Client {
@@ -255,6 +283,14 @@ impl Client {
                 return all;
             }
         }
+    }
+
+    /// Reads one line, CRLF included.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read line");
+        assert!(n > 0, "connection closed");
+        line
     }
 
     /// Reads a reply and checks its code.

@@ -1,0 +1,247 @@
+//! SIGHUP: every key docs/config.md marks *reload* takes effect for new
+//! connections (and for delivery), and a file that does not load keeps the
+//! configuration in force, which is checked by using it.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // reason: tests wait on real time and processes, and fail loudly
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{make_cert, wait_until, Client, Server};
+
+/// Greeting and EHLO; returns the EHLO reply.
+fn hello(c: &mut Client) -> String {
+    c.expect("220");
+    c.cmd("EHLO c.test", "250")
+}
+
+#[test]
+fn hostname() {
+    let srv = Server::start("");
+    assert_eq!(srv.client().reply(), "220 mx.test ESMTP\r\n");
+    srv.reload("hostname = \"mx2.test\"\n", false);
+    let mut c = srv.client();
+    assert_eq!(c.reply(), "220 mx2.test ESMTP\r\n");
+    assert!(c.cmd("EHLO c.test", "250").starts_with("250-mx2.test\r\n"));
+    // <postmaster> is ours under the new name.
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<postmaster>", "250");
+}
+
+/// The certificate a TLS handshake with `addr` presents (PEM).
+fn served_cert(addr: std::net::SocketAddr) -> String {
+    let code = format!("import ssl; print(ssl.get_server_certificate(('{}', {})))", addr.ip(), addr.port());
+    common::run(std::process::Command::new("python3").args(["-c", &code]))
+}
+
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+#[test]
+fn tls_cert_and_key() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (cert, key) = make_cert(&dir);
+    let tables = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\ntls = \"implicit\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let srv = Server::start_in(&dir, &tables(&cert, &key));
+    let first = std::fs::read_to_string(&cert).unwrap();
+    assert_eq!(pem_body(&served_cert(srv.addr())), pem_body(&first));
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (cert2, key2) = make_cert(&other);
+    srv.reload(&tables(&cert2, &key2), false);
+    let second = std::fs::read_to_string(&cert2).unwrap();
+    assert_ne!(pem_body(&first), pem_body(&second));
+    assert_eq!(pem_body(&served_cert(srv.addr())), pem_body(&second), "the new certificate is served");
+}
+
+#[test]
+fn message_size_recipients_line_length_and_errors() {
+    let srv = Server::start("[relay]\nlocal_domains = [\"example.test\"]\n");
+    let mut c = srv.client();
+    assert!(hello(&mut c).contains("250-SIZE 52428800\r\n"));
+    srv.reload(
+        "[limits]\nmessage_size = 5000\nrecipients = 2\nline_length = 600\nerrors = 4\n\
+         [relay]\nlocal_domains = [\"example.test\"]\n",
+        false,
+    );
+    let mut c = srv.client();
+    assert!(hello(&mut c).contains("250-SIZE 5000\r\n"));
+    // message_size
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_str(&format!("Subject: big\r\n\r\n{}\r\n.\r\n", "b".repeat(6000)));
+    c.expect("552 5.3.4");
+    // recipients
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r1@example.test>", "250");
+    c.cmd("RCPT TO:<r2@example.test>", "250");
+    c.cmd("RCPT TO:<r3@example.test>", "452 4.5.3");
+    c.cmd("RSET", "250");
+    // line_length: 700 bytes is over 600
+    c.cmd(&format!("NOOP {}", "x".repeat(700)), "500 5.5.2");
+    // errors: 552, 452 and 500 were three error replies; the fourth closes
+    c.cmd("BOGUS", "500");
+    c.expect("421 4.7.0");
+    assert!(c.closed());
+}
+
+#[test]
+fn connections_and_connections_per_ip() {
+    let srv = Server::start("[relay]\nrelay_networks = []\n");
+    srv.reload("[limits]\nconnections_per_ip = 2\n[relay]\nrelay_networks = []\n", false);
+    let mut held = vec![srv.client(), srv.client()];
+    for c in &mut held {
+        c.expect("220");
+    }
+    assert!(srv.client().reply().starts_with("421 4.7.0"), "a third from one address");
+    drop(held);
+    assert!(wait_until(Duration::from_secs(5), || srv.metric("ringpost_connections") == 0.0));
+    srv.reload("[limits]\nconnections = 1\n[relay]\nrelay_networks = []\n", false);
+    let mut one = srv.client();
+    one.expect("220");
+    assert!(srv.client().reply().starts_with("421 4.7.0"), "a second in all");
+}
+
+#[test]
+fn command_and_data_timeouts() {
+    let srv = Server::start("");
+    srv.reload("[limits]\ncommand_timeout = \"1s\"\ndata_timeout = \"1s\"\n", false);
+    let started = Instant::now();
+    let mut idle = srv.client();
+    hello(&mut idle);
+    idle.expect("421 4.4.2");
+    assert!(started.elapsed() < Duration::from_secs(5), "command_timeout");
+    let mut c = srv.client();
+    c.open_data("a@x.test", "r@example.net");
+    c.send_str("Subject: slow\r\n");
+    let started = Instant::now();
+    c.expect("421 4.4.2");
+    assert!(started.elapsed() < Duration::from_secs(5), "data_timeout");
+}
+
+#[test]
+fn message_memory() {
+    let srv = Server::start("");
+    srv.reload("[limits]\nmessage_memory = 20000\n", false);
+    let mut c = srv.client();
+    c.open_data("a@x.test", "r@example.net");
+    c.send_str(&format!("Subject: s\r\n\r\n{}\r\n.\r\n", "m".repeat(30_000)));
+    c.expect("452 4.3.1");
+}
+
+#[test]
+fn shutdown_grace() {
+    let srv = Server::start("");
+    srv.reload("[limits]\nshutdown_grace = \"1s\"\n", false);
+    let mut c = srv.client();
+    hello(&mut c);
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    let started = Instant::now();
+    srv.signal(libc::SIGTERM);
+    c.expect("421 4.3.2");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after 1s, not the 10s default");
+    let mut srv = srv;
+    assert_eq!(srv.wait(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// A domain made local by a reload is local for delivery too: its mail goes
+/// to the Maildir, not to an MX.
+#[test]
+fn local_domains_reach_delivery() {
+    let srv = Server::start("[relay]\nlocal_domains = [\"example.test\"]\n");
+    srv.reload("[relay]\nlocal_domains = [\"example.test\", \"newlocal.test\"]\n", false);
+    let mut c = srv.client();
+    hello(&mut c);
+    c.send_message("a@x.test", &["bob@newlocal.test"], "Subject: s\r\n\r\nto a new local domain\r\n");
+    let new = srv.dir.join("mail/newlocal.test/bob/new");
+    let delivered =
+        wait_until(Duration::from_secs(10), || std::fs::read_dir(&new).is_ok_and(|d| d.count() == 1));
+    assert!(delivered, "delivered into {}: {}", new.display(), srv.stderr());
+    assert!(wait_until(Duration::from_secs(5), || srv.queued_messages() == 0));
+}
+
+#[test]
+fn relay_domains_and_relay_networks() {
+    let srv = Server::start("");
+    let mut c = srv.client();
+    hello(&mut c);
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r@elsewhere.test>", "250"); // loopback may relay
+    srv.reload("[relay]\nrelay_networks = []\nrelay_domains = [\"newly.test\"]\n", false);
+    let mut c = srv.client();
+    hello(&mut c);
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<r@elsewhere.test>", "554 5.7.1");
+    c.cmd("RCPT TO:<r@newly.test>", "250");
+}
+
+#[test]
+fn users() {
+    let old = ringpost::auth::hash("old secret").unwrap();
+    let user =
+        |address: &str, hash: &str| format!("[[user]]\naddress = \"{address}\"\npassword = \"{hash}\"\n");
+    let relay = "[relay]\nlocal_domains = [\"example.test\"]\nrelay_networks = []\n";
+    let srv = Server::start(&format!("{relay}{}", user("alice@example.test", &old)));
+    let plain = |u: &str, p: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{u}\0{p}"))
+    };
+    let mut c = srv.client();
+    hello(&mut c);
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<bob@example.test>", "550 5.1.1");
+    let new = ringpost::auth::hash("new secret").unwrap();
+    srv.reload(
+        &format!("{relay}{}{}", user("alice@example.test", &new), user("bob@example.test", &new)),
+        false,
+    );
+    let mut c = srv.client();
+    hello(&mut c);
+    c.cmd("MAIL FROM:<a@x.test>", "250");
+    c.cmd("RCPT TO:<bob@example.test>", "250");
+    c.cmd("RSET", "250");
+    c.cmd(&format!("AUTH PLAIN {}", plain("alice@example.test", "old secret")), "535");
+    c.cmd(&format!("AUTH PLAIN {}", plain("bob@example.test", "new secret")), "235");
+}
+
+/// A file that does not load (bad TOML, or a value out of range) is refused
+/// and what was in force stays in force: the reloaded settings, not those
+/// the server started with.
+#[test]
+fn a_broken_file_keeps_the_configuration_in_force() {
+    let srv = Server::start("[relay]\nrelay_networks = []\n");
+    srv.reload(
+        "hostname = \"mx2.test\"\n[relay]\nrelay_networks = []\nrelay_domains = [\"newly.test\"]\n",
+        false,
+    );
+    for broken in ["this is not toml", "[limits]\ncommand_timeout = \"366d\"\n", "hostname = \"bad_name\"\n"]
+    {
+        std::fs::write(&srv.config_path, broken).unwrap();
+        srv.reload_file(true);
+        let mut c = srv.client();
+        assert_eq!(c.reply(), "220 mx2.test ESMTP\r\n", "after {broken:?}");
+        c.cmd("EHLO c.test", "250");
+        c.cmd("MAIL FROM:<a@x.test>", "250");
+        c.cmd("RCPT TO:<r@newly.test>", "250");
+        c.cmd("RCPT TO:<r@elsewhere.test>", "554 5.7.1");
+    }
+    assert!(srv.stderr().contains("keeping the old configuration"), "{}", srv.stderr());
+}
+
+/// What needs a restart is named in the log and not applied; the rest of
+/// the same file is.
+#[test]
+fn restart_keys_are_named_and_the_rest_applies() {
+    let srv = Server::start("");
+    srv.reload("hostname = \"mx2.test\"\n[spool]\nsegment_size = 2097152\n", false);
+    assert!(srv.stderr().contains("need a restart") && srv.stderr().contains("[spool]"), "{}", srv.stderr());
+    assert_eq!(srv.client().reply(), "220 mx2.test ESMTP\r\n");
+}
