@@ -395,6 +395,11 @@ impl Admin {
         }
         let gauges = [
             ("ringpost_connections", "Inbound connections open now", self.shared.limits.current() as u64),
+            (
+                "ringpost_message_memory_bytes",
+                "Memory taken by message content now (counted against limits.message_memory)",
+                self.shared.memory.used() as u64,
+            ),
             ("ringpost_queue_messages", "Messages in the queue", load(&s.messages)),
             ("ringpost_queue_recipients", "Recipients in the queue", load(&s.recipients)),
         ];

@@ -11,20 +11,23 @@ use std::time::{Duration, Instant};
 use common::{free_port, queue_id, Client, Receiver, Server};
 
 /// Clients that send messages in a loop on reused connections and record every
-/// id the server acknowledged with 250, until the server goes away.
+/// id the server acknowledged with 250, until the server goes away. Set
+/// `killing` before killing the server: a client that fails before that
+/// (a refused message, a bad reply) fails the test when joined; one that
+/// fails after it lost its connection to the kill, as expected.
 fn load(
     srv: &Server,
     clients: usize,
     body_len: usize,
     pause: Duration,
     acked: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<()>> {
+    killing: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Result<(), String>>> {
     (0..clients)
         .map(|n| {
             let addr = srv.addr();
             let acked = acked.clone();
-            let stop = stop.clone();
+            let killing = killing.clone();
             std::thread::spawn(move || {
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut c = Client::connect(addr);
@@ -32,24 +35,46 @@ fn load(
                     c.cmd("EHLO load.test", "250");
                     let mut i = 0u64;
                     let deadline = Instant::now() + Duration::from_secs(30);
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    while !killing.load(Ordering::SeqCst) && Instant::now() < deadline {
                         c.cmd(&format!("MAIL FROM:<c{n}-{i}@x.test>"), "250");
                         c.cmd("RCPT TO:<r@example.net>", "250");
                         c.cmd("DATA", "354");
                         c.send_str(&format!("Subject: {n}-{i}\r\n\r\n{}\r\n.\r\n", "x".repeat(body_len)));
-                        let r = c.reply();
-                        if let Some(id) = r.starts_with("250").then(|| queue_id(&r)).flatten() {
-                            acked.lock().unwrap().push(id.to_owned());
-                        }
+                        let r = c.expect("250");
+                        acked.lock().unwrap().push(queue_id(&r).expect("queue id").to_owned());
                         i += 1;
                         std::thread::sleep(pause);
                     }
                 }));
-                // A panic here is the connection dying under kill -9: expected.
-                drop(attempt);
+                match attempt {
+                    Ok(()) => Ok(()),
+                    // The connection died under kill -9: expected.
+                    Err(_) if killing.load(Ordering::SeqCst) => Ok(()),
+                    Err(e) => Err(e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()),
+                }
             })
         })
         .collect()
+}
+
+/// Kills the server (after telling the load it is coming) and checks that
+/// no client failed before.
+fn kill_under_load(
+    srv: Server,
+    killing: &AtomicBool,
+    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+) {
+    killing.store(true, Ordering::SeqCst);
+    srv.kill9();
+    for t in threads {
+        if let Err(e) = t.join().unwrap() {
+            panic!("a load client failed before the kill: {e}");
+        }
+    }
 }
 
 #[test]
@@ -61,19 +86,13 @@ fn kill_9_loses_no_acknowledged_message() {
     for round in 0..4 {
         let srv = Server::start_in(&dir, extra);
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = load(&srv, 8, 700, Duration::ZERO, acked.clone(), stop.clone());
+        let killing = Arc::new(AtomicBool::new(false));
+        let threads = load(&srv, 8, 700, Duration::ZERO, acked.clone(), killing.clone());
         // Let some messages through, then kill at a random moment.
-        let wait_until = Instant::now() + Duration::from_secs(10);
-        while acked.lock().unwrap().len() < 50 && Instant::now() < wait_until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let started = common::wait_until(Duration::from_secs(10), || acked.lock().unwrap().len() >= 50);
+        assert!(started, "round {round}: the load runs");
         std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
-        srv.kill9();
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            t.join().unwrap();
-        }
+        kill_under_load(srv, &killing, threads);
         let acked = acked.lock().unwrap().clone();
         assert!(acked.len() >= 50, "round {round}: load ran ({} acked)", acked.len());
         all_acked.extend(acked);
@@ -123,19 +142,16 @@ fn kill_9_while_segments_are_recycled_loses_nothing() {
     for round in 0..rounds {
         let srv = Server::start_in(&dir, &extra);
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let killing = Arc::new(AtomicBool::new(false));
         // 30 kB messages at about the rate the receiver takes them, so that
         // segments die while new ones are started: 500 to 800 messages (some
         // 10 segments per worker) a round, then a kill in the middle of it.
-        let threads = load(&srv, 2, 30_000, Duration::from_millis(8), acked.clone(), stop.clone());
+        let threads = load(&srv, 2, 30_000, Duration::from_millis(8), acked.clone(), killing.clone());
         let goal = 500 + rng.usize(0..300);
-        common::wait_until(Duration::from_secs(20), || acked.lock().unwrap().len() >= goal);
+        let reached = common::wait_until(Duration::from_secs(20), || acked.lock().unwrap().len() >= goal);
+        assert!(reached, "round {round}: {} of {goal} acknowledged", acked.lock().unwrap().len());
         recycled += srv.metric("ringpost_spool_segments_recycled_total");
-        srv.kill9();
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            t.join().unwrap();
-        }
+        kill_under_load(srv, &killing, threads);
         all_acked.extend(acked.lock().unwrap().iter().cloned());
 
         let srv = Server::start_in(&dir, &extra);
@@ -259,8 +275,8 @@ fn full_disk_gives_452_and_recovers_by_itself() {
         let r = message(&mut c, i);
         acked.push(queue_id(&r).unwrap_or_else(|| panic!("space is back: 250, got {r}")).to_owned());
     }
-    let (_, metrics) = srv.http("GET", "/metrics");
-    assert!(!metrics.contains("ringpost_spool_failures_total 0\n"), "failures counted");
+    let failures = srv.metric("ringpost_spool_failures_total");
+    assert!(failures >= f64::from(refused), "every 452 counted: {failures} < {refused}");
     srv.kill9();
     let srv = Server::start_in(&dir, &extra);
     for id in &acked {

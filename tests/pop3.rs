@@ -140,14 +140,54 @@ fn shutdown_ends_sessions_without_removing_anything() {
     assert_eq!(files(&maildir(&srv)), 2, "no UPDATE without QUIT");
 }
 
-/// The maildrop's size as POP3 counts it (CRLF line ends).
+/// The maildrop's size as POP3 counts it: every line ends in CRLF on the
+/// wire, so each LF of a file not preceded by CR adds a byte (and a last
+/// line without a line end gets one).
 fn total_size(srv: &Server) -> u64 {
     ["new", "cur"]
         .iter()
         .filter_map(|s| std::fs::read_dir(maildir(srv).join(s)).ok())
         .flatten()
-        .map(|e| ringpost::pop3::session::wire_size(&std::fs::read(e.unwrap().path()).unwrap()))
+        .map(|e| {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            let bare_lf =
+                (0..bytes.len()).filter(|&i| bytes[i] == b'\n' && (i == 0 || bytes[i - 1] != b'\r')).count();
+            let unterminated = if bytes.ends_with(b"\n") || bytes.is_empty() { 0 } else { 2 };
+            (bytes.len() + bare_lf + unterminated) as u64
+        })
         .sum()
+}
+
+/// A message another program wrote into the Maildir with LF line ends (as
+/// Dovecot's LDA does), without sizes in its name: POP3 reports and sends
+/// it with CRLF line ends.
+#[test]
+fn files_with_lf_line_ends_are_sized_as_sent() {
+    let srv = server();
+    let new = maildir(&srv).join("new");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir(&srv).join(sub)).unwrap();
+    }
+    let text = "Subject: written elsewhere\n\nfirst line\nsecond line\n";
+    std::fs::write(new.join("1795432817.M1P1.elsewhere"), text).unwrap();
+    let wire = text.len() + text.matches('\n').count(); // each LF becomes CRLF
+    let mut c = common::Client::connect(srv.smtp[1]);
+    assert!(c.reply().starts_with("+OK"));
+    c.send_str(&format!("USER {USER}\r\nPASS {PASSWORD}\r\nLIST 1\r\nRETR 1\r\n"));
+    assert!(c.reply().starts_with("+OK"));
+    assert!(c.reply().starts_with("+OK"));
+    assert_eq!(c.reply(), format!("+OK 1 {wire}\r\n"));
+    assert!(c.reply().starts_with("+OK"));
+    let mut got = 0;
+    loop {
+        let line = c.line();
+        if line == ".\r\n" {
+            break;
+        }
+        assert!(line.ends_with("\r\n"), "{line:?}");
+        got += line.len();
+    }
+    assert_eq!(got, wire, "RETR sends what LIST said");
 }
 
 /// A POP3 client over the connection limit is answered in POP3, not with

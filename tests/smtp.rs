@@ -254,7 +254,7 @@ fn connection_limits() {
     c.expect("421 4.7.0");
     assert!(c.closed());
     drop(a);
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(common::wait_until(Duration::from_secs(5), || srv.metric("ringpost_connections") == 1.0));
     let mut d = srv.client();
     d.expect("220");
     b.cmd("NOOP", "250");
@@ -332,9 +332,9 @@ fn messages_survive_restart_and_delete_frees_segments() {
     c.expect("220");
     c.cmd("EHLO c.test", "250");
     c.send_message("a@x.test", &["r@example.net"], "Subject: s\r\n\r\nx\r\n");
-    std::thread::sleep(Duration::from_millis(300));
-    let after = segment_files(&dir);
-    assert!(at_most_one_per_family(&before, &after), "spent segments deleted: {before:?} -> {after:?}");
+    let deleted =
+        common::wait_until(Duration::from_secs(5), || at_most_one_per_family(&before, &segment_files(&dir)));
+    assert!(deleted, "spent segments deleted: {before:?} -> {:?}", segment_files(&dir));
     assert_eq!(srv.stop().code(), Some(0));
     let srv = Server::start_in(&dir, "[spool]\nsegment_size = 1048576\n");
     assert_eq!(srv.queued_messages(), 1, "deleted messages stay deleted");
@@ -573,7 +573,12 @@ fn message_memory_budget_is_shared_by_all_sessions() {
     for _ in 0..100 {
         a.send_str(&chunk); // 100 kB held by A
     }
-    std::thread::sleep(Duration::from_millis(300));
+    let held = || srv.metric("ringpost_message_memory_bytes");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || held() >= 200_000.0),
+        "A's content counted: {}",
+        held()
+    );
     let mut b = open(&srv);
     for _ in 0..100 {
         b.send_str(&chunk); // B would need another 100 kB: over the budget

@@ -157,8 +157,10 @@ mod tests {
         );
     }
 
-    /// A fake name server on loopback: answers queries with `answer`, and
-    /// first sends a spoofed datagram with a wrong id.
+    /// A fake name server on loopback: it first sends a spoofed datagram
+    /// (wrong id) and then a truncated answer, each with an address of its
+    /// own; only the answer over TCP has the right one. Taking either UDP
+    /// datagram gives a wrong address.
     #[test]
     fn udp_query_ignores_spoofed_answers_and_uses_tcp_when_truncated() {
         use hickory_proto::op::{Message, ResponseCode};
@@ -167,30 +169,34 @@ mod tests {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tcp = std::net::TcpListener::bind(udp.local_addr().unwrap()).unwrap();
         let server = udp.local_addr().unwrap();
-        let answer = |q: &[u8], truncate: bool| {
-            let rec =
-                Record::from_rdata(Name::from_ascii("h.test.").unwrap(), 60, RData::A(A::new(127, 0, 0, 9)));
+        let answer = |q: &[u8], truncate: bool, last: u8| {
+            let rec = Record::from_rdata(
+                Name::from_ascii("h.test.").unwrap(),
+                60,
+                RData::A(A::new(127, 0, 0, last)),
+            );
             let bytes = wire::tests::respond(q, ResponseCode::NoError, vec![rec], None);
             let mut m = Message::from_vec(&bytes).unwrap();
             m.metadata.truncation = truncate;
             m.to_vec().unwrap()
         };
-        std::thread::spawn(move || {
+        let fake = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             let (n, from) = udp.recv_from(&mut buf).unwrap();
-            let mut spoof = answer(&buf[..n], false);
+            let mut spoof = answer(&buf[..n], false, 66);
             spoof[0] ^= 0xff; // wrong id
             udp.send_to(&spoof, from).unwrap();
-            udp.send_to(&answer(&buf[..n], true), from).unwrap();
+            udp.send_to(&answer(&buf[..n], true, 77), from).unwrap();
             let (mut s, _) = tcp.accept().unwrap();
             use std::io::{Read, Write};
             let mut len = [0u8; 2];
             s.read_exact(&mut len).unwrap();
             let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
             s.read_exact(&mut q).unwrap();
-            let a = answer(&q, false);
+            let a = answer(&q, false, 9);
             s.write_all(&(a.len() as u16).to_be_bytes()).unwrap();
             s.write_all(&a).unwrap();
+            "answered over TCP"
         });
         let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap();
         let r = rt.block_on(async {
@@ -198,6 +204,11 @@ mod tests {
             resolver.query("h.test", Rtype::A).await
         });
         let r = (*r).clone().unwrap();
-        assert_eq!(r.answer, wire::Answer::Ips(vec!["127.0.0.9".parse().unwrap()]));
+        assert_eq!(
+            r.answer,
+            wire::Answer::Ips(vec!["127.0.0.9".parse().unwrap()]),
+            "the TCP answer, not a datagram"
+        );
+        assert_eq!(fake.join().unwrap(), "answered over TCP");
     }
 }

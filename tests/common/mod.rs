@@ -493,11 +493,29 @@ impl Receiver {
         files.into_iter().map(|(_, p)| std::fs::read_to_string(p).unwrap_or_default()).collect()
     }
 
-    /// (connections so far, most open at once).
-    pub fn connections(&self) -> (u32, u32) {
+    /// (connections so far, most open at once, most messages accepted on
+    /// one connection that has closed).
+    pub fn connections(&self) -> (u32, u32, u32) {
         let text = std::fs::read_to_string(self.dir.join("connections")).unwrap_or_default();
         let mut it = text.split_whitespace().filter_map(|n| n.parse().ok());
-        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+        (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+    }
+
+    /// When each accepted message arrived (its file's modification time), in
+    /// order.
+    pub fn arrivals(&self) -> Vec<std::time::SystemTime> {
+        let mut files: Vec<(u64, std::time::SystemTime)> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_str()?.strip_suffix(".eml")?.parse().ok()?;
+                        Some((n, e.metadata().ok()?.modified().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.into_iter().map(|(_, t)| t).collect()
     }
 
     /// Waits until `n` messages arrived (bounded); returns them.

@@ -26,18 +26,21 @@ import threading
 import time
 
 lock = threading.Lock()
-state = {"messages": 0, "tempfails": 0, "drops": 0, "connections": 0, "open": 0, "max_open": 0}
+state = {"messages": 0, "tempfails": 0, "drops": 0, "connections": 0, "open": 0, "max_open": 0,
+         "most_on_one": 0}
 
 
-def record_connections(delta):
-    """Counts connections (total and most at once) into OUTDIR/connections."""
+def record_connections(delta, accepted=0):
+    """Counts connections (total, most at once, and most messages accepted on
+    one of them, counted when it closes) into OUTDIR/connections."""
     with lock:
         if delta > 0:
             state["connections"] += 1
         state["open"] += delta
         state["max_open"] = max(state["max_open"], state["open"])
+        state["most_on_one"] = max(state["most_on_one"], accepted)
         with open(os.path.join(args.outdir, "connections"), "w") as f:
-            f.write("%d %d\n" % (state["connections"], state["max_open"]))
+            f.write("%d %d %d\n" % (state["connections"], state["max_open"], state["most_on_one"]))
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -82,10 +85,11 @@ class Handler(socketserver.StreamRequestHandler):
 
     def handle(self):
         record_connections(1)
+        self.accepted = 0
         try:
             self.converse()
         finally:
-            record_connections(-1)
+            record_connections(-1, self.accepted)
 
     def converse(self):
         if args.mode == "hostile":
@@ -165,6 +169,7 @@ class Handler(socketserver.StreamRequestHandler):
                         f.write(("X-TLS: %s\r\n" % ("yes" if tls_active else "no")).encode())
                         f.writelines(data)
                     os.rename(path + ".tmp", path)
+                    self.accepted += 1
                     self.send("250 2.0.0 ok queued\r\n")
                 mail, rcpts = None, []
             elif verb == "RSET":
