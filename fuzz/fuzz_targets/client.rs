@@ -29,8 +29,16 @@ fn message() -> Outgoing {
     Outgoing {
         reverse_path: "s@x.test".into(),
         recipients: vec![
-            OutRecipient { address: "a@y.test".into(), notify: Notify::parse("SUCCESS").unwrap(), orcpt: None },
-            OutRecipient { address: "b@y.test".into(), notify: Notify::default(), orcpt: Some("rfc822;b@y.test".into()) },
+            OutRecipient {
+                address: "a@y.test".into(),
+                notify: Notify::parse("SUCCESS").unwrap(),
+                orcpt: None,
+            },
+            OutRecipient {
+                address: "b@y.test".into(),
+                notify: Notify::default(),
+                orcpt: Some("rfc822;b@y.test".into()),
+            },
         ],
         size: 50,
         body_type: BodyType::SevenBit,

@@ -1,12 +1,36 @@
-//! DNS answers from the network: parsing never panics, and an accepted answer
-//! matches the question.
+//! DNS answers from the network: parsing never panics, and an accepted
+//! answer matches the question: its id and name, the type asked for, TTLs
+//! within bounds. The first two bytes are set to the query id, so the
+//! fuzzer reaches past the id check.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringpost::dns::wire::{parse_response, Rtype};
+use ringpost::dns::wire::{parse_response, Answer, Rtype, WireError, MAX_TTL};
+
+const ID: u16 = 0x1234;
 
 fuzz_target!(|data: &[u8]| {
+    let mut data = data.to_vec();
+    if data.len() >= 2 {
+        data[..2].copy_from_slice(&ID.to_be_bytes());
+    }
     for rtype in [Rtype::Mx, Rtype::A, Rtype::Aaaa] {
-        let _ = parse_response(data, 0x1234, "example.test", rtype);
+        let Ok(r) = parse_response(&data, ID, "example.test", rtype) else { continue };
+        assert!(r.ttl <= MAX_TTL, "{r:?}");
+        match (&r.answer, rtype) {
+            (Answer::Mx(mx), Rtype::Mx) => {
+                assert!(!mx.is_empty());
+                for m in mx {
+                    assert!(!m.exchange.ends_with('.') && m.exchange == m.exchange.to_lowercase(), "{m:?}");
+                }
+            }
+            (Answer::Ips(ips), Rtype::A) => assert!(!ips.is_empty() && ips.iter().all(|ip| ip.is_ipv4())),
+            (Answer::Ips(ips), Rtype::Aaaa) => assert!(!ips.is_empty() && ips.iter().all(|ip| ip.is_ipv6())),
+            (Answer::NoData | Answer::NxDomain, _) => {}
+            (other, rtype) => panic!("{other:?} for a {rtype:?} question"),
+        }
+        // The same bytes answer no other question.
+        assert_eq!(parse_response(&data, ID ^ 1, "example.test", rtype), Err(WireError::Mismatch));
+        assert_eq!(parse_response(&data, ID, "other.test", rtype), Err(WireError::Mismatch));
     }
 });

@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
                     s.handle_login(if ok { Ok(msgs) } else { Err(LoginError::Credentials) });
                 }
                 Some(Event::Fetch) => {
-                    let content = if n % 2 == 0 { Ok(chunk.to_vec()) } else { Err(std::io::Error::other("x")) };
+                    let content =
+                        if n % 2 == 0 { Ok(chunk.to_vec()) } else { Err(std::io::Error::other("x")) };
                     s.handle_content(content);
                 }
                 Some(Event::StartTls) => s.handle_tls_established(),

@@ -42,7 +42,10 @@ const TOKENS: &[&[u8]] = &[
     b"VRFY x\r\n",
     b"GET / HTTP/1.1\r\n",
     b"Subject: x\r\n\r\nbody",
-    b"0", b"1", b"5", b"9",
+    b"0",
+    b"1",
+    b"5",
+    b"9",
 ];
 
 fn config() -> Arc<SessionConfig> {
