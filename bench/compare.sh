@@ -9,19 +9,23 @@
 # loads the next one's run), and for the MTAs the run also waits until the
 # sink has every message: the end-to-end rate.
 # Matrix: 1 KiB and 100 KiB messages x 50 and 1,000 connections x 1 and 100
-# messages per connection, with latency at half each MTA's 1 KiB peak rate
-# between the 1 KiB and the 100 KiB cells. Then: ringpost-bench against
-# Postfix's smtp-source on the same load, and 10,000
-# concurrent connections; last, a table of the performance targets (the
-# script exits 1 if one does not hold). Everything listens on loopback.
+# messages per connection. Latency at half each MTA's 1 KiB peak rate is
+# measured twice: right after the 1 KiB cells and again after the 100 KiB
+# ones. Then: ringpost-bench against Postfix's smtp-source on the same load,
+# and 10,000 concurrent connections. Everything listens on loopback; Postfix
+# is a private instance under the scratch directory.
 #
 # CPUs are split so that the load generator does not compete with the server
 # being measured: the servers (ringpost with one worker, Postfix, smtp-sink) run
 # on CPU 0, the client and the sink on the other CPUs. The figures are thus
 # per server core.
 #
+# Every measurement is saved as it came (JSON, /metrics, counters) under
+# tuning/results/<date>-raw/, and the report tuning/results/<date>.md is
+# written from that by bench/report.py, with a table of the performance
+# targets (bench/targets.py; the script exits 1 if one does not hold).
+#
 # usage: bench/compare.sh [ROUNDS] [MESSAGES_1K] [MESSAGES_100K]   (as root)
-# writes tuning/results/<date>.md and an SVG chart per cell
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +44,9 @@ CLIENT_CPUS=1-$(($(nproc) - 1))
 if [ "$(nproc)" -lt 2 ]; then CLIENT_CPUS=0; fi
 DATE=$(date -u +%Y-%m-%d)
 OUT=tuning/results/$DATE.md
+RAW=tuning/results/$DATE-raw
+rm -rf "$RAW"
+mkdir -p "$RAW"
 
 if ! command -v postfix >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v python3 >/dev/null \
   || ! command -v curl >/dev/null; then
@@ -50,11 +57,29 @@ cargo build --release -q --workspace
 BIN=target/release/ringpost
 BENCH=target/release/ringpost-bench
 
+machine_facts > "$RAW/machine.txt"
+{
+  echo "date: $DATE"
+  echo "command: bench/compare.sh $ROUNDS $M_SMALL $M_LARGE"
+  echo "rounds: $ROUNDS"
+  echo "messages_1k: $M_SMALL"
+  echo "messages_100k: $M_LARGE"
+  echo "server_cpus: $SERVER_CPUS"
+  echo "client_cpus: $CLIENT_CPUS"
+} > "$RAW/run.txt"
+
 # --- the sink both MTAs deliver to --------------------------------------------
 COUNT=$WORK/sink.count
 taskset -c "$CLIENT_CPUS" $BENCH sink --listen "127.0.0.1:$SINK_PORT" --timeout 86400 --count-file "$COUNT" \
   > "$WORK/sink.out" &
 SINK_PID=$!
+RP_PID=
+SS_PID=
+cleanup() {
+  kill $RP_PID $SS_PID $SINK_PID 2>/dev/null || true
+  postfix_stop
+}
+trap cleanup EXIT
 # Waits until the sink has counted nothing new for a second.
 settle() {
   local a b
@@ -68,7 +93,7 @@ settle() {
 }
 
 # --- Postfix on loopback, relaying everything to the sink ---------------------
-POSTFIX_CPUS=$SERVER_CPUS postfix_loopback "$PF_PORT" 'relay_domains =' \
+POSTFIX_CPUS=$SERVER_CPUS postfix_private "$PF_PORT" 'relay_domains =' \
   "relayhost = [127.0.0.1]:$SINK_PORT" "default_transport = smtp:[127.0.0.1]:$SINK_PORT" \
   "relay_transport = smtp:[127.0.0.1]:$SINK_PORT" 'smtpd_data_restrictions =' \
   'default_process_limit = 1100' 'message_size_limit = 52428800'
@@ -80,129 +105,80 @@ SS_PID=$!
 # --- ringpost, fsync on, relaying everything to the sink ----------------------
 RINGPOST_CPUS=$SERVER_CPUS ringpost_start "$RP_PORT" 'threads = 1' '[limits]' 'connections = 5000' \
   '[[route]]' 'domain = "*"' "to = [\"127.0.0.1:$SINK_PORT\"]" '[delivery]' 'dns_servers = ["127.0.0.1:9"]'
-cleanup() {
-  kill "$RP_PID" "$SS_PID" "$SINK_PID" 2>/dev/null || true
-  postfix_restore
-}
-trap cleanup EXIT
 sleep 1
 
-{
-  echo "# ringpost vs Postfix vs smtp-sink ($DATE)"
-  echo
-  machine_line
-  echo "- ringpost fsync on, relaying to a sink; Postfix $(postconf -h mail_version) relaying to the same sink; smtp-sink stores nothing"
-  echo "- CPUs: servers on CPU $SERVER_CPUS (ringpost with one worker), load generator and sink on CPUs $CLIENT_CPUS: figures are per server core"
-  echo "- load: ringpost-bench compare, $ROUNDS interleaved rounds per cell, medians; each run starts once the sink is quiet"
-  echo "- msg/s: accepted per second as the client sees it; end to end: accepted, stored and delivered to the sink, per second"
-  echo "- latency: MAIL FROM to the final 250, as the client sees it"
-  echo "- command: bench/compare.sh $ROUNDS $M_SMALL $M_LARGE"
-  echo
-} > "$OUT"
+# The count of messages ringpost has accepted, from its /metrics.
+rp_accepted() {
+  curl -s "http://$RP_ADMIN/metrics" | awk '$1 == "ringpost_messages_accepted_total" {print $2}'
+}
 
 # --- latency at half the peak rate ---------------------------------------------
-# Measured right after the 1 KiB cells, before the 100 KiB ones: those push
-# gigabytes through both MTAs, and the disk is still busy with it (writeback,
-# and on a filesystem mounted with discard, trimming what was deleted) well
-# after the sink is quiet; that adds to every fdatasync for a while.
+# Measured twice: right after the 1 KiB cells, and after the 100 KiB ones,
+# which push gigabytes through both MTAs (the disk is still busy with
+# writeback and, on a filesystem mounted with discard, trimming what was
+# deleted, well after the sink is quiet).
 latency_at_half_peak() {
-rate_of() {
-  python3 -c "import json,sys; print([t for t in json.load(open(sys.argv[1]))['targets'] if t['name']==sys.argv[2]][0]['rate_median'])" "$@"
-}
-{
-  echo "## Latency at half the peak rate (1 KiB, 50 connections, 100 messages per connection)"
-  echo
-  echo "Peak: each MTA's median accept rate in that matrix cell above. The load starts messages on a"
-  echo "fixed schedule at half of it (ringpost-bench blast --rate) for about 20 s."
-  echo
-  echo "| target | msg/s | end of DATA to 250 p50 us | p99 us | MAIL FROM to 250 p99 us |"
-  echo "| --- | --- | --- | --- | --- |"
-} >> "$OUT"
-for name in ringpost postfix; do
-  port=$([ $name = ringpost ] && echo $RP_PORT || echo $PF_PORT)
-  half=$(python3 -c "print(max(1, round($(rate_of "$WORK/1024B-50c-100pc.json" $name) / 2)))")
-  settle
-  [ $name = ringpost ] && curl -s "http://$RP_ADMIN/metrics" > "$WORK/halfpeak-before.metrics"
-  taskset -c "$CLIENT_CPUS" $BENCH blast --target "127.0.0.1:$port" --size 1024 --connections 50 --per-connection 100 \
-    --rate "$half" --messages $((half * 20)) --json "$WORK/halfpeak-$name.json" > /dev/null
-  [ $name = ringpost ] && curl -s "http://$RP_ADMIN/metrics" > "$WORK/halfpeak-after.metrics"
-  python3 -c "
-import json, sys
-b = json.load(open(sys.argv[1]))
-d = b['data_to_250_us']
-print(f\"| {sys.argv[2]} | {b['rate']:.0f} | {d['p50']} | {d['p99']} | {b['latency_us']['p99']} |\")
-" "$WORK/halfpeak-$name.json" $name >> "$OUT"
-done
-# ringpost's own view of the same run: end of data to durable, from the
-# store-latency histogram of /metrics (the client's figure adds the network
-# and the load generator's own scheduling, on a CPU it shares with the sink).
-read -r total p50 p99 < <(python3 bench/histogram.py "$WORK/halfpeak-before.metrics" \
-  "$WORK/halfpeak-after.metrics" ringpost_store_latency_seconds 0.5 0.99)
-printf "\nringpost's own store latency in that run (end of data to durable, its /metrics histogram, %s messages): p50 at most %s ms, p99 at most %s ms.\n" \
-  "$total" "$p50" "$p99" >> "$OUT"
-echo >> "$OUT"
-postsuper -d ALL >/dev/null 2>&1 || true
+  local when=$1 name port half rate
+  for name in ringpost postfix; do
+    port=$([ $name = ringpost ] && echo $RP_PORT || echo $PF_PORT)
+    rate=$(python3 -c "import json,sys; print([t for t in json.load(open(sys.argv[1]))['targets'] if t['name']==sys.argv[2]][0]['rate_median'])" \
+      "$RAW/1024B-50c-100pc.json" $name)
+    half=$(python3 -c "print(max(1, round($rate / 2)))")
+    settle
+    [ $name = ringpost ] && curl -s "http://$RP_ADMIN/metrics" > "$RAW/halfpeak-$when-before.metrics"
+    taskset -c "$CLIENT_CPUS" $BENCH blast --target "127.0.0.1:$port" --size 1024 --connections 50 \
+      --per-connection 100 --rate "$half" --messages $((half * 20)) --json "$RAW/halfpeak-$when-$name.json" > /dev/null
+    [ $name = ringpost ] && curl -s "http://$RP_ADMIN/metrics" > "$RAW/halfpeak-$when-after.metrics"
+  done
+  postfix_empty_queue
 }
 
 for size in 1024 102400; do
-  [ $size = 102400 ] && latency_at_half_peak
   messages=$([ $size = 1024 ] && echo "$M_SMALL" || echo "$M_LARGE")
   for conns in 50 1000; do
     for per in 1 100; do
       cell="${size}B-${conns}c-${per}pc"
       echo "== $cell"
-      {
-        echo "## $((size / 1024)) KiB, $conns connections, $per message(s) per connection ($messages messages)"
-        echo
-      } >> "$OUT"
       taskset -c "$CLIENT_CPUS" $BENCH compare --rounds "$ROUNDS" --messages "$messages" --size $size --connections $conns \
         --per-connection $per \
         --target "postfix=127.0.0.1:$PF_PORT" --target "ringpost=127.0.0.1:$RP_PORT" \
         --target "smtp-sink=127.0.0.1:$SS_PORT" --sink-count "$COUNT" --delivers postfix --delivers ringpost \
-        --json "$WORK/$cell.json" --svg "tuning/results/$DATE-$cell.svg" >> "$OUT"
-      echo >> "$OUT"
-      postsuper -d ALL >/dev/null 2>&1 || true
+        --json "$RAW/$cell.json" --svg "tuning/results/$DATE-$cell.svg" > /dev/null
+      postfix_empty_queue
     done
   done
+  echo "== half-peak latency"
+  latency_at_half_peak "$([ $size = 1024 ] && echo before-100k || echo after-100k)"
 done
+
 # --- ringpost-bench and smtp-source on the same load ------------------------------
-# Both against ringpost: 1 KiB, 50 sessions reusing their connections,
-# interleaved, each run once the sink is quiet.
-blast_rates=()
-source_rates=()
-for _ in $(seq "$ROUNDS"); do
+# Both against ringpost: 1 KiB, 50 sessions, interleaved, each run once the
+# sink is quiet. smtp-source's rate is what ringpost counted as accepted.
+echo "== load generators"
+for i in $(seq "$ROUNDS"); do
   settle
   taskset -c "$CLIENT_CPUS" $BENCH blast --target "127.0.0.1:$RP_PORT" --size 1024 --connections 50 \
-    --messages "$M_SMALL" --json "$WORK/agree-blast.json" > /dev/null
-  blast_rates+=("$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rate'])" "$WORK/agree-blast.json")")
+    --messages "$M_SMALL" --json "$RAW/agree-blast-$i.json" > /dev/null
   settle
+  before=$(rp_accepted)
   t0=$(date +%s.%N)
   taskset -c "$CLIENT_CPUS" smtp-source -s 50 -m "$M_SMALL" -l 1024 -d -f blast@bench.test -t sink@example.test \
     "127.0.0.1:$RP_PORT"
   t1=$(date +%s.%N)
-  source_rates+=("$(python3 -c "print($M_SMALL / ($t1 - $t0))")")
+  after=$(rp_accepted)
+  printf 'accepted: %s\nelapsed_s: %s\nrequested: %s\n' "$((after - before))" \
+    "$(python3 -c "print($t1 - $t0)")" "$M_SMALL" > "$RAW/agree-source-$i.txt"
 done
-b_med=$(printf '%s\n' "${blast_rates[@]}" | median)
-s_med=$(printf '%s\n' "${source_rates[@]}" | median)
-echo "$b_med $s_med" > "$WORK/agree.txt"
-{
-  echo "## ringpost-bench and smtp-source on the same load"
-  echo
-  echo "Both against ringpost: 1 KiB, 50 sessions reusing their connections, $M_SMALL messages, $ROUNDS interleaved runs each."
-  echo
-  echo "| load generator | msg/s (median) | runs |"
-  echo "| --- | --- | --- |"
-  printf '| ringpost-bench blast | %.0f | %s|\n' "$b_med" "$(printf '%.0f ' "${blast_rates[@]}")"
-  printf '| smtp-source -d | %.0f | %s|\n' "$s_med" "$(printf '%.0f ' "${source_rates[@]}")"
-  echo
-} >> "$OUT"
 
 # --- 10,000 concurrent connections ----------------------------------------------
+echo "== 10,000 connections"
 cat > "$WORK/connections.toml" <<CONF
 hostname = "bench.test"
 threads = $(nproc)
 [[listener]]
 address = "127.0.0.1:$CONN_PORT"
+[admin]
+address = "127.0.0.1:0"
 [spool]
 dir = "$WORK/spool-connections"
 [limits]
@@ -218,22 +194,12 @@ CONF
   $BIN serve --config "$WORK/connections.toml" > "$WORK/connections.out" 2>&1 &
   pid=$!
   for _ in $(seq 50); do grep -q "workers" "$WORK/connections.out" 2>/dev/null && break; sleep 0.1; done
-  python3 bench/connections.py "$pid" 127.0.0.1 "$CONN_PORT" 10000 > "$WORK/connections.txt" || true
+  python3 bench/connections.py "$pid" 127.0.0.1 "$CONN_PORT" 10000 > "$RAW/connections.txt" || true
   kill "$pid"
   wait "$pid" || true
 )
-{
-  echo "## 10,000 concurrent connections"
-  echo
-  echo "One ringpost process ($(nproc) workers, delivery held); every session greeted and EHLO answered,"
-  echo "all open at once (bench/connections.py):"
-  echo
-  sed 's/^/    /' "$WORK/connections.txt"
-  echo
-  echo "## Targets"
-  echo
-} >> "$OUT"
+
 status=0
-python3 bench/targets.py "$WORK" >> "$OUT" || status=$?
+python3 bench/report.py "$RAW" > "$OUT" || status=$?
 cat "$OUT"
 exit $status

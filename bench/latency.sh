@@ -10,7 +10,10 @@
 #
 # usage: bench/latency.sh RATE SECONDS ROUNDS [BIN_A [BIN_B]]
 # (binaries default to target/release/ringpost; set RP_SPOOL_EXTRA for more
-# [spool] keys, e.g. 'segment_size = 1048576'). Prints a Markdown table.
+# [spool] keys, e.g. 'segment_size = 1048576'). Prints a Markdown table made
+# from the raw output, which it keeps under $RAW (default
+# tuning/results/<date>-latency-raw/<time>/): per round and binary, the blast
+# JSON and /metrics before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +26,12 @@ PORT=2630
 SINK_PORT=2633
 BENCH=target/release/ringpost-bench
 [ -x "$BENCH" ] || cargo build --release -q -p ringpost-bench
+RAW=${RAW:-tuning/results/$(date -u +%F)-latency-raw/$(date -u +%H%M%S)}
+mkdir -p "$RAW"
+{
+  echo "command: bench/latency.sh $*"
+  echo "binaries: $BIN_A ${BIN_B}"
+} > "$RAW/run.txt"
 
 echo "| binary | msg/s | client p50 us | client p99 us | client p99.9 us | store p50/p99/p99.9 ms (at most) | write p99 ms | fdatasync p50/p99 ms | segments new/recycled/deleted |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -39,13 +48,16 @@ for round in $(seq "$ROUNDS"); do
     taskset -c 1 $BENCH blast --target "127.0.0.1:$PORT" --size 1024 --connections 50 --per-connection 100 \
       --rate "$RATE" --messages $((RATE * 3)) > /dev/null
     sleep 2
-    curl -s "http://$RP_ADMIN/metrics" > "$WORK/before"
+    OUTD=$RAW/round-$round-$(basename "$BIN")-$(echo "$BIN" | md5sum | cut -c1-6)
+    mkdir -p "$OUTD"
+    machine_facts > "$OUTD/machine.txt"
+    curl -s "http://$RP_ADMIN/metrics" > "$OUTD/before.metrics"
     taskset -c 1 $BENCH blast --target "127.0.0.1:$PORT" --size 1024 --connections 50 --per-connection 100 \
-      --rate "$RATE" --messages $((RATE * SECS)) --json "$WORK/blast.json" > /dev/null
-    curl -s "http://$RP_ADMIN/metrics" > "$WORK/after"
+      --rate "$RATE" --messages $((RATE * SECS)) --json "$OUTD/blast.json" > /dev/null
+    curl -s "http://$RP_ADMIN/metrics" > "$OUTD/after.metrics"
     kill "$RP_PID" "$SINK_PID" 2>/dev/null || true
     wait "$RP_PID" "$SINK_PID" 2>/dev/null || true
-    python3 - "$WORK/before" "$WORK/after" "$WORK/blast.json" "$BIN" <<'PY'
+    python3 - "$OUTD/before.metrics" "$OUTD/after.metrics" "$OUTD/blast.json" "$BIN" <<'PY'
 import json, sys
 sys.path.insert(0, "bench")
 from histogram import bounds

@@ -26,9 +26,15 @@ struct Postfix {
 impl Postfix {
     /// `extra` lines are appended to main.cf.
     fn start(name: &str, port: u16, relay: std::net::SocketAddr, extra: &str) -> Postfix {
-        let dir = tempfile::tempdir().unwrap().keep().join(format!("postfix-{name}"));
+        let top = tempfile::tempdir().unwrap().keep();
+        let dir = top.join(format!("postfix-{name}"));
         for sub in ["etc", "queue", "data"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // Postfix's own user must reach its data directory.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&top, &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         run(Command::new("chown").arg("postfix").arg(dir.join("data")));
         let d = dir.display();
