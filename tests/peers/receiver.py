@@ -86,9 +86,17 @@ class Handler(socketserver.StreamRequestHandler):
     def handle(self):
         record_connections(1)
         self.accepted = 0
+        self.open = True
         try:
             self.converse()
         finally:
+            self.closed()
+
+    def closed(self):
+        """The connection is over for the client: after our 221 it may open
+        another at once, so it is counted closed before that is sent."""
+        if self.open:
+            self.open = False
             record_connections(-1, self.accepted)
 
     def converse(self):
@@ -176,6 +184,7 @@ class Handler(socketserver.StreamRequestHandler):
                 mail, rcpts = None, []
                 self.send("250 2.0.0 ok\r\n")
             elif verb == "QUIT":
+                self.closed()
                 self.send("221 2.0.0 bye\r\n")
                 return
             else:
