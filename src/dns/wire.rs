@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
+use crate::smtp::address::Domain;
+
 /// The record types we ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rtype {
@@ -118,6 +120,7 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
         other => return Err(WireError::ServerFailure(format!("{other:?}"))),
     }
     let mut ttl = MAX_TTL;
+    let mut invalid = 0;
     let mut mx = Vec::new();
     let mut ips = Vec::new();
     for r in &m.answers {
@@ -126,6 +129,13 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
                 let mut exchange = rec.exchange.to_utf8().to_lowercase();
                 if exchange.ends_with('.') {
                     exchange.pop();
+                }
+                // A host name, or the root of a null MX (RFC 7505); anything
+                // else (binary labels, escaped dots) names no host we could
+                // connect to, and is skipped, as Postfix does.
+                if !exchange.is_empty() && Domain::parse_host_name(&exchange).is_err() {
+                    invalid += 1;
+                    continue;
                 }
                 mx.push(Mx { preference: rec.preference, exchange });
             }
@@ -136,6 +146,11 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
             _ => continue,
         }
         ttl = ttl.min(r.ttl);
+    }
+    if mx.is_empty() && invalid > 0 {
+        // MX records, none usable: not "no MX" (which would mean implicit
+        // MX), but a broken answer; try again later.
+        return Err(WireError::ServerFailure("no MX record names a valid host".into()));
     }
     let answer = match rtype {
         Rtype::Mx if !mx.is_empty() => Answer::Mx(mx),
@@ -293,6 +308,38 @@ pub(crate) mod tests {
             b.truncate(rng.usize(..=b.len()));
             let _ = parse_response(&b, 5, "x.test", Rtype::Mx);
         }
+    }
+
+    /// Found by the `dns` fuzz target: MX records whose exchange has
+    /// binary labels and an escaped dot. Such a host is skipped; with no
+    /// usable host left the answer is a temporary failure, not "no MX".
+    #[test]
+    fn mx_exchanges_that_are_not_host_names_are_skipped() {
+        let crash = [
+            18u8, 52, 129, 128, 0, 1, 0, 2, 0, 0, 0, 0, 7, 101, 120, 97, 109, 112, 108, 101, 4, 116, 101,
+            115, 116, 0, 0, 15, 0, 1, 192, 12, 0, 15, 0, 255, 255, 254, 1, 44, 0, 20, 0, 10, 3, 109, 120, 33,
+            7, 101, 120, 97, 109, 112, 108, 101, 4, 116, 158, 115, 94, 0, 192, 12, 0, 15, 0, 1, 0, 0, 1, 44,
+            0, 20, 0, 20, 3, 77, 88, 50, 7, 69, 120, 97, 109, 112, 108, 182, 4, 84, 101, 115, 46, 0,
+        ];
+        assert!(matches!(
+            parse_response(&crash, 0x1234, "example.test", Rtype::Mx),
+            Err(WireError::ServerFailure(_))
+        ));
+        let q = build_query(7, "mx-dom.test", Rtype::Mx).unwrap();
+        let answers = vec![
+            Record::from_rdata(
+                name("mx-dom.test."),
+                300,
+                RData::MX(MX::new(5, name("bad_host.mx-dom.test."))),
+            ),
+            Record::from_rdata(name("mx-dom.test."), 300, RData::MX(MX::new(10, name("mx1.mx-dom.test.")))),
+        ];
+        let r =
+            parse_response(&respond(&q, ResponseCode::NoError, answers, None), 7, "mx-dom.test", Rtype::Mx);
+        assert_eq!(
+            r.unwrap().answer,
+            Answer::Mx(vec![Mx { preference: 10, exchange: "mx1.mx-dom.test".into() }])
+        );
     }
 
     /// The seed corpus of the `dns` fuzz target (fuzz/seeds/dns) holds real
