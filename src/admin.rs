@@ -13,8 +13,8 @@ use monoio::net::{TcpListener, TcpStream};
 use serde_json::json;
 
 use crate::envelope::QueueId;
-use crate::rt::signal::Inbox;
-use crate::rt::worker::{Control, Shared};
+use crate::rt::ctx::{Control, Shared};
+use crate::rt::inbox::Inbox;
 
 /// Longest request head we read.
 const MAX_REQUEST: usize = 8192;
@@ -371,6 +371,11 @@ impl Admin {
                 load(&m.deferred),
             ),
             ("ringpost_bounced_total", "Recipients that failed permanently", load(&m.bounced)),
+            (
+                "ringpost_expired_total",
+                "Of the bounced, recipients given up on after max_age",
+                load(&m.expired),
+            ),
             ("ringpost_dsn_total", "Delivery status notifications queued", load(&m.dsns)),
             ("ringpost_config_reloads_total", "SIGHUP reloads put in force", load(&m.config_reloads)),
             (

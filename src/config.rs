@@ -191,8 +191,34 @@ impl Default for RelayConfig {
 pub struct RouteConfig {
     /// Recipient domain, or `*` for every domain.
     pub domain: String,
-    /// Next hops `host:port`, tried in order.
-    pub to: Vec<String>,
+    /// Next hops `host:port` (or `[v6addr]:port`), tried in order.
+    #[serde(deserialize_with = "de_targets")]
+    pub to: Vec<RouteTarget>,
+}
+
+/// One next hop of a `[[route]]`: a host name or address (lower case), and
+/// a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parses `host:port` or `[v6addr]:port`.
+pub fn parse_route_target(t: &str) -> Result<RouteTarget, String> {
+    let bad = || format!("route target {t:?} must be host:port");
+    let (host, port) = t.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(RouteTarget { host: host.to_lowercase(), port })
+}
+
+fn de_targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RouteTarget>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter().map(|t| parse_route_target(t)).collect::<Result<_, _>>().map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,8 +448,8 @@ impl Config {
                 None => ConfigError(format!("{name}: {full}: {msg}")),
             });
         }
-        if let Err(e) = crate::delivery::route::Routes::new(&self.routes) {
-            return Err(ConfigError(format!("{name}: [[route]]: {e}")));
+        if let Some(r) = self.routes.iter().find(|r| r.to.is_empty()) {
+            return Err(ConfigError(format!("{name}: [[route]]: the route for {} has no targets", r.domain)));
         }
         if self.delivery.retry.is_empty() {
             return Err(ConfigError(format!("{name}: delivery.retry needs at least one interval")));
@@ -624,7 +650,7 @@ password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUj
         assert_eq!(c.listeners[1].get_ref().tls, TlsMode::Implicit);
         assert_eq!(c.limits.command_timeout, Duration::from_secs(30));
         assert_eq!(c.delivery.retry, vec![Duration::from_secs(60), Duration::from_secs(300)]);
-        assert_eq!(c.routes[0].to, vec!["127.0.0.1:2526".to_string()]);
+        assert_eq!(c.routes[0].to, vec![RouteTarget { host: "127.0.0.1".into(), port: 2526 }]);
     }
 
     #[test]
@@ -728,6 +754,23 @@ password = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$0E0vDCg7w9VvLP5uwjwbiCgUj
         let ok = "threads = 255\n[limits]\ncommand_timeout = \"1d\"\nline_length = 65536\nshutdown_grace = \"0s\"\n\
                   [delivery]\nmax_age = \"365d\"\nretry = [\"30d\"]\nrate_per_destination = 0.001\n";
         assert!(Config::parse(ok, "x.toml").is_ok(), "{:?}", Config::parse(ok, "x.toml").err());
+    }
+
+    #[test]
+    fn route_targets() {
+        assert_eq!(
+            parse_route_target("MX.Example.net:25"),
+            Ok(RouteTarget { host: "mx.example.net".into(), port: 25 })
+        );
+        assert_eq!(parse_route_target("[::1]:2527"), Ok(RouteTarget { host: "::1".into(), port: 2527 }));
+        for bad in ["nope", "h:0", ":25", "h:99999", "[]:25"] {
+            assert!(parse_route_target(bad).is_err(), "{bad}");
+        }
+        let err =
+            Config::parse("[[route]]\ndomain = \"*\"\nto = [\"nope\"]\n", "x.toml").unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("host:port"), "{err}");
+        let err = Config::parse("[[route]]\ndomain = \"*\"\nto = []\n", "x.toml").unwrap_err().to_string();
+        assert!(err.contains("no targets"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub deferred: AtomicU64,
     /// Recipients that failed permanently.
     pub bounced: AtomicU64,
+    /// Of `bounced`: recipients given up on because the message outlived `max_age`.
+    pub expired: AtomicU64,
     /// DSNs queued.
     pub dsns: AtomicU64,
     /// SIGHUP reloads that put a new configuration in force.

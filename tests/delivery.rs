@@ -340,6 +340,26 @@ fn a_long_multibyte_reply_keeps_progress_readable() {
     assert!(!srv.stderr().contains("undecodable"), "{}", srv.stderr());
 }
 
+/// A flush is an operator saying "the receiver is fixed, go now": it also
+/// retries destinations that failed moments ago (their backoff is cleared).
+#[test]
+fn flush_clears_a_destination_backoff() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    let srv = Server::start(
+        &delivery(&dns, port, "retry = [\"1h\"]\n")
+            .replace("retry = [\"1s\"]\n", "")
+            .replace("destination_backoff = \"1s\"", "destination_backoff = \"1h\""),
+    );
+    // Nobody listens yet: the attempt fails, and the destination backs off.
+    send(&srv, "s@x.test", &["r@mx-dom.test"], "Subject: s\r\n\r\nx\r\n");
+    assert!(wait_until(Duration::from_secs(10), || srv.queue()["deferred"].as_u64() == Some(1)));
+    let mx1 = Receiver::start("127.0.0.2", port, &[]);
+    assert_eq!(srv.http("POST", "/queue/flush").0, 200);
+    assert_eq!(mx1.wait_for(1, Duration::from_secs(10)).len(), 1, "delivered at once: {}", srv.stderr());
+    assert!(queue_empty(&srv));
+}
+
 #[test]
 fn flush_and_bounce_from_the_admin_api() {
     let dns = Dnsmasq::start();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{make_cert, wait_until, Client, Server};
+use common::{free_port, make_cert, wait_until, Client, Receiver, Server};
 
 /// Greeting and EHLO; returns the EHLO reply.
 fn hello(c: &mut Client) -> String {
@@ -244,4 +244,147 @@ fn restart_keys_are_named_and_the_rest_applies() {
     srv.reload("hostname = \"mx2.test\"\n[spool]\nsegment_size = 2097152\n", false);
     assert!(srv.stderr().contains("need a restart") && srv.stderr().contains("[spool]"), "{}", srv.stderr());
     assert_eq!(srv.client().reply(), "220 mx2.test ESMTP\r\n");
+}
+
+/// `[[route]]` to `port` for every domain, and `[delivery]` with `extra`.
+fn routed(port: u16, extra: &str) -> String {
+    format!(
+        "[[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{port}\"]\n\
+         [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\ndestination_backoff = \"1s\"\n{extra}"
+    )
+}
+
+fn send(srv: &Server, to: &str, subject: &str) -> String {
+    let mut c = srv.client();
+    hello(&mut c);
+    let id = c.send_message("s@x.test", &[to], &format!("Subject: {subject}\r\n\r\nbody\r\n"));
+    c.cmd("QUIT", "221");
+    id
+}
+
+/// Routes change live: the next message goes to the new next hop; the
+/// queue and the server go on.
+#[test]
+fn routes() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Receiver::start("127.0.0.1", pa, &[]);
+    let b = Receiver::start("127.0.0.1", pb, &[]);
+    let srv = Server::start(&routed(pa, ""));
+    send(&srv, "r@y.test", "first");
+    assert_eq!(a.wait_for(1, Duration::from_secs(10)).len(), 1);
+    srv.reload(&routed(pb, ""), false);
+    send(&srv, "r@y.test", "second");
+    let got = b.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "the new route is used");
+    assert!(got[0].contains("Subject: second"));
+    assert_eq!(a.messages().len(), 1);
+}
+
+/// Mail queued on hold goes out when a reload lifts the hold, without a
+/// restart.
+#[test]
+fn hold() {
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let srv = Server::start(&routed(port, "hold = true\n"));
+    send(&srv, "r@y.test", "held");
+    assert_eq!(srv.queued_messages(), 1);
+    assert_eq!(rx.messages().len(), 0, "on hold");
+    srv.reload(&routed(port, "hold = false\n"), false);
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).len(), 1, "delivered once the hold is lifted");
+    assert!(wait_until(Duration::from_secs(5), || srv.queued_messages() == 0));
+    // And back on hold: new mail waits again.
+    srv.reload(&routed(port, "hold = true\n"), false);
+    send(&srv, "r@y.test", "held again");
+    assert_eq!(srv.queued_messages(), 1);
+    assert_eq!(srv.http("POST", "/queue/flush").1.trim(), r#"{"flushed":0}"#);
+}
+
+/// `[local] mail_dir`: the next local delivery goes to the new place.
+#[test]
+fn local_mail_dir() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let tables = |sub: &str| {
+        format!(
+            "[relay]\nlocal_domains = [\"example.test\"]\n[local]\nmail_dir = \"{}\"\n",
+            dir.join(sub).display()
+        )
+    };
+    let srv = Server::start_in(&dir, &tables("one"));
+    srv.reload(&tables("two"), false);
+    send(&srv, "bob@example.test", "where");
+    let new = dir.join("two/example.test/bob/new");
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_dir(&new).is_ok_and(|d| d.count() == 1)));
+    assert!(!dir.join("one/example.test/bob").exists());
+}
+
+/// `[delivery] retry` and `max_age` are read when an attempt ends and when
+/// one is planned.
+#[test]
+fn retry_and_max_age() {
+    let port = free_port(); // nobody listens: every attempt fails
+    let srv = Server::start(&routed(port, "").replace("retry = [\"1s\"]", "retry = [\"1h\"]"));
+    let id = send(&srv, "r@y.test", "doomed");
+    let next = || {
+        let (_, body) = srv.http("GET", "/queue/messages");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["messages"][0]["next_attempt"].as_u64()
+    };
+    assert!(wait_until(Duration::from_secs(10), || next().is_some()));
+    let first = next().unwrap();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(first > now() + 3000, "retried in an hour");
+    srv.reload(&routed(port, "").replace("retry = [\"1s\"]", "retry = [\"2m\"]"), false);
+    assert_eq!(srv.http("POST", "/queue/flush").0, 200);
+    assert!(wait_until(Duration::from_secs(10), || next().is_some_and(|t| t < first)));
+    assert!(next().unwrap() <= now() + 120, "the new interval: {:?}", next());
+    // max_age of a second: the next attempt finds it expired and bounces it
+    // (its DSN to the sender is queued in turn).
+    srv.reload(&routed(port, "max_age = \"1s\"\n").replace("retry = [\"1s\"]", "retry = [\"2m\"]"), false);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(srv.http("POST", "/queue/flush").0, 200);
+    assert!(wait_until(Duration::from_secs(10), || srv.http("GET", &format!("/queue/{id}")).0 == 404));
+    assert_eq!(srv.metric("ringpost_bounced_total"), 1.0);
+    assert_eq!(srv.metric("ringpost_expired_total"), 1.0);
+}
+
+/// Per-destination limits are read when connections start:
+/// `messages_per_connection`.
+#[test]
+fn messages_per_connection() {
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let srv =
+        Server::start(&routed(port, "messages_per_connection = 100\nconnections_per_destination = 1\n"));
+    srv.reload(&routed(port, "messages_per_connection = 2\nconnections_per_destination = 1\n"), false);
+    let mut c = srv.client();
+    hello(&mut c);
+    for i in 0..6 {
+        c.send_message("s@x.test", &["r@y.test"], &format!("Subject: {i}\r\n\r\nx\r\n"));
+    }
+    assert_eq!(rx.wait_for(6, Duration::from_secs(20)).len(), 6);
+    assert!(wait_until(Duration::from_secs(5), || srv.queue()["outbound_connections"].as_u64() == Some(0)));
+    let (total, _, most_on_one) = rx.connections();
+    assert_eq!(most_on_one, 2, "no connection carried more than the reloaded limit");
+    assert!(total >= 3, "{total} connections");
+}
+
+/// The outbound client's settings are read when a connection opens:
+/// `starttls` (and the host name it says EHLO with).
+#[test]
+fn starttls_and_outbound_hostname() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (cert, key) = make_cert(&dir);
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    let srv = Server::start_in(&dir, &routed(port, "starttls = true\n"));
+    send(&srv, "r@y.test", "one");
+    let got = rx.wait_for(1, Duration::from_secs(10));
+    assert!(got[0].contains("X-TLS: yes"), "{}", got[0]);
+    assert!(wait_until(Duration::from_secs(5), || srv.queue()["outbound_connections"].as_u64() == Some(0)));
+    srv.reload(&format!("hostname = \"mx2.test\"\n{}", routed(port, "starttls = false\n")), false);
+    send(&srv, "r@y.test", "two");
+    let got = rx.wait_for(2, Duration::from_secs(10));
+    assert!(got[1].contains("X-TLS: no"), "{}", got[1]);
+    assert!(got[1].contains("X-Helo: mx2.test\r\n"), "the client says EHLO with the new name: {}", got[1]);
 }

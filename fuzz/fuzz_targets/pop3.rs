@@ -4,18 +4,21 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringpost::pop3::maildrop::MessageInfo;
+use ringpost::pop3::MessageInfo;
 use ringpost::pop3::session::{Event, LoginError, Session};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, input)) = data.split_first() else { return };
-    let mut s = Session::new("pop.test", flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+    // Time moves a minute per chunk; past the idle timer the session ends.
+    let t0 = std::time::Instant::now();
+    let at = |n: usize| t0 + std::time::Duration::from_secs(60 * n as u64);
+    let mut s = Session::new("pop.test", flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, t0);
     let mut pending: Vec<u8> = Vec::new();
     let mut out = Vec::new();
     for (n, chunk) in input.chunks(7 + usize::from(flags >> 4)).enumerate() {
         pending.extend_from_slice(chunk);
         loop {
-            let used = s.handle_input(&pending);
+            let used = s.handle_input(&pending, at(n));
             assert!(used <= pending.len());
             pending.drain(..used);
             match s.poll_event() {
@@ -35,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
                 Some(Event::Commit) => s.handle_commit(n % 2),
                 Some(Event::Close) | None => break,
             }
+        }
+        if n % 5 == 4 {
+            s.handle_timeout(at(n + 11));
         }
         s.swap_output(&mut out);
         assert!(out.is_empty() || out.ends_with(b"\r\n"), "{out:?}");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use ringpost::envelope::{QueueId, QueueIdGen};
 use ringpost::policy::Policy;
-use ringpost::smtp::session::{ConnInfo, Event, Kind, Now, Session, SessionConfig, StoreError, TlsInfo};
+use ringpost::smtp::session::{ConnInfo, Event, Now, Role, Session, SessionConfig, StoreError, TlsInfo};
 
 const TOKENS: &[&[u8]] = &[
     b"EHLO c.test\r\n",
@@ -51,7 +51,7 @@ const TOKENS: &[&[u8]] = &[
 fn config() -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
         hostname: ringpost::smtp::address::Domain::parse_host_name("mx.test").expect("valid"),
-        kind: Kind::Mx,
+        role: Role::Mx,
         starttls: true,
         max_message_size: 200,
         max_recipients: 3,

@@ -95,6 +95,17 @@ impl Destinations {
         self.open.get()
     }
 
+    /// Forgets every destination's backoff (an admin flush: the operator
+    /// says the receiver is back). Destinations with queued jobs start.
+    pub fn clear_backoff(self: &Rc<Self>) {
+        let dests: Vec<(String, Rc<Dest>)> =
+            self.map.borrow().iter().map(|(k, d)| (k.clone(), d.clone())).collect();
+        for (key, dest) in dests {
+            dest.backoff_until.set(None);
+            self.maybe_start(&key, &dest);
+        }
+    }
+
     /// Takes a job for one of our destinations.
     pub fn submit(self: &Rc<Self>, job: Job) {
         let now = instant();

@@ -78,7 +78,7 @@ pub fn deliver(
     content.extend_from_slice(rest);
     // Sizes in the name, as Dovecot writes them: S= on disk, W= with CRLF
     // line ends (what POP3 lists), so readers need not open the file.
-    let wire = crate::pop3::session::wire_size(&content);
+    let wire = crate::pop3::wire_size(&content);
     let name = format!("{},S={},W={wire}", unique_name(hostname, unix), content.len());
     let tmp = dir.join("tmp").join(&name);
     let mut f = OpenOptions::new()

@@ -18,6 +18,7 @@
 //! its outcome is known and, for failures, after its DSN is durably queued.
 //! A crash in between delivers again (or reports again): duplicates, never loss.
 
+pub mod decide;
 pub mod dest;
 pub mod dsn;
 pub mod local;
@@ -58,14 +59,6 @@ pub struct DeliveryConfig {
     pub mail_dir: PathBuf,
     /// Queue everything, deliver nothing.
     pub hold: bool,
-}
-
-impl DeliveryConfig {
-    /// The retry interval after `attempts` attempts (the last one repeats).
-    pub fn retry_after(&self, attempts: u32) -> Duration {
-        let i = (attempts.max(1) as usize - 1).min(self.retry.len().saturating_sub(1));
-        self.retry.get(i).copied().unwrap_or(Duration::from_secs(300))
-    }
 }
 
 /// How one recipient's attempt ended.
@@ -156,32 +149,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_schedule_repeats_the_last_interval() {
-        let cfg = DeliveryConfig {
-            hostname: "h".into(),
-            port: 25,
-            retry: vec![Duration::from_secs(60), Duration::from_secs(300)],
-            max_age: Duration::from_secs(3600),
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_secs(1),
-            data_timeout: Duration::from_secs(1),
-            final_timeout: Duration::from_secs(1),
-            connections_per_destination: 1,
-            messages_per_connection: 1,
-            rate_per_destination: 0.0,
-            destination_backoff: Duration::from_secs(1),
-            starttls: false,
-            routes: Routes::default(),
-            local_domains: HashSet::new(),
-            mail_dir: PathBuf::new(),
-            hold: false,
-        };
-        assert_eq!(cfg.retry_after(1), Duration::from_secs(60));
-        assert_eq!(cfg.retry_after(2), Duration::from_secs(300));
-        assert_eq!(cfg.retry_after(9), Duration::from_secs(300));
+    fn reply_codes() {
         assert_eq!(outcome_of(250), Outcome::Delivered);
         assert_eq!(outcome_of(451), Outcome::Temporary);
         assert_eq!(outcome_of(554), Outcome::Permanent);
         assert_eq!(status_of(550, None), "5.0.0");
+        assert_eq!(status_of(550, Some("5.1.1")), "5.1.1");
     }
 }

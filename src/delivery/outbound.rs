@@ -1,5 +1,5 @@
-//! One outbound SMTP connection: the I/O shell around the sans-IO
-//! [`Client`]. It tries the next hop's hosts and addresses in order, runs
+//! One outbound SMTP connection: the sans-IO [`Client`] on the connection
+//! driver (`rt::driver`). It tries the next hop's hosts and addresses in order, runs
 //! opportunistic STARTTLS (falling back to plain text on the same address if
 //! the handshake fails), then sends messages over the same connection.
 
@@ -13,7 +13,8 @@ use super::route::NextHop;
 use super::DeliveryConfig;
 use crate::envelope::Envelope;
 use crate::rt::clock::instant;
-use crate::rt::transport::{ReadOutcome, Transport, READ_MIN};
+use crate::rt::driver::{Conn, Filled};
+use crate::rt::transport::Transport;
 use crate::smtp::client::{
     body, Client, ClientConfig as SmtpClientConfig, Event, Failure, OutRecipient, Outgoing, RcptResult,
 };
@@ -21,11 +22,10 @@ use crate::smtp::session::TlsInfo;
 
 /// An open, greeted connection.
 pub struct Outbound {
-    transport: Transport,
+    conn: Conn,
     client: Client,
-    rbuf: Vec<u8>,
-    start: usize,
-    wbuf: Vec<u8>,
+    /// Commands and content of a message's body, reused.
+    body: Vec<u8>,
     pub host: String,
     pub addr: SocketAddr,
     pub tls: Option<TlsInfo>,
@@ -91,11 +91,9 @@ impl Outbound {
         };
         let _ = stream.set_nodelay(true);
         let mut o = Outbound {
-            transport: Transport::Plain(stream),
+            conn: Conn::new(Transport::Plain(stream), cfg.data_timeout),
             client: Client::new(client_config(cfg, starttls), instant()),
-            rbuf: Vec::with_capacity(READ_MIN),
-            start: 0,
-            wbuf: Vec::new(),
+            body: Vec::new(),
             host: host.to_owned(),
             addr,
             tls: None,
@@ -104,11 +102,10 @@ impl Outbound {
             match o.pump().await {
                 Event::Ready => return Ok(o),
                 Event::StartTls => {
-                    o.rbuf.clear();
-                    o.start = 0;
+                    o.conn.discard_input();
                     match monoio::time::timeout(
                         cfg.command_timeout,
-                        o.transport.upgrade_tls_client(tls.clone(), host),
+                        o.conn.transport.upgrade_tls_client(tls.clone(), host),
                     )
                     .await
                     {
@@ -137,15 +134,15 @@ impl Outbound {
         loop {
             match self.pump().await {
                 Event::SendBody => {
-                    let mut out = std::mem::take(&mut self.wbuf);
+                    let mut out = std::mem::take(&mut self.body);
                     out.clear();
                     // Commands still buffered (none with PIPELINING) go first.
                     out.extend_from_slice(self.client.output());
                     let mut none = Vec::new();
                     self.client.swap_output(&mut none);
                     body::encode(content, &mut out);
-                    let (res, out) = self.transport.write_all(out).await;
-                    self.wbuf = out;
+                    let (res, out) = self.conn.transport.write_all(out).await;
+                    self.body = out;
                     if res.is_err() {
                         return Err(Failure::Closed);
                     }
@@ -162,48 +159,22 @@ impl Outbound {
     pub async fn quit(mut self) {
         self.client.quit(instant());
         let _ = monoio::time::timeout(std::time::Duration::from_secs(10), self.pump()).await;
-        self.transport.close().await;
+        self.conn.close(false).await;
     }
 
     /// Moves bytes until the client has an event.
     async fn pump(&mut self) -> Event {
         loop {
-            if self.start < self.rbuf.len() {
-                self.start += self.client.handle_input(&self.rbuf[self.start..], instant());
-                if self.start == self.rbuf.len() {
-                    self.rbuf.clear();
-                    self.start = 0;
-                }
-            }
+            self.conn.feed(&mut self.client);
             if let Some(ev) = self.client.poll_event() {
                 return ev;
             }
-            if !self.client.output().is_empty() {
-                let mut out = std::mem::take(&mut self.wbuf);
-                out.clear();
-                self.client.swap_output(&mut out);
-                let (res, out) = self.transport.write_all(out).await;
-                self.wbuf = out;
-                if res.is_err() {
-                    self.client.handle_eof();
-                    continue;
-                }
+            if !self.conn.flush(&mut self.client).await {
+                self.client.handle_eof();
+                continue;
             }
-            if self.start > 0 {
-                self.rbuf.drain(..self.start);
-                self.start = 0;
-            }
-            let deadline = self.client.poll_timeout();
-            let buf = std::mem::take(&mut self.rbuf);
-            let canceller = monoio::io::Canceller::new();
-            let read = self.transport.read(buf, canceller.handle());
-            match monoio::time::timeout_at(deadline.into(), read).await {
-                Ok((Ok(ReadOutcome::Data(_)), buf)) => self.rbuf = buf,
-                Ok((_, buf)) => {
-                    self.rbuf = buf;
-                    self.client.handle_eof();
-                }
-                Err(_) => self.client.handle_timeout(instant()),
+            if self.conn.fill(&mut self.client, std::future::pending::<()>()).await == Filled::Gone {
+                self.client.handle_eof();
             }
         }
     }

@@ -4,16 +4,18 @@
 //! wheel. The destination side is `dest`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use super::dsn::{self, Action, Report};
+use super::decide::{self, Group, Rules, Settled, Way};
+use super::dsn::{self, Report};
 use super::local::{self, LocalError};
-use super::route::{self, HopError};
+use super::route;
 use super::wheel::Wheel;
 use super::{DeliveryConfig, Job, JobResult, Outcome, RcptOutcome};
 use crate::dns::Resolver;
@@ -25,7 +27,7 @@ use crate::smtp::address::ReversePath;
 use crate::smtp::session::IdSource;
 use crate::spool::index::Location;
 use crate::spool::record::{bounded_text, ProgressRecord, MAX_LAST_ERROR};
-use crate::spool::{Compaction, Spool};
+use crate::spool::Spool;
 
 /// Planner tasks per worker (each resolves one message's next hops at a time).
 const PLANNERS: usize = 64;
@@ -47,6 +49,8 @@ struct Attempt {
     env: Rc<Envelope>,
     loc: Location,
     attempts_before: u32,
+    /// The recipients this attempt covers (those not done before it).
+    remaining: Vec<u32>,
     groups_left: usize,
     outcomes: Vec<RcptOutcome>,
 }
@@ -68,8 +72,6 @@ pub struct Owner {
     pub index: usize,
     /// Delivery settings: read when an attempt is planned or finished.
     live: Arc<Live>,
-    /// `[delivery] hold` at startup (a restart changes it).
-    hold: bool,
     spool: Spool,
     resolver: Resolver,
     dispatch: Dispatcher,
@@ -104,11 +106,9 @@ impl Owner {
         ids: IdSource,
         metrics: Arc<Metrics>,
     ) -> Rc<Owner> {
-        let hold = live.delivery().hold;
         Rc::new(Owner {
             index,
             live,
-            hold,
             spool,
             resolver,
             dispatch,
@@ -130,12 +130,11 @@ impl Owner {
     }
 
     /// Schedules every recovered message and starts the planner and wheel
-    /// tasks. With `hold`, nothing is scheduled: mail only accumulates.
+    /// tasks. With `hold`, planners plan nothing (mail only accumulates)
+    /// until a reload lifts it.
     pub fn start(self: &Rc<Self>) {
-        if self.hold {
+        if self.cfg().hold {
             tracing::info!(worker = self.index, "delivery is on hold: accepting and queueing only");
-            monoio::spawn(self.clone().compactor());
-            return;
         }
         let now = unix_secs();
         let mut due = Vec::new();
@@ -158,14 +157,31 @@ impl Owner {
             monoio::spawn(self.clone().planner());
         }
         monoio::spawn(self.clone().ticker());
-        monoio::spawn(self.clone().compactor());
+        // Compaction is the spool's; a message with an attempt in flight
+        // is not moved meanwhile.
+        let owner = Rc::downgrade(self);
+        let busy = move |id: QueueId| {
+            owner
+                .upgrade()
+                .is_none_or(|o| o.attempts.borrow().contains_key(&id) || o.finalizing.borrow().contains(&id))
+        };
+        monoio::spawn(self.spool.clone().run_compactor(busy));
     }
 
-    /// A message was just accepted: plan its first attempt (nothing on hold;
-    /// the envelope is copied only when it will be used).
+    /// A message was just accepted: plan its first attempt (on hold, it
+    /// waits for the hold to be lifted).
     pub fn enqueue_new(&self, env: &Envelope) {
-        if !self.hold {
-            self.push(env.id, Some(Rc::new(env.clone())));
+        // On hold, queued messages can pile up: keep no envelope copy for
+        // them (it is read back from the spool when they are planned).
+        let copy = (!self.cfg().hold).then(|| Rc::new(env.clone()));
+        self.push(env.id, copy);
+    }
+
+    /// The configuration changed (SIGHUP): planners waiting because
+    /// delivery was on hold look again.
+    pub fn config_changed(&self) {
+        for w in self.todo_wakers.borrow_mut().drain(..) {
+            w.wake();
         }
     }
 
@@ -188,7 +204,7 @@ impl Owner {
 
     /// Retries every deferred message now. Returns how many.
     pub fn flush(&self) -> usize {
-        if self.hold {
+        if self.cfg().hold {
             return 0;
         }
         let ids = self.wheel.borrow_mut().drain();
@@ -211,6 +227,11 @@ impl Owner {
         poll_fn(|cx| {
             if self.draining.get() {
                 return Poll::Ready(None);
+            }
+            // On hold nothing is planned; a reload that lifts it wakes us.
+            if self.cfg().hold {
+                self.todo_wakers.borrow_mut().push(cx.waker().clone());
+                return Poll::Pending;
             }
             if self.attempts.borrow().len() < MAX_IN_FLIGHT {
                 if let Some(item) = self.todo.borrow_mut().pop_front() {
@@ -270,44 +291,39 @@ impl Owner {
                 }
             }
         };
-        let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for i in remaining {
-            if let Some(r) = env.recipients.get(i as usize) {
-                groups.entry(r.address.domain().to_lowercase()).or_default().push(i);
-            }
-        }
         let cfg = self.cfg();
-        let expired = unix_secs().saturating_sub(received_at) > cfg.max_age.as_secs();
+        let last_error =
+            self.spool.with_entry(id, |e| e.progress.as_ref().map(|p| p.last_error.clone())).flatten();
+        let rules = Rules { max_age: cfg.max_age, retry: &cfg.retry, local_domains: &cfg.local_domains };
+        let groups = decide::plan(&env, &remaining, received_at, last_error.as_deref(), unix_secs(), rules);
         self.attempts.borrow_mut().insert(
             id,
             Attempt {
                 env: env.clone(),
                 loc,
                 attempts_before,
+                remaining,
                 groups_left: groups.len(),
                 outcomes: Vec::new(),
             },
         );
-        for (domain, rcpts) in groups {
-            if expired {
-                let last = self
-                    .spool
-                    .with_entry(id, |e| e.progress.as_ref().map(|p| p.last_error.clone()))
-                    .flatten();
-                let text = format!(
-                    "message expired after {} days in the queue; last error: {}",
-                    cfg.max_age.as_secs() / 86_400,
-                    last.as_deref().unwrap_or("none")
-                );
-                self.job_done(JobResult {
-                    id,
-                    domain,
-                    outcomes: RcptOutcome::all(&rcpts, Outcome::Permanent, "4.4.7", &text),
-                });
-            } else if cfg.local_domains.contains(&domain) {
-                monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
-            } else {
-                self.route_group(id, loc, domain, rcpts).await;
+        for Group { domain, rcpts, way } in groups {
+            match way {
+                Way::Expired(text) => {
+                    tracing::info!(target: "delivery", %id, %domain, recipients = rcpts.len(), reason = %text, "expired");
+                    let n = rcpts.len() as u64;
+                    self.metrics.bounced.fetch_add(n, Ordering::Relaxed);
+                    self.metrics.expired.fetch_add(n, Ordering::Relaxed);
+                    self.job_done(JobResult {
+                        id,
+                        domain,
+                        outcomes: RcptOutcome::all(&rcpts, Outcome::Permanent, decide::EXPIRED, &text),
+                    })
+                }
+                Way::Local => {
+                    monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
+                }
+                Way::Remote => self.route_group(id, loc, domain, rcpts).await,
             }
         }
     }
@@ -328,16 +344,8 @@ impl Owner {
                 });
             }
             Err(e) => {
-                let (outcome, status, text) = match &e {
-                    HopError::Permanent(status, text) => (Outcome::Permanent, *status, text.clone()),
-                    HopError::Temporary(text) => (Outcome::Temporary, "4.4.3", text.clone()),
-                };
-                tracing::info!(target: "delivery", %id, domain = %domain, status = ?outcome, reason = %text, "no next hop");
-                self.job_done(JobResult {
-                    id,
-                    domain,
-                    outcomes: RcptOutcome::all(&rcpts, outcome, status, &text),
-                });
+                tracing::info!(target: "delivery", %id, domain = %domain, reason = %e, "no next hop");
+                self.job_done(JobResult { id, domain, outcomes: decide::no_hop(&rcpts, &e) });
             }
         }
     }
@@ -411,8 +419,8 @@ impl Owner {
         {
             let mut domains = self.domains.borrow_mut();
             let st = domains.entry(r.domain.clone()).or_default();
-            if let Some(o) = r.outcomes.iter().find(|o| o.outcome != Outcome::Delivered) {
-                st.last_error = Some(bounded_text(&format!("{} {}", o.status, o.text), MAX_LAST_ERROR));
+            if let Some(e) = decide::group_error(&r.outcomes) {
+                st.last_error = Some(bounded_text(&e, MAX_LAST_ERROR));
             }
         }
         let finished = {
@@ -437,76 +445,40 @@ impl Owner {
 
     /// The attempt is over: DSNs first, then the durable record, then the retry.
     async fn finalize(self: Rc<Self>, id: QueueId, a: Attempt, now: u64) {
-        let mut done: Vec<u32> =
-            a.outcomes.iter().filter(|o| o.outcome != Outcome::Temporary).map(|o| o.index).collect();
-        let reports = reports(&a.env, &a.outcomes);
-        if !reports.is_empty() && !self.queue_dsn(&a.env, a.loc, &reports, now).await {
-            // The DSN could not be stored: keep the failed recipients pending,
-            // so they fail (and are reported) again at the next attempt.
-            let failed: Vec<u32> =
-                a.outcomes.iter().filter(|o| o.outcome == Outcome::Permanent).map(|o| o.index).collect();
-            done.retain(|i| !failed.contains(i));
-        }
-        let temp: Vec<&RcptOutcome> = a.outcomes.iter().filter(|o| o.outcome == Outcome::Temporary).collect();
-        let remaining_after =
-            self.spool.with_entry(id, |e| e.remaining().filter(|i| !done.contains(i)).count()).unwrap_or(0);
-        if remaining_after == 0 {
-            let _ = self.spool.finish(id).await;
-            self.wake_planners();
-            return;
-        }
-        let attempts = a.attempts_before + 1;
-        let received_at = a.env.received_at;
+        let reports = decide::reports(&a.env, &a.outcomes);
+        let dsn_stored = reports.is_empty() || self.queue_dsn(&a.env, a.loc, &reports, now).await;
         let cfg = self.cfg();
-        let expiry = received_at + cfg.max_age.as_secs();
-        let next = (now + cfg.retry_after(attempts).as_secs()).min(expiry.max(now + 1));
-        let last_error = temp.first().map(|o| format!("{} {}", o.status, o.text)).unwrap_or_default();
-        for o in &temp {
-            if let Some(r) = a.env.recipients.get(o.index as usize) {
-                let mut domains = self.domains.borrow_mut();
-                domains.entry(r.address.domain().to_lowercase()).or_default().next_attempt = Some(next);
+        let rules = Rules { max_age: cfg.max_age, retry: &cfg.retry, local_domains: &cfg.local_domains };
+        let settled = decide::settle(
+            &a.outcomes,
+            dsn_stored,
+            &a.remaining,
+            a.attempts_before,
+            a.env.received_at,
+            now,
+            rules,
+        );
+        match settled {
+            Settled::Finished => {
+                let _ = self.spool.finish(id).await;
             }
-        }
-        let record = ProgressRecord { id, attempts, next_attempt: next, last_error, done };
-        if let Ok(Err(e)) = self.spool.progress(record).await {
-            tracing::warn!(%id, error = %e, "could not record delivery progress; retrying anyway");
-        }
-        self.wheel.borrow_mut().insert(next, id);
-        self.wake_planners();
-    }
-
-    /// Copies long-lived messages out of mostly-dead segments, so spent
-    /// segments can be deleted (see the spool's durability order, step 10).
-    async fn compactor(self: Rc<Self>) {
-        const ROUND_BYTES: u64 = 64 << 20;
-        while !self.draining.get() {
-            monoio::time::sleep(Duration::from_secs(10)).await;
-            let (dir, family) = self.spool.family();
-            let mut budget = ROUND_BYTES;
-            for work in self.spool.compaction_work() {
-                let busy = |id: &QueueId| {
-                    self.attempts.borrow().contains_key(id) || self.finalizing.borrow().contains(id)
-                };
-                match work {
-                    Compaction::Copy { id, loc, progress } if !busy(&id) => {
-                        if budget < u64::from(loc.len) {
-                            break;
-                        }
-                        budget -= u64::from(loc.len);
-                        match crate::spool::read::read_raw(&dir, family, loc).await {
-                            Ok(raw) => {
-                                let _ = self.spool.relocate(id, loc, &raw, progress).await;
-                            }
-                            Err(e) => tracing::error!(%id, error = %e, "cannot read a message to compact"),
-                        }
+            Settled::Retry { .. } if !self.spool.contains(id) => {} // deleted meanwhile
+            Settled::Retry { done, attempts, next_attempt, last_error } => {
+                for o in a.outcomes.iter().filter(|o| o.outcome == Outcome::Temporary) {
+                    if let Some(r) = a.env.recipients.get(o.index as usize) {
+                        let mut domains = self.domains.borrow_mut();
+                        domains.entry(r.address.domain().to_lowercase()).or_default().next_attempt =
+                            Some(next_attempt);
                     }
-                    Compaction::Progress(p) if !busy(&p.id) => {
-                        let _ = self.spool.progress(p).await;
-                    }
-                    _ => {}
                 }
+                let record = ProgressRecord { id, attempts, next_attempt, last_error, done };
+                if let Ok(Err(e)) = self.spool.progress(record).await {
+                    tracing::warn!(%id, error = %e, "could not record delivery progress; retrying anyway");
+                }
+                self.wheel.borrow_mut().insert(next_attempt, id);
             }
         }
+        self.wake_planners();
     }
 
     fn wake_planners(&self) {
@@ -574,7 +546,7 @@ impl Owner {
             crate::spool::read::read_message(&dir, family, loc).await.map_err(|e| e.to_string())?;
         let outcomes =
             RcptOutcome::all(&remaining, Outcome::Permanent, "5.0.0", "bounced by the administrator");
-        let a = Attempt { env: Rc::new(env), loc, attempts_before, groups_left: 0, outcomes };
+        let a = Attempt { env: Rc::new(env), loc, attempts_before, remaining, groups_left: 0, outcomes };
         self.attempts.borrow_mut().remove(&id);
         self.clone().finalize(id, a, unix_secs()).await;
         Ok(true)
@@ -612,28 +584,4 @@ impl Owner {
         }
         out
     }
-}
-
-/// The DSN reports due for an attempt's outcomes: failures, and successes
-/// handed to a server that cannot report them itself.
-fn reports(env: &Envelope, outcomes: &[RcptOutcome]) -> Vec<Report> {
-    outcomes
-        .iter()
-        .filter_map(|o| {
-            let recipient = env.recipients.get(o.index as usize)?.clone();
-            let action = match o.outcome {
-                Outcome::Permanent => Action::Failed,
-                Outcome::Delivered if recipient.notify.success() && o.remote.is_none() => Action::Delivered,
-                Outcome::Delivered if recipient.notify.success() && !o.remote_dsn => Action::Relayed,
-                _ => return None,
-            };
-            Some(Report {
-                recipient,
-                action,
-                status: o.status.clone(),
-                diagnostic: o.text.clone(),
-                remote_mta: o.remote.clone(),
-            })
-        })
-        .collect()
 }

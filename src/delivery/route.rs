@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::config::RouteConfig;
 use crate::dns::cache::Lookup;
 use crate::dns::wire::{Answer, Rtype};
 use crate::dns::Resolver;
@@ -72,38 +73,23 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Builds the table; each target is `host:port` or `[v6]:port`.
-    pub fn new(routes: &[crate::config::RouteConfig]) -> Result<Routes, String> {
+    /// Builds the table from the configured routes.
+    pub fn new(routes: &[RouteConfig]) -> Routes {
         let mut r = Routes::default();
         for route in routes {
-            let targets = route.to.iter().map(|t| parse_target(t)).collect::<Result<Vec<_>, _>>()?;
-            if targets.is_empty() {
-                return Err(format!("route for {} has no targets", route.domain));
-            }
+            let targets: Vec<(String, u16)> = route.to.iter().map(|t| (t.host.clone(), t.port)).collect();
             if route.domain == "*" {
                 r.wildcard = Some(targets);
             } else {
                 r.by_domain.insert(route.domain.to_lowercase(), targets);
             }
         }
-        Ok(r)
+        r
     }
 
     fn get(&self, domain: &str) -> Option<&Vec<(String, u16)>> {
         self.by_domain.get(domain).or(self.wildcard.as_ref())
     }
-}
-
-/// Parses `host:port` or `[v6addr]:port`.
-pub fn parse_target(t: &str) -> Result<(String, u16), String> {
-    let bad = || format!("route target {t:?} must be host:port");
-    let (host, port) = t.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok((host.to_lowercase(), port))
 }
 
 /// Why a host has no usable address.
@@ -361,14 +347,14 @@ mod tests {
 
     #[test]
     fn routes_and_literals_skip_mx() {
+        let target = |t: &str| crate::config::parse_route_target(t).unwrap();
         let routes = Routes::new(&[
-            crate::config::RouteConfig {
+            RouteConfig {
                 domain: "example.net".into(),
-                to: vec!["127.0.0.1:2526".into(), "[::1]:2527".into()],
+                to: vec![target("127.0.0.1:2526"), target("[::1]:2527")],
             },
-            crate::config::RouteConfig { domain: "*".into(), to: vec!["relay.test:25".into()] },
-        ])
-        .unwrap();
+            RouteConfig { domain: "*".into(), to: vec![target("relay.test:25")] },
+        ]);
         let mut d = FakeDns::default();
         d.set("relay.test", Rtype::A, ip("127.0.0.5"));
         let hop = run(resolve(&d, &routes, "example.net", 25)).unwrap();
@@ -381,7 +367,5 @@ mod tests {
         assert!(d.asked.borrow().iter().all(|(_, t)| *t != Rtype::Mx), "routes never ask for MX");
         let hop = run(resolve(&d, &Routes::default(), "[127.0.0.8]", 2525)).unwrap();
         assert_eq!(hop.hosts[0].addrs[0], "127.0.0.8:2525".parse().unwrap());
-        assert!(parse_target("nope").is_err());
-        assert!(parse_target("h:0").is_err());
     }
 }

@@ -8,15 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-/// One message of a maildrop, as listed at login.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageInfo {
-    /// Unique id (UIDL): the Maildir base name, which never changes.
-    pub uid: String,
-    /// Size as sent (CRLF line ends).
-    pub size: u64,
-    pub path: PathBuf,
-}
+use super::MessageInfo;
 
 /// Lists `new/` and `cur/` of a Maildir, oldest first. A Maildir that does
 /// not exist yet is an empty maildrop.
@@ -38,7 +30,7 @@ pub fn load(dir: &Path) -> io::Result<Vec<MessageInfo>> {
             let size = match named_size(name) {
                 Some(size) => size,
                 None => match fs::read(entry.path()) {
-                    Ok(c) => super::session::wire_size(&c),
+                    Ok(c) => super::wire_size(&c),
                     // Removed meanwhile (another reader of the Maildir).
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),

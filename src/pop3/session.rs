@@ -3,7 +3,11 @@
 //! bytes in, replies out, and events for what needs the file system or the
 //! password hasher. The shell (`rt::pop3`) does those and answers.
 
-use super::maildrop::MessageInfo;
+use std::time::{Duration, Instant};
+
+#[cfg(test)]
+use super::wire_size;
+use super::MessageInfo;
 
 /// Longest command line we read (RFC 2449: 255 octets; SASL responses can be
 /// longer, so a little room).
@@ -11,6 +15,9 @@ pub const MAX_LINE: usize = 1024;
 
 /// The whole answer to a connection over the server's limits (RFC 3206).
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"-ERR [SYS/TEMP] too many connections, try again later\r\n";
+
+/// RFC 1939 §3: an inactivity autologout timer of at least 10 minutes.
+pub const IDLE: Duration = Duration::from_secs(600);
 
 /// Failed logins before the connection is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
@@ -85,11 +92,14 @@ pub struct Session {
     fetch: Option<Fetch>,
     auth_failures: u32,
     errors: u32,
+    /// When the session is logged out for inactivity.
+    deadline: Instant,
 }
 
 impl Session {
-    /// A new session; the greeting is already in the output.
-    pub fn new(hostname: &str, stls_offered: bool, tls: bool, loopback: bool) -> Session {
+    /// A new session; the greeting is already in the output. `now` starts
+    /// the inactivity timer ([`IDLE`]).
+    pub fn new(hostname: &str, stls_offered: bool, tls: bool, loopback: bool, now: Instant) -> Session {
         let mut s = Session {
             hostname: hostname.to_owned(),
             stls_offered: stls_offered && !tls,
@@ -104,6 +114,7 @@ impl Session {
             fetch: None,
             auth_failures: 0,
             errors: 0,
+            deadline: now + IDLE,
         };
         s.ok(&format!("{} POP3 ready", s.hostname));
         s
@@ -145,9 +156,18 @@ impl Session {
         matches!(self.state, State::Done)
     }
 
+    /// When the inactivity timer runs out: call [`Session::handle_timeout`]
+    /// then.
+    pub fn poll_timeout(&self) -> Instant {
+        self.deadline
+    }
+
     /// Consumes complete command lines from `input`; returns how many bytes
-    /// were used. Stops at an event.
-    pub fn handle_input(&mut self, input: &[u8]) -> usize {
+    /// were used. Stops at an event. Input restarts the inactivity timer.
+    pub fn handle_input(&mut self, input: &[u8], now: Instant) -> usize {
+        if !input.is_empty() {
+            self.deadline = now + IDLE;
+        }
         let mut used = 0;
         while self.event.is_none() && !self.is_done() {
             let rest = &input[used..];
@@ -188,8 +208,12 @@ impl Session {
         self.event = None;
     }
 
-    /// The idle timer ran out (RFC 1939 §3: no UPDATE either).
-    pub fn handle_timeout(&mut self) {
+    /// The wait for input ended at `now`: if the inactivity timer ran out,
+    /// the session ends (RFC 1939 §3: no UPDATE either); earlier, nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.deadline || self.is_done() || self.event.is_some() {
+            return;
+        }
         self.err("[SYS/TEMP] idle for too long");
         self.close();
     }
@@ -557,28 +581,18 @@ pub fn encode_content(out: &mut Vec<u8>, content: &[u8], top: Option<u64>) {
     out.extend_from_slice(b".\r\n");
 }
 
-/// The size of a stored message as POP3 sends it (CRLF line ends, before
-/// dot-stuffing; RFC 1939 §5 LIST).
-pub fn wire_size(content: &[u8]) -> u64 {
-    let mut size = 0u64;
-    let mut rest = content;
-    while !rest.is_empty() {
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        size += line.len() as u64 + 2;
-        rest = next;
-    }
-    size
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // reason: tests
     use super::*;
     use std::path::PathBuf;
+
+    /// The tests' clock: a fixed instant (timers are checked with offsets).
+    #[allow(clippy::disallowed_methods)] // reason: a real Instant as the simulated clock's origin
+    fn t0() -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
 
     fn msg(uid: &str, size: u64) -> MessageInfo {
         MessageInfo { uid: uid.into(), size, path: PathBuf::from(format!("/m/{uid}")) }
@@ -586,7 +600,7 @@ mod tests {
 
     /// Feeds `input`, returns the output since the last call.
     fn send(s: &mut Session, input: &str) -> String {
-        let used = s.handle_input(input.as_bytes());
+        let used = s.handle_input(input.as_bytes(), t0());
         assert!(used <= input.len());
         let out = String::from_utf8(s.output().to_vec()).unwrap();
         let mut empty = Vec::new();
@@ -595,7 +609,7 @@ mod tests {
     }
 
     fn logged_in() -> Session {
-        let mut s = Session::new("pop.test", false, false, true);
+        let mut s = Session::new("pop.test", false, false, true, t0());
         send(&mut s, "");
         send(&mut s, "USER alice@example.test\r\nPASS secret word\r\n");
         assert_eq!(s.poll_event(), Some(Event::Login));
@@ -606,7 +620,7 @@ mod tests {
 
     #[test]
     fn greeting_login_and_listing() {
-        let mut s = Session::new("pop.test", false, false, true);
+        let mut s = Session::new("pop.test", false, false, true, t0());
         assert_eq!(send(&mut s, ""), "+OK pop.test POP3 ready\r\n");
         let mut s = logged_in();
         assert_eq!(send(&mut s, ""), "+OK alice@example.test has 2 messages (150 octets)\r\n");
@@ -686,7 +700,7 @@ mod tests {
 
     #[test]
     fn no_clear_text_logins_off_loopback_and_stls_resets_the_state() {
-        let mut s = Session::new("pop.test", true, false, false);
+        let mut s = Session::new("pop.test", true, false, false, t0());
         send(&mut s, "");
         let capa = send(&mut s, "CAPA\r\n");
         assert!(capa.contains("STLS\r\n") && !capa.contains("USER") && !capa.contains("SASL"), "{capa}");
@@ -704,7 +718,7 @@ mod tests {
     fn auth_plain_with_and_without_initial_response() {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode("\0alice@example.test\0pw");
-        let mut s = Session::new("pop.test", false, true, false);
+        let mut s = Session::new("pop.test", false, true, false, t0());
         send(&mut s, "");
         send(&mut s, &format!("AUTH PLAIN {b64}\r\n"));
         assert_eq!(s.credentials(), Some(("alice@example.test", "pw")));
@@ -722,14 +736,14 @@ mod tests {
 
     #[test]
     fn repeated_login_failures_and_garbage_close_the_session() {
-        let mut s = Session::new("pop.test", false, false, true);
+        let mut s = Session::new("pop.test", false, false, true, t0());
         send(&mut s, "");
         for _ in 0..3 {
             send(&mut s, "USER a@b.test\r\nPASS x\r\n");
             s.handle_login(Err(LoginError::Credentials));
         }
         assert_eq!(s.poll_event(), Some(Event::Close));
-        let mut s = Session::new("pop.test", false, false, true);
+        let mut s = Session::new("pop.test", false, false, true, t0());
         send(&mut s, "");
         assert_eq!(send(&mut s, "STAT\r\n"), "-ERR unknown command, or not in this state\r\n");
         assert_eq!(send(&mut s, "PASS x\r\n"), "-ERR USER first\r\n");
@@ -738,10 +752,28 @@ mod tests {
         let out = send(&mut s, &"BOGUS\r\n".repeat(20));
         assert!(out.ends_with("-ERR too many errors\r\n"), "{out}");
         assert_eq!(s.poll_event(), Some(Event::Close));
-        let mut s = Session::new("pop.test", false, false, true);
+        let mut s = Session::new("pop.test", false, false, true, t0());
         send(&mut s, "");
-        let used = s.handle_input(&vec![b'x'; MAX_LINE + 1]);
+        let used = s.handle_input(&vec![b'x'; MAX_LINE + 1], t0());
         assert_eq!(used, MAX_LINE + 1);
         assert_eq!(s.poll_event(), Some(Event::Close));
+    }
+
+    #[test]
+    fn inactivity_logs_out_without_update() {
+        let mut s = logged_in();
+        send(&mut s, "DELE 1\r\n");
+        assert_eq!(s.poll_timeout(), t0() + IDLE);
+        s.handle_timeout(t0() + IDLE - Duration::from_secs(1));
+        assert_eq!(s.poll_event(), None, "not yet");
+        // Input restarts the timer.
+        s.handle_input(b"NOOP\r\n", t0() + Duration::from_secs(60));
+        assert_eq!(s.poll_timeout(), t0() + Duration::from_secs(60) + IDLE);
+        s.handle_timeout(t0() + Duration::from_secs(60) + IDLE);
+        let mut out = Vec::new();
+        s.swap_output(&mut out);
+        assert!(String::from_utf8(out).unwrap().ends_with("-ERR [SYS/TEMP] idle for too long\r\n"));
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        assert_eq!(s.deleted().count(), 1, "marked, but no UPDATE: the shell removes nothing on Close");
     }
 }

@@ -1,6 +1,7 @@
-//! Drives one inbound session: bytes between the transport and the sans-IO
-//! [`Session`], events to the spool, the TLS layer and the password checker.
-//! No protocol decisions are made here.
+//! Serves one inbound SMTP session: the connection driver (`driver`) moves
+//! the bytes; this file acts on the session's events (store a message,
+//! check a password, start TLS) and the shutdown stage. No protocol
+//! decisions are made here.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -10,23 +11,24 @@ use std::sync::Arc;
 use monoio::net::TcpStream;
 
 use super::clock::{instant, now};
-use super::signal::{CLOSING, DRAINING};
-use super::transport::{ReadOutcome, Transport, READ_MIN};
-use super::worker::{ListenerCtx, WorkerCtx};
+use super::ctx::{ListenerCtx, WorkerCtx};
+use super::driver::{Conn, Filled};
+use super::stage::Stage;
+use super::transport::Transport;
 use crate::metrics::inc;
 use crate::policy::canonical;
 use crate::smtp::session::{ConnInfo, Event, Session, StoreError};
 use crate::spool::AppendError;
 
 /// Serves one accepted connection to the end.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: Rc<WorkerCtx>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCtx>, worker: Rc<WorkerCtx>) {
     let _ = stream.set_nodelay(true);
-    let config = l.session_config();
+    let config = listener.session_config();
     let mut transport = Transport::Plain(stream);
     let mut tls = None;
-    if l.implicit_tls {
-        let Some(tls_config) = l.tls_config() else { return };
-        match transport.accept_tls(tls_config, config.command_timeout, &w.metrics).await {
+    if listener.implicit_tls {
+        let Some(tls_config) = listener.tls_config() else { return };
+        match transport.accept_tls(tls_config, config.command_timeout, &worker.metrics).await {
             Some(info) => tls = Some(info),
             None => return,
         }
@@ -34,44 +36,31 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: 
     let ip = canonical(peer.ip());
     let trusted = config.policy.is_trusted(ip);
     let write_timeout = config.command_timeout;
-    let session = Session::new(config, ConnInfo { peer: ip, trusted, tls }, w.ids.clone(), now());
+    let session = Session::new(config, ConnInfo { peer: ip, trusted, tls }, worker.ids.clone(), now());
     let mut d = Driver {
-        transport,
+        conn: Conn::new(transport, write_timeout),
         session,
-        rbuf: Vec::with_capacity(READ_MIN),
-        start: 0,
-        wbuf: Vec::new(),
-        seen_stage: 0,
+        seen_stage: Stage::Running,
         charged: 0,
         eof: false,
-        write_timeout,
-        l,
-        w,
+        listener,
+        worker,
     };
-    let we_closed = d.run().await;
-    d.w.memory.release(d.charged);
-    if we_closed {
-        d.transport.lingering_close(std::time::Duration::from_secs(2)).await;
-    } else {
-        d.transport.close().await;
-    }
+    let ours = d.run().await;
+    d.worker.memory.release(d.charged);
+    d.conn.close(ours).await;
 }
 
 struct Driver {
-    transport: Transport,
+    conn: Conn,
     session: Session,
-    /// Input; bytes before `start` have been consumed by the session.
-    rbuf: Vec<u8>,
-    start: usize,
-    wbuf: Vec<u8>,
-    seen_stage: u8,
+    seen_stage: Stage,
     /// Bytes of the memory budget this session holds.
     charged: usize,
     /// The peer closed its side.
     eof: bool,
-    write_timeout: std::time::Duration,
-    l: Arc<ListenerCtx>,
-    w: Rc<WorkerCtx>,
+    listener: Arc<ListenerCtx>,
+    worker: Rc<WorkerCtx>,
 }
 
 impl Driver {
@@ -79,7 +68,8 @@ impl Driver {
     /// timeout, shutdown) with the connection still up.
     async fn run(&mut self) -> bool {
         loop {
-            self.feed();
+            self.conn.feed(&mut self.session);
+            self.bookkeeping();
             let ok = match self.session.poll_event() {
                 Some(Event::Store) => {
                     self.store().await;
@@ -89,9 +79,9 @@ impl Driver {
                     self.authenticate().await;
                     true
                 }
-                Some(Event::StartTls) => self.flush().await && self.start_tls().await,
-                Some(Event::Close) => return self.flush().await && !self.eof,
-                None => self.flush().await && self.fill().await,
+                Some(Event::StartTls) => self.conn.flush(&mut self.session).await && self.start_tls().await,
+                Some(Event::Close) => return self.conn.flush(&mut self.session).await && !self.eof,
+                None => self.conn.flush(&mut self.session).await && self.fill().await,
             };
             if !ok {
                 return false;
@@ -99,94 +89,62 @@ impl Driver {
         }
     }
 
-    /// Offers unconsumed input to the session.
-    fn feed(&mut self) {
-        if self.start < self.rbuf.len() {
-            self.start += self.session.handle_input(&self.rbuf[self.start..], now());
-            if self.start == self.rbuf.len() {
-                self.rbuf.clear();
-                self.start = 0;
-            }
-        }
-        self.bookkeeping();
-    }
-
     /// After the session moved: memory accounting and refusal counters.
     fn bookkeeping(&mut self) {
         self.account_memory();
         let (messages, recipients) = self.session.take_refusals();
         if messages + recipients > 0 {
-            let m = &self.w.metrics;
+            let m = &self.worker.metrics;
             m.messages_rejected.fetch_add(u64::from(messages), Ordering::Relaxed);
             m.recipients_rejected.fetch_add(u64::from(recipients), Ordering::Relaxed);
         }
     }
 
-    /// Charges the growth of the session's message content to the server's
+    /// Charges what the session's message content takes to the server's
     /// memory budget; when it is spent, the message is dropped (452).
     fn account_memory(&mut self) {
         let held = self.session.content_memory();
+        let memory = &self.worker.memory;
         if held > self.charged {
-            if self.w.memory.try_charge(held - self.charged) {
+            if memory.try_charge(held - self.charged) {
                 self.charged = held;
             } else {
                 tracing::warn!("message memory budget spent; dropping a message in progress (452)");
                 self.session.handle_memory_pressure();
-                self.w.memory.release(self.charged);
+                memory.release(self.charged);
                 self.charged = 0;
             }
         } else if held < self.charged {
-            self.w.memory.release(self.charged - held);
+            memory.release(self.charged - held);
             self.charged = held;
         }
-    }
-
-    /// Writes pending replies. False if the connection is gone.
-    async fn flush(&mut self) -> bool {
-        if self.session.output().is_empty() {
-            return true;
-        }
-        let session = &mut self.session;
-        self.transport.send_swapped(&mut self.wbuf, self.write_timeout, |b| session.swap_output(b)).await
     }
 
     /// Reads more input, until the session's deadline or a shutdown stage.
     /// False if the connection is gone.
     async fn fill(&mut self) -> bool {
-        if self.start > 0 {
-            self.rbuf.drain(..self.start);
-            self.start = 0;
-        }
-        let deadline = self.session.poll_timeout();
-        let buf = std::mem::take(&mut self.rbuf);
-        let (res, buf) =
-            self.transport.read_until(buf, deadline, self.w.signal.changed(self.seen_stage)).await;
-        self.rbuf = buf;
+        let stop = self.worker.signal.changed(self.seen_stage);
+        let filled = self.conn.fill(&mut self.session, stop).await;
         self.apply_stage();
-        match res {
-            Ok(ReadOutcome::Data(_)) => true,
-            Ok(ReadOutcome::Eof) => {
+        match filled {
+            Filled::Data | Filled::Cancelled => true,
+            Filled::Eof => {
                 self.eof = true;
-                self.session.handle_eof();
                 true
             }
-            Ok(ReadOutcome::Cancelled) => {
-                self.session.handle_timeout(now());
-                true
-            }
-            Err(_) => false,
+            Filled::Gone => false,
         }
     }
 
     /// Tells the session about shutdown stages it has not seen.
     fn apply_stage(&mut self) {
-        let stage = self.w.signal.stage();
+        let stage = self.worker.signal.stage();
         if stage > self.seen_stage {
             self.seen_stage = stage;
-            if stage >= DRAINING {
+            if stage >= Stage::Draining {
                 self.session.handle_shutdown();
             }
-            if stage >= CLOSING {
+            if stage >= Stage::Closing {
                 self.session.handle_shutdown_deadline();
             }
         }
@@ -196,23 +154,23 @@ impl Driver {
         let Some(msg) = self.session.message() else { return };
         let started = instant();
         let size = msg.body.len() as u64;
-        let ticket = self.w.spool.append_message(&msg.envelope, &msg.body);
+        let ticket = self.worker.spool.append_message(&msg.envelope, &msg.body);
         let result = match ticket.await {
             Ok(Ok(committed)) => {
                 let id = committed.id;
-                let m = &self.w.metrics;
+                let m = &self.worker.metrics;
                 inc(&m.messages_accepted);
                 m.bytes_accepted.fetch_add(size, Ordering::Relaxed);
                 m.store_latency.observe_us(started.elapsed().as_micros() as u64);
                 tracing::info!(id = %id, from = %msg.envelope.reverse_path, rcpts = msg.envelope.recipients.len(),
                     size, client = %msg.envelope.client_ip.map(|i| i.to_string()).unwrap_or_default(), "queued");
-                self.w.owner.enqueue_new(&msg.envelope);
+                self.worker.owner.enqueue_new(&msg.envelope);
                 Ok(())
             }
             Ok(Err(AppendError::Unstorable(_))) => Err(StoreError::Local),
             Ok(Err(AppendError::TooBig)) => Err(StoreError::TooBig),
             Ok(Err(e)) => {
-                inc(&self.w.metrics.spool_failures);
+                inc(&self.worker.metrics.spool_failures);
                 tracing::warn!(error = %e, "message not stored; replied 452");
                 Err(StoreError::Temporary)
             }
@@ -224,25 +182,21 @@ impl Driver {
 
     async fn authenticate(&mut self) {
         let Some((user, pass)) = self.session.credentials() else { return };
-        let hash = self.session_policy_hash(user);
+        let hash = self.listener.session_config().policy.password_hash(user).map(str::to_owned);
         let pass = pass.to_owned();
         let ok = monoio::spawn_blocking(move || crate::auth::verify(hash.as_deref(), &pass))
             .await
             .unwrap_or(false);
-        inc(if ok { &self.w.metrics.auth_successes } else { &self.w.metrics.auth_failures });
+        inc(if ok { &self.worker.metrics.auth_successes } else { &self.worker.metrics.auth_failures });
         self.session.handle_auth_result(ok, now());
-    }
-
-    fn session_policy_hash(&self, user: &str) -> Option<String> {
-        self.l.session_config().policy.password_hash(user).map(str::to_owned)
     }
 
     /// RFC 3207: after `220`, forget buffered plaintext, then handshake.
     async fn start_tls(&mut self) -> bool {
-        self.rbuf.clear();
-        self.start = 0;
-        let Some(config) = self.l.tls_config() else { return false };
-        match self.transport.accept_tls(config, self.write_timeout, &self.w.metrics).await {
+        self.conn.discard_input();
+        let Some(config) = self.listener.tls_config() else { return false };
+        let limit = self.listener.session_config().command_timeout;
+        match self.conn.transport.accept_tls(config, limit, &self.worker.metrics).await {
             Some(info) => {
                 self.session.handle_tls_established(info, now());
                 true

@@ -12,10 +12,13 @@
 
 pub mod clock;
 pub mod conn;
+pub mod ctx;
+pub mod driver;
+pub mod inbox;
 pub mod limits;
 pub mod live;
 pub mod pop3;
-pub mod signal;
+pub mod stage;
 pub mod transport;
 pub mod worker;
 
@@ -28,12 +31,14 @@ use std::time::Duration;
 use crate::config::{Config, ListenerConfig, ListenerKind, TlsMode};
 use crate::metrics::{inc, Metrics};
 use crate::policy::Policy;
-use crate::smtp::session::{Kind, SessionConfig};
+use crate::smtp::session::{Role, SessionConfig};
 use crate::spool::{self, SpoolStats};
+use ctx::{Control, ListenerCtx, Shared};
+use inbox::Inbox;
 use limits::{ConnLimits, MemoryBudget};
 use live::{Live, Snapshot};
-use signal::{Broadcast, Inbox, CLOSING, DRAINING};
-use worker::{ListenerCtx, Shared, WorkerSetup};
+use stage::{Broadcast, Stage};
+use worker::WorkerSetup;
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +61,7 @@ pub fn policy(config: &Config) -> Policy {
 pub fn session_config(config: &Config, l: &ListenerConfig, policy: Arc<Policy>) -> SessionConfig {
     SessionConfig {
         hostname: config.hostname(),
-        kind: if l.kind == ListenerKind::Submission { Kind::Submission } else { Kind::Mx },
+        role: if l.kind == ListenerKind::Submission { Role::Submission } else { Role::Mx },
         starttls: l.tls == TlsMode::Starttls,
         max_message_size: config.limits.message_size,
         max_recipients: config.limits.recipients,
@@ -69,9 +74,9 @@ pub fn session_config(config: &Config, l: &ListenerConfig, policy: Arc<Policy>) 
 }
 
 /// Delivery settings from the config.
-pub fn delivery_config(config: &Config) -> Result<crate::delivery::DeliveryConfig, String> {
+pub fn delivery_config(config: &Config) -> crate::delivery::DeliveryConfig {
     let d = &config.delivery;
-    Ok(crate::delivery::DeliveryConfig {
+    crate::delivery::DeliveryConfig {
         hostname: config.hostname().to_string(),
         port: d.port,
         retry: d.retry.clone(),
@@ -85,11 +90,11 @@ pub fn delivery_config(config: &Config) -> Result<crate::delivery::DeliveryConfi
         rate_per_destination: d.rate_per_destination,
         destination_backoff: d.destination_backoff,
         starttls: d.starttls,
-        routes: crate::delivery::route::Routes::new(&config.routes).map_err(|e| format!("[[route]]: {e}"))?,
+        routes: crate::delivery::route::Routes::new(&config.routes),
         local_domains: local_domains(config),
         mail_dir: config.local.mail_dir.clone(),
         hold: d.hold,
-    })
+    }
 }
 
 /// `[relay] local_domains`, in lower case.
@@ -178,7 +183,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     let policy = Arc::new(policy(&config));
     let sessions =
         config.listeners.iter().map(|l| Arc::new(session_config(&config, l.get_ref(), policy.clone())));
-    let delivery = delivery_config(&config).map_err(ServeError::Config)?;
+    let delivery = delivery_config(&config);
     let live = Live::new(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery) });
     let mut bound = Vec::new();
     let mut ctxs = Vec::new();
@@ -315,12 +320,14 @@ impl Reload {
             tracing::warn!("SIGHUP: running on built-in defaults, no file to reload");
             return;
         };
+        let list = |v: &[&str]| if v.is_empty() { "nothing".to_owned() } else { v.join(", ") };
         match self.try_reload(&path) {
-            Ok(restart) if restart.is_empty() => {
-                tracing::info!(path = %path.display(), "configuration reloaded")
+            Ok((changed, restart)) if restart.is_empty() => {
+                tracing::info!(path = %path.display(), changed = %list(&changed), "configuration reloaded")
             }
-            Ok(restart) => tracing::warn!(
+            Ok((changed, restart)) => tracing::warn!(
                 path = %path.display(),
+                changed = %list(&changed),
                 "configuration reloaded; these changes need a restart and were not applied: {}",
                 restart.join(", ")
             ),
@@ -334,8 +341,11 @@ impl Reload {
     }
 
     /// Reads the file again and puts what may change without a restart in
-    /// force, as one snapshot. Returns what changed but needs a restart.
-    fn try_reload(&mut self, path: &Path) -> Result<Vec<&'static str>, String> {
+    /// force, as one snapshot: sessions that start from now on and delivery
+    /// attempts planned from now on use it; the queue, open sessions and
+    /// attempts under way go on. Returns what changed and was applied, and
+    /// what changed but needs a restart.
+    fn try_reload(&mut self, path: &Path) -> Result<(Vec<&'static str>, Vec<&'static str>), String> {
         let new = Config::load(path).map_err(|e| e.to_string())?;
         let tls = load_tls(&new).map_err(|e| format!("[tls]: {e}"))?;
         let restart = needs_restart(&self.config, &new);
@@ -345,14 +355,14 @@ impl Reload {
         let sessions =
             self.config.listeners.iter().map(|l| Arc::new(session_config(&new, l.get_ref(), policy.clone())));
         let tls = if tls.is_some() && current.tls.is_some() { tls } else { current.tls.clone() };
-        let delivery = crate::delivery::DeliveryConfig {
-            hostname: new.hostname().to_string(),
-            local_domains: local_domains(&new),
-            ..(*current.delivery).clone()
-        };
+        let delivery = delivery_config(&new);
+        let changed = changed(&self.config, &new);
         self.shared.live.set(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery) });
         self.shared.limits.set(new.limits.connections, new.limits.connections_per_ip);
         self.shared.memory.set_max(usize::try_from(new.limits.message_memory).unwrap_or(usize::MAX));
+        for inbox in &self.shared.inboxes {
+            inbox.send(Control::Reloaded);
+        }
         // What was not applied stays as it runs, so the next reload compares
         // against what is in force.
         let mut new = new;
@@ -360,31 +370,53 @@ impl Reload {
         new.threads = self.config.threads;
         new.spool = self.config.spool.clone();
         new.admin = self.config.admin.clone();
-        new.routes = std::mem::take(&mut self.config.routes);
-        new.delivery = self.config.delivery.clone();
-        new.local = self.config.local.clone();
+        new.delivery.dns_servers = self.config.delivery.dns_servers.clone();
+        new.delivery.dns_timeout = self.config.delivery.dns_timeout;
+        new.delivery.dns_cache_size = self.config.delivery.dns_cache_size;
         if new.tls.is_some() != self.config.tls.is_some() {
             new.tls = self.config.tls.take();
         }
         self.config = new;
-        Ok(restart)
+        Ok((changed, restart))
     }
+}
+
+fn debug(v: &dyn std::fmt::Debug) -> String {
+    format!("{v:?}")
 }
 
 /// The sections and keys that differ between `old` and `new` but are only
 /// read at startup.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
     let listeners = |c: &Config| c.listeners.iter().map(|l| debug(l.get_ref())).collect::<Vec<_>>();
+    let (od, nd) = (&old.delivery, &new.delivery);
     let checks: [(bool, &'static str); 8] = [
         (listeners(old) != listeners(new), "[[listener]]"),
         (old.threads != new.threads, "threads"),
         (debug(&old.spool) != debug(&new.spool), "[spool]"),
         (old.admin.address != new.admin.address, "[admin]"),
         (old.tls.is_some() != new.tls.is_some(), "[tls] (added or removed)"),
+        (od.dns_servers != nd.dns_servers, "delivery.dns_servers"),
+        (od.dns_timeout != nd.dns_timeout, "delivery.dns_timeout"),
+        (od.dns_cache_size != nd.dns_cache_size, "delivery.dns_cache_size"),
+    ];
+    checks.into_iter().filter(|c| c.0).map(|c| c.1).collect()
+}
+
+/// The reloadable sections that differ between `old` and `new`, for the log.
+fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let users = |c: &Config| c.users.iter().map(|u| debug(u.get_ref())).collect::<Vec<_>>();
+    let tls = |c: &Config| c.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
+    let checks: [(bool, &'static str); 9] = [
+        (old.hostname() != new.hostname(), "hostname"),
+        (tls(old) != tls(new), "[tls]"),
+        (debug(&old.limits) != debug(&new.limits), "[limits]"),
+        (debug(&old.relay) != debug(&new.relay), "[relay]"),
+        (users(old) != users(new), "[[user]]"),
         (debug(&old.routes) != debug(&new.routes), "[[route]]"),
         (debug(&old.delivery) != debug(&new.delivery), "[delivery]"),
         (debug(&old.local) != debug(&new.local), "[local]"),
+        (debug(&old.log) != debug(&new.log), "[log] (needs a restart)"),
     ];
     checks.into_iter().filter(|c| c.0).map(|c| c.1).collect()
 }
@@ -437,7 +469,7 @@ fn wait_for_shutdown(shared: &Shared, reload: &mut Reload, notify: &dyn Notify) 
     notify.notify("STOPPING=1");
     let grace = reload.config.limits.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: no new connections; open transactions may finish");
-    shared.stage.advance(DRAINING);
+    shared.stage.advance(Stage::Draining);
     let deadline = clock::instant() + grace;
     loop {
         let left = deadline.saturating_duration_since(clock::instant());
@@ -453,5 +485,5 @@ fn wait_for_shutdown(shared: &Shared, reload: &mut Reload, notify: &dyn Notify) 
             break;
         }
     }
-    shared.stage.advance(CLOSING);
+    shared.stage.advance(Stage::Closing);
 }

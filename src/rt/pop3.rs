@@ -1,72 +1,60 @@
-//! Drives one POP3 session: bytes between the transport and the sans-IO
-//! [`pop3::Session`]; password checks, Maildir reads and removals on the
-//! blocking pool; the maildrop lock for the session's lifetime.
+//! Serves one POP3 session: the connection driver (`driver`) moves the
+//! bytes; this file acts on the session's events: password checks, Maildir
+//! reads and removals on the blocking pool, the maildrop lock for the
+//! session's lifetime, STLS, and the shutdown stage.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::signal::DRAINING;
-use super::transport::{ReadOutcome, Transport, READ_MIN};
-use super::worker::{ListenerCtx, WorkerCtx};
+use super::clock::instant;
+use super::ctx::{ListenerCtx, WorkerCtx};
+use super::driver::{Conn, Filled};
+use super::stage::Stage;
+use super::transport::Transport;
 use crate::metrics::inc;
 use crate::policy::canonical;
-use crate::pop3::maildrop::{self, Lock, MessageInfo};
+use crate::pop3::maildrop::{self, Lock};
 use crate::pop3::session::{Event, LoginError, Session};
-
-/// RFC 1939 §3: an inactivity autologout timer of at least 10 minutes.
-const IDLE: Duration = Duration::from_secs(600);
+use crate::pop3::MessageInfo;
 
 /// Serves one accepted POP3 connection to the end.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, l: Arc<ListenerCtx>, w: Rc<WorkerCtx>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCtx>, worker: Rc<WorkerCtx>) {
     let _ = stream.set_nodelay(true);
-    let config = l.session_config();
+    let config = listener.session_config();
     let mut transport = Transport::Plain(stream);
     let mut tls = false;
-    if l.implicit_tls {
-        let Some(tls_config) = l.tls_config() else { return };
-        if transport.accept_tls(tls_config, config.command_timeout, &w.metrics).await.is_none() {
+    if listener.implicit_tls {
+        let Some(tls_config) = listener.tls_config() else { return };
+        if transport.accept_tls(tls_config, config.command_timeout, &worker.metrics).await.is_none() {
             return;
         }
         tls = true;
     }
     let ip = canonical(peer.ip());
-    let stls = config.starttls && l.tls_config().is_some();
+    let stls = config.starttls && listener.tls_config().is_some();
     let mut d = Driver {
-        session: Session::new(config.hostname.as_str(), stls, tls, ip.is_loopback()),
-        transport,
-        rbuf: Vec::with_capacity(READ_MIN),
-        start: 0,
-        wbuf: Vec::new(),
+        session: Session::new(config.hostname.as_str(), stls, tls, ip.is_loopback(), instant()),
+        conn: Conn::new(transport, config.command_timeout),
         lock: None,
-        write_timeout: config.command_timeout,
-        l,
-        w,
+        listener,
+        worker,
     };
-    let we_closed = d.run().await;
+    let ours = d.run().await;
     drop(d.lock.take());
-    if we_closed {
-        d.transport.lingering_close(Duration::from_secs(2)).await;
-    } else {
-        d.transport.close().await;
-    }
+    d.conn.close(ours).await;
 }
 
 struct Driver {
     session: Session,
-    transport: Transport,
-    rbuf: Vec<u8>,
-    start: usize,
-    wbuf: Vec<u8>,
+    conn: Conn,
     /// Held from a successful login to the end of the session.
     lock: Option<Lock>,
-    write_timeout: Duration,
-    l: Arc<ListenerCtx>,
-    w: Rc<WorkerCtx>,
+    listener: Arc<ListenerCtx>,
+    worker: Rc<WorkerCtx>,
 }
 
 impl Driver {
@@ -74,13 +62,7 @@ impl Driver {
     /// connection still up.
     async fn run(&mut self) -> bool {
         loop {
-            if self.start < self.rbuf.len() {
-                self.start += self.session.handle_input(&self.rbuf[self.start..]);
-                if self.start == self.rbuf.len() {
-                    self.rbuf.clear();
-                    self.start = 0;
-                }
-            }
+            self.conn.feed(&mut self.session);
             let ok = match self.session.poll_event() {
                 Some(Event::Login) => {
                     self.login().await;
@@ -94,10 +76,10 @@ impl Driver {
                     self.commit().await;
                     true
                 }
-                Some(Event::StartTls) => self.flush().await && self.start_tls().await,
-                Some(Event::Close) => return self.flush().await,
-                None if self.session.is_done() => return self.flush().await,
-                None => self.flush().await && self.fill().await,
+                Some(Event::StartTls) => self.conn.flush(&mut self.session).await && self.start_tls().await,
+                Some(Event::Close) => return self.conn.flush(&mut self.session).await,
+                None if self.session.is_done() => return self.conn.flush(&mut self.session).await,
+                None => self.conn.flush(&mut self.session).await && self.fill().await,
             };
             if !ok {
                 return false;
@@ -105,45 +87,23 @@ impl Driver {
         }
     }
 
-    async fn flush(&mut self) -> bool {
-        if self.session.output().is_empty() {
-            return true;
-        }
-        let session = &mut self.session;
-        self.transport.send_swapped(&mut self.wbuf, self.write_timeout, |b| session.swap_output(b)).await
-    }
-
-    /// Reads more input, until the idle timer or a shutdown. False if the
-    /// connection is gone.
+    /// Reads more input, until the inactivity timer or a shutdown. False if
+    /// the connection is gone.
     async fn fill(&mut self) -> bool {
-        if self.start > 0 {
-            self.rbuf.drain(..self.start);
-            self.start = 0;
-        }
-        if self.w.signal.stage() >= DRAINING {
+        let signal = &self.worker.signal;
+        if signal.stage() >= Stage::Draining {
             self.session.handle_shutdown();
             return true;
         }
-        let buf = std::mem::take(&mut self.rbuf);
-        let deadline = super::clock::instant() + IDLE;
-        let stop = self.w.signal.changed(self.w.signal.stage());
-        let (res, buf) = self.transport.read_until(buf, deadline, stop).await;
-        self.rbuf = buf;
-        match res {
-            Ok(ReadOutcome::Data(_)) => true,
-            Ok(ReadOutcome::Eof) => {
-                self.session.handle_eof();
-                false
-            }
-            Ok(ReadOutcome::Cancelled) => {
-                if self.w.signal.stage() >= DRAINING {
+        match self.conn.fill(&mut self.session, signal.changed(signal.stage())).await {
+            Filled::Data => true,
+            Filled::Cancelled => {
+                if signal.stage() >= Stage::Draining {
                     self.session.handle_shutdown();
-                } else {
-                    self.session.handle_timeout();
                 }
                 true
             }
-            Err(_) => false,
+            Filled::Eof | Filled::Gone => false,
         }
     }
 
@@ -152,13 +112,13 @@ impl Driver {
     async fn login(&mut self) {
         let Some((user, pass)) = self.session.credentials() else { return };
         let (user, pass) = (user.to_owned(), pass.to_owned());
-        let config = self.l.session_config();
+        let config = self.listener.session_config();
         let hash = config.policy.password_hash(&user).map(str::to_owned);
-        let dir = maildrop_dir(&self.l.mail_dir(), &user);
+        let dir = maildrop_dir(&self.listener.mail_dir(), &user);
         let ok = monoio::spawn_blocking(move || crate::auth::verify(hash.as_deref(), &pass))
             .await
             .unwrap_or(false);
-        inc(if ok { &self.w.metrics.auth_successes } else { &self.w.metrics.auth_failures });
+        inc(if ok { &self.worker.metrics.auth_successes } else { &self.worker.metrics.auth_failures });
         let result = match (ok, dir) {
             (false, _) | (true, None) => Err(LoginError::Credentials),
             (true, Some(dir)) => match Lock::acquire(&dir) {
@@ -203,10 +163,10 @@ impl Driver {
 
     /// RFC 2595 §4: after `+OK`, forget buffered plaintext, then handshake.
     async fn start_tls(&mut self) -> bool {
-        self.rbuf.clear();
-        self.start = 0;
-        let Some(config) = self.l.tls_config() else { return false };
-        if self.transport.accept_tls(config, self.write_timeout, &self.w.metrics).await.is_none() {
+        self.conn.discard_input();
+        let Some(config) = self.listener.tls_config() else { return false };
+        let limit = self.listener.session_config().command_timeout;
+        if self.conn.transport.accept_tls(config, limit, &self.worker.metrics).await.is_none() {
             return false;
         }
         self.session.handle_tls_established();

@@ -3,12 +3,10 @@
 //! family; other threads reach it only through its [`Inbox`].
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::blocking::DefaultThreadPool;
@@ -16,155 +14,18 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
 use super::conn;
-use super::limits::{ConnLimits, MemoryBudget};
-use super::live::Live;
-use super::signal::{Broadcast, Inbox, LocalSignal, RUNNING};
-use std::collections::HashMap;
-
+use super::ctx::{Control, ListenerCtx, Shared, WorkerCtx, WorkerQueue};
+use super::inbox::Inbox;
+use super::limits::ConnLimits;
+use super::stage::{Broadcast, LocalSignal, Stage};
 use crate::delivery::dest::Destinations;
-use crate::delivery::owner::{DomainStatus, Listed, Owner};
-use crate::delivery::{Job, JobResult};
+use crate::delivery::owner::Owner;
+use crate::delivery::Job;
 use crate::envelope::{QueueId, QueueIdGen};
-use crate::metrics::{inc, Metrics};
+use crate::metrics::inc;
 use crate::policy::canonical;
-use crate::smtp::session::{IdSource, SessionConfig};
-use crate::spool::index::DomainCount;
 use crate::spool::recover::Family;
-use crate::spool::{AppendError, Spool, SpoolStats};
-
-/// Requests from other threads (the admin API) to a worker.
-#[derive(Debug)]
-pub enum Control {
-    /// Reply with this worker's queue summary.
-    Queue(Arc<Inbox<WorkerQueue>>),
-    /// Remove a message from the queue; reply whether this worker had it.
-    Delete(QueueId, Arc<Inbox<Result<bool, String>>>),
-    /// Reply with one message's summary, if this worker has it.
-    Show(QueueId, Arc<Inbox<Option<MessageSummary>>>),
-    /// A delivery job for one of this worker's destinations.
-    Deliver(Box<Job>),
-    /// The result of a job for one of this worker's messages.
-    JobDone(Box<JobResult>),
-    /// Retry every deferred message now; reply how many.
-    Flush(Arc<Inbox<usize>>),
-    /// Bounce a message now; reply whether this worker had it.
-    Bounce(QueueId, Arc<Inbox<Result<bool, String>>>),
-    /// List up to N queued messages.
-    List(usize, Arc<Inbox<Vec<Listed>>>),
-}
-
-/// What the index knows about one queued message.
-#[derive(Debug, Clone, Copy)]
-pub struct MessageSummary {
-    pub received_at: u64,
-    pub recipients: u32,
-    /// Bytes of the spool record.
-    pub size: u32,
-}
-
-/// One worker's share of `/queue`.
-#[derive(Debug, Default)]
-pub struct WorkerQueue {
-    pub messages: usize,
-    pub recipients: u64,
-    pub domains: Vec<(String, DomainCount)>,
-    /// Next attempt and last error by domain.
-    pub status: HashMap<String, DomainStatus>,
-    /// Messages waiting for a retry, attempts in flight.
-    pub deferred: usize,
-    pub in_flight: usize,
-    pub outbound_connections: usize,
-}
-
-/// One listening socket, shared by all workers. Its settings come from the
-/// live snapshot (see [`Live`]), so they follow reloads.
-#[derive(Debug)]
-pub struct ListenerCtx {
-    /// This listener's place in the snapshot's `sessions`.
-    pub index: usize,
-    pub live: Arc<Live>,
-    pub implicit_tls: bool,
-    /// A POP3 listener (else SMTP).
-    pub pop3: bool,
-}
-
-impl ListenerCtx {
-    pub fn session_config(&self) -> Arc<SessionConfig> {
-        self.live.get().sessions[self.index].clone()
-    }
-
-    pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.live.get().tls.clone()
-    }
-
-    /// Where POP3 finds the Maildirs (`[local] mail_dir`).
-    pub fn mail_dir(&self) -> std::path::PathBuf {
-        self.live.delivery().mail_dir.clone()
-    }
-}
-
-/// What all threads share.
-#[derive(Debug)]
-pub struct Shared {
-    /// What SIGHUP can change.
-    pub live: Arc<Live>,
-    pub dns_cache: Arc<crate::dns::cache::Cache>,
-    pub dns_servers: Vec<std::net::SocketAddr>,
-    pub dns_timeout: Duration,
-    pub client_tls: Arc<rustls::ClientConfig>,
-    pub metrics: Arc<Metrics>,
-    pub spool_stats: Arc<SpoolStats>,
-    pub limits: Arc<ConnLimits>,
-    pub memory: Arc<MemoryBudget>,
-    pub stage: Arc<Broadcast>,
-    pub inboxes: Vec<Arc<Inbox<Control>>>,
-}
-
-/// Per-worker state visible to its tasks.
-pub struct WorkerCtx {
-    pub index: usize,
-    pub spool: Spool,
-    pub ids: IdSource,
-    pub signal: LocalSignal,
-    pub metrics: Arc<Metrics>,
-    pub memory: Arc<MemoryBudget>,
-    pub owner: Rc<Owner>,
-    pub dests: Rc<Destinations>,
-    live: Cell<usize>,
-    idle: RefCell<Option<Waker>>,
-}
-
-impl std::fmt::Debug for WorkerCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerCtx").field("index", &self.index).field("live", &self.live.get()).finish()
-    }
-}
-
-impl WorkerCtx {
-    fn opened(&self) {
-        self.live.set(self.live.get() + 1);
-    }
-
-    fn closed(&self) {
-        self.live.set(self.live.get() - 1);
-        if self.live.get() == 0 {
-            if let Some(w) = self.idle.borrow_mut().take() {
-                w.wake();
-            }
-        }
-    }
-
-    async fn all_closed(&self) {
-        poll_fn(|cx| {
-            if self.live.get() == 0 {
-                return Poll::Ready(());
-            }
-            *self.idle.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
+use crate::spool::{AppendError, Spool};
 
 /// Everything a worker thread starts with.
 pub struct WorkerSetup {
@@ -306,7 +167,7 @@ async fn serve(setup: WorkerSetup) {
     owner.stop();
     monoio::select! {
         _ = dests.drain() => {}
-        _ = w.signal.changed(super::signal::DRAINING) => {}
+        _ = w.signal.changed(Stage::Draining) => {}
     }
     w.all_closed().await;
     spool.close();
@@ -326,11 +187,11 @@ pub fn destination_worker(key: &str, workers: usize) -> usize {
 
 /// Mirrors the process-wide stage into this worker's local signal.
 async fn relay_stage(w: Rc<WorkerCtx>, stage: Arc<Broadcast>) {
-    let mut seen = RUNNING;
+    let mut seen = Stage::Running;
     loop {
         seen = stage.changed(w.index, seen).await;
         w.signal.set(seen);
-        if seen >= super::signal::CLOSING {
+        if seen >= Stage::Closing {
             return;
         }
     }
@@ -354,7 +215,12 @@ async fn control_loop(w: Rc<WorkerCtx>, inbox: Arc<Inbox<Control>>) {
             }
             Control::Deliver(job) => w.dests.submit(*job),
             Control::JobDone(result) => w.owner.job_done(*result),
-            Control::Flush(reply) => reply.send(w.owner.flush()),
+            Control::Flush(reply) => {
+                // An operator's "go now": also to destinations that failed
+                // moments ago.
+                w.dests.clear_backoff();
+                reply.send(w.owner.flush());
+            }
             Control::Bounce(id, reply) => {
                 let owner = w.owner.clone();
                 monoio::spawn(async move { reply.send(owner.bounce(id).await) });
@@ -364,6 +230,7 @@ async fn control_loop(w: Rc<WorkerCtx>, inbox: Arc<Inbox<Control>>) {
                 monoio::spawn(async move { reply.send(owner.list(limit).await) });
             }
             Control::Show(id, reply) => reply.send(w.spool.summary(id)),
+            Control::Reloaded => w.owner.config_changed(),
             Control::Delete(id, reply) => {
                 if !w.spool.contains(id) {
                     reply.send(Ok(false));
@@ -388,7 +255,7 @@ async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
-            _ = w.signal.changed(RUNNING) => break,
+            _ = w.signal.changed(Stage::Running) => break,
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -9,39 +9,48 @@
 //! What `250` means (with `fsync = true`): every step below has completed.
 //!
 //! 1. The session receives the whole message and finds it well formed.
-//! 2. The worker encodes it as one record (envelope, body, CRC32C) and appends
-//!    it to the family's pending batch, in memory.
+//! 2. The worker encodes it as one record (envelope, body, checksum) and appends
+//!    it to the family's pending batch, in memory; the record is decoded again
+//!    at once and must give back its envelope.
 //! 3. The committer takes the whole pending batch: every message finished since
 //!    the last commit started.
-//! 4. If the batch needs a new segment file: take the one prepared ahead, or
-//!    prepare it now. Preparing means: rename the spare dead segment to the
-//!    new number (or create a new file), write the header, fdatasync it, then
-//!    fsync the family directory so the file's name is durable too. A janitor
-//!    task prepares the next segment as soon as one is started.
-//! 5. Seal the batch (tag each record's checksum and header with the segment's tag, see
-//!    [`record`]) and write it, followed by a 16-byte end mark, at the end of
-//!    the segment's records: pwrite(2) for batches up to 256 KiB, io_uring
-//!    above. The next batch overwrites the end mark.
+//! 4. If the batch needs a new segment file: take the one the janitor prepared
+//!    ahead, or prepare it now: the spare dead segment renamed to the new
+//!    number (or a new file), its header (with a new random salt) written and
+//!    fdatasynced, the family directory fsynced so the file's name is durable
+//!    too.
+//! 5. Seal the batch (each record's checksum and header check carry the
+//!    segment's tag) and write it with a 16-byte end mark after it, at the end
+//!    of the segment's records: pwrite(2) on the worker for batches up to 256
+//!    KiB (no io-wq round trip), io_uring above. The next batch overwrites the
+//!    end mark.
 //! 6. One fdatasync of the segment (io_uring). Steps 5-6 are the group commit.
 //! 7. Only now are the messages added to the queue index, and each waiting
 //!    session replies `250`.
 //!
-//! If step 4, 5 or 6 fails, every message in the batch is answered `452 4.3.1`
-//! and none enters the index. After a failed write the file is truncated back
-//! to its last good end, so the next batch overwrites the remains; after a
-//! failed fdatasync the segment is abandoned (the kernel may have dropped the
-//! dirty pages) and the next batch starts a new one. The server keeps serving
-//! and recovers by itself when the disk does.
+//! A failure in 4-6 answers every message of the batch `452 4.3.1` and adds
+//! none to the index. After a failed write the file is truncated back to its
+//! last good end, so the next batch overwrites the remains; after a failed
+//! fdatasync the segment is abandoned (the kernel may have dropped the dirty
+//! pages) and the next batch starts a new one. The server keeps serving and
+//! recovers by itself when the disk does (tested on a full tmpfs).
 //!
-//! 8. Finishing a message (a Done record) follows the same steps 2-6; the index
-//!    forgets it in step 7.
-//! 9. A segment file is dropped only when the index says nothing in it is live
-//!    and nothing it cancels is left in older files. One such file is kept as
-//!    the spare for step 4 (it leaves the index only once renamed and synced);
-//!    the others are unlinked, and the directory is fsynced after each round.
-//!    The janitor task beside the committer does this, so commits never wait
-//!    for an unlink. Reusing a file spares each commit's fdatasync an ext4
-//!    journal commit (overwriting allocated blocks changes no metadata).
+//! 8. Delivery progress follows steps 2-6 too: a Progress record (recipients
+//!    done, attempts, next attempt, last error) or a Done record once no
+//!    recipient is left; the index applies it in step 7. A recipient is marked
+//!    done only after its outcome is known and, for a failure, after its DSN is
+//!    durably queued; a crash in between means a second delivery or a second
+//!    DSN, never a lost one. The segment holding a live message's latest
+//!    Progress record is kept with the message.
+//! 9. A segment file is dropped only when nothing in it is live and every older
+//!    file holding a record it cancels is gone (`spool::index`). One dead file
+//!    is kept as the spare that step 4 recycles (it leaves the index only once
+//!    its rename and new header are durable); the rest are unlinked, and the
+//!    directory is fsynced after each round. The janitor does this beside the
+//!    committer (an unlink of a 64 MiB segment costs ext4 ~27 ms), so commits
+//!    never wait for it. Recycling is for latency: an fdatasync after
+//!    overwriting blocks a file already has needs no ext4 journal commit; after
+//!    appending it does.
 //! 10. Compaction: a closed segment that is less than 10% live has its live
 //!     messages copied forward (record and progress, through steps 2-6); the
 //!     index then points at the copies, and the old segment, now dead, goes
@@ -81,6 +90,15 @@ use std::io;
 use std::path::PathBuf;
 
 pub use writer::{Committed, Compaction, Spool, SpoolStats, Ticket};
+
+/// What the index knows about one queued message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageSummary {
+    pub received_at: u64,
+    pub recipients: u32,
+    /// Bytes of the spool record.
+    pub size: u32,
+}
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
@@ -122,14 +140,8 @@ pub enum AppendError {
 /// so it must not come from a generator whose output peers can observe.
 pub(crate) fn new_salt() -> io::Result<u32> {
     let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`, which is
-    // live and writable for the whole call.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == b.len() as isize {
-        Ok(u32::from_le_bytes(b))
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    getrandom::getrandom(&mut b).map_err(io::Error::other)?;
+    Ok(u32::from_le_bytes(b))
 }
 
 impl AppendError {

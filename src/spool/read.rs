@@ -10,7 +10,7 @@ use monoio::buf::IoBufMut;
 use monoio::fs::File;
 
 use super::index::Location;
-use super::record::{self, Header, Kind, HEADER_LEN};
+use super::record::{self, Header, RecordKind, HEADER_LEN};
 use super::segment;
 use crate::envelope::Envelope;
 
@@ -40,7 +40,7 @@ pub async fn read_raw(dir: &Path, family: u32, loc: Location) -> Result<Vec<u8>,
         return Err(ReadError::NotMessage);
     }
     let h = Header::parse(&buf)?;
-    if h.kind != Kind::Message || h.len as usize + HEADER_LEN != buf.len() {
+    if h.kind != RecordKind::Message || h.len as usize + HEADER_LEN != buf.len() {
         return Err(ReadError::NotMessage);
     }
     h.verify(&buf[HEADER_LEN..], loc.tag)?;

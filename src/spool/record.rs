@@ -59,7 +59,7 @@ pub const MAX_PAYLOAD: u32 = 1 << 30;
 /// Record kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Kind {
+pub enum RecordKind {
     /// A message: envelope and body.
     Message = 1,
     /// The message with this id is finished (delivered, bounced or deleted).
@@ -111,7 +111,7 @@ pub enum DecodeError {
 /// A record header, checked except for the payload checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    pub kind: Kind,
+    pub kind: RecordKind,
     pub len: u32,
     pub crc: u32,
     pub version: Version,
@@ -160,9 +160,9 @@ impl Header {
             _ => return Err(DecodeError::Magic),
         };
         let kind = match b[4] {
-            1 => Kind::Message,
-            2 => Kind::Done,
-            3 => Kind::Progress,
+            1 => RecordKind::Message,
+            2 => RecordKind::Done,
+            3 => RecordKind::Progress,
             k => return Err(DecodeError::Kind(k)),
         };
         let len = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
@@ -208,7 +208,7 @@ pub fn is_end_mark(b: &[u8], tag: u32, offset: u64) -> bool {
 }
 
 /// Appends a record with the given payload writer; returns the record's length.
-fn append(out: &mut Vec<u8>, kind: Kind, write_payload: impl FnOnce(&mut Vec<u8>)) -> usize {
+fn append(out: &mut Vec<u8>, kind: RecordKind, write_payload: impl FnOnce(&mut Vec<u8>)) -> usize {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&[kind as u8, 0, 0, 0]);
@@ -273,7 +273,7 @@ pub fn message_payload_len(env: &Envelope, body: &[u8]) -> u64 {
 
 /// Appends a Message record. Returns its length in bytes.
 pub fn append_message(out: &mut Vec<u8>, env: &Envelope, body: &[u8]) -> usize {
-    append(out, Kind::Message, |p| {
+    append(out, RecordKind::Message, |p| {
         encode_envelope(p, env);
         p.extend_from_slice(body);
     })
@@ -305,12 +305,12 @@ pub fn check_progress(record: &[u8], p: &ProgressRecord) -> Result<(), &'static 
 
 /// Appends a Done record. Returns its length in bytes.
 pub fn append_done(out: &mut Vec<u8>, id: QueueId) -> usize {
-    append(out, Kind::Done, |p| p.extend_from_slice(&id.0.to_le_bytes()))
+    append(out, RecordKind::Done, |p| p.extend_from_slice(&id.0.to_le_bytes()))
 }
 
 /// Appends a Progress record. Returns its length in bytes.
 pub fn append_progress(out: &mut Vec<u8>, p: &ProgressRecord) -> usize {
-    append(out, Kind::Progress, |b| {
+    append(out, RecordKind::Progress, |b| {
         b.extend_from_slice(&p.id.0.to_le_bytes());
         b.extend_from_slice(&p.attempts.to_le_bytes());
         b.extend_from_slice(&p.next_attempt.to_le_bytes());
@@ -399,16 +399,16 @@ fn encode_envelope(p: &mut Vec<u8>, env: &Envelope) {
 
 /// A bounds-checked reader over a payload.
 struct Reader<'a> {
-    b: &'a [u8],
+    rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.b.len() < n {
+        if self.rest.len() < n {
             return Err(DecodeError::Payload);
         }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
         Ok(head)
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
@@ -439,7 +439,7 @@ impl<'a> Reader<'a> {
 
 /// Decodes a Message payload into its envelope and the body's offset within it.
 pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> {
-    let mut r = Reader { b: payload };
+    let mut r = Reader { rest: payload };
     let id = QueueId(r.u64()?);
     let received_at = r.u64()?;
     let flags = r.u8()?;
@@ -470,14 +470,14 @@ pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> 
     let auth_user = r.opt()?.map(str::to_owned);
     let n = r.u32()? as usize;
     // Each recipient takes at least 4 bytes: never trust `n` for allocation.
-    let mut recipients = Vec::with_capacity(n.min(r.b.len() / 4));
+    let mut recipients = Vec::with_capacity(n.min(r.rest.len() / 4));
     for _ in 0..n {
         let address = Mailbox::parse(r.str()?).map_err(|_| DecodeError::Payload)?;
         let notify = Notify::from_bits(r.u8()?);
         let orcpt = r.opt()?.map(str::to_owned);
         recipients.push(Recipient { address, notify, orcpt });
     }
-    let body_offset = payload.len() - r.b.len();
+    let body_offset = payload.len() - r.rest.len();
     let env = Envelope {
         id,
         received_at,
@@ -496,17 +496,17 @@ pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> 
 
 /// Decodes a Progress payload.
 pub fn decode_progress(payload: &[u8]) -> Result<ProgressRecord, DecodeError> {
-    let mut r = Reader { b: payload };
+    let mut r = Reader { rest: payload };
     let id = QueueId(r.u64()?);
     let attempts = r.u32()?;
     let next_attempt = r.u64()?;
     let last_error = r.str()?.to_owned();
     let n = r.u32()? as usize;
-    if n > r.b.len() / 4 {
+    if n > r.rest.len() / 4 {
         return Err(DecodeError::Payload);
     }
     let done = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
-    if !r.b.is_empty() {
+    if !r.rest.is_empty() {
         return Err(DecodeError::Payload);
     }
     Ok(ProgressRecord { id, attempts, next_attempt, last_error, done })
@@ -514,9 +514,9 @@ pub fn decode_progress(payload: &[u8]) -> Result<ProgressRecord, DecodeError> {
 
 /// Decodes a Done payload.
 pub fn decode_done(payload: &[u8]) -> Result<QueueId, DecodeError> {
-    let mut r = Reader { b: payload };
+    let mut r = Reader { rest: payload };
     let id = QueueId(r.u64()?);
-    if !r.b.is_empty() {
+    if !r.rest.is_empty() {
         return Err(DecodeError::Payload);
     }
     Ok(id)
@@ -572,7 +572,7 @@ pub(crate) mod tests {
         seal(&mut buf[3..], tag);
         let rec = &buf[3..];
         let h = Header::parse(rec).unwrap();
-        assert_eq!((h.kind, h.version), (Kind::Message, Version::V3));
+        assert_eq!((h.kind, h.version), (RecordKind::Message, Version::V3));
         assert!(h.fits(tag));
         let payload = &rec[HEADER_LEN..HEADER_LEN + h.len as usize];
         h.verify(payload, tag).unwrap();
@@ -645,7 +645,7 @@ pub(crate) mod tests {
         let tag = segment_tag(1 << 40, 7);
         seal(&mut buf, tag);
         let h = Header::parse(&buf).unwrap();
-        assert_eq!(h.kind, Kind::Progress);
+        assert_eq!(h.kind, RecordKind::Progress);
         h.verify(&buf[HEADER_LEN..], tag).unwrap();
         assert_eq!(decode_progress(&buf[HEADER_LEN..]), Ok(p));
         assert!(decode_progress(&buf[HEADER_LEN..buf.len() - 1]).is_err());

@@ -8,7 +8,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::index::{Index, Location};
-use super::record::{self, Header, Kind, Version, HEADER_LEN};
+use super::record::{self, Header, RecordKind, Version, HEADER_LEN};
 use super::segment::{self, Format, FILE_HEADER_LEN};
 use super::SpoolError;
 use crate::envelope::QueueId;
@@ -163,7 +163,7 @@ fn scan_segment(
     if !header.recyclable() {
         index.forbid_recycling(seq);
     }
-    let mut seg = Scan { w, seq, tag: header.tag(), format: header.format, path };
+    let mut seg = Scan { window: w, seq, tag: header.tag(), format: header.format, path };
     let end = seg.records(index, report, max_id).map_err(|e| io_err(&seg.path, e))?;
     index.note_extent(seq, end);
     Ok(())
@@ -182,7 +182,7 @@ enum Found {
 
 /// One segment being scanned.
 struct Scan {
-    w: Window,
+    window: Window,
     seq: u64,
     tag: u32,
     format: Format,
@@ -202,12 +202,12 @@ impl Scan {
     /// good record and no end mark of this segment after it.
     fn records(&mut self, index: &mut Index, report: &mut Report, max_id: &mut QueueId) -> io::Result<u64> {
         let mut pos = FILE_HEADER_LEN;
-        while pos < self.w.len {
+        while pos < self.window.len {
             match self.at(pos)? {
                 Found::Record(h) => {
                     let len = HEADER_LEN as u64 + u64::from(h.len);
                     let loc = Location { seq: self.seq, offset: pos, len: len as u32, tag: self.tag };
-                    if let Some(payload) = self.w.get(pos + HEADER_LEN as u64, h.len as usize)? {
+                    if let Some(payload) = self.window.get(pos + HEADER_LEN as u64, h.len as usize)? {
                         apply(h.kind, payload, loc, index, report, max_id, &self.path);
                     }
                     pos += len;
@@ -219,7 +219,7 @@ impl Scan {
                         pos = next;
                     }
                     None => {
-                        report.torn.push((self.path.clone(), pos, self.w.len - pos));
+                        report.torn.push((self.path.clone(), pos, self.window.len - pos));
                         return Ok(pos);
                     }
                 },
@@ -230,7 +230,7 @@ impl Scan {
 
     /// What is at `pos`.
     fn at(&mut self, pos: u64) -> io::Result<Found> {
-        let Some(hb) = self.w.get(pos, HEADER_LEN)? else { return Ok(Found::Bad) };
+        let Some(hb) = self.window.get(pos, HEADER_LEN)? else { return Ok(Found::Bad) };
         let end = match self.format {
             Format::V3 { .. } => record::is_end_mark(hb, self.tag, pos),
             // Older segments end with 16 zero bytes.
@@ -248,7 +248,7 @@ impl Scan {
             Ok(h) if h.version == version && h.fits(self.tag) => h,
             _ => return Ok(Found::Bad),
         };
-        match self.w.get(pos + HEADER_LEN as u64, h.len as usize)? {
+        match self.window.get(pos + HEADER_LEN as u64, h.len as usize)? {
             Some(payload) if h.verify(payload, self.tag).is_ok() => Ok(Found::Record(h)),
             _ => Ok(Found::Bad),
         }
@@ -264,7 +264,7 @@ impl Scan {
         // their tags are known to anyone, so they are never searched. A bad
         // record whose header still gives its length is skipped by it when a
         // good record follows; anything else ends the segment, as before.
-        let Some(hb) = self.w.get(pos, HEADER_LEN)? else { return Ok(None) };
+        let Some(hb) = self.window.get(pos, HEADER_LEN)? else { return Ok(None) };
         let Ok(h) = Header::parse(hb) else { return Ok(None) };
         let next = pos + HEADER_LEN as u64 + u64::from(h.len);
         Ok(match self.at(next)? {
@@ -280,7 +280,7 @@ impl Scan {
     fn search(&mut self, mut from: u64) -> io::Result<Option<u64>> {
         let finder = memchr::memmem::Finder::new(b"RP");
         loop {
-            let hay = self.w.from(from, 4)?;
+            let hay = self.window.from(from, 4)?;
             if hay.len() < 4 {
                 return Ok(None);
             }
@@ -356,7 +356,7 @@ impl Window {
 
 #[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename these
 fn apply(
-    kind: Kind,
+    kind: RecordKind,
     payload: &[u8],
     loc: Location,
     index: &mut Index,
@@ -365,7 +365,7 @@ fn apply(
     path: &Path,
 ) {
     match kind {
-        Kind::Message => match record::decode_message(payload) {
+        RecordKind::Message => match record::decode_message(payload) {
             Ok((env, _)) => {
                 *max_id = (*max_id).max(env.id);
                 index.insert(&env, loc);
@@ -375,7 +375,7 @@ fn apply(
                 report.bad_records += 1;
             }
         },
-        Kind::Progress => match record::decode_progress(payload) {
+        RecordKind::Progress => match record::decode_progress(payload) {
             Ok(p) => {
                 index.apply_progress(&p, loc.seq);
             }
@@ -384,7 +384,7 @@ fn apply(
                 report.bad_records += 1;
             }
         },
-        Kind::Done => match record::decode_done(payload) {
+        RecordKind::Done => match record::decode_done(payload) {
             Ok(id) => {
                 index.remove_at(id, loc.seq);
             }

@@ -1,30 +1,30 @@
-//! The per-worker spool writer: batches records and commits each batch with one
-//! write and one fdatasync on io_uring. See the module doc of `spool` for the
-//! durability order this implements.
+//! The per-worker spool: the handle sessions and delivery use ([`Spool`]:
+//! appends queued for the next commit, queries of the index), and the two
+//! tasks beside it: the committer (`committer`: one write and one fdatasync
+//! per batch), the janitor (`janitor`: spent segments deleted or kept to
+//! recycle, the next segment prepared ahead) and compaction (`compactor`:
+//! live messages copied out of mostly dead segments). See the module doc of
+//! `spool` for the durability order they implement.
+
+mod committer;
+mod compactor;
+mod janitor;
 
 use std::cell::RefCell;
-use std::future::poll_fn;
-use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Waker;
 
 use local_sync::oneshot;
-use monoio::fs::{File, OpenOptions};
+use monoio::fs::File;
 
 use super::index::{DomainCount, Index, Location, Prepared};
 use super::record;
 use super::recover::Family;
-use super::segment::{self, FILE_HEADER_LEN};
 use super::AppendError;
 use crate::envelope::{Envelope, QueueId};
-
-/// Largest batch buffer kept for the next batch. Big messages make big
-/// batches; keeping the buffer spares growing (copying) a new one and the
-/// kernel zeroing its fresh pages, at a bounded cost in idle memory.
-const RETAINED_BATCH: usize = 32 << 20;
 
 /// Counters shared with the admin thread (all workers add into one).
 #[derive(Debug, Default)]
@@ -86,13 +86,42 @@ struct Item {
     done: oneshot::Sender<Result<Committed, AppendError>>,
 }
 
+#[derive(Clone)]
 struct Open {
+    /// For io_uring: big writes and every fdatasync.
     file: Rc<File>,
+    /// The same file, for what is done on the worker thread: small writes
+    /// (pwrite(2), see `committer`) and truncation after a failed write.
+    blocking: Rc<std::fs::File>,
     seq: u64,
     /// The tag of this segment's records.
     tag: u32,
     /// End of the last durable record.
     end: u64,
+}
+
+/// Where the segment after the current one stands.
+enum Next {
+    /// Not prepared; nothing under way.
+    Idle,
+    /// Being prepared (by the janitor or the committer), from the spare
+    /// `recycling` if any: like the spare, that file is no longer the
+    /// janitor's to keep or delete. `waiter` is the committer, waiting.
+    Preparing { recycling: Option<u64>, waiter: Option<Waker> },
+    /// Ready: header and name durable.
+    Ready(Open),
+    /// The last preparation failed: the janitor leaves it to the committer.
+    Failed,
+}
+
+impl Next {
+    /// The spare being recycled by a preparation under way.
+    fn recycling(&self) -> Option<u64> {
+        match self {
+            Next::Preparing { recycling, .. } => *recycling,
+            _ => None,
+        }
+    }
 }
 
 struct Inner {
@@ -103,21 +132,12 @@ struct Inner {
     index: Index,
     next_seq: u64,
     current: Option<Open>,
-    /// The next segment, made ready (header durable) before it is needed.
-    prepared: Option<Open>,
-    /// A segment is being prepared (by the janitor or the committer).
-    preparing: bool,
-    /// The committer, waiting for a preparation under way.
-    prepare_waiter: Option<Waker>,
-    /// The last preparation failed: the janitor leaves it to the committer.
-    prepare_failed: bool,
+    /// The segment after the current one.
+    next: Next,
     /// A dead, recyclable segment kept for the next preparation. It stays in
     /// the index (so nothing that depends on it being gone goes first) until
     /// its file carries its new name and header.
     spare_segment: Option<u64>,
-    /// The spare being renamed and rewritten by a preparation under way; like
-    /// the spare, it is no longer the janitor's to keep or delete.
-    recycling: Option<u64>,
     buf: Vec<u8>,
     items: Vec<Item>,
     spare: Vec<u8>,
@@ -157,12 +177,8 @@ impl Spool {
             index: fam.index,
             next_seq: fam.max_seq + 1,
             current: None,
-            prepared: None,
-            preparing: false,
-            prepare_waiter: None,
-            prepare_failed: false,
+            next: Next::Idle,
             spare_segment: None,
-            recycling: None,
             buf: Vec::with_capacity(1 << 16),
             items: Vec::new(),
             spare: Vec::with_capacity(1 << 16),
@@ -300,10 +316,10 @@ impl Spool {
     }
 
     /// The index entry of a queued message.
-    pub fn summary(&self, id: QueueId) -> Option<crate::rt::worker::MessageSummary> {
+    pub fn summary(&self, id: QueueId) -> Option<super::MessageSummary> {
         let i = self.inner.borrow();
         let e = i.index.get(id)?;
-        Some(crate::rt::worker::MessageSummary {
+        Some(super::MessageSummary {
             received_at: e.received_at,
             recipients: e.recipients(),
             size: e.loc.len,
@@ -322,431 +338,6 @@ impl Spool {
             w.wake();
         }
     }
-
-    /// The commit loop. Runs until [`Spool::close`] and the last batch is done.
-    /// Spent segments are deleted by a janitor task beside it: unlinking a big
-    /// file and syncing the directory takes tens of milliseconds on ext4, and
-    /// commits must not wait for that.
-    pub async fn run_committer(self) {
-        let janitor = monoio::spawn(self.clone().run_janitor());
-        while let Some((batch, items)) = self.next_batch().await {
-            let (result, batch) = self.commit(batch).await;
-            self.settle(batch, items, result);
-            self.wake_janitor();
-        }
-        self.wake_janitor();
-        janitor.await;
-    }
-
-    fn wake_janitor(&self) {
-        let mut i = self.inner.borrow_mut();
-        i.janitor_due = true;
-        if let Some(w) = i.janitor.take() {
-            w.wake();
-        }
-    }
-
-    /// Step 9, off the commit path: waits for spent segments and deletes
-    /// them; returns once the spool is closed and nothing is left to delete.
-    /// A failed unlink is logged and tried again after the next commit.
-    async fn run_janitor(self) {
-        loop {
-            self.delete_dead_segments().await;
-            self.prepare_ahead().await;
-            let closed = poll_fn(|cx| {
-                let mut i = self.inner.borrow_mut();
-                if std::mem::take(&mut i.janitor_due) || i.closed {
-                    return Poll::Ready(i.closed);
-                }
-                i.janitor = Some(cx.waker().clone());
-                Poll::Pending
-            })
-            .await;
-            if closed {
-                return;
-            }
-        }
-    }
-
-    async fn next_batch(&self) -> Option<(Vec<u8>, Vec<Item>)> {
-        poll_fn(|cx| {
-            let mut i = self.inner.borrow_mut();
-            if !i.items.is_empty() {
-                let spare = std::mem::take(&mut i.spare);
-                let batch = std::mem::replace(&mut i.buf, spare);
-                let items = std::mem::take(&mut i.items);
-                return Poll::Ready(Some((batch, items)));
-            }
-            if i.closed {
-                return Poll::Ready(None);
-            }
-            i.waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Steps 4-6 of the durability order. Returns where the batch landed, and
-    /// the batch buffer back (it went to the kernel by value).
-    async fn commit(&self, mut batch: Vec<u8>) -> (Result<Landed, AppendError>, Vec<u8>) {
-        let len = batch.len() as u64;
-        let started = crate::rt::clock::instant();
-        let (file, seq, tag, end) = match self.segment_for(len).await {
-            Ok(found) => found,
-            Err(e) => return (Err(e), batch),
-        };
-        record::seal(&mut batch, tag);
-        // The end mark: the next batch overwrites it. Recovery stops there
-        // and never looks further (in a recycled file, the rest is the
-        // file's earlier life).
-        batch.extend_from_slice(&record::end_mark(tag, end + len));
-        let (res, mut batch) = write_batch(&file, batch, end).await;
-        batch.truncate(len as usize);
-        if let Err(e) = res {
-            self.truncate_after_failed_write(&file, end);
-            return (Err(AppendError::from_io(&e)), batch);
-        }
-        let (fsync, stats) = {
-            let i = self.inner.borrow();
-            (i.fsync, i.stats.clone())
-        };
-        stats.write_latency.observe_us(started.elapsed().as_micros() as u64);
-        if fsync {
-            let synced = crate::rt::clock::instant();
-            let res = file.sync_data().await;
-            stats.sync_latency.observe_us(synced.elapsed().as_micros() as u64);
-            if let Err(e) = res {
-                tracing::error!(error = %e, "spool fdatasync failed; abandoning segment");
-                self.inner.borrow_mut().current = None;
-                return (Err(AppendError::from_io(&e)), batch);
-            }
-        }
-        if let Some(cur) = self.inner.borrow_mut().current.as_mut() {
-            cur.end = end + len;
-        }
-        (Ok(Landed { seq, tag, base: end }), batch)
-    }
-
-    fn truncate_after_failed_write(&self, file: &File, end: u64) {
-        // SAFETY: ftruncate on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::ftruncate(file.as_raw_fd(), end as libc::off_t) };
-        if rc != 0 {
-            tracing::error!("spool truncate after failed write failed; abandoning segment");
-            self.inner.borrow_mut().current = None;
-        }
-    }
-
-    /// The open segment, or the next one if there is none or the batch would
-    /// make it exceed the segment size (an empty segment takes any batch).
-    /// The next one is normally ready (see [`Spool::prepare_ahead`]); if not,
-    /// it is prepared now, or the preparation under way is awaited.
-    async fn segment_for(&self, len: u64) -> Result<(Rc<File>, u64, u32, u64), AppendError> {
-        loop {
-            {
-                let mut i = self.inner.borrow_mut();
-                if let Some(cur) = &i.current {
-                    if cur.end == FILE_HEADER_LEN || cur.end + len <= i.segment_size {
-                        return Ok((cur.file.clone(), cur.seq, cur.tag, cur.end));
-                    }
-                }
-                if let Some(next) = i.prepared.take() {
-                    i.index.add_segment(next.seq);
-                    let found = (next.file.clone(), next.seq, next.tag, next.end);
-                    i.current = Some(next);
-                    return Ok(found);
-                }
-            }
-            let busy = poll_fn(|cx| {
-                let mut i = self.inner.borrow_mut();
-                if i.preparing {
-                    i.prepare_waiter = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                Poll::Ready(i.prepared.is_some())
-            })
-            .await;
-            if !busy {
-                self.prepare().await?;
-            }
-        }
-    }
-
-    /// Janitor: makes the segment after the current one ready, so that
-    /// starting it costs a commit nothing.
-    async fn prepare_ahead(&self) {
-        let due = {
-            let i = self.inner.borrow();
-            i.current.is_some() && i.prepared.is_none() && !i.preparing && !i.prepare_failed && !i.closed
-        };
-        if due {
-            if let Err(e) = self.prepare().await {
-                tracing::warn!(error = %e, "cannot prepare the next spool segment");
-            }
-        }
-    }
-
-    /// Steps 4 of the durability order, ahead of time: the next segment file
-    /// with its header durable and its name in the synced directory. It is
-    /// the spare dead segment renamed, if there is one (see `segment`), or a
-    /// new file. Its number is taken now (given back if this fails), so
-    /// segments stay in order.
-    async fn prepare(&self) -> Result<(), AppendError> {
-        let (dir, family, seq, spare) = {
-            let mut i = self.inner.borrow_mut();
-            i.preparing = true;
-            let seq = i.next_seq;
-            i.next_seq += 1;
-            let spare = i.spare_segment.take();
-            i.recycling = spare;
-            (i.dir.clone(), i.family, seq, spare)
-        };
-        let made = make_segment(&dir, family, seq, spare).await;
-        let mut i = self.inner.borrow_mut();
-        i.preparing = false;
-        i.recycling = None;
-        if let Some(w) = i.prepare_waiter.take() {
-            w.wake();
-        }
-        i.prepare_failed = made.is_err();
-        match made {
-            Ok((file, recycled, tag)) => {
-                match spare {
-                    Some(old) if recycled => {
-                        // Its old name and records are gone for good: whatever
-                        // waited for it to go may go now.
-                        i.index.mark_deleted(old);
-                        i.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => {
-                        if let Some(missing) = other {
-                            // Dropped like any dead segment (the unlink finds
-                            // nothing), after a directory sync.
-                            i.index.forbid_recycling(missing);
-                            i.stats.spares_missing.fetch_add(1, Ordering::Relaxed);
-                        }
-                        i.stats.segments_created.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                i.prepared = Some(Open { file: Rc::new(file), seq, tag, end: FILE_HEADER_LEN });
-                Ok(())
-            }
-            Err(Made { error, renamed }) => {
-                // The same number next time: a new file under it truncates
-                // whatever this attempt left there.
-                i.next_seq = seq;
-                match spare {
-                    Some(old) if renamed => {
-                        // Its old name is gone, but durably so only after a
-                        // directory sync: it stays in the index, to be
-                        // "deleted" (unlink finds nothing, then the sync) like
-                        // any dead segment, never recycled again.
-                        i.index.forbid_recycling(old);
-                    }
-                    _ => i.spare_segment = spare,
-                }
-                Err(error)
-            }
-        }
-    }
-
-    /// Step 7: update the index, then answer every waiter.
-    fn settle(&self, mut batch: Vec<u8>, items: Vec<Item>, result: Result<Landed, AppendError>) {
-        let mut i = self.inner.borrow_mut();
-        let stats = i.stats.clone();
-        match result {
-            Ok(Landed { seq, tag, base }) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                i.index.note_extent(seq, base + batch.len() as u64);
-                stats.committed_records.fetch_add(items.len() as u64, Ordering::Relaxed);
-                for item in items {
-                    let loc = Location { seq, offset: base + item.offset as u64, len: item.len as u32, tag };
-                    let before = (i.index.len() as u64, i.index.recipients());
-                    let id = match item.op {
-                        Op::Insert(id, prepared) => {
-                            i.index.insert_prepared(id, prepared, loc);
-                            id
-                        }
-                        Op::Remove(id) => {
-                            i.index.remove_at(id, seq);
-                            id
-                        }
-                        Op::Progress(p) => {
-                            i.index.apply_progress(&p, seq);
-                            p.id
-                        }
-                        Op::Relocate(id, old, p) => {
-                            i.index.relocate(id, old, loc, p.as_deref());
-                            id
-                        }
-                    };
-                    let after = (i.index.len() as u64, i.index.recipients());
-                    adjust(&stats.messages, before.0, after.0);
-                    adjust(&stats.recipients, before.1, after.1);
-                    let _ = item.done.send(Ok(Committed { id, loc }));
-                }
-            }
-            Err(e) => {
-                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                for item in items {
-                    let _ = item.done.send(Err(e.clone()));
-                }
-            }
-        }
-        batch.clear();
-        if batch.capacity() <= RETAINED_BATCH {
-            i.spare = batch;
-        }
-    }
-
-    /// Step 9: unlink segments that hold nothing live.
-    async fn delete_dead_segments(&self) {
-        loop {
-            let (dir, family, dead) = {
-                let i = self.inner.borrow();
-                let mut dead = i.index.deletable(i.current.as_ref().map(|c| c.seq));
-                dead.retain(|s| Some(*s) != i.spare_segment && Some(*s) != i.recycling);
-                (i.dir.clone(), i.family, dead)
-            };
-            if dead.is_empty() {
-                return;
-            }
-            for seq in dead {
-                {
-                    // Keep one to recycle.
-                    let mut i = self.inner.borrow_mut();
-                    if i.spare_segment.is_none() && i.index.recyclable(seq) {
-                        i.spare_segment = Some(seq);
-                        continue;
-                    }
-                }
-                let path = segment::segment_path(&dir, family, seq);
-                match monoio::fs::remove_file(&path).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot delete spent segment");
-                        return;
-                    }
-                }
-                let mut i = self.inner.borrow_mut();
-                i.index.mark_deleted(seq);
-                i.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
-            }
-            // What the next round may delete can depend on these unlinks
-            // being durable: no next round without the sync.
-            if let Err(e) = sync_family_dir(&dir, family).await {
-                tracing::warn!(error = %e, "cannot sync the spool directory; deleting more later");
-                return;
-            }
-        }
-    }
-}
-
-/// Where a committed batch landed.
-struct Landed {
-    seq: u64,
-    tag: u32,
-    /// Offset of the batch's first byte.
-    base: u64,
-}
-
-/// A failed [`make_segment`]: the error, and whether the spare had already
-/// been renamed (so it is no longer there to reuse).
-struct Made {
-    error: AppendError,
-    renamed: bool,
-}
-
-/// Makes segment `seq` of `family` ready: from the dead segment `spare` if
-/// given (renamed, then overwritten from the start), else a new file. On
-/// return its header (with a new salt) and end mark are durable and so is
-/// its name; it returns the file, whether the spare was used, and the tag of
-/// the segment's records.
-async fn make_segment(
-    dir: &std::path::Path,
-    family: u32,
-    seq: u64,
-    spare: Option<u64>,
-) -> Result<(File, bool, u32), Made> {
-    let path = segment::segment_path(dir, family, seq);
-    let fail = |renamed: bool| move |e: std::io::Error| Made { error: AppendError::from_io(&e), renamed };
-    // Blocking, but brief: a rename within a directory only updates cached
-    // metadata; the directory fsync below (io_uring) is the part that waits
-    // for the disk. (monoio's renameat op does not build without its legacy
-    // driver.)
-    let renamed = match spare.map(|old| std::fs::rename(segment::segment_path(dir, family, old), &path)) {
-        None => false,
-        Some(Ok(())) => true,
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Someone removed it: not a reason to fail a commit.
-            tracing::error!(segment = ?spare, "the spare spool segment is missing; starting a new file");
-            false
-        }
-        Some(Err(e)) => return Err(fail(false)(e)),
-    };
-    let file = if renamed {
-        OpenOptions::new().write(true).open(&path).await.map_err(fail(true))?
-    } else {
-        // `seq` is above every segment that holds a record, so truncating a
-        // file left by an earlier failed attempt cannot lose anything.
-        OpenOptions::new().write(true).create(true).truncate(true).open(&path).await.map_err(fail(false))?
-    };
-    let salt = super::new_salt().map_err(fail(renamed))?;
-    let tag = record::segment_tag(seq, salt);
-    let mut head = segment::encode_header(family, seq, salt).to_vec();
-    head.extend_from_slice(&record::end_mark(tag, FILE_HEADER_LEN)); // no records yet
-    let (res, _) = file.write_all_at(head, 0).await;
-    res.map_err(fail(renamed))?;
-    file.sync_data().await.map_err(fail(renamed))?;
-    sync_family_dir(dir, family).await.map_err(fail(renamed))?;
-    Ok((file, renamed, tag))
-}
-
-/// Fsyncs a family's directory, so names created, renamed or removed in it
-/// are durable.
-async fn sync_family_dir(dir: &std::path::Path, family: u32) -> std::io::Result<()> {
-    File::open(segment::family_dir(dir, family)).await?.sync_all().await
-}
-
-/// Batches up to this size are written with pwrite(2) on the worker thread.
-/// io_uring hands a buffered ext4 write to an io-wq thread, which on a busy
-/// core costs two context switches and a wait behind the sessions' work (the
-/// median batch write took 250 us that way); copying a few KiB into the page
-/// cache takes microseconds. Bigger batches still go through io_uring, so a
-/// long copy does not hold up the worker's connections.
-const INLINE_WRITE_MAX: usize = 256 << 10;
-
-/// Step 5: writes all of `batch` at `offset`; gives the buffer back.
-async fn write_batch(file: &File, batch: Vec<u8>, offset: u64) -> (std::io::Result<()>, Vec<u8>) {
-    if batch.len() > INLINE_WRITE_MAX {
-        return file.write_all_at(batch, offset).await;
-    }
-    let mut done = 0;
-    while done < batch.len() {
-        let rest = &batch[done..];
-        // SAFETY: `rest` is a live, initialised slice for the whole call, and
-        // the descriptor is owned by `file`.
-        let n = unsafe {
-            libc::pwrite(
-                file.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return (Err(e), batch);
-        }
-        if n == 0 {
-            return (Err(std::io::ErrorKind::WriteZero.into()), batch);
-        }
-        done += n as usize;
-    }
-    (Ok(()), batch)
 }
 
 /// A ticket already answered with `e`.

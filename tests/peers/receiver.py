@@ -4,8 +4,9 @@
 usage: receiver.py HOST PORT OUTDIR [--mode MODE] [--arg ARG] [--tls CERT KEY]
                    [--no-dsn] [--no-8bit] [--no-pipelining]
 
-Every accepted message is written to OUTDIR/<n>.eml with a first line
-`X-Envelope: MAIL-params | rcpt1 params, rcpt2 params` (the envelope as sent).
+Every accepted message is written to OUTDIR/<n>.eml with first lines
+`X-Envelope: MAIL-params | rcpt1 params, rcpt2 params` (the envelope as sent),
+`X-TLS: yes|no` and `X-Helo: <EHLO name>`.
 Prints "ready" once listening. Modes:
   accept            accept everything (default)
   tempfail N        451 at end of data for the first N messages, then accept
@@ -106,6 +107,7 @@ class Handler(socketserver.StreamRequestHandler):
             time.sleep(float(args.arg))
         self.send("220 receiver.test ESMTP\r\n")
         tls_active = False
+        helo = ""
         mail, rcpts = None, []
         while True:
             line = self.rfile.readline(100000)
@@ -114,8 +116,10 @@ class Handler(socketserver.StreamRequestHandler):
             cmd = line.decode("utf-8", "replace").rstrip("\r\n")
             verb = cmd[:4].upper()
             if verb == "EHLO":
+                helo = cmd[5:].strip()
                 self.send(self.ehlo_lines(tls_active))
             elif verb == "HELO":
+                helo = cmd[5:].strip()
                 self.send("250 receiver.test\r\n")
             elif cmd.upper() == "STARTTLS" and args.tls:
                 self.send("220 2.0.0 go ahead\r\n")
@@ -175,6 +179,7 @@ class Handler(socketserver.StreamRequestHandler):
                     with open(path + ".tmp", "wb") as f:
                         f.write(("X-Envelope: %s | %s\r\n" % (mail, ", ".join(rcpts))).encode())
                         f.write(("X-TLS: %s\r\n" % ("yes" if tls_active else "no")).encode())
+                        f.write(("X-Helo: %s\r\n" % helo).encode())
                         f.writelines(data)
                     os.rename(path + ".tmp", path)
                     self.accepted += 1

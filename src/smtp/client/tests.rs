@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::envelope::{QueueId, QueueIdGen};
 use crate::policy::Policy;
-use crate::smtp::session::{self, ConnInfo, Kind, Now, Session, SessionConfig};
+use crate::smtp::session::{self, ConnInfo, Now, Role, Session, SessionConfig};
 
 fn config() -> ClientConfig {
     ClientConfig {
@@ -45,7 +45,7 @@ fn client_and_server_cores_talk_without_sockets() {
     let now = Now { instant: t0, unix_secs: 1_800_000_000 };
     let server_config = Arc::new(SessionConfig {
         hostname: crate::smtp::address::Domain::parse_host_name("mx.test").unwrap(),
-        kind: Kind::Mx,
+        role: Role::Mx,
         starttls: false,
         max_message_size: 10_000,
         max_recipients: 10,
@@ -109,8 +109,8 @@ fn client_and_server_cores_talk_without_sockets() {
 
 /// Drives a client with scripted server replies; returns (commands, events).
 struct Script {
-    c: Client,
-    t: Instant,
+    client: Client,
+    now: Instant,
 }
 
 impl Script {
@@ -118,16 +118,16 @@ impl Script {
         let t = Instant::now();
         let mut cfg = config();
         cfg.starttls = starttls;
-        Script { c: Client::new(cfg, t), t }
+        Script { client: Client::new(cfg, t), now: t }
     }
     fn reply(&mut self, bytes: &str) -> Option<Event> {
-        let n = self.c.handle_input(bytes.as_bytes(), self.t);
+        let n = self.client.handle_input(bytes.as_bytes(), self.now);
         assert_eq!(n, bytes.len(), "consumed all of {bytes:?}");
-        self.c.poll_event()
+        self.client.poll_event()
     }
     fn sent(&mut self) -> String {
-        let s = String::from_utf8(self.c.output().to_vec()).unwrap();
-        self.c.output.clear();
+        let s = String::from_utf8(self.client.output().to_vec()).unwrap();
+        self.client.output.clear();
         s
     }
 }
@@ -146,7 +146,7 @@ fn pipelined_transaction_with_mixed_recipients() {
     m.recipients[0].orcpt = Some("rfc822;a@x.test".into());
     m.ret = Some(Ret::Headers);
     m.envid = Some("E1".into());
-    s.c.send_message(m, s.t);
+    s.client.send_message(m, s.now);
     assert_eq!(
         s.sent(),
         "MAIL FROM:<s@x.test> SIZE=20 RET=HDRS ENVID=E1\r\nRCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@x.test\r\n\
@@ -154,7 +154,7 @@ RCPT TO:<b@x.test>\r\nDATA\r\n",
         "all in one write"
     );
     assert_eq!(s.reply("250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n"), Some(Event::SendBody));
-    s.c.handle_body_sent(s.t);
+    s.client.handle_body_sent(s.now);
     let Some(Event::MessageDone(r)) = s.reply("250 2.0.0 queued\r\n") else { panic!() };
     assert_eq!((r[0].reply.code, r[1].reply.code), (250, 550));
     assert_eq!(r[1].reply.enhanced(), Some("5.1.1"));
@@ -167,7 +167,7 @@ fn all_recipients_refused_then_rset_and_next_message() {
     s.reply("220 mx\r\n");
     s.reply(EHLO_FULL);
     s.sent();
-    s.c.send_message(outgoing(&["a@x.test"]), s.t);
+    s.client.send_message(outgoing(&["a@x.test"]), s.now);
     s.sent();
     let Some(Event::MessageDone(r)) =
         s.reply("250 ok\r\n450 4.2.0 try later\r\n554 5.5.1 no valid recipients\r\n")
@@ -176,7 +176,7 @@ fn all_recipients_refused_then_rset_and_next_message() {
     };
     assert_eq!(r[0].reply.code, 450, "the RCPT reply decides");
     assert_eq!(s.sent(), "RSET\r\n");
-    s.c.send_message(outgoing(&["c@x.test"]), s.t);
+    s.client.send_message(outgoing(&["c@x.test"]), s.now);
     assert!(s.sent().starts_with("MAIL FROM"), "pipelined after RSET");
     assert_eq!(s.reply("250 reset\r\n"), None);
 }
@@ -189,7 +189,7 @@ fn helo_fallback_and_no_pipelining() {
     assert_eq!(s.reply("500 what is EHLO\r\n"), None);
     assert_eq!(s.sent(), "HELO out.test\r\n");
     assert_eq!(s.reply("250 hello\r\n"), Some(Event::Ready));
-    s.c.send_message(outgoing(&["a@x.test", "b@x.test"]), s.t);
+    s.client.send_message(outgoing(&["a@x.test", "b@x.test"]), s.now);
     assert_eq!(s.sent(), "MAIL FROM:<s@x.test>\r\n", "no parameters, one command at a time");
     s.reply("250 ok\r\n");
     assert_eq!(s.sent(), "RCPT TO:<a@x.test>\r\n");
@@ -206,7 +206,7 @@ fn no_data_when_every_recipient_failed_without_pipelining() {
     s.reply("220 x\r\n");
     s.reply("250 x\r\n");
     s.sent();
-    s.c.send_message(outgoing(&["a@x.test"]), s.t);
+    s.client.send_message(outgoing(&["a@x.test"]), s.now);
     s.sent();
     s.reply("250 ok\r\n");
     s.sent();
@@ -223,17 +223,17 @@ fn refuses_what_the_server_cannot_take() {
     s.sent();
     let mut m = outgoing(&["a@x.test"]);
     m.eight_bit = true;
-    s.c.send_message(m, s.t);
-    let Some(Event::MessageDone(r)) = s.c.poll_event() else { panic!() };
+    s.client.send_message(m, s.now);
+    let Some(Event::MessageDone(r)) = s.client.poll_event() else { panic!() };
     assert_eq!(r[0].reply.enhanced(), Some("5.6.3"));
     let mut m = outgoing(&["a@x.test"]);
     m.smtputf8 = true;
-    s.c.send_message(m, s.t);
-    let Some(Event::MessageDone(r)) = s.c.poll_event() else { panic!() };
+    s.client.send_message(m, s.now);
+    let Some(Event::MessageDone(r)) = s.client.poll_event() else { panic!() };
     assert_eq!(r[0].reply.enhanced(), Some("5.6.7"));
     let m = outgoing(&["a@x.test"]); // 20 bytes > SIZE 10
-    s.c.send_message(m, s.t);
-    let Some(Event::MessageDone(r)) = s.c.poll_event() else { panic!() };
+    s.client.send_message(m, s.now);
+    let Some(Event::MessageDone(r)) = s.client.poll_event() else { panic!() };
     assert_eq!(r[0].reply.enhanced(), Some("5.3.4"));
     assert_eq!(s.sent(), "", "nothing was sent for refused messages");
 }
@@ -246,11 +246,11 @@ fn starttls_then_ehlo_again() {
     assert_eq!(s.reply("250-x\r\n250-PIPELINING\r\n250 STARTTLS\r\n"), None);
     assert_eq!(s.sent(), "STARTTLS\r\n");
     assert_eq!(s.reply("220 go ahead\r\n"), Some(Event::StartTls));
-    s.c.handle_tls_established(s.t);
-    assert!(s.c.is_tls());
+    s.client.handle_tls_established(s.now);
+    assert!(s.client.is_tls());
     assert_eq!(s.sent(), "EHLO out.test\r\n");
     assert_eq!(s.reply("250-x\r\n250 8BITMIME\r\n"), Some(Event::Ready));
-    assert!(!s.c.capabilities().pipelining, "capabilities from the TLS EHLO only");
+    assert!(!s.client.capabilities().pipelining, "capabilities from the TLS EHLO only");
 }
 
 #[test]
@@ -275,26 +275,26 @@ fn failures_end_the_connection() {
     assert!(matches!(s.reply("garbage\r\n"), Some(Event::Failed(Failure::Protocol(_)))));
     let mut s = Script::new(false);
     s.reply("220 x\r\n");
-    s.c.handle_eof();
-    assert_eq!(s.c.poll_event(), Some(Event::Failed(Failure::Closed)));
+    s.client.handle_eof();
+    assert_eq!(s.client.poll_event(), Some(Event::Failed(Failure::Closed)));
 }
 
 #[test]
 fn endless_multiline_reply_is_cut_off() {
     let mut s = Script::new(false);
     let flood = "220-more\r\n".repeat(1000);
-    let n = s.c.handle_input(flood.as_bytes(), s.t);
+    let n = s.client.handle_input(flood.as_bytes(), s.now);
     assert_eq!(n, flood.len());
-    assert_eq!(s.c.poll_event(), Some(Event::Failed(Failure::Protocol(ReplyError::TooManyLines))));
+    assert_eq!(s.client.poll_event(), Some(Event::Failed(Failure::Protocol(ReplyError::TooManyLines))));
 }
 
 #[test]
 fn timeouts() {
     let mut s = Script::new(false);
-    let deadline = s.c.poll_timeout();
-    assert_eq!(deadline, s.t + Duration::from_secs(300));
-    s.c.handle_timeout(s.t);
-    assert_eq!(s.c.poll_event(), None);
-    s.c.handle_timeout(deadline);
-    assert_eq!(s.c.poll_event(), Some(Event::Failed(Failure::Timeout("the greeting"))));
+    let deadline = s.client.poll_timeout();
+    assert_eq!(deadline, s.now + Duration::from_secs(300));
+    s.client.handle_timeout(s.now);
+    assert_eq!(s.client.poll_event(), None);
+    s.client.handle_timeout(deadline);
+    assert_eq!(s.client.poll_event(), Some(Event::Failed(Failure::Timeout("the greeting"))));
 }

@@ -30,7 +30,7 @@ impl Session {
         if self.tx.is_some() {
             return self.error(&canned::NESTED_MAIL);
         }
-        if self.config.kind == super::Kind::Submission && self.auth_user.is_none() {
+        if self.config.role == super::Role::Submission && self.auth_user.is_none() {
             return self.error(&canned::AUTH_REQUIRED);
         }
         let (reverse_path, params) = match parse_reverse_path(arg) {

@@ -49,9 +49,9 @@ pub struct Now {
     pub unix_secs: u64,
 }
 
-/// What kind of listener accepted the connection.
+/// What the listener that accepted the connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum Role {
     /// Port 25: anyone may send to our domains; relaying needs a trusted network or AUTH.
     Mx,
     /// Port 587: every transaction needs AUTH.
@@ -62,7 +62,7 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub hostname: Domain,
-    pub kind: Kind,
+    pub role: Role,
     /// Whether STARTTLS may be offered (a certificate is loaded and the listener wants it).
     pub starttls: bool,
     pub max_message_size: u64,

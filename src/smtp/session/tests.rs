@@ -10,16 +10,16 @@ use super::*;
 use crate::envelope::{QueueId, QueueIdGen};
 
 struct Harness {
-    s: Session,
+    session: Session,
     now: Now,
     /// Input the session has not consumed yet, as the shell keeps it.
     pending: Vec<u8>,
 }
 
-fn config(kind: Kind) -> SessionConfig {
+fn config(role: Role) -> SessionConfig {
     SessionConfig {
         hostname: Domain::parse_host_name("mx.test").unwrap(),
-        kind,
+        role,
         starttls: true,
         max_message_size: 1000,
         max_recipients: 3,
@@ -37,19 +37,19 @@ fn config(kind: Kind) -> SessionConfig {
 }
 
 impl Harness {
-    fn new(kind: Kind, peer: &str, trusted: bool) -> Harness {
-        Harness::with_config(config(kind), peer, trusted)
+    fn new(role: Role, peer: &str, trusted: bool) -> Harness {
+        Harness::with_config(config(role), peer, trusted)
     }
 
     fn with_config(config: SessionConfig, peer: &str, trusted: bool) -> Harness {
         let now = Now { instant: Instant::now(), unix_secs: 1_795_432_817 };
         let conn = ConnInfo { peer: peer.parse().unwrap(), trusted, tls: None };
         let ids = Rc::new(RefCell::new(QueueIdGen::new(0, QueueId(0))));
-        Harness { s: Session::new(Arc::new(config), conn, ids, now), now, pending: Vec::new() }
+        Harness { session: Session::new(Arc::new(config), conn, ids, now), now, pending: Vec::new() }
     }
 
     fn mx() -> Harness {
-        Harness::new(Kind::Mx, "192.0.2.1", false)
+        Harness::new(Role::Mx, "192.0.2.1", false)
     }
 
     /// Feeds everything (one byte at a time if `bytewise`), resolving Store
@@ -60,13 +60,13 @@ impl Harness {
         loop {
             let end = if bytewise { (fed + 1).min(self.pending.len()) } else { self.pending.len() };
             fed = end;
-            let used = self.s.handle_input(&self.pending[..end], self.now);
+            let used = self.session.handle_input(&self.pending[..end], self.now);
             self.pending.drain(..used);
             fed -= used;
-            match self.s.poll_event() {
+            match self.session.poll_event() {
                 Some(Event::Store) => {
                     let r = if store_ok { Ok(()) } else { Err(StoreError::Temporary) };
-                    self.s.handle_stored(r, self.now);
+                    self.session.handle_stored(r, self.now);
                     continue;
                 }
                 Some(_) => break,
@@ -76,8 +76,8 @@ impl Harness {
                 break;
             }
         }
-        let out = String::from_utf8(self.s.output().to_vec()).unwrap();
-        self.s.clear_output();
+        let out = String::from_utf8(self.session.output().to_vec()).unwrap();
+        self.session.clear_output();
         out
     }
 
@@ -122,7 +122,7 @@ fn greeting_and_ehlo() {
 
 #[test]
 fn auth_offered_on_loopback() {
-    let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+    let mut h = Harness::new(Role::Mx, "127.0.0.1", true);
     h.send("");
     assert!(h.send("EHLO c\r\n").contains("250 AUTH PLAIN LOGIN\r\n"));
 }
@@ -134,9 +134,9 @@ fn one_message() {
     assert_eq!(h.send("MAIL FROM:<s@sender.test>\r\n"), "250 2.1.0 Sender ok\r\n");
     assert_eq!(h.send("RCPT TO:<alice@example.test>\r\n"), "250 2.1.5 Recipient ok\r\n");
     assert_eq!(h.send("DATA\r\n"), "354 End data with <CR><LF>.<CR><LF>\r\n");
-    h.s.handle_input(b"Subject: hi\r\n\r\n..dot\r\n.\r\n", h.now);
-    assert_eq!(h.s.poll_event(), Some(Event::Store));
-    let msg = h.s.message().unwrap();
+    h.session.handle_input(b"Subject: hi\r\n\r\n..dot\r\n.\r\n", h.now);
+    assert_eq!(h.session.poll_event(), Some(Event::Store));
+    let msg = h.session.message().unwrap();
     let body = String::from_utf8(msg.body.clone()).unwrap();
     assert!(body
         .starts_with("Received: from client.test ([192.0.2.1])\r\n\tby mx.test (ringpost) with ESMTP id "));
@@ -144,10 +144,10 @@ fn one_message() {
     assert!(body.ends_with("Subject: hi\r\n\r\n.dot\r\n"));
     assert_eq!(msg.envelope.recipients.len(), 1);
     let id = msg.envelope.id;
-    h.s.handle_stored(Ok(()), h.now);
+    h.session.handle_stored(Ok(()), h.now);
     assert_eq!(h.send(""), format!("250 2.0.0 Ok: queued as {id}\r\n"));
     assert_eq!(h.send("QUIT\r\n"), "221 2.0.0 Bye\r\n");
-    assert_eq!(h.s.poll_event(), Some(Event::Close));
+    assert_eq!(h.session.poll_event(), Some(Event::Close));
 }
 
 #[test]
@@ -217,8 +217,8 @@ fn dsn_parameters_are_kept() {
     h.send("MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2B1\r\n");
     h.send("RCPT TO:<alice@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;alice@example.test\r\n");
     h.send("DATA\r\n");
-    h.s.handle_input(b"x\r\n.\r\n", h.now);
-    let env = &h.s.message().unwrap().envelope;
+    h.session.handle_input(b"x\r\n.\r\n", h.now);
+    let env = &h.session.message().unwrap().envelope;
     assert_eq!(env.ret, Some(crate::envelope::Ret::Headers));
     assert_eq!(env.envid.as_deref(), Some("QQ+2B1"));
     let r = &env.recipients[0];
@@ -234,9 +234,9 @@ fn relay_control() {
     assert_eq!(h.send("RCPT TO:<x@elsewhere.test>\r\n"), "554 5.7.1 Relay access denied\r\n");
     assert!(h.send("RCPT TO:<bob@example.test>\r\n").starts_with("550 5.1.1"));
     assert!(h.send("RCPT TO:<x@relay.test>\r\n").starts_with("250"));
-    assert_eq!(h.s.take_refusals(), (0, 2));
+    assert_eq!(h.session.take_refusals(), (0, 2));
 
-    let mut trusted = Harness::new(Kind::Mx, "10.0.0.1", true);
+    let mut trusted = Harness::new(Role::Mx, "10.0.0.1", true);
     trusted.greet();
     trusted.send("MAIL FROM:<a@b.test>\r\n");
     assert!(trusted.send("RCPT TO:<x@elsewhere.test>\r\n").starts_with("250"));
@@ -262,10 +262,10 @@ fn oversized_message_is_refused_without_buffering() {
     for _ in 0..100 {
         assert_eq!(h.send(&line), "");
     }
-    assert!(h.s.body.len() < 2000, "body buffer stays bounded: {}", h.s.body.len());
+    assert!(h.session.body.len() < 2000, "body buffer stays bounded: {}", h.session.body.len());
     assert_eq!(h.send(".\r\n"), "552 5.3.4 Message size exceeds fixed limit\r\n");
-    assert_eq!(h.s.take_refusals(), (1, 0));
-    assert_eq!(h.s.take_refusals(), (0, 0));
+    assert_eq!(h.session.take_refusals(), (1, 0));
+    assert_eq!(h.session.take_refusals(), (0, 0));
     assert!(h.send("MAIL FROM:<a@b.test>\r\n").starts_with("250"), "session goes on");
 }
 
@@ -281,7 +281,7 @@ fn smuggling_shapes_are_one_rejected_message() {
         let out = h.send(&payload);
         assert_eq!(codes(&out), ["550"], "smuggle {smuggle:?}: {out}");
         assert!(out.starts_with("550 5.5.2"));
-        assert!(h.s.message().is_none());
+        assert!(h.session.message().is_none());
         // Nothing was accepted as a second message, and the session still works.
         assert!(h.send("NOOP\r\n").starts_with("250"));
     }
@@ -311,10 +311,10 @@ fn bdat_chunks() {
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
     assert_eq!(h.send("BDAT 6\r\nhello\r"), "250 2.0.0 6 octets received\r\n");
     assert!(h.send("DATA\r\n").starts_with("503 5.5.1"));
-    h.s.handle_input(b"BDAT 8 LAST\r\n\nworld\r\n", h.now);
-    assert_eq!(h.s.poll_event(), Some(Event::Store));
-    assert!(h.s.message().unwrap().body.ends_with(b"hello\r\nworld\r\n"));
-    h.s.handle_stored(Ok(()), h.now);
+    h.session.handle_input(b"BDAT 8 LAST\r\n\nworld\r\n", h.now);
+    assert_eq!(h.session.poll_event(), Some(Event::Store));
+    assert!(h.session.message().unwrap().body.ends_with(b"hello\r\nworld\r\n"));
+    h.session.handle_stored(Ok(()), h.now);
     assert!(h.send("").starts_with("250 2.0.0 Ok: queued as"));
 }
 
@@ -336,8 +336,8 @@ fn bdat_bare_lf_and_zero_last() {
     assert!(h.send("BDAT 4 LAST\r\na\nb\n").starts_with("550 5.5.2"));
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
     h.send("BDAT 3\r\nab\r");
-    h.s.handle_input(b"BDAT 0 LAST\r\n", h.now);
-    assert_eq!(h.s.poll_event(), None);
+    h.session.handle_input(b"BDAT 0 LAST\r\n", h.now);
+    assert_eq!(h.session.poll_event(), None);
     assert!(h.send("").starts_with("550 5.5.2"), "trailing CR is bare");
 }
 
@@ -359,55 +359,55 @@ fn starttls_discards_pipelined_plaintext() {
     let mut h = Harness::mx();
     h.greet();
     let input = b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n";
-    let used = h.s.handle_input(input, h.now);
+    let used = h.session.handle_input(input, h.now);
     assert_eq!(used, 10, "stops right after STARTTLS");
-    assert_eq!(h.s.poll_event(), Some(Event::StartTls));
+    assert_eq!(h.session.poll_event(), Some(Event::StartTls));
     assert_eq!(h.send(""), "220 2.0.0 Ready to start TLS\r\n");
     // The shell drops the rest of the buffer and runs the handshake.
     let info = TlsInfo { version: "TLSv1_3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() };
-    h.s.handle_tls_established(info, h.now);
+    h.session.handle_tls_established(info, h.now);
     assert!(h.send("MAIL FROM:<a@b.test>\r\n").starts_with("503 5.5.1 Send EHLO"));
     let ehlo = h.send("EHLO c\r\n");
     assert!(!ehlo.contains("STARTTLS"));
     assert!(ehlo.contains("AUTH PLAIN LOGIN"), "AUTH offered over TLS");
     assert!(h.send("STARTTLS\r\n").starts_with("503 5.5.1 TLS already active"));
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
-    h.s.handle_input(b"x\r\n.\r\n", h.now);
-    let body = String::from_utf8(h.s.message().unwrap().body.clone()).unwrap();
+    h.session.handle_input(b"x\r\n.\r\n", h.now);
+    let body = String::from_utf8(h.session.message().unwrap().body.clone()).unwrap();
     assert!(body.contains("(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)"), "{body}");
     assert!(body.contains("with ESMTPS id"));
 }
 
 #[test]
 fn submission_requires_auth() {
-    let mut h = Harness::new(Kind::Submission, "127.0.0.1", true);
+    let mut h = Harness::new(Role::Submission, "127.0.0.1", true);
     h.greet();
     assert!(h.send("MAIL FROM:<alice@example.test>\r\n").starts_with("530 5.7.0"));
     // AUTH PLAIN with an initial response: \0alice@example.test\0secret
     let out = h.send("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n");
     assert_eq!(out, "");
-    assert_eq!(h.s.poll_event(), Some(Event::Authenticate));
-    assert_eq!(h.s.credentials(), Some(("alice@example.test", "secret")));
-    h.s.handle_auth_result(true, h.now);
+    assert_eq!(h.session.poll_event(), Some(Event::Authenticate));
+    assert_eq!(h.session.credentials(), Some(("alice@example.test", "secret")));
+    h.session.handle_auth_result(true, h.now);
     assert_eq!(h.send(""), "235 2.7.0 Authentication successful\r\n");
     assert!(h.send("MAIL FROM:<alice@example.test>\r\n").starts_with("250"));
     assert!(h.send("RCPT TO:<x@elsewhere.test>\r\n").starts_with("250"), "authenticated users relay");
     assert!(h.send("DATA\r\n").starts_with("354"));
-    h.s.handle_input(b"x\r\n.\r\n", h.now);
-    let body = String::from_utf8(h.s.message().expect("a message to store").body.clone()).unwrap();
+    h.session.handle_input(b"x\r\n.\r\n", h.now);
+    let body = String::from_utf8(h.session.message().expect("a message to store").body.clone()).unwrap();
     let received = body.split("\r\n\r\n").next().unwrap();
     assert!(received.starts_with("Received: ") && received.contains(" with ESMTPA id "), "{body}");
 }
 
 #[test]
 fn auth_login_and_failures() {
-    let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+    let mut h = Harness::new(Role::Mx, "127.0.0.1", true);
     h.greet();
     assert_eq!(h.send("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
     assert_eq!(h.send("YWxpY2VAZXhhbXBsZS50ZXN0\r\n"), "334 UGFzc3dvcmQ6\r\n");
     h.send("d3Jvbmc=\r\n");
-    assert_eq!(h.s.credentials(), Some(("alice@example.test", "wrong")));
-    h.s.handle_auth_result(false, h.now);
+    assert_eq!(h.session.credentials(), Some(("alice@example.test", "wrong")));
+    h.session.handle_auth_result(false, h.now);
     assert!(h.send("").starts_with("535 5.7.8"));
     assert_eq!(h.send("AUTH PLAIN\r\n"), "334 \r\n");
     assert!(h.send("*\r\n").starts_with("501 5.0.0"));
@@ -421,13 +421,13 @@ fn auth_login_and_failures() {
 fn an_overlong_auth_line_is_discarded_whole() {
     let line = format!("{}MAIL FROM:<a@b.test>\r\n", "A".repeat(100));
     for (mechanism, bytewise) in [("LOGIN", false), ("LOGIN", true), ("PLAIN", false), ("PLAIN", true)] {
-        let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+        let mut h = Harness::new(Role::Mx, "127.0.0.1", true);
         h.greet();
         assert!(h.send(&format!("AUTH {mechanism}\r\n")).starts_with("334"));
         let out = h.send_with(line.as_bytes(), bytewise, true);
         assert_eq!(codes(&out), ["500"], "{mechanism} bytewise={bytewise}: {out}");
         assert!(out.contains("5.5.2 Line too long"), "{out}");
-        assert_eq!(h.s.reverse_path(), None, "no transaction was opened");
+        assert_eq!(h.session.reverse_path(), None, "no transaction was opened");
         assert!(h.send("NOOP\r\n").starts_with("250"), "back to commands");
     }
 }
@@ -441,8 +441,8 @@ fn a_utf8_ehlo_name_keeps_a_7bit_message_7bit() {
         h.send("");
         h.send("EHLO пример.test\r\n");
         h.send(&format!("MAIL FROM:<a@b.test>{params}\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"));
-        h.s.handle_input(b"Subject: plain\r\n\r\nascii\r\n.\r\n", h.now);
-        let body = String::from_utf8(h.s.message().expect("message").body.clone()).unwrap();
+        h.session.handle_input(b"Subject: plain\r\n\r\nascii\r\n.\r\n", h.now);
+        let body = String::from_utf8(h.session.message().expect("message").body.clone()).unwrap();
         assert!(body.starts_with("Received: ") && body.contains(want), "{params:?}: {body}");
         assert_eq!(body.is_ascii(), params.is_empty(), "{body}");
     }
@@ -474,14 +474,14 @@ fn auth_refused_in_clear_off_loopback() {
 fn timeouts() {
     let mut h = Harness::mx();
     h.greet();
-    h.s.handle_timeout(h.now);
-    assert_eq!(h.s.poll_event(), None, "not yet");
-    let deadline = h.s.poll_timeout();
+    h.session.handle_timeout(h.now);
+    assert_eq!(h.session.poll_event(), None, "not yet");
+    let deadline = h.session.poll_timeout();
     assert_eq!(deadline, h.now.instant + Duration::from_secs(300));
     h.now.instant = deadline;
-    h.s.handle_timeout(h.now);
+    h.session.handle_timeout(h.now);
     assert!(h.send("").starts_with("421 4.4.2"));
-    assert_eq!(h.s.poll_event(), Some(Event::Close));
+    assert_eq!(h.session.poll_event(), Some(Event::Close));
 }
 
 #[test]
@@ -489,25 +489,25 @@ fn data_deadline_moves_with_progress() {
     let mut h = Harness::mx();
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
-    assert_eq!(h.s.poll_timeout(), h.now.instant + Duration::from_secs(180));
+    assert_eq!(h.session.poll_timeout(), h.now.instant + Duration::from_secs(180));
     h.now.instant += Duration::from_secs(100);
     h.send("more\r\n");
-    assert_eq!(h.s.poll_timeout(), h.now.instant + Duration::from_secs(180));
+    assert_eq!(h.session.poll_timeout(), h.now.instant + Duration::from_secs(180));
 }
 
 #[test]
 fn shutdown_when_idle_and_after_transaction() {
     let mut h = Harness::mx();
     h.greet();
-    h.s.handle_shutdown();
+    h.session.handle_shutdown();
     assert!(h.send("").starts_with("421 4.3.2"));
-    assert_eq!(h.s.poll_event(), Some(Event::Close));
+    assert_eq!(h.session.poll_event(), Some(Event::Close));
 
     let mut h = Harness::mx();
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
-    h.s.handle_shutdown();
-    assert_eq!(h.s.poll_event(), None, "mid-transaction: let it finish");
+    h.session.handle_shutdown();
+    assert_eq!(h.session.poll_event(), None, "mid-transaction: let it finish");
     let out = h.send("x\r\n.\r\n");
     assert_eq!(codes(&out), ["250", "421"]);
 }
@@ -517,13 +517,13 @@ fn http_and_garbage_are_refused() {
     let mut h = Harness::mx();
     h.send("");
     assert!(h.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("554 5.7.0"));
-    assert_eq!(h.s.poll_event(), Some(Event::Close));
+    assert_eq!(h.session.poll_event(), Some(Event::Close));
 
     let mut h = Harness::mx();
     h.send("");
     let out = h.send(&"\u{1}\u{2}garbage\r\n".repeat(20));
     assert!(out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"), "{out}");
-    assert_eq!(h.s.poll_event(), Some(Event::Close));
+    assert_eq!(h.session.poll_event(), Some(Event::Close));
     assert_eq!(h.send("NOOP\r\n"), "", "nothing is read after close");
 }
 
@@ -539,7 +539,7 @@ fn ehlo_resets_transaction() {
 
 #[test]
 fn every_reply_has_an_enhanced_code() {
-    let mut h = Harness::new(Kind::Mx, "127.0.0.1", true);
+    let mut h = Harness::new(Role::Mx, "127.0.0.1", true);
     let script = "EHLO c\r\nHELO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<zz@example.test>\r\n\
 DATA\r\nx\r\n.\r\nBDAT 1 LAST\r\nxRSET\r\nNOOP\r\nVRFY a\r\nEXPN a\r\nHELP\r\nBOGUS\r\nMAIL\r\nDATA x\r\nSTARTTLS x\r\nAUTH X\r\nQUIT\r\n";
     let out = h.send(script);
@@ -566,7 +566,7 @@ fn zero_length_refused_bdat_does_not_stall_pipelined_input() {
     let mut h = Harness::mx();
     h.greet();
     let input = b"BDAT 0\r\nNOOP\r\nNOOP\r\n";
-    assert_eq!(h.s.handle_input(input, h.now), input.len(), "all input consumed in one call");
+    assert_eq!(h.session.handle_input(input, h.now), input.len(), "all input consumed in one call");
     let out = h.send("");
     assert_eq!(codes(&out), ["503", "250", "250"]);
 }
@@ -577,15 +577,15 @@ fn memory_pressure_drops_content_and_answers_452() {
     h.greet();
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
     h.send("some content\r\n");
-    assert!(h.s.content_memory() > 0);
-    h.s.handle_memory_pressure();
-    assert_eq!(h.s.content_memory(), 0, "memory released");
+    assert!(h.session.content_memory() > 0);
+    h.session.handle_memory_pressure();
+    assert_eq!(h.session.content_memory(), 0, "memory released");
     h.send("more content that is not kept\r\n");
-    assert_eq!(h.s.content_memory(), 0);
+    assert_eq!(h.session.content_memory(), 0);
     assert_eq!(h.send(".\r\n"), "452 4.3.1 Insufficient system storage, try again later\r\n");
     // Between BDAT chunks too.
     h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT 3\r\nabc");
-    h.s.handle_memory_pressure();
+    h.session.handle_memory_pressure();
     assert!(h.send("BDAT 2 LAST\r\n\r\n").starts_with("452 4.3.1"));
     // And the session goes on.
     assert!(h.send("NOOP\r\n").starts_with("250"));
@@ -595,7 +595,7 @@ fn memory_pressure_drops_content_and_answers_452() {
 /// RSET or EHLO after BDAT chunks) gives back the memory of its content.
 #[test]
 fn ended_transactions_release_their_content() {
-    let mut cfg = config(Kind::Mx);
+    let mut cfg = config(Role::Mx);
     cfg.max_message_size = 1 << 20;
     let big = "x".repeat(200_000);
     let bdat = format!("BDAT {}\r\n{big}", big.len());
@@ -611,17 +611,17 @@ fn ended_transactions_release_their_content() {
         h.greet();
         h.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n");
         h.send(&content);
-        let held = h.s.content_memory();
+        let held = h.session.content_memory();
         assert!(held >= 200_000, "{end:?}: content held while receiving ({held})");
         let out = h.send(end);
         assert!(codes(&out).last() == Some(&code), "{end:?}: {out}");
-        assert_eq!(h.s.content_memory(), 0, "{end:?} ({code}): content released");
+        assert_eq!(h.session.content_memory(), 0, "{end:?} ({code}): content released");
     }
 }
 
 #[test]
 fn mail_loops_are_refused_at_end_of_data() {
-    let mut cfg = config(Kind::Mx);
+    let mut cfg = config(Role::Mx);
     cfg.max_message_size = 100_000;
     let mut h = Harness::with_config(cfg, "192.0.2.1", false);
     h.greet();
@@ -641,17 +641,17 @@ fn mail_loops_are_refused_at_end_of_data() {
 
 #[test]
 fn declared_size_reserves_the_content_buffer_within_bounds() {
-    let mut cfg = config(Kind::Mx);
+    let mut cfg = config(Role::Mx);
     cfg.max_message_size = 10 << 20;
     let mut h = Harness::with_config(cfg, "192.0.2.1", false);
     h.greet();
     assert!(h.send("MAIL FROM:<a@b.test> SIZE=100000\r\nRCPT TO:<alice@example.test>\r\n").contains("250"));
     assert!(h.send("DATA\r\n").starts_with("354"));
-    assert!(h.s.body.capacity() >= 100_000, "reserved {}", h.s.body.capacity());
+    assert!(h.session.body.capacity() >= 100_000, "reserved {}", h.session.body.capacity());
     assert!(h.send(".\r\n").starts_with("250"));
     // A declared size far beyond what is typical reserves only the bound.
     assert!(h.send("MAIL FROM:<a@b.test> SIZE=9000000\r\nRCPT TO:<alice@example.test>\r\n").contains("250"));
     assert!(h.send("DATA\r\n").starts_with("354"));
-    let cap = h.s.body.capacity();
+    let cap = h.session.body.capacity();
     assert!((256 * 1024..512 * 1024).contains(&cap), "reserved {cap}");
 }

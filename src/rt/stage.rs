@@ -1,9 +1,9 @@
-//! Wake-ups across and within worker threads.
+//! The server's lifecycle stage and how it reaches every task.
 //!
-//! - [`Inbox`]: many senders on any thread, one async receiver on a worker
-//!   (crossbeam's lock-free queue plus an atomic waker).
-//! - [`Broadcast`]: a process-wide state (running, draining, closing) that any
-//!   thread can advance; one waiter per worker.
+//! - [`Stage`]: running, draining (SIGTERM: no new sessions, idle ones
+//!   close, transactions finish), closing (the grace period is over).
+//! - [`Broadcast`]: the process-wide stage, which any thread can advance;
+//!   one waiter per worker.
 //! - [`LocalSignal`]: fan-out inside one worker to every connection task,
 //!   without locks; each waiter holds one slot, so re-polling never grows it.
 
@@ -15,53 +15,28 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use atomic_waker::AtomicWaker;
-use crossbeam_queue::SegQueue;
 
-/// A multi-producer, single-consumer mailbox whose consumer is a task.
-#[derive(Debug, Default)]
-pub struct Inbox<T> {
-    queue: SegQueue<T>,
-    waker: AtomicWaker,
+/// Server lifecycle stages, in order: a stage only ever advances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[repr(u8)]
+pub enum Stage {
+    #[default]
+    Running = 0,
+    /// Stop accepting; close idle sessions; let transactions finish.
+    Draining = 1,
+    /// Grace period over: close everything that is not storing a message.
+    Closing = 2,
 }
 
-impl<T> Inbox<T> {
-    pub fn new() -> Self {
-        Inbox { queue: SegQueue::new(), waker: AtomicWaker::new() }
-    }
-
-    /// Sends from any thread.
-    pub fn send(&self, item: T) {
-        self.queue.push(item);
-        self.waker.wake();
-    }
-
-    /// Receives the next item. Only one task may wait at a time.
-    pub async fn recv(&self) -> T {
-        poll_fn(|cx| {
-            if let Some(item) = self.queue.pop() {
-                return Poll::Ready(item);
-            }
-            self.waker.register(cx.waker());
-            // Re-check: a send may have landed between pop and register.
-            match self.queue.pop() {
-                Some(item) => Poll::Ready(item),
-                None => Poll::Pending,
-            }
-        })
-        .await
-    }
-
-    pub fn try_recv(&self) -> Option<T> {
-        self.queue.pop()
+impl Stage {
+    fn from_u8(v: u8) -> Stage {
+        match v {
+            0 => Stage::Running,
+            1 => Stage::Draining,
+            _ => Stage::Closing,
+        }
     }
 }
-
-/// Server lifecycle stages, in order.
-pub const RUNNING: u8 = 0;
-/// Stop accepting; close idle sessions; let transactions finish.
-pub const DRAINING: u8 = 1;
-/// Grace period over: close everything that is not storing a message.
-pub const CLOSING: u8 = 2;
 
 /// A monotonically advancing stage shared by all threads.
 #[derive(Debug)]
@@ -74,25 +49,25 @@ impl Broadcast {
     /// One waiter slot per worker.
     pub fn new(workers: usize) -> Arc<Broadcast> {
         Arc::new(Broadcast {
-            stage: AtomicU8::new(RUNNING),
+            stage: AtomicU8::new(Stage::Running as u8),
             wakers: (0..workers).map(|_| AtomicWaker::new()).collect(),
         })
     }
 
-    pub fn stage(&self) -> u8 {
-        self.stage.load(Ordering::Acquire)
+    pub fn stage(&self) -> Stage {
+        Stage::from_u8(self.stage.load(Ordering::Acquire))
     }
 
     /// Moves to `stage` if that is later than now, and wakes every worker.
-    pub fn advance(&self, stage: u8) {
-        self.stage.fetch_max(stage, Ordering::AcqRel);
+    pub fn advance(&self, stage: Stage) {
+        self.stage.fetch_max(stage as u8, Ordering::AcqRel);
         for w in &self.wakers {
             w.wake();
         }
     }
 
     /// Waits (on worker `slot`) until the stage is later than `seen`.
-    pub async fn changed(&self, slot: usize, seen: u8) -> u8 {
+    pub async fn changed(&self, slot: usize, seen: Stage) -> Stage {
         poll_fn(|cx| {
             let now = self.stage();
             if now > seen {
@@ -113,17 +88,17 @@ impl Broadcast {
 /// A worker-local stage signal that every connection task can wait on.
 #[derive(Debug, Default)]
 pub struct LocalSignal {
-    stage: Cell<u8>,
+    stage: Cell<Stage>,
     next_slot: Cell<u64>,
     waiters: RefCell<HashMap<u64, Waker>>,
 }
 
 impl LocalSignal {
-    pub fn stage(&self) -> u8 {
+    pub fn stage(&self) -> Stage {
         self.stage.get()
     }
 
-    pub fn set(&self, stage: u8) {
+    pub fn set(&self, stage: Stage) {
         if stage > self.stage.get() {
             self.stage.set(stage);
             for (_, w) in self.waiters.borrow_mut().drain() {
@@ -133,7 +108,7 @@ impl LocalSignal {
     }
 
     /// Waits until the stage is later than `seen`.
-    pub fn changed(&self, seen: u8) -> Changed<'_> {
+    pub fn changed(&self, seen: Stage) -> Changed<'_> {
         let slot = self.next_slot.get();
         self.next_slot.set(slot + 1);
         Changed { signal: self, slot, seen }
@@ -145,12 +120,12 @@ impl LocalSignal {
 pub struct Changed<'a> {
     signal: &'a LocalSignal,
     slot: u64,
-    seen: u8,
+    seen: Stage,
 }
 
 impl std::future::Future for Changed<'_> {
-    type Output = u8;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<u8> {
+    type Output = Stage;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Stage> {
         let now = self.signal.stage.get();
         if now > self.seen {
             return Poll::Ready(now);
@@ -172,28 +147,11 @@ mod tests {
     use std::future::Future;
 
     #[test]
-    fn inbox_delivers_across_threads() {
-        let inbox = Arc::new(Inbox::new());
-        let tx = inbox.clone();
-        let t = std::thread::spawn(move || {
-            for i in 0..1000 {
-                tx.send(i);
-            }
-        });
-        t.join().unwrap();
-        let mut got = Vec::new();
-        while let Some(i) = inbox.try_recv() {
-            got.push(i);
-        }
-        assert_eq!(got, (0..1000).collect::<Vec<_>>());
-    }
-
-    #[test]
     fn broadcast_only_advances() {
         let b = Broadcast::new(2);
-        b.advance(CLOSING);
-        b.advance(DRAINING);
-        assert_eq!(b.stage(), CLOSING);
+        b.advance(Stage::Closing);
+        b.advance(Stage::Draining);
+        assert_eq!(b.stage(), Stage::Closing);
     }
 
     #[test]
@@ -201,15 +159,15 @@ mod tests {
         let s = LocalSignal::default();
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        let mut fut = Box::pin(s.changed(RUNNING));
+        let mut fut = Box::pin(s.changed(Stage::Running));
         for _ in 0..100 {
             assert!(fut.as_mut().poll(&mut cx).is_pending());
         }
         assert_eq!(s.waiters.borrow().len(), 1);
         drop(fut);
         assert_eq!(s.waiters.borrow().len(), 0);
-        s.set(DRAINING);
-        let mut fut = Box::pin(s.changed(RUNNING));
-        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(DRAINING));
+        s.set(Stage::Draining);
+        let mut fut = Box::pin(s.changed(Stage::Running));
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Stage::Draining));
     }
 }
