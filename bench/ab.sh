@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # A/B of two ringpost binaries on the 1 KiB cells that matter most: the same
-# load against each, interleaved (A B A B ...), each with one worker on CPU 0,
+# load against each, interleaved (A B, B A, A B ...), each with one worker on CPU 0,
 # fsync on, relaying everything to one sink; the load and the sink on the
-# other CPUs. Saves every run's JSON under tuning/results/<date>-ab-raw/ and
-# writes tuning/results/<date>-ab.md from it (bench/ab_report.py).
+# other CPUs. Saves every run's JSON under tuning/results/<date>-<name>-raw/
+# and writes tuning/results/<date>-<name>.md from it (bench/ab_report.py).
 #
-# usage: bench/ab.sh BIN_A BIN_B [ROUNDS] [MESSAGES]   (as root; loopback only)
+# usage: bench/ab.sh BIN_A BIN_B [ROUNDS] [MESSAGES] [NAME]   (as root; loopback only)
+# NAME defaults to "ab"; give each A/B of a day its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_A=${1:?binary A}
 BIN_B=${2:?binary B}
 ROUNDS=${3:-5}
 MESSAGES=${4:-20000}
+NAME=${5:-ab}
 A_PORT=2650
 B_PORT=2651
 SINK_PORT=2653
 WORK=$(mktemp -d /tmp/ringpost-ab.XXXXXX)
 . bench/lib.sh
 DATE=$(date -u +%Y-%m-%d)
-RAW=tuning/results/$DATE-ab-raw
+RAW=tuning/results/$DATE-$NAME-raw
 rm -rf "$RAW"
 mkdir -p "$RAW"
 BENCH=target/release/ringpost-bench
@@ -57,5 +59,5 @@ for per in 100 1; do
     --per-connection $per --target "a=127.0.0.1:$A_PORT" --target "b=127.0.0.1:$B_PORT" \
     --sink-count "$COUNT" --delivers a --delivers b --json "$RAW/1024B-50c-${per}pc.json" > /dev/null
 done
-python3 bench/ab_report.py "$RAW" > "tuning/results/$DATE-ab.md"
-cat "tuning/results/$DATE-ab.md"
+python3 bench/ab_report.py "$RAW" > "tuning/results/$DATE-$NAME.md"
+cat "tuning/results/$DATE-$NAME.md"

@@ -21,7 +21,7 @@ def main():
     print(f"- a: {run['a']}")
     print(f"- b: {run['b']}")
     print("- each: one worker on CPU 0, fsync on, relaying to one sink; load and sink on the other CPUs;"
-          f" ringpost-bench compare, {run['rounds']} interleaved rounds, medians; msg/s counts accepted messages")
+          f" ringpost-bench compare, {run['rounds']} interleaved rounds (each round starts with the other side), medians; msg/s counts accepted messages")
     print(f"- command: {run['command']}")
     print()
     for per in (100, 1):

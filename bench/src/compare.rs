@@ -125,7 +125,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results: Vec<Vec<Summary>> = vec![Vec::new(); targets.len()];
     let mut e2e: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     for round in 1..=args.rounds {
-        for (i, (name, addr)) in targets.iter().enumerate() {
+        // Each round starts with the next target: whoever goes first in a
+        // round meets a quieter machine (a fresh sink, settled page cache),
+        // and that must not always be the same one.
+        let n = targets.len();
+        for i in (0..n).map(|k| (k + round - 1) % n) {
+            let (name, addr) = &targets[i];
             let before = args.sink_count.as_deref().map(settle);
             let started = Instant::now();
             let s = blast::measure(*addr, &args.load, false)?;
