@@ -62,6 +62,9 @@ pub struct Config {
     pub users: Vec<Spanned<UserConfig>>,
     #[serde(default)]
     pub log: LogConfig,
+    /// DKIM signatures for mail from our clients (one entry per signature).
+    #[serde(default, rename = "dkim")]
+    pub dkim: Vec<Spanned<DkimConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -325,6 +328,25 @@ pub struct UserConfig {
     pub password: String,
 }
 
+/// One `[[dkim]]` entry: mail whose From: domain is `domain` gets a
+/// signature with this key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The `d=` domain; mail whose From: address is in it is signed.
+    pub domain: String,
+    /// The `s=` selector: the key is published at
+    /// `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key: RSA (2048 bits or more; PKCS#1 or PKCS#8) or
+    /// Ed25519 (PKCS#8).
+    pub key: PathBuf,
+    /// Header fields to sign instead of the default list (From is always
+    /// signed, and over-signed).
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -439,6 +461,45 @@ impl Config {
             if argon2::PasswordHash::new(&user.password).is_err() {
                 let msg = "must be a PHC hash string (see `ringpost hash-password`), never plain text";
                 return Err(at(u.span(), &format!("user[{i}].password"), msg));
+            }
+        }
+        for (i, d) in self.dkim.iter().enumerate() {
+            let entry = d.get_ref();
+            if Domain::parse_host_name(&entry.domain).is_err() {
+                return Err(at(d.span(), &format!("dkim[{i}].domain"), "must be a domain name"));
+            }
+            let selector_ok = !entry.selector.is_empty()
+                && entry.selector.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !selector_ok {
+                let msg =
+                    "must be one or more DNS labels (letters, digits, hyphens, underscores), e.g. \"s2026\"";
+                return Err(at(d.span(), &format!("dkim[{i}].selector"), msg));
+            }
+            if let Some(h) = entry
+                .headers
+                .iter()
+                .find(|h| h.is_empty() || !h.bytes().all(|b| (33..=126).contains(&b) && b != b':'))
+            {
+                return Err(at(
+                    d.span(),
+                    &format!("dkim[{i}].headers"),
+                    &format!("{h:?} is not a header field name"),
+                ));
+            }
+            let dup = self.dkim[..i].iter().any(|o| {
+                let o = o.get_ref();
+                o.domain.eq_ignore_ascii_case(&entry.domain) && o.selector == entry.selector
+            });
+            if dup {
+                return Err(at(
+                    d.span(),
+                    &format!("dkim[{i}]"),
+                    "a second entry with the same domain and selector",
+                ));
             }
         }
         if let Err((section, key, msg)) = self.check_bounds() {

@@ -13,6 +13,8 @@ const PURE: &[&str] = &[
     "src/dns/wire.rs",
     "src/dns/cache.rs",
     "src/delivery/decide.rs",
+    "src/dkim",
+    "src/mail.rs",
     "src/delivery/dsn.rs",
     "src/delivery/wheel.rs",
     "src/spool/record.rs",

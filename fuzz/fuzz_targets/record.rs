@@ -72,7 +72,7 @@ fn ours(data: &[u8]) -> arbitrary::Result<()> {
     let env = envelope(&mut u)?;
     let body: Vec<u8> = u.arbitrary()?;
     let mut rec = Vec::new();
-    append_message(&mut rec, &env, &body);
+    append_message(&mut rec, &env, b"", &body);
     let rec = sealed_round_trip(rec, tag);
     let (decoded, body_at) = decode_message(&rec[HEADER_LEN..]).expect("our own message decodes");
     let fits = [&env.helo].iter().all(|s| s.len() <= 65_535)

@@ -520,7 +520,7 @@ impl Owner {
             helo: cfg.hostname.clone(),
             auth_user: None,
         };
-        match self.spool.append_message(&dsn_env, &dsn.body).await {
+        match self.spool.append_message(&dsn_env, b"", &dsn.body).await {
             Ok(Ok(_)) => {
                 inc(&self.metrics.dsns);
                 tracing::info!(target: "delivery", id = %env.id, dsn = %dsn_id, to = %dsn.to, "DSN queued");

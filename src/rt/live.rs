@@ -1,6 +1,6 @@
 //! What SIGHUP can change, held as one snapshot: every listener's session
-//! settings (relay policy and users among them), the TLS certificate, and
-//! delivery's settings. A reader takes the snapshot when it starts something
+//! settings (relay policy and users among them), the TLS certificate, the
+//! DKIM keys and delivery's settings. A reader takes the snapshot when it starts something
 //! (a connection, a delivery attempt) and keeps it for that; a reload builds a
 //! whole new snapshot and swaps it in at once, so a session and the delivery
 //! of what it accepted never hold two different ideas of, say, which domains
@@ -9,6 +9,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::delivery::DeliveryConfig;
+use crate::dkim::Signers;
 use crate::smtp::session::SessionConfig;
 
 /// One consistent configuration.
@@ -19,6 +20,8 @@ pub struct Snapshot {
     /// Certificate and key for STARTTLS and implicit TLS, if configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub delivery: Arc<DeliveryConfig>,
+    /// DKIM signers by domain (`[[dkim]]`, keys loaded).
+    pub dkim: Arc<Signers>,
 }
 
 /// The current snapshot, shared by every thread.

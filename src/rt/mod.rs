@@ -29,6 +29,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::config::{Config, ListenerConfig, ListenerKind, TlsMode};
+use crate::dkim::{Key, Signer, Signers};
 use crate::metrics::{inc, Metrics};
 use crate::policy::Policy;
 use crate::smtp::session::{Role, SessionConfig};
@@ -102,6 +103,19 @@ fn local_domains(config: &Config) -> std::collections::HashSet<String> {
     config.relay.local_domains.iter().map(|d| d.to_lowercase()).collect()
 }
 
+/// Reads every `[[dkim]]` key. An entry whose key does not load is an error
+/// naming its file.
+fn load_dkim(config: &Config) -> Result<Arc<Signers>, String> {
+    let mut signers = Vec::new();
+    for (i, d) in config.dkim.iter().enumerate() {
+        let d = d.get_ref();
+        let pem = std::fs::read(&d.key).map_err(|e| format!("dkim[{i}].key: {}: {e}", d.key.display()))?;
+        let key = Key::from_pem(&pem).map_err(|e| format!("dkim[{i}].key: {}: {e}", d.key.display()))?;
+        signers.push(Signer::new(&d.domain, &d.selector, key, &d.headers));
+    }
+    Ok(Arc::new(Signers::new(signers)))
+}
+
 fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     match &config.tls {
         Some(t) => transport::load_server_config(&t.cert, &t.key).map(Some),
@@ -163,6 +177,11 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         return Err(ServeError::Config("threads: at most 255 workers".into()));
     }
     let tls = load_tls(&config).map_err(|e| ServeError::Config(format!("[tls]: {e}")))?;
+    let dkim = load_dkim(&config).map_err(ServeError::Config)?;
+    for s in config.dkim.iter() {
+        let s = s.get_ref();
+        tracing::info!(domain = %s.domain, selector = %s.selector, key = %s.key.display(), "DKIM signing");
+    }
 
     let dir = config.spool.dir.clone();
     let lock = spool::recover::lock(&dir).map_err(|e| ServeError::Runtime(e.to_string()))?;
@@ -184,7 +203,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     let sessions =
         config.listeners.iter().map(|l| Arc::new(session_config(&config, l.get_ref(), policy.clone())));
     let delivery = delivery_config(&config);
-    let live = Live::new(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery) });
+    let live = Live::new(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery), dkim });
     let mut bound = Vec::new();
     let mut ctxs = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
@@ -348,6 +367,7 @@ impl Reload {
     fn try_reload(&mut self, path: &Path) -> Result<(Vec<&'static str>, Vec<&'static str>), String> {
         let new = Config::load(path).map_err(|e| e.to_string())?;
         let tls = load_tls(&new).map_err(|e| format!("[tls]: {e}"))?;
+        let dkim = load_dkim(&new)?;
         let restart = needs_restart(&self.config, &new);
         let current = self.shared.live.get();
         let policy = Arc::new(policy(&new));
@@ -357,7 +377,12 @@ impl Reload {
         let tls = if tls.is_some() && current.tls.is_some() { tls } else { current.tls.clone() };
         let delivery = delivery_config(&new);
         let changed = changed(&self.config, &new);
-        self.shared.live.set(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery) });
+        self.shared.live.set(Snapshot {
+            sessions: sessions.collect(),
+            tls,
+            delivery: Arc::new(delivery),
+            dkim,
+        });
         self.shared.limits.set(new.limits.connections, new.limits.connections_per_ip);
         self.shared.memory.set_max(usize::try_from(new.limits.message_memory).unwrap_or(usize::MAX));
         for inbox in &self.shared.inboxes {
@@ -407,8 +432,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
     let users = |c: &Config| c.users.iter().map(|u| debug(u.get_ref())).collect::<Vec<_>>();
     let tls = |c: &Config| c.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
-    let checks: [(bool, &'static str); 9] = [
+    let dkim = |c: &Config| c.dkim.iter().map(|d| d.get_ref().clone()).collect::<Vec<_>>();
+    let checks: [(bool, &'static str); 10] = [
         (old.hostname() != new.hostname(), "hostname"),
+        (dkim(old) != dkim(new), "[[dkim]]"),
         (tls(old) != tls(new), "[tls]"),
         (debug(&old.limits) != debug(&new.limits), "[limits]"),
         (debug(&old.relay) != debug(&new.relay), "[relay]"),

@@ -249,7 +249,7 @@ pub fn unseal(record: &mut [u8], h: &Header, tag: u32) {
 
 /// The payload length of the Message record of `env` and `body`, without
 /// building it (as [`append_message`] would write it).
-pub fn message_payload_len(env: &Envelope, body: &[u8]) -> u64 {
+pub fn message_payload_len(env: &Envelope, content_len: usize) -> u64 {
     let string = |s: &str| 2 + s.len().min(u16::MAX as usize) as u64;
     let opt = |s: Option<&str>| 1 + s.map_or(0, string);
     let ip = match env.client_ip {
@@ -268,13 +268,16 @@ pub fn message_payload_len(env: &Envelope, body: &[u8]) -> u64 {
         + opt(env.auth_user.as_deref())
         + 4
         + rcpts
-        + body.len() as u64
+        + content_len as u64
 }
 
-/// Appends a Message record. Returns its length in bytes.
-pub fn append_message(out: &mut Vec<u8>, env: &Envelope, body: &[u8]) -> usize {
+/// Appends a Message record whose content is `head` then `body` (header
+/// fields we add in front, such as DKIM signatures, and what was received).
+/// Returns its length in bytes.
+pub fn append_message(out: &mut Vec<u8>, env: &Envelope, head: &[u8], body: &[u8]) -> usize {
     append(out, RecordKind::Message, |p| {
         encode_envelope(p, env);
+        p.extend_from_slice(head);
         p.extend_from_slice(body);
     })
 }
@@ -566,7 +569,7 @@ pub(crate) mod tests {
     fn message_round_trip() {
         let env = sample_envelope(42);
         let mut buf = vec![0xAA; 3]; // records append after existing bytes
-        let len = append_message(&mut buf, &env, b"Subject: x\r\n\r\nbody\r\n");
+        let len = append_message(&mut buf, &env, b"", b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(len, buf.len() - 3);
         let tag = segment_tag(5, 0x1234_5678);
         seal(&mut buf[3..], tag);
@@ -606,8 +609,8 @@ pub(crate) mod tests {
         let mut env = sample_envelope(1);
         for body in [&b""[..], b"x", b"Subject: s\r\n\r\nbody\r\n"] {
             let mut buf = Vec::new();
-            let len = append_message(&mut buf, &env, body);
-            assert_eq!(message_payload_len(&env, body), (len - HEADER_LEN) as u64);
+            let len = append_message(&mut buf, &env, b"", body);
+            assert_eq!(message_payload_len(&env, body.len()), (len - HEADER_LEN) as u64);
             env.client_ip = None;
             env.envid = None;
         }
@@ -664,7 +667,7 @@ pub(crate) mod tests {
     #[test]
     fn records_are_bound_to_their_segment() {
         let mut batch = Vec::new();
-        append_message(&mut batch, &sample_envelope(1), b"body\r\n");
+        append_message(&mut batch, &sample_envelope(1), b"", b"body\r\n");
         append_done(&mut batch, QueueId(2));
         append_progress(&mut batch, &ProgressRecord { id: QueueId(3), ..Default::default() });
         let plain = batch.clone();
@@ -739,7 +742,7 @@ pub(crate) mod tests {
     fn decoding_garbage_never_panics() {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut valid = Vec::new();
-        append_message(&mut valid, &sample_envelope(1), b"x");
+        append_message(&mut valid, &sample_envelope(1), b"", b"x");
         let payload = valid[HEADER_LEN..].to_vec();
         for _ in 0..20_000 {
             let mut p = payload.clone();

@@ -194,13 +194,13 @@ impl Spool {
     /// Queues a message for the next commit. The record is decoded again
     /// at once and must give back `env`: what could not be read back (and
     /// so would be lost after the `250`) is refused here instead.
-    pub fn append_message(&self, env: &Envelope, body: &[u8]) -> Ticket {
-        if record::message_payload_len(env, body) > u64::from(record::MAX_PAYLOAD) {
+    pub fn append_message(&self, env: &Envelope, head: &[u8], body: &[u8]) -> Ticket {
+        if record::message_payload_len(env, head.len() + body.len()) > u64::from(record::MAX_PAYLOAD) {
             return refused(AppendError::TooBig);
         }
         let mut i = self.inner.borrow_mut();
         let offset = i.buf.len();
-        let len = record::append_message(&mut i.buf, env, body);
+        let len = record::append_message(&mut i.buf, env, head, body);
         if let Err(e) = record::check_message(&i.buf[offset..offset + len], env) {
             i.buf.truncate(offset);
             tracing::error!(id = %env.id, error = e, "refusing a message whose spool record would not read back");
@@ -415,7 +415,7 @@ mod tests {
         block_on(async {
             let committer = monoio::spawn(spool.clone().run_committer());
             for n in 1..=400u64 {
-                spool.append_message(&sample_envelope(n), &body).await.unwrap().unwrap();
+                spool.append_message(&sample_envelope(n), b"", &body).await.unwrap().unwrap();
                 live.insert(n);
                 // Finish each message a little later (the last five stay).
                 if n > 5 {
@@ -444,7 +444,7 @@ mod tests {
         block_on(async {
             let committer = monoio::spawn(spool.clone().run_committer());
             for n in 1000..1100u64 {
-                spool.append_message(&sample_envelope(n), &body).await.unwrap().unwrap();
+                spool.append_message(&sample_envelope(n), b"", &body).await.unwrap().unwrap();
                 live.insert(n);
             }
             spool.close();
@@ -463,9 +463,9 @@ mod tests {
         env.envid = Some("x".repeat(70_000)); // a string field holds at most 64 KiB
         block_on(async {
             let committer = monoio::spawn(spool.clone().run_committer());
-            let r = spool.append_message(&env, b"body\r\n").await.unwrap();
+            let r = spool.append_message(&env, b"", b"body\r\n").await.unwrap();
             assert!(matches!(r, Err(AppendError::Unstorable(_))), "{r:?}");
-            spool.append_message(&sample_envelope(2), b"body\r\n").await.unwrap().unwrap();
+            spool.append_message(&sample_envelope(2), b"", b"body\r\n").await.unwrap().unwrap();
             spool.close();
             committer.await;
         });
@@ -482,7 +482,7 @@ mod tests {
         let body = vec![0u8; record::MAX_PAYLOAD as usize];
         block_on(async {
             let committer = monoio::spawn(spool.clone().run_committer());
-            let r = spool.append_message(&sample_envelope(1), &body).await.unwrap();
+            let r = spool.append_message(&sample_envelope(1), b"", &body).await.unwrap();
             assert_eq!(r.unwrap_err(), AppendError::TooBig);
             spool.close();
             committer.await;
@@ -508,7 +508,9 @@ mod tests {
                     .iter()
                     .map(|&n| {
                         let (spool, body) = (spool.clone(), body.clone());
-                        monoio::spawn(async move { spool.append_message(&sample_envelope(n), &body).await })
+                        monoio::spawn(
+                            async move { spool.append_message(&sample_envelope(n), b"", &body).await },
+                        )
                     })
                     .collect();
                 for t in tasks {

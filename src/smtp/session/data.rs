@@ -202,7 +202,8 @@ impl Session {
             (None, Some(tx), Some(id)) => {
                 let envelope = self.envelope(tx, id, now);
                 let body = std::mem::take(&mut self.body);
-                self.message = Some(Message { envelope, body });
+                let ours = self.conn.trusted || self.auth_user.is_some();
+                self.message = Some(Message { envelope, body, ours });
                 self.phase = Phase::Blocked(Event::Store);
             }
             (refusal, _, _) => {

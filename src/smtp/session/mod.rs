@@ -102,6 +102,9 @@ pub struct Message {
     /// The content as it will be delivered: our Received header, then what the
     /// client sent (unstuffed), ending in CRLF.
     pub body: Vec<u8>,
+    /// From one of our clients (a relay network or an authenticated user):
+    /// mail we may DKIM-sign. Never so for a stranger's mail to us.
+    pub ours: bool,
 }
 
 /// What the shell must do before the session can go on.

@@ -35,7 +35,7 @@ fn write_bodies(dir: &Path, first: u64, bodies: &[&[u8]]) -> Vec<Location> {
         let committer = monoio::spawn(spool.clone().run_committer());
         let mut locs = Vec::new();
         for (id, body) in (first..).zip(bodies) {
-            locs.push(spool.append_message(&sample_envelope(id), body).await.unwrap().unwrap().loc);
+            locs.push(spool.append_message(&sample_envelope(id), b"", body).await.unwrap().unwrap().loc);
         }
         spool.close();
         committer.await;
@@ -135,8 +135,8 @@ fn a_torn_batch_is_not_corruption() {
         // half of the next, then whatever the file held (zeros here).
         b.truncate(end as usize);
         let mut batch = Vec::new();
-        record::append_message(&mut batch, &sample_envelope(6), b"whole\r\n");
-        record::append_message(&mut batch, &sample_envelope(7), &[b'x'; 500]);
+        record::append_message(&mut batch, &sample_envelope(6), b"", b"whole\r\n");
+        record::append_message(&mut batch, &sample_envelope(7), b"", &[b'x'; 500]);
         record::seal(&mut batch, tag);
         batch.truncate(batch.len() - 300);
         b.extend_from_slice(&batch);
@@ -159,7 +159,7 @@ fn a_record_forged_in_a_body_is_never_taken() {
     let mut body = b"Subject: innocent\r\n\r\n".to_vec();
     for tag in [0, record::seq_tag(seq), record::segment_tag(seq, 0)] {
         let mut forged = Vec::new();
-        record::append_message(&mut forged, &sample_envelope(666), b"forged\r\n");
+        record::append_message(&mut forged, &sample_envelope(666), b"", b"forged\r\n");
         record::append_done(&mut forged, QueueId(2));
         record::seal(&mut forged, tag);
         body.extend_from_slice(&forged);
@@ -183,10 +183,10 @@ fn a_stale_record_after_a_torn_batch_is_not_read() {
     std::fs::create_dir_all(segment::family_dir(dir.path(), 0)).unwrap();
     let mut file = segment::encode_header(0, 5, 77).to_vec();
     let mut new = Vec::new();
-    record::append_message(&mut new, &sample_envelope(50), b"new\r\n");
+    record::append_message(&mut new, &sample_envelope(50), b"", b"new\r\n");
     record::seal(&mut new, record::segment_tag(5, 77));
     let mut old = Vec::new();
-    record::append_message(&mut old, &sample_envelope(30), b"old\r\n");
+    record::append_message(&mut old, &sample_envelope(30), b"", b"old\r\n");
     record::seal(&mut old, record::segment_tag(3, 12));
     file.extend_from_slice(&new);
     file.extend_from_slice(&old);
@@ -210,7 +210,12 @@ fn old_segment(dir: &Path, seq: u64, version: u8, ids: &[u64]) -> Vec<(u64, usiz
     let mut at = Vec::new();
     for &id in ids {
         let start = file.len();
-        record::append_message(&mut file, &sample_envelope(id), format!("old format {id}\r\n").as_bytes());
+        record::append_message(
+            &mut file,
+            &sample_envelope(id),
+            b"",
+            format!("old format {id}\r\n").as_bytes(),
+        );
         file[start..start + 4].copy_from_slice(format!("RPR{version}").as_bytes());
         if version == 2 {
             let crc =

@@ -1,0 +1,142 @@
+//! The header block of a stored message (RFC 5322 section 2.2): its fields
+//! as they are on the wire, folding and all, and where the body starts.
+//! DKIM signs these bytes exactly, and the tenant and campaign headers are
+//! cut out of them, so this works on raw bytes; decoding values (addresses,
+//! encoded words) is `mail-parser`'s job.
+//!
+//! Pure: bytes in, ranges out.
+
+use std::ops::Range;
+
+/// One header field: `name` and the whole field, from the first byte of
+/// its name to the end of its last line (CRLF included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: Range<usize>,
+    pub raw: Range<usize>,
+}
+
+impl Field {
+    /// The field's name, as written.
+    pub fn name<'a>(&self, message: &'a [u8]) -> &'a [u8] {
+        &message[self.name.clone()]
+    }
+
+    /// Whether the field's name is `name` (ASCII case-insensitive).
+    pub fn is(&self, message: &[u8], name: &str) -> bool {
+        self.name(message).eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// The value: everything after the colon, unfolded lines and all,
+    /// without the final CRLF.
+    pub fn value<'a>(&self, message: &'a [u8]) -> &'a [u8] {
+        let raw = &message[self.raw.clone()];
+        let colon = self.name.end - self.raw.start;
+        let after = raw[colon..].iter().position(|&b| b == b':').map_or(raw.len(), |p| colon + p + 1);
+        let end = if raw.ends_with(b"\r\n") { raw.len() - 2 } else { raw.len() };
+        &raw[after.min(end)..end]
+    }
+}
+
+/// The header block of `message`: its fields in order, and the offset of
+/// the body (after the empty line; `message.len()` if there is none).
+///
+/// A line that is neither a field nor a continuation ends the header block
+/// there, as if an empty line had been seen: what follows is body. Such a
+/// message is malformed, and nothing after that line is treated as a field.
+pub fn fields(message: &[u8]) -> (Vec<Field>, usize) {
+    let mut out: Vec<Field> = Vec::new();
+    let mut at = 0;
+    while at < message.len() {
+        let line_end = memchr::memmem::find(&message[at..], b"\r\n").map_or(message.len(), |p| at + p + 2);
+        let line = &message[at..line_end];
+        if line == b"\r\n" {
+            return (out, line_end);
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            match out.last_mut() {
+                Some(f) => f.raw.end = line_end,
+                None => return (out, at),
+            }
+        } else {
+            match field_name(line) {
+                Some(n) => out.push(Field { name: at..at + n, raw: at..line_end }),
+                None => return (out, at),
+            }
+        }
+        at = line_end;
+    }
+    (out, message.len())
+}
+
+/// The length of the field name that starts `line`: printable ASCII but
+/// the colon (RFC 5322 ftext), optionally followed by white space, then a
+/// colon. `None` if the line does not start a field.
+fn field_name(line: &[u8]) -> Option<usize> {
+    let n = line.iter().position(|&b| !(33..=126).contains(&b) || b == b':')?;
+    if n == 0 {
+        return None;
+    }
+    let rest = &line[n..];
+    let ws = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
+    (rest[ws] == b':').then_some(n)
+}
+
+/// `message` without the fields `drop` picks: the rest copied in order.
+pub fn without(message: &[u8], fields: &[Field], drop: impl Fn(&Field) -> bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len());
+    let mut at = 0;
+    for f in fields.iter().filter(|f| drop(f)) {
+        out.extend_from_slice(&message[at..f.raw.start]);
+        at = f.raw.end;
+    }
+    out.extend_from_slice(&message[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(m: &[u8]) -> (Vec<String>, usize) {
+        let (f, body) = fields(m);
+        (f.iter().map(|f| String::from_utf8_lossy(f.name(m)).into_owned()).collect(), body)
+    }
+
+    #[test]
+    fn splits_fields_and_body() {
+        let m = b"From: a@b.test\r\nSubject: one\r\n two\r\nX-Y : z\r\n\r\nbody\r\n";
+        let (f, body) = fields(m);
+        assert_eq!(names(m).0, ["From", "Subject", "X-Y"]);
+        assert_eq!(&m[body..], b"body\r\n");
+        assert_eq!(&m[f[1].raw.clone()], b"Subject: one\r\n two\r\n");
+        assert_eq!(f[1].value(m), b" one\r\n two");
+        assert_eq!(f[2].value(m), b" z");
+        assert!(f[2].is(m, "x-y"));
+    }
+
+    #[test]
+    fn malformed_blocks_end_where_they_stop_being_fields() {
+        let table: &[(&[u8], &[&str], usize)] = &[
+            (b"", &[], 0),
+            (b"\r\nbody", &[], 2),
+            (b"A: 1\r\n", &["A"], 6),
+            (b"A: 1", &["A"], 4),
+            (b"A: 1\r\nnot a field\r\nB: 2\r\n", &["A"], 6),
+            (b" leading continuation\r\nA: 1\r\n", &[], 0),
+            (b": no name\r\n", &[], 0),
+            (b"A\r\n", &[], 0),
+        ];
+        for (m, want, body) in table {
+            assert_eq!(names(m), (want.iter().map(|s| s.to_string()).collect(), *body), "{:?}", m);
+        }
+    }
+
+    #[test]
+    fn without_drops_whole_fields() {
+        let m = b"X-Tenant: acme\r\nFrom: a@b.test\r\nX-Campaign: c\r\n  folded\r\n\r\nbody\r\n";
+        let (f, _) = fields(m);
+        let out = without(m, &f, |f| f.is(m, "x-tenant") || f.is(m, "x-campaign"));
+        assert_eq!(out, b"From: a@b.test\r\n\r\nbody\r\n");
+    }
+}
