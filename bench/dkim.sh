@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 MESSAGES=${2:-20000}
-SINK_PORT=2663
+SINK_PORT=2659 # below the servers' ports (2661-2664)
 WORK=$(mktemp -d /tmp/ringpost-dkim.XXXXXX)
 . bench/lib.sh
 DATE=$(date -u +%Y-%m-%d)

@@ -253,7 +253,10 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         })?;
 
     let cpus = worker::allowed_cpus();
-    let pool = monoio::blocking::DefaultThreadPool::new(2);
+    // The blocking pool runs file work (Maildirs), password checks and RSA
+    // DKIM signatures, the last two CPU-bound: one thread per CPU, so
+    // signing can use every core, not only the worker's.
+    let pool = monoio::blocking::DefaultThreadPool::new(cpus.len().max(2));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut per_worker_sockets: Vec<Vec<(std::net::TcpListener, Arc<ListenerCtx>)>> =
         (0..workers).map(|_| Vec::new()).collect();
