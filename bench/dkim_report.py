@@ -74,12 +74,14 @@ def main():
         return
     p("## Targets")
     p()
-    p("Signed throughput within 10% of min(unsigned, raw sign rate x 1 core); Ed25519 within 10% of unsigned."
-      " The raw limit of both is one RSA and one Ed25519 signature per message.")
+    p("The issue's target: signed throughput within 10% of min(unsigned, raw sign rate x cores), and Ed25519"
+      " within 10% of unsigned. Here the server has one core for everything, so signing and the rest of the"
+      " work cannot overlap; the last columns give that one-core limit, 1 / (1/unsigned + signing time),"
+      " for reference. \"both\" makes one RSA and one Ed25519 signature per message.")
     p()
-    p("| cell | variant | accepted msg/s | limit msg/s | ratio | end to end msg/s | limit | ratio | result |")
-    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    limits = {"rsa": 1 / rsa, "ed25519": None, "both": 1 / (rsa + ed)}
+    p("| cell | variant | accepted msg/s | target limit | ratio | end to end msg/s | ratio | result | one-core limit | ratio |")
+    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cost = {"rsa": rsa, "ed25519": ed, "both": rsa + ed}
     failed = False
     for per, rows in cells.items():
         base = rows.get("unsigned")
@@ -89,14 +91,17 @@ def main():
             r = rows.get(v)
             if not r:
                 continue
-            lim = base["rate_median"] if limits[v] is None else min(base["rate_median"], limits[v])
-            e2e_base = base.get("end_to_end_rate_median") or 0
-            e2e_lim = e2e_base if limits[v] is None else min(e2e_base, limits[v])
+            u = base["rate_median"]
+            lim = u if v == "ed25519" else min(u, 1 / cost[v])
+            e2e_u = base.get("end_to_end_rate_median") or 0
+            e2e_lim = e2e_u if v == "ed25519" else min(e2e_u, 1 / cost[v])
             e2e = r.get("end_to_end_rate_median") or 0
             ok = r["rate_median"] >= 0.9 * lim and e2e >= 0.9 * e2e_lim
             failed |= not ok
+            one_core = 1 / (1 / u + cost[v])
             p(f"| 1 KiB 50c {per}pc | {v} | {r['rate_median']:.0f} | {lim:.0f} | {r['rate_median'] / lim:.2f} "
-              f"| {e2e:.0f} | {e2e_lim:.0f} | {e2e / max(e2e_lim, 1e-9):.2f} | {'holds' if ok else 'DOES NOT HOLD'} |")
+              f"| {e2e:.0f} | {e2e / max(e2e_lim, 1e-9):.2f} | {'holds' if ok else 'DOES NOT HOLD'} "
+              f"| {one_core:.0f} | {r['rate_median'] / one_core:.2f} |")
     p()
     sys.exit(1 if failed else 0)
 
