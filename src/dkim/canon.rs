@@ -38,6 +38,19 @@ pub fn header(raw: &[u8], crlf: bool, out: &mut Vec<u8>) {
     }
 }
 
+/// Where the CRLF that ends the line starting at `from` is (a bare LF
+/// does not end a line).
+fn line_end(body: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        let lf = at + memchr::memchr(b'\n', &body[at..])?;
+        if lf > from && body[lf - 1] == b'\r' {
+            return Some(lf - 1);
+        }
+        at = lf + 1;
+    }
+}
+
 /// Feeds the relaxed form of a message body to `sink`, in pieces: each
 /// line with runs of white space made one space and trailing white space
 /// removed, empty lines at the end dropped, a final CRLF added to a
@@ -56,17 +69,18 @@ pub fn body(body: &[u8], mut sink: impl FnMut(&[u8])) -> u64 {
     // Start of a run of unchanged lines, not fed yet.
     let mut run: Option<usize> = None;
     let mut line = Vec::new();
+    let two_spaces = memchr::memmem::Finder::new(b"  ");
     let mut at = 0;
     while at < body.len() {
-        let (end, next) = match memchr::memmem::find(&body[at..], b"\r\n") {
-            Some(p) => (at + p, at + p + 2),
+        let (end, next) = match line_end(body, at) {
+            Some(p) => (p, p + 2),
             None => (body.len(), body.len()),
         };
         let l = &body[at..end];
         let unchanged = next > end
             && l.last().is_some_and(|&b| !is_wsp(b))
             && memchr::memchr(b'\t', l).is_none()
-            && memchr::memmem::find(l, b"  ").is_none();
+            && two_spaces.find(l).is_none();
         if unchanged {
             for _ in 0..empty_lines {
                 feed(b"\r\n");
