@@ -65,6 +65,15 @@ pub struct Config {
     /// DKIM signatures for mail from our clients (one entry per signature).
     #[serde(default, rename = "dkim")]
     pub dkim: Vec<Spanned<DkimConfig>>,
+    /// Egress sources: local addresses outbound connections are made from.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<Spanned<SourceConfig>>,
+    /// Sources used in turn.
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<Spanned<PoolConfig>>,
+    /// Who sends: each tenant's mail goes out through its pool.
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<Spanned<TenantConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -268,6 +277,9 @@ pub struct DeliveryConfig {
     /// Accept and queue, but deliver nothing (maintenance, or measuring
     /// acceptance alone). Queued mail is delivered once this is off again.
     pub hold: bool,
+    /// The pool for mail with no tenant, or a tenant without a pool. None:
+    /// such mail goes out from the host's default address.
+    pub pool: Option<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -290,6 +302,7 @@ impl Default for DeliveryConfig {
             dns_timeout: Duration::from_secs(5),
             dns_cache_size: 100_000,
             hold: false,
+            pool: None,
         }
     }
 }
@@ -326,6 +339,66 @@ pub struct UserConfig {
     pub address: String,
     /// argon2 PHC string (`ringpost hash-password`).
     pub password: String,
+    /// The `[[tenant]]` this user's mail belongs to (overrides `X-Tenant`).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// One `[[source]]`: a local address outbound connections bind to, and the
+/// name it says EHLO with (its PTR, ideally).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub address: std::net::IpAddr,
+    /// EHLO name; default: `hostname`.
+    #[serde(default)]
+    pub ehlo: Option<String>,
+    /// Warm-up: at most this many messages a day (UTC) through this
+    /// source; past it, the pool's other sources take the mail.
+    #[serde(default)]
+    pub max_per_day: Option<u64>,
+}
+
+/// One `[[pool]]`: sources taken in turn, in proportion to their weights.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub sources: Vec<PoolMember>,
+}
+
+/// A pool's source: its name, or `{ name = "...", weight = N }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum PoolMember {
+    Name(String),
+    Weighted { name: String, weight: u32 },
+}
+
+impl PoolMember {
+    pub fn name(&self) -> &str {
+        match self {
+            PoolMember::Name(n) | PoolMember::Weighted { name: n, .. } => n,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            PoolMember::Name(_) => 1,
+            PoolMember::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// One `[[tenant]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// The pool its mail goes out through; default: `[delivery] pool`.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// One `[[dkim]]` entry: mail whose From: domain is `domain` gets a
@@ -502,6 +575,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_egress(name, &at)?;
         if let Err((section, key, msg)) = self.check_bounds() {
             let full = if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") };
             return Err(match key_line(text, section, key) {
@@ -514,6 +588,100 @@ impl Config {
         }
         if self.delivery.retry.is_empty() {
             return Err(ConfigError(format!("{name}: delivery.retry needs at least one interval")));
+        }
+        Ok(())
+    }
+
+    /// Sources, pools and tenants name each other consistently.
+    fn validate_egress(
+        &self,
+        name: &str,
+        at: &dyn Fn(Range<usize>, &str, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let src = s.get_ref();
+            if src.name.is_empty() || !names.insert(src.name.as_str()) {
+                return Err(at(s.span(), &format!("source[{i}].name"), "must be unique and not empty"));
+            }
+            if let Some(e) = &src.ehlo {
+                if Domain::parse_host_name(e).is_err() {
+                    return Err(at(
+                        s.span(),
+                        &format!("source[{i}].ehlo"),
+                        &format!("{e:?} is not a host name"),
+                    ));
+                }
+            }
+            if src.address.is_unspecified() || src.address.is_multicast() {
+                return Err(at(
+                    s.span(),
+                    &format!("source[{i}].address"),
+                    "must be a unicast address of this host",
+                ));
+            }
+            if src.max_per_day.is_some_and(|m| !(1..=1_000_000_000).contains(&m)) {
+                return Err(at(
+                    s.span(),
+                    &format!("source[{i}].max_per_day"),
+                    "must be between 1 and 1000000000",
+                ));
+            }
+        }
+        let mut pools = std::collections::HashSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let pool = p.get_ref();
+            if pool.name.is_empty() || !pools.insert(pool.name.as_str()) {
+                return Err(at(p.span(), &format!("pool[{i}].name"), "must be unique and not empty"));
+            }
+            if pool.sources.is_empty() {
+                return Err(at(p.span(), &format!("pool[{i}].sources"), "needs at least one source"));
+            }
+            for m in &pool.sources {
+                if !names.contains(m.name()) {
+                    return Err(at(
+                        p.span(),
+                        &format!("pool[{i}].sources"),
+                        &format!("no [[source]] named {:?}", m.name()),
+                    ));
+                }
+                if !(1..=1000).contains(&m.weight()) {
+                    return Err(at(
+                        p.span(),
+                        &format!("pool[{i}].sources"),
+                        "weights must be between 1 and 1000",
+                    ));
+                }
+            }
+        }
+        let mut tenants = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let tenant = t.get_ref();
+            if tenant.name.is_empty()
+                || tenant.name.len() > crate::mail::MAX_NAME
+                || !tenants.insert(tenant.name.as_str())
+            {
+                return Err(at(
+                    t.span(),
+                    &format!("tenant[{i}].name"),
+                    "must be unique, not empty, at most 200 bytes",
+                ));
+            }
+            if let Some(p) = tenant.pool.as_deref().filter(|p| !pools.contains(p)) {
+                return Err(at(t.span(), &format!("tenant[{i}].pool"), &format!("no [[pool]] named {p:?}")));
+            }
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if let Some(t) = u.get_ref().tenant.as_deref().filter(|t| !tenants.contains(t)) {
+                return Err(at(
+                    u.span(),
+                    &format!("user[{i}].tenant"),
+                    &format!("no [[tenant]] named {t:?}"),
+                ));
+            }
+        }
+        if let Some(p) = self.delivery.pool.as_deref().filter(|p| !pools.contains(p)) {
+            return Err(ConfigError(format!("{name}: delivery.pool: no [[pool]] named {p:?}")));
         }
         Ok(())
     }

@@ -156,6 +156,11 @@ pub struct Envelope {
     pub helo: String,
     /// The authenticated user, if the client used AUTH.
     pub auth_user: Option<String>,
+    /// Who is sending (`[[tenant]]`): from the `X-Tenant` header, the AUTH
+    /// user's `tenant`, or the injection API. Picks the egress pool.
+    pub tenant: Option<String>,
+    /// The campaign, from `X-Campaign` or the injection API (for events).
+    pub campaign: Option<String>,
 }
 
 #[cfg(test)]

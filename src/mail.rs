@@ -82,6 +82,36 @@ fn field_name(line: &[u8]) -> Option<usize> {
     (rest[ws] == b':').then_some(n)
 }
 
+/// Longest tenant or campaign name taken from a header.
+pub const MAX_NAME: usize = 200;
+
+/// What the `X-Tenant` and `X-Campaign` fields of a message say, and the
+/// message without them (they are ours, not the recipient's). `None` if it
+/// has neither (and nothing is copied). The first of each counts; a value
+/// that is empty, longer than [`MAX_NAME`] or not printable ASCII counts
+/// as absent, but its field still goes.
+pub fn take_tenant_fields(message: &[u8]) -> Option<(Option<String>, Option<String>, Vec<u8>)> {
+    let (fields, _) = fields(message);
+    let ours = |f: &Field| f.is(message, "x-tenant") || f.is(message, "x-campaign");
+    if !fields.iter().any(ours) {
+        return None;
+    }
+    let first =
+        |name: &str| fields.iter().find(|f| f.is(message, name)).and_then(|f| name_value(f.value(message)));
+    let (tenant, campaign) = (first("x-tenant"), first("x-campaign"));
+    Some((tenant, campaign, without(message, &fields, ours)))
+}
+
+/// A field value as a name: unfolded, trimmed, printable ASCII.
+fn name_value(value: &[u8]) -> Option<String> {
+    let unfolded: Vec<u8> = value.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+    let text = std::str::from_utf8(&unfolded).ok()?.trim();
+    let ok = !text.is_empty()
+        && text.len() <= MAX_NAME
+        && text.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t');
+    ok.then(|| text.replace('\t', " "))
+}
+
 /// `message` without the fields `drop` picks: the rest copied in order.
 pub fn without(message: &[u8], fields: &[Field], drop: impl Fn(&Field) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len());
@@ -130,6 +160,18 @@ mod tests {
         for (m, want, body) in table {
             assert_eq!(names(m), (want.iter().map(|s| s.to_string()).collect(), *body), "{:?}", m);
         }
+    }
+
+    #[test]
+    fn tenant_fields_are_read_and_removed() {
+        let m = b"Received: x\r\nX-Tenant:  acme \r\nFrom: a@b.test\r\nx-campaign: spring\r\n sale\r\nX-Tenant: second\r\n\r\nX-Tenant: in the body\r\n";
+        let (t, c, out) = take_tenant_fields(m).unwrap();
+        assert_eq!((t.as_deref(), c.as_deref()), (Some("acme"), Some("spring sale")));
+        assert_eq!(out, b"Received: x\r\nFrom: a@b.test\r\n\r\nX-Tenant: in the body\r\n");
+        assert!(take_tenant_fields(b"From: a@b.test\r\n\r\nX-Tenant: body\r\n").is_none());
+        let bad = format!("X-Tenant: {}\r\nX-Campaign: caf\u{e9}\r\n\r\n", "t".repeat(MAX_NAME + 1));
+        let (t, c, out) = take_tenant_fields(bad.as_bytes()).unwrap();
+        assert_eq!((t, c, out), (None, None, b"\r\n".to_vec()));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub bounced: AtomicU64,
     /// Of `bounced`: recipients given up on because the message outlived `max_age`.
     pub expired: AtomicU64,
+    /// Messages handed to each egress source today (warm-up caps).
+    pub egress_daily: std::sync::Mutex<crate::delivery::egress::DailyCounts>,
     /// DSNs queued.
     pub dsns: AtomicU64,
     /// SIGHUP reloads that put a new configuration in force.

@@ -27,6 +27,8 @@ pub struct Policy {
     users: HashMap<String, String>,
     /// Local domains that have at least one `[[user]]`.
     domains_with_users: HashSet<String>,
+    /// Lower-cased address to the user's `tenant`.
+    tenants: HashMap<String, String>,
 }
 
 impl Policy {
@@ -47,7 +49,20 @@ impl Policy {
             relay_networks: relay_networks.to_vec(),
             users,
             domains_with_users,
+            tenants: HashMap::new(),
         }
+    }
+
+    /// The `tenant` of each user that has one: their mail is that tenant's,
+    /// whatever its headers say.
+    pub fn with_tenants(mut self, tenants: impl IntoIterator<Item = (String, String)>) -> Policy {
+        self.tenants = tenants.into_iter().map(|(addr, t)| (addr.to_lowercase(), t)).collect();
+        self
+    }
+
+    /// The tenant of an authenticated user, if configured.
+    pub fn user_tenant(&self, address: &str) -> Option<&str> {
+        self.tenants.get(&address.to_lowercase()).map(String::as_str)
     }
 
     /// Whether `ip` is in `relay_networks`.

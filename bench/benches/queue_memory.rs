@@ -61,6 +61,8 @@ fn main() {
         client_ip: None,
         helo: "client".into(),
         auth_user: None,
+        tenant: None,
+        campaign: None,
     };
     let per_domain: Vec<Mailbox> =
         domains.iter().map(|d| Mailbox::parse(&format!("user@{d}")).unwrap()).collect();

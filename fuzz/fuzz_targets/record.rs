@@ -51,6 +51,8 @@ fn envelope(u: &mut Unstructured<'_>) -> arbitrary::Result<Envelope> {
         client_ip: if u.arbitrary()? { Some(u.arbitrary::<std::net::IpAddr>()?) } else { None },
         helo: u.arbitrary()?,
         auth_user: opt_text(u)?,
+        tenant: opt_text(u)?,
+        campaign: opt_text(u)?,
     })
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
+use super::egress::Source;
 use super::outbound::{outgoing, Outbound};
 use super::route::NextHop;
 use super::{outcome_of, status_of, Job, JobResult, Outcome, RcptOutcome};
@@ -29,6 +30,7 @@ pub type Reporter = Rc<dyn Fn(usize, JobResult)>;
 
 struct Dest {
     hop: RefCell<Arc<NextHop>>,
+    source: Option<Arc<Source>>,
     queue: RefCell<VecDeque<Job>>,
     active: Cell<usize>,
     backoff_until: Cell<Option<Instant>>,
@@ -109,7 +111,7 @@ impl Destinations {
     /// Takes a job for one of our destinations.
     pub fn submit(self: &Rc<Self>, job: Job) {
         let now = instant();
-        let key = job.hop.key.clone();
+        let key = job.destination();
         let dest = self
             .map
             .borrow_mut()
@@ -117,6 +119,7 @@ impl Destinations {
             .or_insert_with(|| {
                 Rc::new(Dest {
                     hop: RefCell::new(job.hop.clone()),
+                    source: job.source.clone(),
                     queue: RefCell::new(VecDeque::new()),
                     active: Cell::new(0),
                     backoff_until: Cell::new(None),
@@ -160,7 +163,7 @@ impl Destinations {
     async fn connection(self: Rc<Self>, key: String, dest: Rc<Dest>) {
         let hop = dest.hop.borrow().clone();
         let cfg = self.live.delivery();
-        match Outbound::open(&hop, &cfg, &self.tls).await {
+        match Outbound::open(&hop, dest.source.as_deref(), &cfg, &self.tls).await {
             Err(e) => {
                 tracing::warn!(target: "delivery", destination = %key, error = %e, "destination unreachable");
                 dest.backoff_until.set(Some(instant() + cfg.destination_backoff));

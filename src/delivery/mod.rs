@@ -21,6 +21,7 @@
 pub mod decide;
 pub mod dest;
 pub mod dsn;
+pub mod egress;
 pub mod local;
 pub mod outbound;
 pub mod owner;
@@ -59,6 +60,8 @@ pub struct DeliveryConfig {
     pub mail_dir: PathBuf,
     /// Queue everything, deliver nothing.
     pub hold: bool,
+    /// Sources, pools, tenants.
+    pub egress: Arc<egress::Egress>,
 }
 
 /// How one recipient's attempt ended.
@@ -117,6 +120,19 @@ pub struct Job {
     /// The recipient domain (for logs and `/queue`).
     pub domain: String,
     pub hop: Arc<NextHop>,
+    /// The local address to send from (None: the host's default).
+    pub source: Option<Arc<egress::Source>>,
+}
+
+impl Job {
+    /// The destination this job joins: its next hop, from its source.
+    /// Connections, their limits and reuse are per destination.
+    pub fn destination(&self) -> String {
+        match &self.source {
+            Some(s) => format!("{}@{}", s.name, self.hop.key),
+            None => self.hop.key.clone(),
+        }
+    }
 }
 
 /// The outcome of a [`Job`], sent back to its owner.

@@ -3,12 +3,13 @@
 //! opportunistic STARTTLS (falling back to plain text on the same address if
 //! the handshake fails), then sends messages over the same connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use monoio::net::TcpStream;
 use rustls::ClientConfig;
 
+use super::egress::Source;
 use super::route::NextHop;
 use super::DeliveryConfig;
 use crate::envelope::Envelope;
@@ -37,9 +38,9 @@ impl std::fmt::Debug for Outbound {
     }
 }
 
-fn client_config(cfg: &DeliveryConfig, starttls: bool) -> SmtpClientConfig {
+fn client_config(cfg: &DeliveryConfig, source: Option<&Source>, starttls: bool) -> SmtpClientConfig {
     SmtpClientConfig {
-        helo: cfg.hostname.clone(),
+        helo: source.map_or_else(|| cfg.hostname.clone(), |s| s.ehlo.clone()),
         starttls,
         command_timeout: cfg.command_timeout,
         data_timeout: cfg.data_timeout,
@@ -48,21 +49,31 @@ fn client_config(cfg: &DeliveryConfig, starttls: bool) -> SmtpClientConfig {
 }
 
 impl Outbound {
-    /// Connects to the first host/address of `hop` that greets us. The error
-    /// lists what went wrong with each address tried.
+    /// Connects to the first host/address of `hop` that greets us, from
+    /// `source` if given (bound to its address, EHLO with its name; the
+    /// hop's addresses of the other IP family are skipped). The error lists
+    /// what went wrong with each address tried.
     pub async fn open(
         hop: &NextHop,
+        source: Option<&Source>,
         cfg: &DeliveryConfig,
         tls: &Arc<ClientConfig>,
     ) -> Result<Outbound, String> {
         let mut errors = Vec::new();
         for host in &hop.hosts {
             for &addr in &host.addrs {
-                match Outbound::open_one(&host.name, addr, cfg, tls, cfg.starttls).await {
+                if let Some(s) = source.filter(|s| s.address.is_ipv4() != addr.is_ipv4()) {
+                    errors.push(format!(
+                        "{}[{addr}]: not reachable from source {} ({})",
+                        host.name, s.name, s.address
+                    ));
+                    continue;
+                }
+                match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls).await {
                     Ok(o) => return Ok(o),
                     Err((e, true)) => {
                         // TLS failed: opportunistic means plain text is still better than nothing.
-                        match Outbound::open_one(&host.name, addr, cfg, tls, false).await {
+                        match Outbound::open_one(&host.name, addr, source, cfg, tls, false).await {
                             Ok(o) => return Ok(o),
                             Err((e2, _)) => {
                                 errors.push(format!("{}[{addr}]: {e}; without TLS: {e2}", host.name))
@@ -80,11 +91,18 @@ impl Outbound {
     async fn open_one(
         host: &str,
         addr: SocketAddr,
+        source: Option<&Source>,
         cfg: &DeliveryConfig,
         tls: &Arc<ClientConfig>,
         starttls: bool,
     ) -> Result<Outbound, (String, bool)> {
-        let stream = match monoio::time::timeout(cfg.connect_timeout, TcpStream::connect_addr(addr)).await {
+        let connect = async {
+            match source {
+                None => TcpStream::connect_addr(addr).await,
+                Some(s) => connect_from(s.address, addr).await,
+            }
+        };
+        let stream = match monoio::time::timeout(cfg.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err((format!("connect: {e}"), false)),
             Err(_) => return Err(("connect: timed out".into(), false)),
@@ -92,7 +110,7 @@ impl Outbound {
         let _ = stream.set_nodelay(true);
         let mut o = Outbound {
             conn: Conn::new(Transport::Plain(stream), cfg.data_timeout),
-            client: Client::new(client_config(cfg, starttls), instant()),
+            client: Client::new(client_config(cfg, source, starttls), instant()),
             body: Vec::new(),
             host: host.to_owned(),
             addr,
@@ -198,5 +216,47 @@ pub fn outgoing(env: &Envelope, rcpts: &[u32], content: &[u8]) -> Outgoing {
         smtputf8: env.smtputf8 || non_ascii,
         ret: env.ret,
         envid: env.envid.clone(),
+    }
+}
+
+/// A TCP connection to `to` from the local address `from`: bound first
+/// (with IP_BIND_ADDRESS_NO_PORT, so the port is picked at connect time
+/// for the 4-tuple and many connections can share one source address),
+/// then a non-blocking connect completed through io_uring.
+async fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let domain = if to.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
+    set_bind_no_port(&sock);
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    match sock.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    stream.writable(false).await?;
+    // SAFETY: the descriptor is owned by `stream`, alive for this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
+    if let Some(e) = socket2::SockRef::from(&fd).take_error()? {
+        return Err(e);
+    }
+    Ok(stream)
+}
+
+/// IP_BIND_ADDRESS_NO_PORT (Linux 4.2+); without it, binding works all the
+/// same, with ports reserved at bind time.
+fn set_bind_no_port(sock: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the
+    // size given, read by the kernel during the call only.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }

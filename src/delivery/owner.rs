@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::decide::{self, Group, Rules, Settled, Way};
 use super::dsn::{self, Report};
+use super::egress::{self, Pick, Rotation};
 use super::local::{self, LocalError};
 use super::route;
 use super::wheel::Wheel;
@@ -77,6 +78,8 @@ pub struct Owner {
     dispatch: Dispatcher,
     ids: IdSource,
     metrics: Arc<Metrics>,
+    /// This worker's turn in each pool.
+    rotation: RefCell<Rotation>,
     wheel: RefCell<Wheel<QueueId>>,
     todo: RefCell<VecDeque<(QueueId, Option<Rc<Envelope>>)>>,
     todo_wakers: RefCell<Vec<Waker>>,
@@ -114,6 +117,7 @@ impl Owner {
             dispatch,
             ids,
             metrics,
+            rotation: RefCell::new(Rotation::default()),
             wheel: RefCell::new(Wheel::new(unix_secs())),
             todo: RefCell::new(VecDeque::new()),
             todo_wakers: RefCell::new(Vec::new()),
@@ -323,13 +327,37 @@ impl Owner {
                 Way::Local => {
                     monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
                 }
-                Way::Remote => self.route_group(id, loc, domain, rcpts).await,
+                Way::Remote => self.route_group(id, loc, domain, rcpts, env.tenant.as_deref()).await,
             }
         }
     }
 
-    async fn route_group(self: &Rc<Self>, id: QueueId, loc: Location, domain: String, rcpts: Vec<u32>) {
+    async fn route_group(
+        self: &Rc<Self>,
+        id: QueueId,
+        loc: Location,
+        domain: String,
+        rcpts: Vec<u32>,
+        tenant: Option<&str>,
+    ) {
         let cfg = self.cfg();
+        let source = match cfg.egress.pool_for(tenant) {
+            None => None,
+            Some(pool) => {
+                let day = egress::day_of(unix_secs());
+                let mut daily = self.metrics.egress_daily.lock().unwrap_or_else(|p| p.into_inner());
+                match self.rotation.borrow_mut().pick(&cfg.egress, pool, day, &mut daily) {
+                    Pick::Source(s) => Some(s),
+                    Pick::Exhausted => {
+                        let text = format!("every source of pool {} has sent its daily maximum", pool.name);
+                        tracing::info!(target: "delivery", %id, domain = %domain, reason = %text, "deferred");
+                        self.metrics.deferred.fetch_add(rcpts.len() as u64, Ordering::Relaxed);
+                        let outcomes = RcptOutcome::all(&rcpts, Outcome::Temporary, "4.7.0", &text);
+                        return self.job_done(JobResult { id, domain, outcomes });
+                    }
+                }
+            }
+        };
         match route::resolve(&self.resolver, &cfg.routes, &domain, cfg.port).await {
             Ok(hop) => {
                 let (_, family) = self.spool.family();
@@ -341,6 +369,7 @@ impl Owner {
                     rcpts,
                     domain,
                     hop: Arc::new(hop),
+                    source,
                 });
             }
             Err(e) => {
@@ -519,6 +548,9 @@ impl Owner {
             client_ip: None,
             helo: cfg.hostname.clone(),
             auth_user: None,
+            // Out through the sender's pool; a DSN is no campaign's mail.
+            tenant: env.tenant.clone(),
+            campaign: None,
         };
         match self.spool.append_message(&dsn_env, b"", &dsn.body).await {
             Ok(Ok(_)) => {

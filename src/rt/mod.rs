@@ -55,7 +55,12 @@ pub enum ServeError {
 /// Builds the relay policy from the config.
 pub fn policy(config: &Config) -> Policy {
     let users = config.users.iter().map(|u| (u.get_ref().address.clone(), u.get_ref().password.clone()));
+    let tenants = config.users.iter().filter_map(|u| {
+        let u = u.get_ref();
+        Some((u.address.clone(), u.tenant.clone()?))
+    });
     Policy::new(&config.relay.local_domains, &config.relay.relay_domains, &config.relay.relay_networks, users)
+        .with_tenants(tenants)
 }
 
 /// Session settings for one listener.
@@ -95,7 +100,23 @@ pub fn delivery_config(config: &Config) -> crate::delivery::DeliveryConfig {
         local_domains: local_domains(config),
         mail_dir: config.local.mail_dir.clone(),
         hold: d.hold,
+        egress: Arc::new(crate::delivery::egress::Egress::new(config)),
     }
+}
+
+/// Checks that every `[[source]]` address is one of ours: a socket can be
+/// bound to it. A source that cannot be used is a config error at startup
+/// (and a refused reload), not a stream of failed deliveries.
+fn check_sources(config: &Config) -> Result<(), String> {
+    for (i, s) in config.sources.iter().enumerate() {
+        let s = s.get_ref();
+        let domain = if s.address.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+            .map_err(|e| format!("source[{i}] {}: {e}", s.name))?;
+        sock.bind(&std::net::SocketAddr::new(s.address, 0).into())
+            .map_err(|e| format!("source[{i}] {}: cannot bind {}: {e}", s.name, s.address))?;
+    }
+    Ok(())
 }
 
 /// `[relay] local_domains`, in lower case.
@@ -178,6 +199,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     }
     let tls = load_tls(&config).map_err(|e| ServeError::Config(format!("[tls]: {e}")))?;
     let dkim = load_dkim(&config).map_err(ServeError::Config)?;
+    check_sources(&config).map_err(ServeError::Config)?;
     for s in config.dkim.iter() {
         let s = s.get_ref();
         tracing::info!(domain = %s.domain, selector = %s.selector, key = %s.key.display(), "DKIM signing");
@@ -371,6 +393,7 @@ impl Reload {
         let new = Config::load(path).map_err(|e| e.to_string())?;
         let tls = load_tls(&new).map_err(|e| format!("[tls]: {e}"))?;
         let dkim = load_dkim(&new)?;
+        check_sources(&new)?;
         let restart = needs_restart(&self.config, &new);
         let current = self.shared.live.get();
         let policy = Arc::new(policy(&new));
@@ -436,9 +459,16 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
     let users = |c: &Config| c.users.iter().map(|u| debug(u.get_ref())).collect::<Vec<_>>();
     let tls = |c: &Config| c.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let dkim = |c: &Config| c.dkim.iter().map(|d| d.get_ref().clone()).collect::<Vec<_>>();
-    let checks: [(bool, &'static str); 10] = [
+    let egress = |c: &Config| {
+        let sources = c.sources.iter().map(|s| debug(s.get_ref())).collect::<Vec<_>>();
+        let pools = c.pools.iter().map(|p| debug(p.get_ref())).collect::<Vec<_>>();
+        let tenants = c.tenants.iter().map(|t| debug(t.get_ref())).collect::<Vec<_>>();
+        (sources, pools, tenants)
+    };
+    let checks: [(bool, &'static str); 11] = [
         (old.hostname() != new.hostname(), "hostname"),
         (dkim(old) != dkim(new), "[[dkim]]"),
+        (egress(old) != egress(new), "[[source]], [[pool]], [[tenant]]"),
         (tls(old) != tls(new), "[tls]"),
         (debug(&old.limits) != debug(&new.limits), "[limits]"),
         (debug(&old.relay) != debug(&new.relay), "[relay]"),

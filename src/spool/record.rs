@@ -257,6 +257,10 @@ pub fn message_payload_len(env: &Envelope, content_len: usize) -> u64 {
         Some(IpAddr::V4(_)) => 5,
         Some(IpAddr::V6(_)) => 17,
     };
+    let ext = match (&env.tenant, &env.campaign) {
+        (None, None) => 0,
+        (t, c) => 1 + [t, c].iter().filter_map(|v| v.as_deref()).map(|v| 1 + string(v)).sum::<u64>(),
+    };
     let rcpts: u64 =
         env.recipients.iter().map(|r| string(&r.address.to_string()) + 1 + opt(r.orcpt.as_deref())).sum();
     8 + 8
@@ -268,6 +272,7 @@ pub fn message_payload_len(env: &Envelope, content_len: usize) -> u64 {
         + opt(env.auth_user.as_deref())
         + 4
         + rcpts
+        + ext
         + content_len as u64
 }
 
@@ -376,7 +381,8 @@ fn encode_envelope(p: &mut Vec<u8>, env: &Envelope) {
         Some(Ret::Full) => 1,
         Some(Ret::Headers) => 2,
     };
-    p.push(u8::from(env.smtputf8) | body << 1 | ret << 3);
+    let extended = env.tenant.is_some() || env.campaign.is_some();
+    p.push(u8::from(env.smtputf8) | body << 1 | ret << 3 | u8::from(extended) << EXTENDED_BIT);
     put_str(p, &env.reverse_path.to_string());
     put_opt(p, env.envid.as_deref());
     put_str(p, &env.helo);
@@ -398,7 +404,23 @@ fn encode_envelope(p: &mut Vec<u8>, env: &Envelope) {
         p.push(r.notify.bits());
         put_opt(p, r.orcpt.as_deref());
     }
+    if extended {
+        // Tagged fields: (tag, string) pairs after a count. Readers skip
+        // tags they do not know, so fields can be added without a new kind.
+        let fields = [(EXT_TENANT, &env.tenant), (EXT_CAMPAIGN, &env.campaign)];
+        let present: Vec<(u8, &str)> = fields.iter().filter_map(|(t, v)| Some((*t, v.as_deref()?))).collect();
+        p.push(present.len() as u8);
+        for (tag, value) in present {
+            p.push(tag);
+            put_str(p, value);
+        }
+    }
 }
+
+/// Flag bit: the envelope ends with tagged fields (tenant, campaign, ...).
+const EXTENDED_BIT: u8 = 5;
+const EXT_TENANT: u8 = 1;
+const EXT_CAMPAIGN: u8 = 2;
 
 /// A bounds-checked reader over a payload.
 struct Reader<'a> {
@@ -480,6 +502,18 @@ pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> 
         let orcpt = r.opt()?.map(str::to_owned);
         recipients.push(Recipient { address, notify, orcpt });
     }
+    let (mut tenant, mut campaign) = (None, None);
+    if flags & (1 << EXTENDED_BIT) != 0 {
+        for _ in 0..r.u8()? {
+            let tag = r.u8()?;
+            let value = r.str()?.to_owned();
+            match tag {
+                EXT_TENANT => tenant = Some(value),
+                EXT_CAMPAIGN => campaign = Some(value),
+                _ => {}
+            }
+        }
+    }
     let body_offset = payload.len() - r.rest.len();
     let env = Envelope {
         id,
@@ -493,6 +527,8 @@ pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> 
         client_ip,
         helo,
         auth_user,
+        tenant,
+        campaign,
     };
     Ok((env, body_offset))
 }
@@ -553,7 +589,39 @@ pub(crate) mod tests {
             client_ip: Some("2001:db8::1".parse().unwrap()),
             helo: "client.test".into(),
             auth_user: Some("alice@example.test".into()),
+            tenant: None,
+            campaign: None,
         }
+    }
+
+    #[test]
+    fn tenant_and_campaign_round_trip_and_unknown_tags_are_skipped() {
+        for (tenant, campaign) in [(Some("acme"), None), (None, Some("spring-sale")), (Some("a"), Some("c"))]
+        {
+            let mut env = sample_envelope(9);
+            env.tenant = tenant.map(str::to_owned);
+            env.campaign = campaign.map(str::to_owned);
+            let mut buf = Vec::new();
+            let len = append_message(&mut buf, &env, b"", b"body\r\n");
+            check_message(&buf[..len], &env).unwrap();
+            assert_eq!(message_payload_len(&env, 6), (len - HEADER_LEN) as u64);
+            let (decoded, at) = decode_message(&buf[HEADER_LEN..len]).unwrap();
+            assert_eq!(decoded, env);
+            assert_eq!(&buf[HEADER_LEN + at..len], b"body\r\n");
+        }
+        // A field a later version adds (tag 200) is skipped, not an error.
+        let mut env = sample_envelope(9);
+        env.tenant = Some("acme".into());
+        let mut payload = Vec::new();
+        encode_envelope(&mut payload, &env);
+        let count_at = payload.len() - (1 + 1 + 2 + 4);
+        assert_eq!(payload[count_at], 1);
+        payload[count_at] = 2;
+        payload.extend_from_slice(&[200, 3, 0, b'n', b'e', b'w']);
+        payload.extend_from_slice(b"body");
+        let (decoded, at) = decode_message(&payload).unwrap();
+        assert_eq!(decoded, env);
+        assert_eq!(&payload[at..], b"body");
     }
 
     /// Checks a whole record at the start of `b` as one of a segment whose

@@ -6,7 +6,7 @@ usage: receiver.py HOST PORT OUTDIR [--mode MODE] [--arg ARG] [--tls CERT KEY]
 
 Every accepted message is written to OUTDIR/<n>.eml with first lines
 `X-Envelope: MAIL-params | rcpt1 params, rcpt2 params` (the envelope as sent),
-`X-TLS: yes|no` and `X-Helo: <EHLO name>`.
+`X-TLS: yes|no`, `X-Helo: <EHLO name>` and `X-Peer: <client address>`.
 Prints "ready" once listening. Modes:
   accept            accept everything (default)
   tempfail N        451 at end of data for the first N messages, then accept
@@ -180,6 +180,7 @@ class Handler(socketserver.StreamRequestHandler):
                         f.write(("X-Envelope: %s | %s\r\n" % (mail, ", ".join(rcpts))).encode())
                         f.write(("X-TLS: %s\r\n" % ("yes" if tls_active else "no")).encode())
                         f.write(("X-Helo: %s\r\n" % helo).encode())
+                        f.write(("X-Peer: %s\r\n" % self.client_address[0]).encode())
                         f.writelines(data)
                     os.rename(path + ".tmp", path)
                     self.accepted += 1

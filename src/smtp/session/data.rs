@@ -200,9 +200,21 @@ impl Session {
         let tx = self.tx.take();
         match (refusal, tx, self.message_id.take()) {
             (None, Some(tx), Some(id)) => {
-                let envelope = self.envelope(tx, id, now);
-                let body = std::mem::take(&mut self.body);
+                let mut envelope = self.envelope(tx, id, now);
+                let mut body = std::mem::take(&mut self.body);
                 let ours = self.conn.trusted || self.auth_user.is_some();
+                if ours {
+                    // X-Tenant and X-Campaign are instructions to us: taken
+                    // into the envelope and out of the message (before it is
+                    // signed). A stranger's are left alone.
+                    if let Some((tenant, campaign, rest)) = crate::mail::take_tenant_fields(&body) {
+                        (envelope.tenant, envelope.campaign, body) = (tenant, campaign, rest);
+                    }
+                    let user = self.auth_user.as_deref().and_then(|u| self.config.policy.user_tenant(u));
+                    if let Some(t) = user {
+                        envelope.tenant = Some(t.to_owned());
+                    }
+                }
                 self.message = Some(Message { envelope, body, ours });
                 self.phase = Phase::Blocked(Event::Store);
             }
@@ -228,6 +240,8 @@ impl Session {
             client_ip: Some(self.conn.peer),
             helo: self.helo.as_ref().map(|h| h.0.clone()).unwrap_or_default(),
             auth_user: self.auth_user.clone(),
+            tenant: None,
+            campaign: None,
         }
     }
 

@@ -655,3 +655,54 @@ fn declared_size_reserves_the_content_buffer_within_bounds() {
     let cap = h.session.body.capacity();
     assert!((256 * 1024..512 * 1024).contains(&cap), "reserved {cap}");
 }
+
+/// X-Tenant and X-Campaign from our clients go into the envelope and out of
+/// the message; an authenticated user's configured tenant wins; a
+/// stranger's headers are left alone.
+#[test]
+fn tenant_and_campaign_fields_are_ours_to_take() {
+    let content = b"X-Tenant: acme\r\nX-Campaign: spring\r\nSubject: s\r\n\r\nbody\r\n.\r\n";
+    let deliver = |h: &mut Harness| {
+        assert!(h.send("MAIL FROM:<s@sender.test>\r\n").starts_with("250"));
+        assert!(h.send("RCPT TO:<alice@example.test>\r\n").starts_with("250"));
+        assert!(h.send("DATA\r\n").starts_with("354"));
+        h.session.handle_input(content, h.now);
+        let msg = h.session.message().expect("a message to store");
+        let body = String::from_utf8(msg.body.clone()).unwrap();
+        (msg.envelope.tenant.clone(), msg.envelope.campaign.clone(), body)
+    };
+    let mut ours = Harness::new(Role::Mx, "127.0.0.1", true);
+    ours.greet();
+    let (tenant, campaign, body) = deliver(&mut ours);
+    assert_eq!((tenant.as_deref(), campaign.as_deref()), (Some("acme"), Some("spring")));
+    assert!(
+        !body.contains("X-Tenant") && !body.contains("X-Campaign") && body.contains("Subject: s\r\n"),
+        "{body}"
+    );
+
+    let mut stranger = Harness::mx();
+    stranger.greet();
+    let (tenant, campaign, body) = deliver(&mut stranger);
+    assert_eq!((tenant, campaign), (None, None));
+    assert!(body.contains("X-Tenant: acme\r\nX-Campaign: spring\r\n"), "{body}");
+
+    let mut cfg = config(Role::Mx);
+    cfg.policy = Arc::new(
+        Policy::new(
+            &["example.test".into()],
+            &[],
+            &[],
+            [("alice@example.test".to_owned(), "hash".to_owned())],
+        )
+        .with_tenants([("Alice@Example.test".to_owned(), "bigco".to_owned())]),
+    );
+    let mut user = Harness::with_config(cfg, "127.0.0.1", false);
+    user.greet();
+    user.send("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n");
+    assert_eq!(user.session.poll_event(), Some(Event::Authenticate));
+    user.session.handle_auth_result(true, user.now);
+    assert!(user.send("").starts_with("235"));
+    let (tenant, campaign, body) = deliver(&mut user);
+    assert_eq!((tenant.as_deref(), campaign.as_deref()), (Some("bigco"), Some("spring")));
+    assert!(!body.contains("X-Tenant"), "{body}");
+}
