@@ -217,8 +217,34 @@ impl Admin {
                 "in_flight": parts.iter().map(|p| p.in_flight).sum::<usize>(),
                 "outbound_connections": parts.iter().map(|p| p.outbound_connections).sum::<usize>(),
                 "domains": domains,
+                "suspensions": self.suspensions().into_iter().map(|((source, destination), (until, reason))| {
+                    json!({"source": source, "destination": destination, "until": until, "reason": reason})
+                }).collect::<Vec<_>>(),
+                "sources": self.sources_today(),
             }),
         )
+    }
+
+    /// Shaping suspensions in force: (source, budget) -> (until, why).
+    fn suspensions(&self) -> Vec<((String, String), (u64, String))> {
+        let now = crate::rt::clock::unix_secs();
+        let s = self.shared.metrics.suspensions.lock().unwrap_or_else(|p| p.into_inner());
+        s.iter().filter(|(_, (until, _))| *until > now).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Each egress source with what it took today.
+    fn sources_today(&self) -> Vec<serde_json::Value> {
+        let egress = self.shared.live.delivery().egress.clone();
+        let day = crate::delivery::egress::day_of(crate::rt::clock::unix_secs());
+        let daily = self.shared.metrics.egress_daily.lock().unwrap_or_else(|p| p.into_inner());
+        egress
+            .sources
+            .iter()
+            .map(|s| {
+                json!({"name": s.name, "address": s.address.to_string(), "ehlo": s.ehlo,
+                    "today": daily.get(day, &s.name), "max_per_day": s.max_per_day})
+            })
+            .collect()
     }
 
     async fn flush(&self) -> Response {
@@ -411,6 +437,7 @@ impl Admin {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        self.egress_metrics(&mut out);
         m.store_latency.render(
             &mut out,
             "ringpost_store_latency_seconds",
@@ -428,6 +455,52 @@ impl Admin {
         );
         out
     }
+}
+
+impl Admin {
+    /// Per (source, shaping budget) outcomes, the suspensions in force, and
+    /// each source's count today. Budgets of no `[[shaping]]` rule are
+    /// summed as destination="other", so the label set stays bounded.
+    fn egress_metrics(&self, out: &mut String) {
+        let name = "ringpost_egress_recipients_total";
+        let _ = writeln!(out, "# HELP {name} Recipient outcomes per egress source and shaping destination");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let egress = self.shared.metrics.egress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for ((source, dest), c) in &egress {
+            for (outcome, v) in [("delivered", c.delivered), ("deferred", c.deferred), ("bounced", c.bounced)]
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{source=\"{}\",destination=\"{}\",outcome=\"{outcome}\"}} {v}",
+                    label(source),
+                    label(dest)
+                );
+            }
+        }
+        let name = "ringpost_egress_suspended";
+        let _ = writeln!(out, "# HELP {name} Shaping suspensions in force (1), per source and destination");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for ((source, dest), _) in self.suspensions() {
+            let _ =
+                writeln!(out, "{name}{{source=\"{}\",destination=\"{}\"}} 1", label(&source), label(&dest));
+        }
+        let name = "ringpost_source_messages_today";
+        let _ = writeln!(out, "# HELP {name} Messages handed to each egress source this UTC day");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for s in self.sources_today() {
+            let _ = writeln!(
+                out,
+                "{name}{{source=\"{}\"}} {}",
+                label(s["name"].as_str().unwrap_or("")),
+                s["today"]
+            );
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// `limit=N` from a query string; default 100, at most 10,000.

@@ -74,6 +74,64 @@ pub struct Config {
     /// Who sends: each tenant's mail goes out through its pool.
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<Spanned<TenantConfig>>,
+    /// Shaping rules written in this file (those of `[delivery]
+    /// shaping_files` follow them).
+    #[serde(default)]
+    pub shaping: Vec<Spanned<ShapingConfig>>,
+}
+
+/// One `[[shaping]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingConfig {
+    /// Recipient domain (exact).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Glob over the next hop's host names (`*.google.com`).
+    #[serde(default)]
+    pub mx: Option<String>,
+    #[serde(default)]
+    pub connections: Option<usize>,
+    #[serde(default)]
+    pub messages_per_connection: Option<usize>,
+    /// `N/s`, `N/min`, `N/h`, `N/day`.
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// Enforced across nodes (needs `[redis]`).
+    #[serde(default)]
+    pub shared: bool,
+    #[serde(default)]
+    pub automation: Vec<AutomationConfig>,
+}
+
+/// One `[[shaping.automation]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutomationConfig {
+    /// Regex over the reply (code, enhanced code, text).
+    pub reply: String,
+    pub action: ActionConfig,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub duration: Option<Duration>,
+    /// `N/<period>`: act after N matches within the period.
+    #[serde(default)]
+    pub threshold: Option<String>,
+}
+
+/// `"suspend"`, `"bounce"` or `{ rate = "10/min" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ActionConfig {
+    Name(String),
+    Rate { rate: String },
+}
+
+/// A file of `[[shaping]]` rules (`[delivery] shaping_files`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShapingFile {
+    #[serde(default)]
+    shaping: Vec<Spanned<ShapingConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -280,6 +338,9 @@ pub struct DeliveryConfig {
     /// The pool for mail with no tenant, or a tenant without a pool. None:
     /// such mail goes out from the host's default address.
     pub pool: Option<String>,
+    /// Files of `[[shaping]]` rules, read after this file's own (relative
+    /// paths: from this file's directory).
+    pub shaping_files: Vec<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -303,6 +364,7 @@ impl Default for DeliveryConfig {
             dns_cache_size: 100_000,
             hold: false,
             pool: None,
+            shaping_files: Vec::new(),
         }
     }
 }
@@ -475,6 +537,11 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     v.iter().map(|s| parse_duration(s)).collect::<Result<_, _>>().map_err(serde::de::Error::custom)
@@ -491,7 +558,26 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Config::parse(&text, &path.display().to_string())
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in config.delivery.shaping_files.clone() {
+            let file = base.join(file);
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError(format!("{}: delivery.shaping_files: {name}: cannot read: {e}", path.display()))
+            })?;
+            config.shaping.extend(parse_shaping(&text, &name)?);
+        }
+        Ok(config)
+    }
+
+    /// Every shaping rule compiled, in order (this file's, then the files').
+    pub fn shaping_rules(&self) -> Vec<crate::delivery::shaping::Rule> {
+        // Checked when parsed: a rule that does not compile never gets here.
+        self.shaping
+            .iter()
+            .filter_map(|r| crate::delivery::shaping::Rule::compile(r.get_ref()).ok())
+            .collect()
     }
 
     /// Parses and checks config text; `name` is used in messages.
@@ -576,6 +662,7 @@ impl Config {
             }
         }
         self.validate_egress(name, &at)?;
+        check_shaping(&self.shaping, &at)?;
         if let Err((section, key, msg)) = self.check_bounds() {
             let full = if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") };
             return Err(match key_line(text, section, key) {
@@ -764,6 +851,29 @@ fn system_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Parses a shaping file: `[[shaping]]` tables only, each checked.
+fn parse_shaping(text: &str, name: &str) -> Result<Vec<Spanned<ShapingConfig>>, ConfigError> {
+    let file: ShapingFile =
+        toml::from_str(text).map_err(|e| ConfigError(format_toml_error(name, text, &e)))?;
+    let at = |span: Range<usize>, key: &str, msg: &str| {
+        ConfigError(format!("{name}: line {}: {key}: {msg}", line_of(text, span.start)))
+    };
+    check_shaping(&file.shaping, &at)?;
+    Ok(file.shaping)
+}
+
+fn check_shaping(
+    rules: &[Spanned<ShapingConfig>],
+    at: &dyn Fn(Range<usize>, &str, &str) -> ConfigError,
+) -> Result<(), ConfigError> {
+    for (i, r) in rules.iter().enumerate() {
+        if let Err(e) = crate::delivery::shaping::Rule::compile(r.get_ref()) {
+            return Err(at(r.span(), &format!("shaping[{i}]"), &e));
+        }
+    }
+    Ok(())
 }
 
 /// A duration as written in the config (`"250ms"`, `"30s"`, `"1d"`).

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub expired: AtomicU64,
     /// Messages handed to each egress source today (warm-up caps).
     pub egress_daily: std::sync::Mutex<crate::delivery::egress::DailyCounts>,
+    /// Recipient outcomes per (source, shaping budget).
+    pub egress: std::sync::Mutex<std::collections::BTreeMap<(String, String), EgressCounts>>,
+    /// Suspensions by shaping automation, per (source, budget): until (Unix
+    /// seconds) and why. Readers skip those that have ended.
+    pub suspensions: std::sync::Mutex<std::collections::BTreeMap<(String, String), (u64, String)>>,
     /// DSNs queued.
     pub dsns: AtomicU64,
     /// SIGHUP reloads that put a new configuration in force.
@@ -75,6 +80,14 @@ impl Histogram {
         let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {count}");
     }
+}
+
+/// Outcomes of one (source, budget).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EgressCounts {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
 }
 
 pub fn inc(c: &AtomicU64) {

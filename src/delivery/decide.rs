@@ -153,7 +153,8 @@ pub enum Settled {
 /// when it failed for good and its DSN was stored (`dsn_stored`; with no
 /// report due, pass true); otherwise it stays, to fail (and be reported)
 /// again at the next attempt. The next attempt follows the retry schedule,
-/// but never after the message expires (and never sooner than a second).
+/// but never after the message expires (and never sooner than a second),
+/// and not before a temporary failure's `not_before`.
 pub fn settle(
     outcomes: &[RcptOutcome],
     dsn_stored: bool,
@@ -177,7 +178,11 @@ pub fn settle(
     }
     let attempts = attempts_before + 1;
     let expiry = received_at + rules.max_age.as_secs();
-    let next_attempt = (now + retry_after(rules.retry, attempts).as_secs()).min(expiry.max(now + 1));
+    // A destination that asked us to wait (a suspension) holds its mail
+    // back until then; the message still expires on time, not sooner.
+    let scheduled = now + retry_after(rules.retry, attempts).as_secs();
+    let held = outcomes.iter().filter(|o| o.outcome == Outcome::Temporary).filter_map(|o| o.not_before).max();
+    let next_attempt = scheduled.max(held.unwrap_or(0)).min(expiry.max(now + 1));
     let last_error = outcomes
         .iter()
         .find(|o| o.outcome == Outcome::Temporary)
@@ -235,6 +240,7 @@ mod tests {
             text: format!("reply for {index}"),
             remote: remote.map(str::to_owned),
             remote_dsn,
+            not_before: None,
         }
     }
 
@@ -333,6 +339,10 @@ mod tests {
         let d = |i| outcome(i, Outcome::Delivered, "2.0.0", Some("mx"), true);
         let p = |i| outcome(i, Outcome::Permanent, "5.1.1", Some("mx"), true);
         let t = |i| outcome(i, Outcome::Temporary, "4.2.0", Some("mx"), true);
+        let held = |i, until| RcptOutcome {
+            not_before: Some(until),
+            ..outcome(i, Outcome::Temporary, "4.7.0", None, false)
+        };
         let retry_at = |done: Vec<u32>, attempts, next, last: &str| Settled::Retry {
             done,
             attempts,
@@ -376,6 +386,25 @@ mod tests {
             ),
             // Recipients done by earlier attempts are not in `remaining`.
             (vec![d(2)], true, vec![2], 4, t0, Settled::Finished),
+            // A suspended destination: not before its end, which may be
+            // later than the schedule, but never past the expiry.
+            (
+                vec![held(0, t0 + 30 * M)],
+                true,
+                vec![0],
+                0,
+                t0,
+                retry_at(vec![], 1, t0 + 30 * M, "4.7.0 reply for 0"),
+            ),
+            (vec![held(0, t0 + 30)], true, vec![0], 0, t0, retry_at(vec![], 1, t0 + M, "4.7.0 reply for 0")),
+            (
+                vec![held(0, t0 + 9 * DAY)],
+                true,
+                vec![0],
+                0,
+                t0,
+                retry_at(vec![], 1, t0 + 5 * DAY, "4.7.0 reply for 0"),
+            ),
         ];
         for (i, (outcomes, dsn_stored, remaining, attempts, now, want)) in cases.into_iter().enumerate() {
             assert_eq!(settle(&outcomes, dsn_stored, &remaining, attempts, t0, now, r), want, "case {i}");

@@ -1,7 +1,10 @@
-//! The destinations a worker owns (by hash of the next hop's key): a ready
-//! queue, a connection limit, messages per connection, a message rate and a
-//! backoff while the destination cannot be reached. Connections are reused
-//! for every queued job of the destination.
+//! The destinations a worker owns: per source and next hop, a ready queue
+//! and a backoff while it cannot be reached; connections are reused for
+//! every queued job of the destination. Destinations share a budget (per
+//! source and shaping key, see `shaping`): its connection limit, messages
+//! per connection, message rate and automation state (suspensions, rate
+//! changes). A worker owns whole budgets (jobs go to the worker by hash of
+//! the budget's key), so budgets need no locks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -17,9 +20,10 @@ use rustls::ClientConfig;
 use super::egress::Source;
 use super::outbound::{outgoing, Outbound};
 use super::route::NextHop;
+use super::shaping::{self, AutoState, Automation, Limits};
 use super::{outcome_of, status_of, Job, JobResult, Outcome, RcptOutcome};
 use crate::metrics::{inc, Metrics};
-use crate::rt::clock::instant;
+use crate::rt::clock::{instant, unix_secs};
 use crate::rt::live::Live;
 
 /// How long an idle connection waits for another job before QUIT.
@@ -31,12 +35,41 @@ pub type Reporter = Rc<dyn Fn(usize, JobResult)>;
 struct Dest {
     hop: RefCell<Arc<NextHop>>,
     source: Option<Arc<Source>>,
+    budget: Rc<Budget>,
     queue: RefCell<VecDeque<Job>>,
     active: Cell<usize>,
     backoff_until: Cell<Option<Instant>>,
+    idle: RefCell<Vec<Waker>>,
+}
+
+/// What destinations of one source and shaping key share.
+struct Budget {
+    /// Source name ("" for the default address) and shaping key.
+    source: String,
+    shape_key: String,
+    /// Whether a `[[shaping]]` rule made it (else the next hop's own).
+    ruled: Cell<bool>,
+    limits: RefCell<Limits>,
+    automation: RefCell<Vec<Automation>>,
+    auto: RefCell<AutoState>,
+    active: Cell<usize>,
     /// Rate limit: the earliest time the next message may start.
     next_send: Cell<Instant>,
-    idle: RefCell<Vec<Waker>>,
+    /// Keys of the destinations in this budget.
+    dests: RefCell<Vec<String>>,
+}
+
+impl Budget {
+    fn suspended(&self, now: Instant) -> Option<(Instant, String)> {
+        self.auto.borrow().suspended(now).map(|(t, why)| (t, why.to_owned()))
+    }
+
+    /// The budget as metrics and logs name it.
+    fn label(&self) -> (String, String) {
+        let dest = if self.ruled.get() { self.shape_key.clone() } else { "other".to_owned() };
+        let source = if self.source.is_empty() { "default".to_owned() } else { self.source.clone() };
+        (source, dest)
+    }
 }
 
 impl Dest {
@@ -56,6 +89,7 @@ pub struct Destinations {
     report: Reporter,
     metrics: Arc<Metrics>,
     map: RefCell<HashMap<String, Rc<Dest>>>,
+    budgets: RefCell<HashMap<String, Rc<Budget>>>,
     draining: Cell<bool>,
     /// Connections open now.
     open: Cell<usize>,
@@ -86,6 +120,7 @@ impl Destinations {
             report,
             metrics,
             map: RefCell::new(HashMap::new()),
+            budgets: RefCell::new(HashMap::new()),
             draining: Cell::new(false),
             open: Cell::new(0),
             drained: RefCell::new(None),
@@ -108,10 +143,39 @@ impl Destinations {
         }
     }
 
+    /// The budget of `job`, made if new; its limits and rules follow the
+    /// job's (so a reload applies to the next job).
+    fn budget(&self, job: &Job, now: Instant) -> Rc<Budget> {
+        let budget = self
+            .budgets
+            .borrow_mut()
+            .entry(job.budget())
+            .or_insert_with(|| {
+                Rc::new(Budget {
+                    source: job.source.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                    shape_key: job.shape.key.clone(),
+                    ruled: Cell::new(false),
+                    limits: RefCell::new(job.shape.limits.clone()),
+                    automation: RefCell::new(Vec::new()),
+                    auto: RefCell::new(AutoState::default()),
+                    active: Cell::new(0),
+                    next_send: Cell::new(now),
+                    dests: RefCell::new(Vec::new()),
+                })
+            })
+            .clone();
+        budget.ruled.set(job.shape.rule.is_some());
+        *budget.limits.borrow_mut() = job.shape.limits.clone();
+        *budget.automation.borrow_mut() =
+            job.shape.rule.as_ref().map(|r| r.automation.clone()).unwrap_or_default();
+        budget
+    }
+
     /// Takes a job for one of our destinations.
     pub fn submit(self: &Rc<Self>, job: Job) {
         let now = instant();
         let key = job.destination();
+        let budget = self.budget(&job, now);
         let dest = self
             .map
             .borrow_mut()
@@ -120,17 +184,23 @@ impl Destinations {
                 Rc::new(Dest {
                     hop: RefCell::new(job.hop.clone()),
                     source: job.source.clone(),
+                    budget: budget.clone(),
                     queue: RefCell::new(VecDeque::new()),
                     active: Cell::new(0),
                     backoff_until: Cell::new(None),
-                    next_send: Cell::new(now),
                     idle: RefCell::new(Vec::new()),
                 })
             })
             .clone();
         *dest.hop.borrow_mut() = job.hop.clone();
+        if !budget.dests.borrow().contains(&key) {
+            budget.dests.borrow_mut().push(key.clone());
+        }
         if self.draining.get() {
             return self.fail(job, "4.3.2", "the server is shutting down");
+        }
+        if let Some((until, why)) = budget.suspended(now) {
+            return self.fail_held(job, &budget, until, &why);
         }
         if dest.backoff_until.get().is_some_and(|t| t > now) {
             return self.fail(
@@ -149,23 +219,101 @@ impl Destinations {
         (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
     }
 
-    /// Opens connections while jobs wait and the limit allows.
+    /// Defers a job of a suspended budget: not to be tried before the
+    /// suspension ends (the owner's retry waits for it).
+    fn fail_held(&self, job: Job, budget: &Budget, until: Instant, why: &str) {
+        let left = until.saturating_duration_since(instant());
+        let text = format!(
+            "{} from {}: suspended for {}s more ({why})",
+            budget.shape_key,
+            budget.label().0,
+            left.as_secs()
+        );
+        let not_before = unix_secs() + left.as_secs() + 1;
+        let mut outcomes = RcptOutcome::all(&job.rcpts, Outcome::Temporary, "4.7.0", &text);
+        for o in &mut outcomes {
+            o.not_before = Some(not_before);
+        }
+        (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
+    }
+
+    /// Defers every queued job of a budget that was just suspended.
+    fn hold_budget(&self, budget: &Budget, until: Instant, why: &str) {
+        let keys = budget.dests.borrow().clone();
+        for key in keys {
+            let Some(dest) = self.map.borrow().get(&key).cloned() else { continue };
+            let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
+            for job in jobs {
+                self.fail_held(job, budget, until, why);
+            }
+            dest.wake_idle();
+        }
+    }
+
+    /// Opens connections while jobs wait and the budget allows.
     fn maybe_start(self: &Rc<Self>, key: &str, dest: &Rc<Dest>) {
-        let limit = self.live.delivery().connections_per_destination.max(1);
-        while dest.active.get() < limit && dest.active.get() < dest.queue.borrow().len() {
+        let budget = &dest.budget;
+        if budget.suspended(instant()).is_some() {
+            return;
+        }
+        let limit = budget.limits.borrow().connections.max(1);
+        while budget.active.get() < limit && dest.active.get() < dest.queue.borrow().len() {
             dest.active.set(dest.active.get() + 1);
+            budget.active.set(budget.active.get() + 1);
             self.open.set(self.open.get() + 1);
             monoio::spawn(self.clone().connection(key.to_owned(), dest.clone()));
         }
+    }
+
+    /// A connection of `budget` ended: its destinations with waiting jobs
+    /// may start one.
+    fn kick(self: &Rc<Self>, budget: &Budget) {
+        let keys = budget.dests.borrow().clone();
+        for key in keys {
+            let dest = self.map.borrow().get(&key).cloned();
+            if let Some(dest) = dest {
+                if !dest.queue.borrow().is_empty() && dest.backoff_until.get().is_none() {
+                    self.maybe_start(&key, &dest);
+                }
+            }
+        }
+    }
+
+    /// Feeds a reply to the budget's automation. Returns whether it says to
+    /// bounce the recipient; a suspension it starts defers what is queued.
+    fn react(&self, budget: &Budget, reply: &str) -> bool {
+        let automation = budget.automation.borrow();
+        if automation.is_empty() {
+            return false;
+        }
+        let now = instant();
+        let reaction = budget.auto.borrow_mut().on_reply(&automation, reply, now);
+        drop(automation);
+        if !reaction.started.is_empty() {
+            let (source, dest) = budget.label();
+            tracing::warn!(target: "delivery", source = %source, destination = %budget.shape_key,
+                action = %reaction.started.join(", "), reply = %reply, "shaping automation");
+            if let Some((until, why)) = budget.suspended(now) {
+                let until_unix = unix_secs() + until.saturating_duration_since(now).as_secs();
+                let mut s = self.metrics.suspensions.lock().unwrap_or_else(|p| p.into_inner());
+                s.insert((source, dest), (until_unix, why.clone()));
+                drop(s);
+                self.hold_budget(budget, until, &why);
+            }
+        }
+        reaction.bounce
     }
 
     /// One connection: open, send queued jobs, QUIT.
     async fn connection(self: Rc<Self>, key: String, dest: Rc<Dest>) {
         let hop = dest.hop.borrow().clone();
         let cfg = self.live.delivery();
+        let budget = dest.budget.clone();
         match Outbound::open(&hop, dest.source.as_deref(), &cfg, &self.tls).await {
             Err(e) => {
                 tracing::warn!(target: "delivery", destination = %key, error = %e, "destination unreachable");
+                // A greeting like 421 4.7.0 [TSS04] is a reply too.
+                self.react(&budget, &e);
                 dest.backoff_until.set(Some(instant() + cfg.destination_backoff));
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
@@ -176,10 +324,11 @@ impl Destinations {
                 dest.backoff_until.set(None);
                 let mut sent = 0;
                 let mut alive = true;
-                while sent < cfg.messages_per_connection.max(1) && !self.draining.get() {
+                let per_connection = budget.limits.borrow().messages_per_connection.max(1);
+                while sent < per_connection && !self.draining.get() && budget.suspended(instant()).is_none() {
                     let Some(job) = next_job(&dest).await else { break };
-                    self.pace(&dest).await;
-                    alive = self.deliver(&mut conn, job).await;
+                    self.pace(&budget).await;
+                    alive = self.deliver(&mut conn, &budget, job).await;
                     sent += 1;
                     if !alive {
                         break;
@@ -191,14 +340,18 @@ impl Destinations {
             }
         }
         dest.active.set(dest.active.get() - 1);
+        budget.active.set(budget.active.get() - 1);
         self.open.set(self.open.get() - 1);
-        if !dest.queue.borrow().is_empty() && dest.backoff_until.get().is_none() && !self.draining.get() {
-            self.maybe_start(&key, &dest);
-        } else if dest.active.get() == 0
-            && dest.queue.borrow().is_empty()
-            && dest.backoff_until.get().is_none()
-        {
+        if !self.draining.get() {
+            self.kick(&budget);
+        }
+        if dest.active.get() == 0 && dest.queue.borrow().is_empty() && dest.backoff_until.get().is_none() {
             self.map.borrow_mut().remove(&key);
+            budget.dests.borrow_mut().retain(|k| *k != key);
+            // Budgets of a rule keep their automation state; others go.
+            if budget.dests.borrow().is_empty() && budget.active.get() == 0 && !budget.ruled.get() {
+                self.budgets.borrow_mut().remove(&format!("{}@{}", budget.source, budget.shape_key));
+            }
         }
         if self.open.get() == 0 {
             if let Some(w) = self.drained.borrow_mut().take() {
@@ -207,22 +360,20 @@ impl Destinations {
         }
     }
 
-    /// Waits for the destination's rate limit.
-    async fn pace(&self, dest: &Dest) {
-        let rate = self.live.delivery().rate_per_destination;
-        if rate <= 0.0 {
-            return;
-        }
+    /// Waits for the budget's rate (the configured one, or a lower one
+    /// automation set).
+    async fn pace(&self, budget: &Budget) {
         let now = instant();
-        let at = dest.next_send.get().max(now);
-        dest.next_send.set(at + Duration::from_secs_f64(1.0 / rate));
+        let rate = budget.auto.borrow().rate(now, budget.limits.borrow().rate);
+        let (at, next) = shaping::pace(budget.next_send.get(), now, rate);
+        budget.next_send.set(next);
         if at > now {
             monoio::time::sleep_until(at.into()).await;
         }
     }
 
     /// Sends one job; reports its result. False if the connection died.
-    async fn deliver(&self, conn: &mut Outbound, job: Job) -> bool {
+    async fn deliver(&self, conn: &mut Outbound, budget: &Budget, job: Job) -> bool {
         let started = instant();
         let (env, content) = match crate::spool::read::read_message(&self.spool_dir, job.family, job.loc)
             .await
@@ -237,7 +388,7 @@ impl Destinations {
         let msg = outgoing(&env, &job.rcpts, &content);
         let remote = format!("{}[{}]:{}", conn.host, conn.addr.ip(), conn.addr.port());
         let tls = conn.tls.as_ref().map_or("none".to_owned(), |t| format!("{} {}", t.version, t.cipher));
-        let (outcomes, alive) = match conn.send(msg, &content).await {
+        let (mut outcomes, alive) = match conn.send(msg, &content).await {
             Ok(results) => {
                 let dsn = conn.remote_dsn();
                 let outcomes = results
@@ -251,6 +402,7 @@ impl Destinations {
                             text: r.reply.one_line(),
                             remote: Some(conn.host.clone()),
                             remote_dsn: dsn,
+                            not_before: None,
                         })
                     })
                     .collect();
@@ -261,6 +413,14 @@ impl Destinations {
                 (RcptOutcome::all(&job.rcpts, Outcome::Temporary, "4.4.2", &text), false)
             }
         };
+        for o in outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered) {
+            if self.react(budget, &o.text) && o.outcome == Outcome::Temporary {
+                o.outcome = Outcome::Permanent;
+                o.status.replace_range(..1, "5");
+                o.text.push_str(" (bounced by shaping automation)");
+            }
+        }
+        self.count(budget, &outcomes);
         let ms = started.elapsed().as_millis() as u64;
         for o in &outcomes {
             let rcpt =
@@ -280,6 +440,19 @@ impl Destinations {
         }
         (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
         alive
+    }
+
+    /// Per (source, budget) outcome counters for `/metrics`.
+    fn count(&self, budget: &Budget, outcomes: &[RcptOutcome]) {
+        let mut egress = self.metrics.egress.lock().unwrap_or_else(|p| p.into_inner());
+        let c = egress.entry(budget.label()).or_default();
+        for o in outcomes {
+            match o.outcome {
+                Outcome::Delivered => c.delivered += 1,
+                Outcome::Temporary => c.deferred += 1,
+                Outcome::Permanent => c.bounced += 1,
+            }
+        }
     }
 
     /// Stops taking jobs; queued jobs are returned as deferred. Resolves when

@@ -26,6 +26,7 @@ pub mod local;
 pub mod outbound;
 pub mod owner;
 pub mod route;
+pub mod shaping;
 pub mod wheel;
 
 use std::collections::HashSet;
@@ -62,6 +63,8 @@ pub struct DeliveryConfig {
     pub hold: bool,
     /// Sources, pools, tenants.
     pub egress: Arc<egress::Egress>,
+    /// `[[shaping]]` rules and the default limits.
+    pub shaping: Arc<shaping::Shaping>,
 }
 
 /// How one recipient's attempt ended.
@@ -88,6 +91,9 @@ pub struct RcptOutcome {
     pub remote: Option<String>,
     /// The remote advertised DSN (so it reports success itself).
     pub remote_dsn: bool,
+    /// Not to be tried again before this Unix time (a suspended
+    /// destination), whatever the retry schedule says.
+    pub not_before: Option<u64>,
 }
 
 impl RcptOutcome {
@@ -102,6 +108,7 @@ impl RcptOutcome {
                 text: text.to_owned(),
                 remote: None,
                 remote_dsn: false,
+                not_before: None,
             })
             .collect()
     }
@@ -122,6 +129,8 @@ pub struct Job {
     pub hop: Arc<NextHop>,
     /// The local address to send from (None: the host's default).
     pub source: Option<Arc<egress::Source>>,
+    /// Its shaping: budget key, limits, automation.
+    pub shape: Arc<shaping::Shape>,
 }
 
 impl Job {
@@ -132,6 +141,12 @@ impl Job {
             Some(s) => format!("{}@{}", s.name, self.hop.key),
             None => self.hop.key.clone(),
         }
+    }
+
+    /// The budget this job's destination shares (per source and shaping
+    /// key): jobs go to the worker that owns it.
+    pub fn budget(&self) -> String {
+        format!("{}@{}", self.source.as_ref().map_or("", |s| s.name.as_str()), self.shape.key)
     }
 }
 

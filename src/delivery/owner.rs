@@ -361,6 +361,8 @@ impl Owner {
         match route::resolve(&self.resolver, &cfg.routes, &domain, cfg.port).await {
             Ok(hop) => {
                 let (_, family) = self.spool.family();
+                let hosts: Vec<&str> = hop.hosts.iter().map(|h| h.name.as_str()).collect();
+                let shape = Arc::new(cfg.shaping.shape(&domain, &hop.key, &hosts));
                 (self.dispatch)(Job {
                     owner: self.index,
                     family,
@@ -370,6 +372,7 @@ impl Owner {
                     domain,
                     hop: Arc::new(hop),
                     source,
+                    shape,
                 });
             }
             Err(e) => {
@@ -434,6 +437,7 @@ impl Owner {
                         text,
                         remote: None,
                         remote_dsn: false,
+                        not_before: None,
                     });
                 }
                 outcomes

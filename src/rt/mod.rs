@@ -101,6 +101,17 @@ pub fn delivery_config(config: &Config) -> crate::delivery::DeliveryConfig {
         mail_dir: config.local.mail_dir.clone(),
         hold: d.hold,
         egress: Arc::new(crate::delivery::egress::Egress::new(config)),
+        shaping: Arc::new(crate::delivery::shaping::Shaping::new(
+            config.shaping_rules(),
+            crate::delivery::shaping::Limits {
+                connections: d.connections_per_destination,
+                messages_per_connection: d.messages_per_connection,
+                rate: (d.rate_per_destination > 0.0).then(|| crate::delivery::shaping::Rate {
+                    count: 1,
+                    per: Duration::from_secs_f64(1.0 / d.rate_per_destination),
+                }),
+            },
+        )),
     }
 }
 
@@ -465,8 +476,9 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         let tenants = c.tenants.iter().map(|t| debug(t.get_ref())).collect::<Vec<_>>();
         (sources, pools, tenants)
     };
-    let checks: [(bool, &'static str); 11] = [
+    let checks: [(bool, &'static str); 12] = [
         (old.hostname() != new.hostname(), "hostname"),
+        (debug(&old.shaping) != debug(&new.shaping), "[[shaping]]"),
         (dkim(old) != dkim(new), "[[dkim]]"),
         (egress(old) != egress(new), "[[source]], [[pool]], [[tenant]]"),
         (tls(old) != tls(new), "[tls]"),

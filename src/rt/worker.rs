@@ -120,7 +120,7 @@ async fn serve(setup: WorkerSetup) {
     let dispatch: crate::delivery::owner::Dispatcher = {
         let (inboxes, dests) = (shared.inboxes.clone(), dests.clone());
         Rc::new(move |job: Job| {
-            let target = destination_worker(&job.destination(), workers);
+            let target = destination_worker(&job.budget(), workers);
             if target == index {
                 dests.submit(job);
             } else {

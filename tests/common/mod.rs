@@ -406,8 +406,9 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// The zone of PEERS.md, plus `two-mx.test` (MX 10 dead, MX 20 live) and
-    /// `alias.test` (the same MX as mx-dom.test).
+    /// The zone of PEERS.md, plus `two-mx.test` (MX 10 dead, MX 20 live),
+    /// `alias.test` (the same MX as mx-dom.test) and `hosted-a.test`,
+    /// `hosted-b.test` (MX hosts `mx-a.provider.test`, `mx-b.provider.test`).
     pub fn start() -> Dnsmasq {
         let port = free_port();
         let child = Command::new("dnsmasq")
@@ -430,6 +431,11 @@ impl Dnsmasq {
                 "--mx-host=two-mx.test,mx1.mx-dom.test,20",
                 "--host-record=dead.two-mx.test,127.0.0.4",
                 "--mx-host=v6.test,mx.v6.test,10",
+                // Two domains hosted by one provider, on different MX hosts.
+                "--mx-host=hosted-a.test,mx-a.provider.test,10",
+                "--mx-host=hosted-b.test,mx-b.provider.test,10",
+                "--host-record=mx-a.provider.test,127.0.0.2",
+                "--host-record=mx-b.provider.test,127.0.0.2",
                 "--host-record=mx.v6.test,::1",
             ])
             .stdout(Stdio::null())

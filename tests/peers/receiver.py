@@ -14,6 +14,8 @@ Prints "ready" once listening. Modes:
   drop-data N       close the connection in the middle of DATA, N times
   slow-greet S      wait S seconds before the greeting
   always-451        451 4.7.1 to every RCPT
+  rcpt-reply N|R    reply R (e.g. "450 4.7.28 unusual rate") to the first N RCPTs
+                    (counted in OUTDIR/refused), then accept
   long-451 ADDR     a long multi-line 451 in a multi-byte script for RCPT TO ADDR
   hostile KIND      multiline-flood | long-line | garbage | bare-lf | silence
 """
@@ -29,6 +31,18 @@ import time
 lock = threading.Lock()
 state = {"messages": 0, "tempfails": 0, "drops": 0, "connections": 0, "open": 0, "max_open": 0,
          "most_on_one": 0}
+
+
+def refuse_rcpt():
+    """rcpt-reply mode: whether this RCPT is one of the first N refused;
+    counts them into OUTDIR/refused."""
+    with lock:
+        if state.get("refused", 0) >= int(args.arg.split("|", 1)[0]):
+            return False
+        state["refused"] = state.get("refused", 0) + 1
+        with open(os.path.join(args.outdir, "refused"), "w") as f:
+            f.write("%d\n" % state["refused"])
+        return True
 
 
 def record_connections(delta, accepted=0):
@@ -142,6 +156,8 @@ class Handler(socketserver.StreamRequestHandler):
                     self.send(line * 60 + "451 4.2.0 mailbox busy\r\n")
                 elif args.mode == "always-451":
                     self.send("451 4.7.1 greylisted, come back later\r\n")
+                elif args.mode == "rcpt-reply" and refuse_rcpt():
+                    self.send(args.arg.split("|", 1)[1] + "\r\n")
                 else:
                     rcpts.append(cmd[8:])
                     self.send("250 2.1.5 ok\r\n")

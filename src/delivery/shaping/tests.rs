@@ -1,0 +1,268 @@
+//! Shaping decisions with tables and simulated time.
+#![allow(clippy::disallowed_methods)] // reason: a real Instant as the simulated clock's origin
+
+use super::*;
+use crate::config::Config;
+
+fn rules(text: &str) -> Result<Vec<Rule>, String> {
+    let c = Config::parse(&format!("hostname = \"mx.test\"\n{text}"), "t.toml").map_err(|e| e.to_string())?;
+    Ok(c.shaping_rules())
+}
+
+fn defaults() -> Limits {
+    Limits { connections: 20, messages_per_connection: 100, rate: None }
+}
+
+#[test]
+fn rates_parse() {
+    let table: &[(&str, Option<(u32, u64)>)] = &[
+        ("300/min", Some((300, 60))),
+        ("10/s", Some((10, 1))),
+        ("5000/h", Some((5000, 3600))),
+        ("100000/day", Some((100_000, 86_400))),
+        ("10/30s", Some((10, 30))),
+        (" 7 / d ", Some((7, 86_400))),
+        ("0/min", None),
+        ("x/min", None),
+        ("10", None),
+        ("10/fortnight", None),
+        ("10/0s", None),
+    ];
+    for (text, want) in table {
+        let got = Rate::parse(text).ok().map(|r| (r.count, r.per.as_secs()));
+        assert_eq!(got, *want, "{text}");
+    }
+    assert_eq!(Rate::parse("300/min").unwrap().interval(), Duration::from_millis(200));
+}
+
+#[test]
+fn globs() {
+    let table = [
+        ("*.google.com", "aspmx.l.google.com", true),
+        ("*.google.com", "ALT1.ASPMX.L.GOOGLE.COM", true),
+        ("*.google.com", "google.com", false),
+        ("*.google.com", "evilgoogle.com", false),
+        ("*.google.com", "x.google.com.evil.test", false),
+        ("mx*.mail.icloud.com", "mx01.mail.icloud.com", true),
+        ("*", "anything", true),
+        ("a*b*c", "aXXbYYc", true),
+        ("a*b*c", "aXXbYY", false),
+        ("exact.test", "exact.test", true),
+    ];
+    for (p, t, want) in table {
+        assert_eq!(glob_match(p, t), want, "{p} ~ {t}");
+    }
+}
+
+#[test]
+fn domain_rules_win_then_mx_rollup_then_defaults() {
+    let r = rules(
+        "[[shaping]]\nmx = \"*.google.com\"\nconnections = 5\nrate = \"300/min\"\n\
+         [[shaping]]\ndomain = \"gmail.com\"\nconnections = 10\n\
+         [[shaping]]\ndomain = \"gmail.com\"\nconnections = 99\n",
+    )
+    .unwrap();
+    let s = Shaping::new(r, defaults());
+    let google = ["aspmx.l.google.com", "alt1.aspmx.l.google.com"];
+    let gmail = s.shape("Gmail.com", "hop-gmail", &google);
+    assert_eq!((gmail.key.as_str(), gmail.limits.connections), ("domain:gmail.com", 10), "first domain rule");
+    assert_eq!(gmail.limits.rate, None, "a domain rule does not inherit the mx rule's rate");
+    assert_eq!(gmail.limits.messages_per_connection, 100, "unset: the default");
+    // Two hosted domains share the mx budget.
+    let a = s.shape("customer-a.test", "hop-a", &google);
+    let b = s.shape("customer-b.test", "hop-b", &["aspmx.l.google.com."]);
+    assert_eq!((a.key.as_str(), b.key.as_str()), ("mx:*.google.com", "mx:*.google.com"));
+    assert_eq!(a.limits.rate, Some(Rate { count: 300, per: Duration::from_secs(60) }));
+    let other = s.shape("other.test", "hop-o", &["mx.other.test"]);
+    assert_eq!((other.key.as_str(), other.limits), ("hop-o", defaults()));
+    assert!(other.rule.is_none());
+}
+
+#[test]
+fn bad_rules_are_refused_with_their_line() {
+    let table = [
+        ("[[shaping]]\nconnections = 1\n", "exactly one of domain and mx"),
+        ("[[shaping]]\ndomain = \"a\"\nmx = \"b\"\n", "exactly one of domain and mx"),
+        ("[[shaping]]\ndomain = \"a\"\nrate = \"fast\"\n", "rate:"),
+        ("[[shaping]]\ndomain = \"a\"\nconnections = 0\n", "connections"),
+        ("[[shaping]]\ndomain = \"a\"\nshared = true\n", "needs [redis]"),
+        ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"(\"\naction = \"suspend\"\nduration = \"1m\"\n", "reply:"),
+        ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"explode\"\nduration = \"1m\"\n", "action"),
+        ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"suspend\"\n", "duration: needed"),
+        ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = { rate = \"1/0s\" }\nduration = \"1m\"\n", "action.rate"),
+        ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"bounce\"\nthreshold = \"many\"\n", "threshold"),
+    ];
+    for (text, want) in table {
+        let e = rules(text).unwrap_err();
+        assert!(e.contains(want) && e.contains("t.toml: line "), "{text:?}: {e}");
+    }
+}
+
+fn automation(text: &str) -> Vec<Automation> {
+    let r = rules(&format!("[[shaping]]\nmx = \"*\"\n{text}")).unwrap();
+    r.into_iter().next().unwrap().automation
+}
+
+#[test]
+fn suspend_at_once_and_end_on_time() {
+    let a = automation(
+        "[[shaping.automation]]\nreply = '4\\.7\\.28'\naction = \"suspend\"\nduration = \"30m\"\n",
+    );
+    let t0 = Instant::now();
+    let mut s = AutoState::default();
+    assert_eq!(s.on_reply(&a, "250 2.0.0 ok", t0), Reaction::default());
+    assert!(s.suspended(t0).is_none());
+    let r = s.on_reply(&a, "421 4.7.28 unusual rate of mail", t0);
+    assert_eq!(r.started, ["suspended for 1800s"]);
+    assert!(!r.bounce);
+    let (until, why) = s.suspended(t0 + Duration::from_secs(60)).unwrap();
+    assert_eq!(until, t0 + Duration::from_secs(1800));
+    assert!(why.contains("4.7.28 unusual rate"), "{why}");
+    assert!(s.suspended(t0 + Duration::from_secs(1801)).is_none(), "it ends");
+    // A second match extends it; an earlier end never shortens it.
+    s.on_reply(&a, "421 4.7.28", t0 + Duration::from_secs(600));
+    assert_eq!(s.suspended(t0 + Duration::from_secs(2000)).unwrap().0, t0 + Duration::from_secs(2400));
+    s.clear();
+    assert!(s.suspended(t0 + Duration::from_secs(700)).is_none(), "a flush ends it");
+}
+
+#[test]
+fn thresholds_count_matches_within_their_period() {
+    let a = automation(
+        "[[shaping.automation]]\nreply = 'TSS04'\naction = \"suspend\"\nduration = \"1h\"\nthreshold = \"3/10m\"\n",
+    );
+    let t0 = Instant::now();
+    let at = |m: u64| t0 + Duration::from_secs(m * 60);
+    let mut s = AutoState::default();
+    // (minute, reply, suspended after it)
+    let table = [
+        (0, "421 4.7.0 [TSS04] deferred", false),
+        (5, "421 4.7.0 [TSS04] deferred", false),
+        (11, "421 4.7.0 [TSS04] deferred", false), // the first fell out of the window
+        (12, "250 ok", false),
+        (14, "421 4.7.0 [TSS04] deferred", true), // 5, 11, 14
+        (20, "421 4.7.0 [TSS04] deferred", true), // counting starts again, still suspended
+    ];
+    for (m, reply, suspended) in table {
+        s.on_reply(&a, reply, at(m));
+        assert_eq!(s.suspended(at(m)).is_some(), suspended, "minute {m}");
+    }
+    assert_eq!(s.suspended(at(20)).unwrap().0, at(14 + 60));
+}
+
+#[test]
+fn rate_actions_slow_down_for_a_while_and_bounce_acts_per_reply() {
+    let a = automation(
+        "[[shaping.automation]]\nreply = '4\\.7\\.28'\naction = { rate = \"10/min\" }\nduration = \"1h\"\n\
+         [[shaping.automation]]\nreply = '(?i)mailbox (does not exist|unavailable)'\naction = \"bounce\"\n",
+    );
+    let t0 = Instant::now();
+    let configured = Some(Rate::parse("300/min").unwrap());
+    let mut s = AutoState::default();
+    assert_eq!(s.rate(t0, configured), configured);
+    let r = s.on_reply(&a, "421 4.7.28 slow down", t0);
+    assert!(!r.bounce && r.started.len() == 1);
+    assert_eq!(s.rate(t0, configured), Some(Rate::parse("10/min").unwrap()));
+    assert_eq!(s.rate(t0, None), Some(Rate::parse("10/min").unwrap()));
+    assert_eq!(s.rate(t0 + Duration::from_secs(3601), configured), configured, "it ends");
+    assert!(s.on_reply(&a, "450 4.2.1 Mailbox does not exist", t0).bounce);
+    assert!(s.suspended(t0).is_none(), "bounce suspends nothing");
+}
+
+#[test]
+fn pacing_spaces_messages_by_the_rate() {
+    let t0 = Instant::now();
+    let r = Some(Rate::parse("10/s").unwrap());
+    let (at, next) = pace(t0, t0, r);
+    assert_eq!((at, next), (t0, t0 + Duration::from_millis(100)));
+    let (at2, next2) = pace(next, t0 + Duration::from_millis(10), r);
+    assert_eq!((at2, next2), (t0 + Duration::from_millis(100), t0 + Duration::from_millis(200)));
+    // Idle for a while: no burst credit is saved up.
+    let later = t0 + Duration::from_secs(5);
+    assert_eq!(pace(next2, later, r), (later, later + Duration::from_millis(100)));
+    assert_eq!(pace(next2, later, None), (later, later));
+}
+
+/// The shipped tuning/shaping.toml loads through `shaping_files`, its rules
+/// match the providers' MX hosts, and its automation reacts to their
+/// published replies as intended.
+#[test]
+fn the_shipped_provider_rules_load_and_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/shaping.toml");
+    let path = dir.path().join("ringpost.toml");
+    std::fs::write(&path, format!("hostname = \"mx.test\"\n[delivery]\nshaping_files = [{:?}]\n", shipped))
+        .unwrap();
+    let config = Config::load(&path).unwrap();
+    let s = Shaping::new(config.shaping_rules(), defaults());
+    // (domain, an MX host, budget key)
+    let table = [
+        ("gmail.com", "gmail-smtp-in.l.google.com", "mx:*.google.com"),
+        ("workspace-customer.test", "aspmx.l.google.com", "mx:*.google.com"),
+        ("yahoo.com", "mta5.am0.yahoodns.net", "mx:*.yahoodns.net"),
+        ("aol.com", "mx-aol.mail.gm0.yahoodns.net", "mx:*.yahoodns.net"),
+        ("hotmail.com", "hotmail-com.olc.protection.outlook.com", "mx:*.olc.protection.outlook.com"),
+        ("icloud.com", "mx01.mail.icloud.com", "mx:*.mail.icloud.com"),
+        ("example.org", "mail.example.org", "hop"),
+    ];
+    for (domain, mx, key) in table {
+        assert_eq!(s.shape(domain, "hop", &[mx]).key, key, "{domain}");
+    }
+    let t0 = Instant::now();
+    // (MX host, reply, suspended at once)
+    let replies = [
+        (
+            "aspmx.l.google.com",
+            "421 4.7.28 Our system has detected an unusual rate of unsolicited mail",
+            false,
+        ),
+        (
+            "aspmx.l.google.com",
+            "550 5.7.26 Unauthenticated email from example.com is not accepted due to DMARC",
+            true,
+        ),
+        (
+            "aspmx.l.google.com",
+            "550 5.7.25 The IP address sending this message does not have a PTR record",
+            true,
+        ),
+        ("aspmx.l.google.com", "452 4.2.2 The email account that you tried to reach is over quota", false),
+        ("mta5.am0.yahoodns.net", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred", true),
+        (
+            "mta5.am0.yahoodns.net",
+            "553 5.7.2 [TSS09] All messages from 192.0.2.1 will be permanently deferred",
+            true,
+        ),
+        (
+            "x.olc.protection.outlook.com",
+            "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent (S3150)",
+            true,
+        ),
+        (
+            "x.olc.protection.outlook.com",
+            "550 5.7.515 Access denied, sending domain does not meet the required authentication level",
+            true,
+        ),
+        (
+            "x.olc.protection.outlook.com",
+            "421 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited",
+            false,
+        ),
+    ];
+    for (mx, reply, suspended) in replies {
+        let shape = s.shape("d.test", "hop", &[mx]);
+        let rule = shape.rule.unwrap();
+        let mut state = AutoState::default();
+        state.on_reply(&rule.automation, reply, t0);
+        assert_eq!(state.suspended(t0).is_some(), suspended, "{reply}");
+    }
+    // Gmail's 4.7.28 slows the source down first, and pauses it if it goes on.
+    let rule = s.shape("gmail.com", "hop", &["aspmx.l.google.com"]).rule.unwrap();
+    let mut state = AutoState::default();
+    state.on_reply(&rule.automation, "421 4.7.28 unusual rate", t0);
+    assert_eq!(state.rate(t0, None), Some(Rate::parse("100/min").unwrap()));
+    for i in 1..5 {
+        state.on_reply(&rule.automation, "421 4.7.28 unusual rate", t0 + Duration::from_secs(60 * i));
+    }
+    assert!(state.suspended(t0 + Duration::from_secs(240)).is_some());
+}

@@ -1,0 +1,165 @@
+//! Shaping and automation against scripted receivers: a budget shared by
+//! the domains one provider hosts (MX rollup through dnsmasq), its rate and
+//! connection limit; a receiver that says "421 4.7.28 unusual rate" gets a
+//! pause while other destinations keep flowing; replies that mean "no such
+//! mailbox" bounce at once.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // reason: tests wait on real time and processes, and fail loudly
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{free_port, wait_until, Dnsmasq, Receiver, Server};
+
+fn send(srv: &Server, to: &str, n: usize) {
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    for i in 0..n {
+        c.send_message("s@x.test", &[to], &format!("Subject: {i}\r\n\r\nbody\r\n"));
+    }
+    c.cmd("QUIT", "221");
+}
+
+fn refused(rx: &Receiver) -> u32 {
+    std::fs::read_to_string(rx.dir.join("refused")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Two domains on different MX hosts of one provider share one budget
+/// (`mx` glob): one connection at a time and 5 messages a second between
+/// them, where without the rule each would have its own.
+#[test]
+fn mx_rollup_shares_one_budget() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.2", port, &[]);
+    let srv = Server::start(&format!(
+        "[[shaping]]\nmx = \"*.provider.test\"\nconnections = 1\nrate = \"5/s\"\n\
+         [delivery]\nport = {port}\ndns_servers = [\"127.0.0.1:{}\"]\nretry = [\"1s\"]\n",
+        dns.port
+    ));
+    let started = SystemTime::now();
+    let (a, b) = (srv.addr(), srv.addr());
+    let ta = std::thread::spawn(move || {
+        let mut c = common::Client::connect(a);
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        for i in 0..5 {
+            c.send_message("s@x.test", &["r@hosted-a.test"], &format!("Subject: a{i}\r\n\r\nx\r\n"));
+        }
+    });
+    let tb = std::thread::spawn(move || {
+        let mut c = common::Client::connect(b);
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        for i in 0..5 {
+            c.send_message("s@x.test", &["r@hosted-b.test"], &format!("Subject: b{i}\r\n\r\nx\r\n"));
+        }
+    });
+    ta.join().unwrap();
+    tb.join().unwrap();
+    let got = rx.wait_for(10, Duration::from_secs(20));
+    assert_eq!(got.len(), 10);
+    assert!(
+        got.iter().any(|m| m.contains("hosted-a.test")) && got.iter().any(|m| m.contains("hosted-b.test"))
+    );
+    assert_eq!(rx.connections().1, 1, "one connection at a time across both domains");
+    // 10 messages at 5/s: the last starts 1.8 s after the first at the
+    // earliest.
+    let arrivals = rx.arrivals();
+    let spread = arrivals[9].duration_since(arrivals[0]).unwrap();
+    assert!(spread >= Duration::from_millis(1700), "{spread:?}");
+    assert!(arrivals[0].duration_since(started).unwrap() < Duration::from_secs(5));
+    let metrics = srv.http("GET", "/metrics").1;
+    assert!(
+        metrics.contains("ringpost_egress_recipients_total{source=\"default\",destination=\"mx:*.provider.test\",outcome=\"delivered\"} 10"),
+        "{metrics}"
+    );
+}
+
+/// "421 4.7.28 unusual rate" suspends that budget: no connection to it
+/// until the suspension ends, its mail waits without being retried (and
+/// without aging faster), and another destination keeps flowing. Then it
+/// all goes out.
+#[test]
+fn a_slow_down_reply_suspends_one_destination_only() {
+    let port_y = free_port();
+    let port_z = free_port();
+    let y = Receiver::start(
+        "127.0.0.1",
+        port_y,
+        &["--mode", "rcpt-reply", "--arg", "1|421 4.7.28 unusual rate of mail"],
+    );
+    let z = Receiver::start("127.0.0.1", port_z, &[]);
+    let srv = Server::start(&format!(
+        "[[shaping]]\ndomain = \"y.test\"\n\
+         [[shaping.automation]]\nreply = '4\\.7\\.28'\naction = \"suspend\"\nduration = \"4s\"\n\
+         [[route]]\ndomain = \"y.test\"\nto = [\"127.0.0.1:{port_y}\"]\n\
+         [[route]]\ndomain = \"z.test\"\nto = [\"127.0.0.1:{port_z}\"]\n\
+         [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
+    ));
+    send(&srv, "r@y.test", 1);
+    assert!(wait_until(Duration::from_secs(10), || refused(&y) == 1));
+    let suspended_at = Instant::now();
+    let queue = srv.queue();
+    let s = &queue["suspensions"][0];
+    assert_eq!(s["destination"], "domain:y.test", "{queue}");
+    assert!(s["reason"].as_str().unwrap().contains("4.7.28"), "{queue}");
+    // More mail for both while y.test is suspended.
+    send(&srv, "r@y.test", 3);
+    send(&srv, "r@z.test", 3);
+    assert_eq!(z.wait_for(3, Duration::from_secs(3)).len(), 3, "z.test flows at full speed");
+    assert!(suspended_at.elapsed() < Duration::from_secs(3));
+    assert_eq!(y.connections().0, 1, "no connection to y.test while suspended");
+    assert_eq!(y.messages().len(), 0);
+    let got = y.wait_for(4, Duration::from_secs(15));
+    assert_eq!(got.len(), 4);
+    assert!(suspended_at.elapsed() >= Duration::from_millis(3500), "not before the suspension ended");
+    assert_eq!(refused(&y), 1, "no attempt was wasted on the suspended destination");
+    assert!(wait_until(Duration::from_secs(5), || srv.queued_messages() == 0));
+    assert!(srv.http("GET", "/metrics").1.contains("ringpost_egress_suspended"));
+}
+
+/// A 4xx reply that automation calls final bounces the recipient at the
+/// first attempt (its DSN goes to the sender), instead of retrying for days.
+#[test]
+fn bounce_actions_fail_recipients_at_once() {
+    let port = free_port();
+    let rx = Receiver::start(
+        "127.0.0.1",
+        port,
+        &["--mode", "rcpt-reply", "--arg", "1|450 4.2.1 mailbox unavailable"],
+    );
+    let srv = Server::start(&format!(
+        "[[shaping]]\ndomain = \"y.test\"\n\
+         [[shaping.automation]]\nreply = '(?i)mailbox unavailable'\naction = \"bounce\"\n\
+         [[route]]\ndomain = \"y.test\"\nto = [\"127.0.0.1:{port}\"]\n\
+         [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1h\"]\n"
+    ));
+    send(&srv, "r@y.test", 1);
+    assert!(wait_until(Duration::from_secs(10), || srv.metric("ringpost_bounced_total") == 1.0));
+    assert_eq!(srv.metric("ringpost_dsn_total"), 1.0, "the sender is told");
+    assert_eq!(rx.messages().len(), 0);
+}
+
+/// SIGHUP: a rule added by a reload paces the next messages.
+#[test]
+fn rules_follow_reloads() {
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let base = format!(
+        "[[route]]\ndomain = \"y.test\"\nto = [\"127.0.0.1:{port}\"]\n\
+         [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
+    );
+    let srv = Server::start(&base);
+    send(&srv, "r@y.test", 5);
+    rx.wait_for(5, Duration::from_secs(10));
+    let fast = rx.arrivals();
+    assert!(fast[4].duration_since(fast[0]).unwrap() < Duration::from_millis(800), "unshaped: at once");
+    srv.reload(&format!("[[shaping]]\ndomain = \"y.test\"\nrate = \"4/s\"\n{base}"), false);
+    send(&srv, "r@y.test", 5);
+    rx.wait_for(10, Duration::from_secs(10));
+    let slow = rx.arrivals();
+    let spread = slow[9].duration_since(slow[5]).unwrap();
+    assert!(spread >= Duration::from_millis(900), "4 a second after the reload: {spread:?}");
+}
