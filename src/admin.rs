@@ -438,6 +438,7 @@ impl Admin {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         self.egress_metrics(&mut out);
+        self.feedback_metrics(&mut out);
         m.store_latency.render(
             &mut out,
             "ringpost_store_latency_seconds",
@@ -458,6 +459,64 @@ impl Admin {
 }
 
 impl Admin {
+    /// Events by type, failures by bounce class, webhooks.
+    fn feedback_metrics(&self, out: &mut String) {
+        use crate::delivery::classify::Class;
+        use crate::events::EventType;
+        let m = &self.shared.metrics;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let name = "ringpost_events_total";
+        let _ = writeln!(out, "# HELP {name} Events emitted, by type\n# TYPE {name} counter");
+        for t in EventType::ALL {
+            let _ = writeln!(out, "{name}{{type=\"{}\"}} {}", t.as_str(), load(&m.events[t.index()]));
+        }
+        for (name, help, counts) in [
+            ("ringpost_bounces_total", "Permanent recipient failures, by bounce class", &m.bounces_by_class),
+            (
+                "ringpost_deferrals_total",
+                "Temporary recipient failures, by bounce class",
+                &m.deferrals_by_class,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for c in Class::ALL {
+                let _ = writeln!(out, "{name}{{class=\"{}\"}} {}", c.as_str(), load(&counts[c.index()]));
+            }
+        }
+        for (name, help, v) in [
+            (
+                "ringpost_events_write_failures_total",
+                "Failed writes of the events file or journal",
+                &m.events_write_failures,
+            ),
+            (
+                "ringpost_events_dropped_bytes_total",
+                "Journal bytes dropped unsent past [events] max_backlog",
+                &m.events_dropped_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", load(v));
+        }
+        let hooks = m.webhooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, kind, help) in [
+            ("ringpost_webhook_posts_total", "counter", "Batches a webhook accepted"),
+            ("ringpost_webhook_events_total", "counter", "Events a webhook accepted"),
+            ("ringpost_webhook_failures_total", "counter", "Failed webhook POSTs"),
+            ("ringpost_webhook_backlog_bytes", "gauge", "Journal bytes a webhook has not accepted yet"),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (url, c) in &hooks {
+                let v = match name {
+                    "ringpost_webhook_posts_total" => c.posts,
+                    "ringpost_webhook_events_total" => c.events,
+                    "ringpost_webhook_failures_total" => c.failures,
+                    _ => c.backlog_bytes,
+                };
+                let _ = writeln!(out, "{name}{{url=\"{}\"}} {v}", label(url));
+            }
+        }
+    }
+
     /// Per (source, shaping budget) outcomes, the suspensions in force, and
     /// each source's count today. Budgets of no `[[shaping]]` rule are
     /// summed as destination="other", so the label set stays bounded.

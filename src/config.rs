@@ -78,6 +78,61 @@ pub struct Config {
     /// shaping_files` follow them).
     #[serde(default)]
     pub shaping: Vec<Spanned<ShapingConfig>>,
+    /// Delivery events: the JSON lines file and the webhook backlog.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Endpoints events are POSTed to.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<Spanned<WebhookConfig>>,
+    /// The `[delivery] bounce_rules` files, read by `load`: (name, text).
+    #[serde(skip)]
+    pub bounce_rule_files: Vec<(String, String)>,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// One JSON object per line; reopened on SIGHUP.
+    pub file: Option<PathBuf>,
+    /// Bytes of events kept for webhooks that are behind.
+    pub max_backlog: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { file: None, max_backlog: 1 << 30 }
+    }
+}
+
+/// One `[[webhook]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host[:port]/path`.
+    pub url: String,
+    /// Events per POST at most.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a partial batch waits for more events.
+    #[serde(default = "default_batch_wait", deserialize_with = "de_duration")]
+    pub batch_wait: Duration,
+    /// Connect, send and answer timeout, each.
+    #[serde(default = "default_webhook_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+fn default_batch_wait() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One `[[shaping]]` rule.
@@ -341,6 +396,9 @@ pub struct DeliveryConfig {
     /// Files of `[[shaping]]` rules, read after this file's own (relative
     /// paths: from this file's directory).
     pub shaping_files: Vec<PathBuf>,
+    /// Files of `[[bounce]]` classification rules, tried before the
+    /// shipped ones.
+    pub bounce_rules: Vec<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -365,6 +423,7 @@ impl Default for DeliveryConfig {
             hold: false,
             pool: None,
             shaping_files: Vec::new(),
+            bounce_rules: Vec::new(),
         }
     }
 }
@@ -568,7 +627,47 @@ impl Config {
             })?;
             config.shaping.extend(parse_shaping(&text, &name)?);
         }
+        for file in config.delivery.bounce_rules.clone() {
+            let file = base.join(file);
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError(format!("{}: delivery.bounce_rules: {name}: cannot read: {e}", path.display()))
+            })?;
+            config.bounce_rule_files.push((name, text));
+        }
+        config
+            .classifier()
+            .map_err(|e| ConfigError(format!("{}: delivery.bounce_rules: {e}", path.display())))?;
         Ok(config)
+    }
+
+    /// The bounce classifier: the `bounce_rules` files, then the shipped rules.
+    pub fn classifier(&self) -> Result<crate::delivery::classify::Classifier, String> {
+        crate::delivery::classify::Classifier::new(&self.bounce_rule_files)
+    }
+
+    /// `[events]` and `[[webhook]]` as the event log takes them.
+    pub fn event_settings(&self) -> crate::events::log::Settings {
+        let webhooks = self
+            .webhooks
+            .iter()
+            .filter_map(|w| {
+                let w = w.get_ref();
+                // Checked when parsed: a bad URL never gets here.
+                Some(crate::events::webhook::WebhookSettings {
+                    url: crate::events::webhook::HttpUrl::parse(&w.url).ok()?,
+                    batch_size: w.batch_size,
+                    batch_wait: w.batch_wait,
+                    timeout: w.timeout,
+                    headers: w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
+            })
+            .collect();
+        crate::events::log::Settings {
+            file: self.events.file.clone(),
+            max_backlog: self.events.max_backlog,
+            webhooks,
+        }
     }
 
     /// Every shaping rule compiled, in order (this file's, then the files').
@@ -659,6 +758,36 @@ impl Config {
                     &format!("dkim[{i}]"),
                     "a second entry with the same domain and selector",
                 ));
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let hook = w.get_ref();
+            if let Err(e) = crate::events::webhook::HttpUrl::parse(&hook.url) {
+                return Err(at(w.span(), &format!("webhook[{i}].url"), &e));
+            }
+            if !(1..=10_000).contains(&hook.batch_size) {
+                return Err(at(w.span(), &format!("webhook[{i}].batch_size"), "must be between 1 and 10000"));
+            }
+            if hook.batch_wait > Duration::from_secs(3600) {
+                return Err(at(w.span(), &format!("webhook[{i}].batch_wait"), "must be at most 1h"));
+            }
+            if hook.timeout < Duration::from_millis(100) || hook.timeout > Duration::from_secs(3600) {
+                return Err(at(w.span(), &format!("webhook[{i}].timeout"), "must be between 100ms and 1h"));
+            }
+            let bad_header = hook.headers.iter().find(|(k, v)| {
+                k.is_empty()
+                    || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    || v.bytes().any(|b| b == b'\r' || b == b'\n')
+            });
+            if let Some((k, _)) = bad_header {
+                return Err(at(
+                    w.span(),
+                    &format!("webhook[{i}].headers"),
+                    &format!("{k:?}: bad name or value"),
+                ));
+            }
+            if self.webhooks[..i].iter().any(|o| o.get_ref().url == hook.url) {
+                return Err(at(w.span(), &format!("webhook[{i}].url"), "a second webhook with the same URL"));
             }
         }
         self.validate_egress(name, &at)?;
@@ -815,6 +944,7 @@ impl Config {
         dur("limits", "data_timeout", l.data_timeout, MS, DAY)?;
         dur("limits", "shutdown_grace", l.shutdown_grace, Duration::ZERO, HOUR)?;
         int("spool", "segment_size", self.spool.segment_size, 1 << 20, 1 << 34)?;
+        int("events", "max_backlog", self.events.max_backlog, 1 << 20, 1 << 40)?;
         int("delivery", "port", u64::from(d.port), 1, 65_535)?;
         for &r in &d.retry {
             dur("delivery", "retry", r, SEC, 30 * DAY)?;

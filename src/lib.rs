@@ -50,6 +50,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod envelope;
+pub mod events;
 pub mod mail;
 pub mod metrics;
 pub mod policy;

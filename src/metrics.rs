@@ -41,6 +41,31 @@ pub struct Metrics {
     pub config_reload_failures: AtomicU64,
     /// From the end of data to the spool's answer (the group commit wait).
     pub store_latency: Histogram,
+    /// Events emitted, by type (`events::EventType::index`).
+    pub events: [AtomicU64; 8],
+    /// Writes of the events file or journal that failed.
+    pub events_write_failures: AtomicU64,
+    /// Journal bytes dropped unsent past `[events] max_backlog`.
+    pub events_dropped_bytes: AtomicU64,
+    /// Per webhook URL.
+    pub webhooks: std::sync::Mutex<std::collections::BTreeMap<String, WebhookCounts>>,
+    /// Permanent failures by bounce class (`classify::Class::index`).
+    pub bounces_by_class: [AtomicU64; 12],
+    /// Temporary failures by bounce class.
+    pub deferrals_by_class: [AtomicU64; 12],
+}
+
+/// One webhook's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WebhookCounts {
+    /// Batches the endpoint accepted.
+    pub posts: u64,
+    /// Events in them.
+    pub events: u64,
+    /// POSTs that failed (refused, timed out, not 2xx).
+    pub failures: u64,
+    /// Journal bytes not yet accepted.
+    pub backlog_bytes: u64,
 }
 
 /// Bucket bounds (microseconds) of the store latency histogram.

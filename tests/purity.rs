@@ -13,6 +13,8 @@ const PURE: &[&str] = &[
     "src/dns/wire.rs",
     "src/dns/cache.rs",
     "src/delivery/decide.rs",
+    "src/delivery/classify.rs",
+    "src/events/mod.rs",
     "src/delivery/egress.rs",
     "src/delivery/shaping.rs",
     "src/dkim",

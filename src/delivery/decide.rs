@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::dsn::{Action, Report};
 use super::route::HopError;
-use super::{Outcome, RcptOutcome};
+use super::{Cause, Outcome, RcptOutcome};
 use crate::envelope::Envelope;
 
 /// Where one domain's recipients go in this attempt.
@@ -109,6 +109,8 @@ pub fn reports(env: &Envelope, outcomes: &[RcptOutcome]) -> Vec<Report> {
         .filter_map(|o| {
             let recipient = env.recipients.get(o.index as usize)?.clone();
             let action = match o.outcome {
+                // A suppressed recipient is reported by its event, not a DSN.
+                Outcome::Permanent if o.cause == Cause::Suppressed => return None,
                 Outcome::Permanent => Action::Failed,
                 Outcome::Delivered if recipient.notify.success() && o.remote.is_none() => Action::Delivered,
                 Outcome::Delivered if recipient.notify.success() && !o.remote_dsn => Action::Relayed,
@@ -120,6 +122,7 @@ pub fn reports(env: &Envelope, outcomes: &[RcptOutcome]) -> Vec<Report> {
                 status: o.status.clone(),
                 diagnostic: o.text.clone(),
                 remote_mta: o.remote.clone(),
+                class: o.class,
             })
         })
         .collect()
@@ -241,6 +244,10 @@ mod tests {
             remote: remote.map(str::to_owned),
             remote_dsn,
             not_before: None,
+            code: None,
+            via: None,
+            cause: Cause::Reply,
+            class: None,
         }
     }
 

@@ -21,7 +21,7 @@ use super::egress::Source;
 use super::outbound::{outgoing, Outbound};
 use super::route::NextHop;
 use super::shaping::{self, AutoState, Automation, Limits};
-use super::{outcome_of, status_of, Job, JobResult, Outcome, RcptOutcome};
+use super::{outcome_of, status_of, Cause, Job, JobResult, Outcome, RcptOutcome, Via};
 use crate::metrics::{inc, Metrics};
 use crate::rt::clock::{instant, unix_secs};
 use crate::rt::live::Live;
@@ -388,6 +388,11 @@ impl Destinations {
         let msg = outgoing(&env, &job.rcpts, &content);
         let remote = format!("{}[{}]:{}", conn.host, conn.addr.ip(), conn.addr.port());
         let tls = conn.tls.as_ref().map_or("none".to_owned(), |t| format!("{} {}", t.version, t.cipher));
+        let via = Arc::new(Via {
+            source: job.source.as_ref().map(|s| s.name.clone()),
+            next_hop: remote.clone(),
+            tls: conn.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)),
+        });
         let (mut outcomes, alive) = match conn.send(msg, &content).await {
             Ok(results) => {
                 let dsn = conn.remote_dsn();
@@ -403,6 +408,10 @@ impl Destinations {
                             remote: Some(conn.host.clone()),
                             remote_dsn: dsn,
                             not_before: None,
+                            code: Some(r.reply.code),
+                            via: Some(via.clone()),
+                            cause: Cause::Reply,
+                            class: None,
                         })
                     })
                     .collect();
@@ -410,7 +419,11 @@ impl Destinations {
             }
             Err(f) => {
                 let text = format!("{remote}: {f}");
-                (RcptOutcome::all(&job.rcpts, Outcome::Temporary, "4.4.2", &text), false)
+                let mut outcomes = RcptOutcome::all(&job.rcpts, Outcome::Temporary, "4.4.2", &text);
+                for o in &mut outcomes {
+                    o.via = Some(via.clone());
+                }
+                (outcomes, false)
             }
         };
         for o in outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered) {

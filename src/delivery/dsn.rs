@@ -39,6 +39,8 @@ pub struct Report {
     pub diagnostic: String,
     /// The host we talked to, if any.
     pub remote_mta: Option<String>,
+    /// The failure's bounce class (an extension field in the report).
+    pub class: Option<crate::delivery::classify::Class>,
 }
 
 /// A DSN ready to be queued: its envelope sender is null.
@@ -154,10 +156,15 @@ Reporting-MTA: dns; {hostname}\r\n"
         let kind = if r.remote_mta.is_some() { "smtp" } else { "X-ringpost" };
         let _ = write!(
             b,
-            "Diagnostic-Code: {kind}; {}\r\nLast-Attempt-Date: {}\r\n\r\n",
+            "Diagnostic-Code: {kind}; {}\r\nLast-Attempt-Date: {}\r\n",
             one_line(&r.diagnostic),
             format_rfc5322_date(now)
         );
+        // RFC 3464 §3.3: extension fields start with X-.
+        if let Some(class) = r.class.filter(|_| r.action == Action::Failed) {
+            let _ = write!(b, "X-Ringpost-Bounce-Class: {class}\r\n");
+        }
+        b.push_str("\r\n");
     }
 }
 
@@ -202,6 +209,7 @@ mod tests {
             status: "5.1.1".into(),
             diagnostic: "550 5.1.1 <a@example.test>: user unknown".into(),
             remote_mta: Some("mx1.example.test".into()),
+            class: Some(crate::delivery::classify::Class::InvalidRecipient),
         }
     }
 
@@ -226,6 +234,7 @@ mod tests {
             "Status: 5.1.1",
             "Remote-MTA: dns; mx1.example.test",
             "Diagnostic-Code: smtp; 550 5.1.1",
+            "X-Ringpost-Bounce-Class: InvalidRecipient\r\n\r\n",
             "Content-Type: message/rfc822",
             "the body",
         ] {

@@ -18,6 +18,7 @@
 //! its outcome is known and, for failures, after its DSN is durably queued.
 //! A crash in between delivers again (or reports again): duplicates, never loss.
 
+pub mod classify;
 pub mod decide;
 pub mod dest;
 pub mod dsn;
@@ -65,6 +66,8 @@ pub struct DeliveryConfig {
     pub egress: Arc<egress::Egress>,
     /// `[[shaping]]` rules and the default limits.
     pub shaping: Arc<shaping::Shaping>,
+    /// Bounce classification rules.
+    pub classifier: Arc<classify::Classifier>,
 }
 
 /// How one recipient's attempt ended.
@@ -94,6 +97,39 @@ pub struct RcptOutcome {
     /// Not to be tried again before this Unix time (a suspended
     /// destination), whatever the retry schedule says.
     pub not_before: Option<u64>,
+    /// The reply code, when a server answered.
+    pub code: Option<u16>,
+    /// How the attempt went out (for events).
+    pub via: Option<Arc<Via>>,
+    /// Why it ended this way, beyond the reply.
+    pub cause: Cause,
+    /// Bounce class of a failure (set by the owner before reporting).
+    pub class: Option<classify::Class>,
+}
+
+/// The connection an attempt used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// The egress source's name.
+    pub source: Option<String>,
+    /// `name[ip]:port`, or `local`.
+    pub next_hop: String,
+    /// TLS version and cipher, if any.
+    pub tls: Option<String>,
+}
+
+/// What decided an outcome, where it is not (only) the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cause {
+    /// The reply (or our own failure to reach anyone).
+    #[default]
+    Reply,
+    /// The message outlived `max_age`.
+    Expired,
+    /// The recipient is on the suppression list: no attempt, no DSN.
+    Suppressed,
+    /// The administrator bounced it.
+    Admin,
 }
 
 impl RcptOutcome {
@@ -109,6 +145,10 @@ impl RcptOutcome {
                 remote: None,
                 remote_dsn: false,
                 not_before: None,
+                code: None,
+                via: None,
+                cause: Cause::Reply,
+                class: None,
             })
             .collect()
     }

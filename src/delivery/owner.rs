@@ -12,17 +12,20 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use super::classify::Class;
 use super::decide::{self, Group, Rules, Settled, Way};
 use super::dsn::{self, Report};
 use super::egress::{self, Pick, Rotation};
 use super::local::{self, LocalError};
 use super::route;
 use super::wheel::Wheel;
-use super::{DeliveryConfig, Job, JobResult, Outcome, RcptOutcome};
+use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Via};
 use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
+use crate::events::log::EventLog;
+use crate::events::{Event, EventType, Response};
 use crate::metrics::{inc, Metrics};
-use crate::rt::clock::unix_secs;
+use crate::rt::clock::{unix_millis, unix_secs};
 use crate::rt::live::Live;
 use crate::smtp::address::ReversePath;
 use crate::smtp::session::IdSource;
@@ -88,6 +91,7 @@ pub struct Owner {
     /// Messages whose attempt is being finalized (not in `attempts` any more).
     finalizing: RefCell<std::collections::HashSet<QueueId>>,
     draining: Cell<bool>,
+    events: Arc<EventLog>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -100,6 +104,7 @@ impl std::fmt::Debug for Owner {
 }
 
 impl Owner {
+    #[allow(clippy::too_many_arguments)] // reason: the worker's handles, each distinct; built once
     pub fn new(
         index: usize,
         live: Arc<Live>,
@@ -108,6 +113,7 @@ impl Owner {
         dispatch: Dispatcher,
         ids: IdSource,
         metrics: Arc<Metrics>,
+        events: Arc<EventLog>,
     ) -> Rc<Owner> {
         Rc::new(Owner {
             index,
@@ -125,7 +131,13 @@ impl Owner {
             domains: RefCell::new(HashMap::new()),
             finalizing: RefCell::new(std::collections::HashSet::new()),
             draining: Cell::new(false),
+            events,
         })
+    }
+
+    /// Where this worker's events go.
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     /// Delivery settings in force now.
@@ -318,11 +330,11 @@ impl Owner {
                     let n = rcpts.len() as u64;
                     self.metrics.bounced.fetch_add(n, Ordering::Relaxed);
                     self.metrics.expired.fetch_add(n, Ordering::Relaxed);
-                    self.job_done(JobResult {
-                        id,
-                        domain,
-                        outcomes: RcptOutcome::all(&rcpts, Outcome::Permanent, decide::EXPIRED, &text),
-                    })
+                    let mut outcomes = RcptOutcome::all(&rcpts, Outcome::Permanent, decide::EXPIRED, &text);
+                    for o in &mut outcomes {
+                        o.cause = Cause::Expired;
+                    }
+                    self.job_done(JobResult { id, domain, outcomes })
                 }
                 Way::Local => {
                     monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
@@ -438,6 +450,10 @@ impl Owner {
                         remote: None,
                         remote_dsn: false,
                         not_before: None,
+                        code: None,
+                        via: Some(Arc::new(Via { source: None, next_hop: "local".into(), tls: None })),
+                        cause: Cause::Reply,
+                        class: None,
                     });
                 }
                 outcomes
@@ -477,10 +493,29 @@ impl Owner {
     }
 
     /// The attempt is over: DSNs first, then the durable record, then the retry.
-    async fn finalize(self: Rc<Self>, id: QueueId, a: Attempt, now: u64) {
+    async fn finalize(self: Rc<Self>, id: QueueId, mut a: Attempt, now: u64) {
+        let cfg = self.cfg();
+        for o in a.outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered) {
+            let class = match o.cause {
+                Cause::Expired => Class::MessageExpired,
+                _ => cfg.classifier.classify(o.code, &o.status, &o.text),
+            };
+            o.class = Some(class);
+            let counts = if o.outcome == Outcome::Permanent {
+                &self.metrics.bounces_by_class
+            } else {
+                &self.metrics.deferrals_by_class
+            };
+            counts[class.index()].fetch_add(1, Ordering::Relaxed);
+        }
         let reports = decide::reports(&a.env, &a.outcomes);
         let dsn_stored = reports.is_empty() || self.queue_dsn(&a.env, a.loc, &reports, now).await;
-        let cfg = self.cfg();
+        // Events before the spool records the outcome: a crash repeats
+        // them, never loses them.
+        if self.events.enabled() {
+            let events = outcome_events(&a, unix_millis());
+            self.events.emit_durable(&events).await;
+        }
         let rules = Rules { max_age: cfg.max_age, retry: &cfg.retry, local_domains: &cfg.local_domains };
         let settled = decide::settle(
             &a.outcomes,
@@ -580,8 +615,11 @@ impl Owner {
         let (dir, family) = self.spool.family();
         let (env, _) =
             crate::spool::read::read_message(&dir, family, loc).await.map_err(|e| e.to_string())?;
-        let outcomes =
+        let mut outcomes =
             RcptOutcome::all(&remaining, Outcome::Permanent, "5.0.0", "bounced by the administrator");
+        for o in &mut outcomes {
+            o.cause = Cause::Admin;
+        }
         let a = Attempt { env: Rc::new(env), loc, attempts_before, remaining, groups_left: 0, outcomes };
         self.attempts.borrow_mut().remove(&id);
         self.clone().finalize(id, a, unix_secs()).await;
@@ -620,4 +658,37 @@ impl Owner {
         }
         out
     }
+}
+
+/// One event per outcome of an attempt.
+fn outcome_events(a: &Attempt, at_ms: u64) -> Vec<Event> {
+    let attempt = a.attempts_before + 1;
+    a.outcomes
+        .iter()
+        .map(|o| {
+            let kind = match (o.outcome, o.cause) {
+                (Outcome::Delivered, _) => EventType::Delivery,
+                (Outcome::Temporary, _) => EventType::TransientFailure,
+                (Outcome::Permanent, Cause::Expired) => EventType::Expiration,
+                (Outcome::Permanent, Cause::Suppressed) => EventType::Suppressed,
+                (Outcome::Permanent, Cause::Admin) => EventType::AdminBounce,
+                (Outcome::Permanent, Cause::Reply) => EventType::Bounce,
+            };
+            let mut e = Event::about(kind, &a.env, u64::from(a.loc.len), at_ms);
+            e.recipient = a.env.recipients.get(o.index as usize).map(|r| r.address.to_string());
+            e.attempt = attempt;
+            e.class = o.class;
+            e.response = Some(Response { code: o.code, enhanced: o.status.clone(), text: o.text.clone() });
+            if let Some(via) = &o.via {
+                e.source = via.source.clone();
+                e.next_hop = Some(via.next_hop.clone());
+                e.tls = via.tls.clone();
+            }
+            if o.cause == Cause::Suppressed {
+                e.reason = Some(o.text.clone());
+            }
+            e.peer = None;
+            e
+        })
+        .collect()
 }

@@ -21,3 +21,9 @@ pub fn unix_secs() -> u64 {
 pub fn now() -> Now {
     Now { instant: instant(), unix_secs: unix_secs() }
 }
+
+/// Unix time in milliseconds (event timestamps).
+#[allow(clippy::disallowed_methods)] // reason: this module is the clock
+pub fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use monoio::net::TcpStream;
 
-use super::clock::{instant, now, unix_secs};
+use super::clock::{instant, now, unix_millis, unix_secs};
 use super::ctx::{ListenerCtx, WorkerCtx};
 use super::driver::{Conn, Filled};
 use super::stage::Stage;
 use super::transport::Transport;
 use crate::dkim::{Algorithm, SignError, Signer, Signers};
+use crate::events::{self, EventType};
 use crate::metrics::inc;
 use crate::policy::canonical;
 use crate::smtp::session::{ConnInfo, Event, Message, Session, StoreError};
@@ -175,6 +176,13 @@ impl Driver {
                 m.store_latency.observe_us(started.elapsed().as_micros() as u64);
                 tracing::info!(id = %id, from = %msg.envelope.reverse_path, rcpts = msg.envelope.recipients.len(),
                     size, client = %msg.envelope.client_ip.map(|i| i.to_string()).unwrap_or_default(), "queued");
+                let log = self.worker.owner.events();
+                if log.enabled() {
+                    let mut e =
+                        events::Event::about(EventType::Reception, &msg.envelope, size, unix_millis());
+                    e.recipients = msg.envelope.recipients.iter().map(|r| r.address.to_string()).collect();
+                    log.emit(&[e]);
+                }
                 self.worker.owner.enqueue_new(&msg.envelope);
                 Ok(())
             }

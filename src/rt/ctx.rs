@@ -105,6 +105,8 @@ pub struct Shared {
     pub memory: Arc<MemoryBudget>,
     pub stage: Arc<Broadcast>,
     pub inboxes: Vec<Arc<Inbox<Control>>>,
+    /// Delivery events: the file and the webhooks.
+    pub events: Arc<crate::events::log::EventLog>,
 }
 
 /// Per-worker state visible to its tasks.

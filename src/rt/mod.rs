@@ -101,6 +101,10 @@ pub fn delivery_config(config: &Config) -> crate::delivery::DeliveryConfig {
         mail_dir: config.local.mail_dir.clone(),
         hold: d.hold,
         egress: Arc::new(crate::delivery::egress::Egress::new(config)),
+        // Checked when the file was loaded.
+        classifier: Arc::new(
+            config.classifier().unwrap_or_else(|_| crate::delivery::classify::Classifier::defaults()),
+        ),
         shaping: Arc::new(crate::delivery::shaping::Shaping::new(
             config.shaping_rules(),
             crate::delivery::shaping::Limits {
@@ -262,13 +266,16 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         tracing::warn!("no DNS servers (delivery.dns_servers is empty and /etc/resolv.conf names none): MX lookups will fail");
     }
     let client_tls = transport::opportunistic_client_config().map_err(ServeError::Runtime)?;
+    let metrics = Arc::new(Metrics::default());
+    let events = crate::events::log::EventLog::start(&dir, config.event_settings(), metrics.clone())
+        .map_err(|e| ServeError::Config(format!("[events]: {e}")))?;
     let shared = Arc::new(Shared {
         live: live.clone(),
         dns_cache: Arc::new(crate::dns::cache::Cache::new(config.delivery.dns_cache_size)),
         dns_servers,
         dns_timeout: config.delivery.dns_timeout,
         client_tls,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         spool_stats: Arc::new(SpoolStats {
             recovery_corrupt: (report.corrupt.len() as u64).into(),
             recovery_undecodable: (report.bad_records as u64).into(),
@@ -278,6 +285,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         memory: MemoryBudget::new(usize::try_from(config.limits.message_memory).unwrap_or(usize::MAX)),
         stage: Broadcast::new(workers),
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
+        events,
     });
     let serving = Arc::new(AtomicBool::new(false));
     let admin_addr =
@@ -357,6 +365,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
             return Err(ServeError::Runtime("a worker thread panicked".into()));
         }
     }
+    // Events handed over during the drain reach the disk before we exit.
+    shared.events.flush(Duration::from_secs(5));
     drop(lock);
     tracing::info!("stopped cleanly");
     Ok(())
@@ -405,6 +415,7 @@ impl Reload {
         let tls = load_tls(&new).map_err(|e| format!("[tls]: {e}"))?;
         let dkim = load_dkim(&new)?;
         check_sources(&new)?;
+        crate::events::log::check(&new.event_settings())?;
         let restart = needs_restart(&self.config, &new);
         let current = self.shared.live.get();
         let policy = Arc::new(policy(&new));
@@ -420,6 +431,8 @@ impl Reload {
             delivery: Arc::new(delivery),
             dkim,
         });
+        // Reopens the events file even when unchanged (logrotate).
+        self.shared.events.configure(new.event_settings());
         self.shared.limits.set(new.limits.connections, new.limits.connections_per_ip);
         self.shared.memory.set_max(usize::try_from(new.limits.message_memory).unwrap_or(usize::MAX));
         for inbox in &self.shared.inboxes {
@@ -476,7 +489,7 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         let tenants = c.tenants.iter().map(|t| debug(t.get_ref())).collect::<Vec<_>>();
         (sources, pools, tenants)
     };
-    let checks: [(bool, &'static str); 12] = [
+    let checks: [(bool, &'static str); 14] = [
         (old.hostname() != new.hostname(), "hostname"),
         (debug(&old.shaping) != debug(&new.shaping), "[[shaping]]"),
         (dkim(old) != dkim(new), "[[dkim]]"),
@@ -488,6 +501,8 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         (debug(&old.routes) != debug(&new.routes), "[[route]]"),
         (debug(&old.delivery) != debug(&new.delivery), "[delivery]"),
         (debug(&old.local) != debug(&new.local), "[local]"),
+        (old.events != new.events, "[events]"),
+        (debug(&old.webhooks) != debug(&new.webhooks), "[[webhook]]"),
         (debug(&old.log) != debug(&new.log), "[log] (needs a restart)"),
     ];
     checks.into_iter().filter(|c| c.0).map(|c| c.1).collect()

@@ -128,8 +128,16 @@ async fn serve(setup: WorkerSetup) {
             }
         })
     };
-    let owner =
-        Owner::new(index, live, spool.clone(), resolver, dispatch, ids.clone(), shared.metrics.clone());
+    let owner = Owner::new(
+        index,
+        live,
+        spool.clone(),
+        resolver,
+        dispatch,
+        ids.clone(),
+        shared.metrics.clone(),
+        shared.events.clone(),
+    );
     *owner_slot.borrow_mut() = Some(owner.clone());
     let w = Rc::new(WorkerCtx {
         index,

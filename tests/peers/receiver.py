@@ -17,6 +17,8 @@ Prints "ready" once listening. Modes:
   rcpt-reply N|R    reply R (e.g. "450 4.7.28 unusual rate") to the first N RCPTs
                     (counted in OUTDIR/refused), then accept
   long-451 ADDR     a long multi-line 451 in a multi-byte script for RCPT TO ADDR
+  rcpt-map FILE     FILE has lines `ADDR|REPLY` (REPLY may hold \\r\\n for a
+                    multi-line reply): RCPT TO ADDR gets REPLY, others 250
   hostile KIND      multiline-flood | long-line | garbage | bare-lf | silence
 """
 import argparse
@@ -43,6 +45,17 @@ def refuse_rcpt():
         with open(os.path.join(args.outdir, "refused"), "w") as f:
             f.write("%d\n" % state["refused"])
         return True
+
+
+def rcpt_map():
+    """rcpt-map mode: ADDR -> reply, read from the file named by --arg."""
+    out = {}
+    with open(args.arg) as f:
+        for line in f:
+            if "|" in line:
+                addr, reply = line.rstrip("\n").split("|", 1)
+                out[addr] = reply.replace("\\r\\n", "\r\n")
+    return out
 
 
 def record_connections(delta, accepted=0):
@@ -156,6 +169,8 @@ class Handler(socketserver.StreamRequestHandler):
                     self.send(line * 60 + "451 4.2.0 mailbox busy\r\n")
                 elif args.mode == "always-451":
                     self.send("451 4.7.1 greylisted, come back later\r\n")
+                elif args.mode == "rcpt-map" and addr in rcpt_map():
+                    self.send(rcpt_map()[addr] + "\r\n")
                 elif args.mode == "rcpt-reply" and refuse_rcpt():
                     self.send(args.arg.split("|", 1)[1] + "\r\n")
                 else:

@@ -21,7 +21,7 @@ mod auth;
 mod data;
 mod ehlo;
 mod mail;
-mod received;
+pub(crate) mod received;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,460 @@
+//! The event log: one thread that takes events from the workers, appends
+//! them in batches to `[events] file` and to the webhook journal, and makes
+//! them durable when asked.
+//!
+//! Workers never wait for it on the SMTP path: `Reception` events are
+//! handed over and forgotten (a crash in the moment between a message's 250
+//! and its batch reaching the disk loses that event, never the message).
+//! Outcome events (`Delivery`, `Bounce`, ...) are made durable (written and
+//! fdatasync'd) before the delivery owner records the outcome in the spool,
+//! so a crash repeats them rather than loses them: at least once.
+//!
+//! The journal (`<spool dir>/events/<seq>.jsonl`) exists for the webhooks:
+//! each reads it from its own durable cursor (see [`super::webhook`]).
+//! Segments are rotated at [`SEGMENT_BYTES`]; a segment every webhook has
+//! passed is deleted, and past `[events] max_backlog` the oldest segments
+//! are dropped with an error in the log and in `/metrics` (the one way
+//! events are lost, bounded on purpose: a webhook that stays down must not
+//! fill the spool's disk).
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+
+use super::webhook::{self, WebhookHandle, WebhookSettings};
+use super::Event;
+use crate::metrics::Metrics;
+
+/// A journal segment is closed past this size.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// Most bytes written in one batch.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What `[events]` and `[[webhook]]` say.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub file: Option<PathBuf>,
+    /// Journal bytes kept for webhooks that are behind.
+    pub max_backlog: u64,
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+impl Settings {
+    fn enabled(&self) -> bool {
+        self.file.is_some() || !self.webhooks.is_empty()
+    }
+}
+
+/// Completion of a durable write, awaited by a worker task.
+#[derive(Debug, Default)]
+struct Done {
+    flag: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Done {
+    fn complete(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// Resolves once the events it stands for are on disk (or could not be
+/// written: that is logged and counted, and mail goes on).
+#[derive(Debug)]
+pub struct Durable(Option<Arc<Done>>);
+
+impl Future for Durable {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(done) = &self.0 else { return Poll::Ready(()) };
+        if done.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        done.waker.register(cx.waker());
+        if done.flag.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+enum Req {
+    Lines { bytes: Vec<u8>, done: Option<Arc<Done>> },
+    Configure(Settings),
+    Flush(Arc<Done>),
+}
+
+/// Tells webhook threads that the journal grew.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    generation: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Wakeup {
+    fn bump(&self) {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cond.notify_all();
+    }
+
+    /// Waits until the journal grows after `seen`, or `timeout`. Returns the
+    /// generation now.
+    pub fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        if *g != seen {
+            return *g;
+        }
+        let (g, _) = self.cond.wait_timeout(g, timeout).unwrap_or_else(|p| p.into_inner());
+        *g
+    }
+
+    pub fn current(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The handle workers emit events through.
+#[derive(Debug)]
+pub struct EventLog {
+    tx: Mutex<mpsc::Sender<Req>>,
+    enabled: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Req {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Req::Lines { .. } => "Lines",
+            Req::Configure(_) => "Configure",
+            Req::Flush(_) => "Flush",
+        })
+    }
+}
+
+impl EventLog {
+    /// Starts the event thread (and a thread per webhook). Errors: the
+    /// journal directory or the events file cannot be opened.
+    pub fn start(
+        spool_dir: &Path,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<EventLog>, String> {
+        let dir = spool_dir.join("events");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut writer = Writer {
+            dir,
+            file: None,
+            journal: None,
+            settings: Settings::default(),
+            hooks: Vec::new(),
+            wakeup: Arc::new(Wakeup::default()),
+            metrics: metrics.clone(),
+        };
+        writer.configure(settings.clone())?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("ringpost-events".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("cannot start the event thread: {e}"))?;
+        Ok(Arc::new(EventLog { tx: Mutex::new(tx), enabled: AtomicBool::new(settings.enabled()), metrics }))
+    }
+
+    /// Whether any sink is configured (else emitting is skipped).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, req: Req) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(req).is_ok()
+    }
+
+    fn lines(&self, events: &[Event]) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(400 * events.len());
+        for e in events {
+            self.metrics.events[e.kind.index()].fetch_add(1, Ordering::Relaxed);
+            bytes.extend_from_slice(&e.to_line());
+        }
+        bytes
+    }
+
+    /// Hands events over; does not wait.
+    pub fn emit(&self, events: &[Event]) {
+        if !self.enabled() || events.is_empty() {
+            return;
+        }
+        let bytes = self.lines(events);
+        self.send(Req::Lines { bytes, done: None });
+    }
+
+    /// Hands events over; the future resolves once they are on disk.
+    pub fn emit_durable(&self, events: &[Event]) -> Durable {
+        if !self.enabled() || events.is_empty() {
+            return Durable(None);
+        }
+        let bytes = self.lines(events);
+        let done = Arc::new(Done::default());
+        if self.send(Req::Lines { bytes, done: Some(done.clone()) }) {
+            Durable(Some(done))
+        } else {
+            Durable(None)
+        }
+    }
+
+    /// New settings (SIGHUP); the events file is reopened either way, so
+    /// logrotate can move it away first.
+    pub fn configure(&self, settings: Settings) {
+        self.enabled.store(settings.enabled(), Ordering::Relaxed);
+        self.send(Req::Configure(settings));
+    }
+
+    /// Waits (up to `limit`) until everything emitted so far is on disk.
+    pub fn flush(&self, limit: Duration) {
+        let done = Arc::new(Done::default());
+        if !self.send(Req::Flush(done.clone())) {
+            return;
+        }
+        let start = crate::rt::clock::instant();
+        while !done.flag.load(Ordering::Acquire) && start.elapsed() < limit {
+            #[allow(clippy::disallowed_methods)] // reason: not a worker: the main thread at exit / a webhook thread
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The event thread's state.
+struct Writer {
+    dir: PathBuf,
+    file: Option<File>,
+    journal: Option<Journal>,
+    settings: Settings,
+    hooks: Vec<WebhookHandle>,
+    wakeup: Arc<Wakeup>,
+    metrics: Arc<Metrics>,
+}
+
+struct Journal {
+    seq: u64,
+    file: File,
+    size: u64,
+}
+
+/// `<dir>/<seq>.jsonl`.
+pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016}.jsonl"))
+}
+
+/// The journal segments in `dir`, oldest first, with their sizes.
+pub fn segments(dir: &Path) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".jsonl")).and_then(|n| n.parse().ok())
+            else {
+                continue;
+            };
+            out.push((seq, e.metadata().map_or(0, |m| m.len())));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Whether the events file of `settings` can be opened (a reload that
+/// names one that cannot is refused).
+pub fn check(settings: &Settings) -> Result<(), String> {
+    match &settings.file {
+        Some(path) => {
+            open_append(path).map(drop).map_err(|e| format!("[events] file {}: {e}", path.display()))
+        }
+        None => Ok(()),
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+impl Writer {
+    fn configure(&mut self, settings: Settings) -> Result<(), String> {
+        // The events file: (re)opened every time, for logrotate.
+        self.file = match &settings.file {
+            Some(path) => {
+                Some(open_append(path).map_err(|e| format!("[events] file {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        // Webhooks: keep those still configured, stop the others.
+        let mut keep = Vec::new();
+        for h in self.hooks.drain(..) {
+            if settings.webhooks.contains(&h.settings) {
+                keep.push(h);
+            } else {
+                h.stop();
+            }
+        }
+        for w in &settings.webhooks {
+            if !keep.iter().any(|h| h.settings == *w) {
+                keep.push(webhook::start(
+                    w.clone(),
+                    self.dir.clone(),
+                    self.wakeup.clone(),
+                    self.metrics.clone(),
+                )?);
+            }
+        }
+        self.hooks = keep;
+        if self.hooks.is_empty() {
+            self.journal = None;
+        } else if self.journal.is_none() {
+            // A new segment at every start: a torn line can only end an
+            // older one, where readers skip it.
+            let seq = segments(&self.dir).last().map_or(1, |s| s.0 + 1);
+            let path = segment_path(&self.dir, seq);
+            let file = open_append(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let _ = crate::spool::recover::sync_dir(&self.dir);
+            self.journal = Some(Journal { seq, file, size: 0 });
+        }
+        self.settings = settings;
+        self.collect();
+        Ok(())
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Req>) {
+        while let Ok(first) = rx.recv() {
+            let mut bytes = Vec::new();
+            let mut waiters = Vec::new();
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Req::Lines { bytes: b, done } => {
+                        bytes.extend_from_slice(&b);
+                        waiters.extend(done);
+                    }
+                    Req::Flush(done) => waiters.push(done),
+                    Req::Configure(s) => {
+                        // Lines before a reconfiguration go where they were meant to.
+                        self.write(&bytes, !waiters.is_empty());
+                        bytes.clear();
+                        if let Err(e) = self.configure(s) {
+                            tracing::error!("events: {e}");
+                        }
+                    }
+                }
+                if bytes.len() < BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.write(&bytes, !waiters.is_empty());
+            for w in waiters {
+                w.complete();
+            }
+        }
+        for h in self.hooks.drain(..) {
+            h.stop();
+        }
+    }
+
+    /// Appends `bytes` to the file and the journal; with `sync`, makes
+    /// both durable.
+    fn write(&mut self, bytes: &[u8], sync: bool) {
+        if !bytes.is_empty() {
+            if let Some(f) = self.file.as_mut() {
+                if let Err(e) = f.write_all(bytes) {
+                    self.failed("[events] file", &e);
+                }
+            }
+            if let Some(j) = self.journal.as_mut() {
+                match j.file.write_all(bytes) {
+                    Ok(()) => j.size += bytes.len() as u64,
+                    Err(e) => self.failed("events journal", &e),
+                }
+            }
+        }
+        if sync {
+            if let Some(f) = self.file.as_ref() {
+                if let Err(e) = f.sync_data() {
+                    self.failed("[events] file", &e);
+                }
+            }
+            if let Some(j) = self.journal.as_ref() {
+                if let Err(e) = j.file.sync_data() {
+                    self.failed("events journal", &e);
+                }
+            }
+        }
+        if !bytes.is_empty() && self.journal.is_some() {
+            self.wakeup.bump();
+        }
+        if self.journal.as_ref().is_some_and(|j| j.size >= SEGMENT_BYTES) {
+            self.rotate();
+        }
+    }
+
+    fn failed(&self, what: &str, e: &std::io::Error) {
+        self.metrics.events_write_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "cannot write the {what}; events are being lost");
+    }
+
+    fn rotate(&mut self) {
+        let Some(j) = self.journal.as_mut() else { return };
+        let _ = j.file.sync_data();
+        let seq = j.seq + 1;
+        let path = segment_path(&self.dir, seq);
+        match open_append(&path) {
+            Ok(file) => {
+                *j = Journal { seq, file, size: 0 };
+                let _ = crate::spool::recover::sync_dir(&self.dir);
+            }
+            Err(e) => self.failed("events journal", &e),
+        }
+        self.collect();
+    }
+
+    /// Deletes segments every webhook has read, then, past `max_backlog`,
+    /// the oldest ones still unread.
+    fn collect(&mut self) {
+        let current = self.journal.as_ref().map(|j| j.seq);
+        let oldest_needed = self.hooks.iter().map(|h| h.position()).min();
+        let mut segs = segments(&self.dir);
+        segs.retain(|&(seq, size)| {
+            let read = match (current, oldest_needed) {
+                (None, _) => true, // no webhook: nobody will read them
+                (Some(c), Some(o)) => seq < o.min(c),
+                (Some(c), None) => seq < c,
+            };
+            if read {
+                let _ = std::fs::remove_file(segment_path(&self.dir, seq));
+                let _ = size;
+            }
+            !read
+        });
+        let mut total: u64 = segs.iter().map(|s| s.1).sum();
+        for (seq, size) in segs {
+            if total <= self.settings.max_backlog || Some(seq) == current {
+                break;
+            }
+            tracing::error!(
+                segment = seq,
+                bytes = size,
+                max_backlog = self.settings.max_backlog,
+                "events: the webhook backlog is over [events] max_backlog; dropping its oldest segment"
+            );
+            self.metrics.events_dropped_bytes.fetch_add(size, Ordering::Relaxed);
+            let _ = std::fs::remove_file(segment_path(&self.dir, seq));
+            total -= size;
+        }
+    }
+}

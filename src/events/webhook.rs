@@ -1,0 +1,430 @@
+//! Webhooks: each `[[webhook]]` has a thread that reads the event journal
+//! from its own cursor, POSTs the events as JSON arrays (batched by count
+//! and by time) and moves the cursor (written durably) only once the
+//! endpoint answered 2xx. An endpoint that fails or is down is retried with
+//! backoff; events wait in the journal meanwhile. Order is the journal's, so
+//! a message's events arrive in the order they happened; delivery is at
+//! least once (a crash between a POST and the cursor's write repeats it).
+//!
+//! The HTTP client is small on purpose: one POST per connection
+//! (`Connection: close`) over plain TCP, the response head parsed with
+//! `httparse`. It runs on its own thread, never on a worker.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::log::{segment_path, segments, Wakeup};
+use crate::metrics::{Metrics, WebhookCounts};
+
+/// Largest batch body posted.
+const MAX_BODY: usize = 8 << 20;
+/// Longest wait between two tries of a failing endpoint.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// One `[[webhook]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    pub url: HttpUrl,
+    /// Events per POST at most.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more events.
+    pub batch_wait: Duration,
+    /// Connect, send and answer, each.
+    pub timeout: Duration,
+    /// Extra request headers (`Authorization`, ...).
+    pub headers: Vec<(String, String)>,
+}
+
+/// An `http://host[:port]/path` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub text: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl HttpUrl {
+    pub fn parse(s: &str) -> Result<HttpUrl, String> {
+        let rest = match s.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => {
+                return Err(format!(
+                    "{s:?}: https webhooks are not supported by this version; post to a local \
+                     http endpoint (a reverse proxy can forward over TLS)"
+                ))
+            }
+            _ => return Err(format!("{s:?}: expected http://host[:port]/path")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("{s:?}: expected http://host[:port]/path (no user info)"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, p) = v6.split_once(']').ok_or_else(|| format!("{s:?}: bad IPv6 address"))?;
+            (format!("[{h}]"), p.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        let port = match port {
+            None => 80,
+            Some(p) => p.parse().map_err(|_| format!("{s:?}: bad port {p:?}"))?,
+        };
+        if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!("{s:?}: the path may not hold spaces or control characters"));
+        }
+        Ok(HttpUrl { text: s.to_owned(), host, port, path: path.to_owned() })
+    }
+
+    /// A file name for this webhook's cursor, stable across restarts.
+    fn cursor_name(&self) -> String {
+        format!("cursor-{:08x}", crc32c::crc32c(self.text.as_bytes()))
+    }
+}
+
+/// A running webhook thread.
+#[derive(Debug)]
+pub struct WebhookHandle {
+    pub settings: WebhookSettings,
+    stop: Arc<AtomicBool>,
+    /// The journal segment its cursor is in (older ones it no longer needs).
+    position: Arc<AtomicU64>,
+}
+
+impl WebhookHandle {
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Where a webhook is in the journal: segment and byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    seq: u64,
+    offset: u64,
+}
+
+fn read_cursor(path: &Path) -> Option<Cursor> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (seq, offset) = text.trim().split_once(' ')?;
+    Some(Cursor { seq: seq.parse().ok()?, offset: offset.parse().ok()? })
+}
+
+/// tmp + fsync + rename: the cursor is the old one or the new one.
+fn write_cursor(path: &Path, c: Cursor) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{} {}\n", c.seq, c.offset).as_bytes())?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Starts the thread of one webhook.
+pub fn start(
+    settings: WebhookSettings,
+    dir: PathBuf,
+    wakeup: Arc<Wakeup>,
+    metrics: Arc<Metrics>,
+) -> Result<WebhookHandle, String> {
+    let cursor_path = dir.join(settings.url.cursor_name());
+    // A new webhook starts at the journal's end: it gets what happens from
+    // now on, not what other webhooks were sent before it existed.
+    let segs = segments(&dir);
+    let cursor = match read_cursor(&cursor_path) {
+        Some(c) => c,
+        None if !cursor_path.exists() => {
+            let (seq, size) = segs.last().copied().unwrap_or((1, 0));
+            Cursor { seq, offset: size }
+        }
+        None => {
+            // Damaged: post again from the oldest event kept (duplicates, not loss).
+            tracing::error!(path = %cursor_path.display(), "webhook cursor unreadable; starting from the oldest event kept");
+            Cursor { seq: segs.first().map_or(1, |s| s.0), offset: 0 }
+        }
+    };
+    // Saved at once: after a crash, a webhook that never got anything
+    // through resumes here, not at the journal's end.
+    write_cursor(&cursor_path, cursor).map_err(|e| format!("{}: {e}", cursor_path.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let position = Arc::new(AtomicU64::new(cursor.seq));
+    let mut w = Sender {
+        settings: settings.clone(),
+        dir,
+        cursor_path,
+        cursor,
+        stop: stop.clone(),
+        position: position.clone(),
+        wakeup,
+        metrics,
+        backoff: Duration::ZERO,
+        failing_since: None,
+    };
+    std::thread::Builder::new()
+        .name("ringpost-webhook".into())
+        .spawn(move || w.run())
+        .map_err(|e| format!("cannot start a webhook thread: {e}"))?;
+    Ok(WebhookHandle { settings, stop, position })
+}
+
+struct Sender {
+    settings: WebhookSettings,
+    dir: PathBuf,
+    cursor_path: PathBuf,
+    cursor: Cursor,
+    stop: Arc<AtomicBool>,
+    position: Arc<AtomicU64>,
+    wakeup: Arc<Wakeup>,
+    metrics: Arc<Metrics>,
+    backoff: Duration,
+    failing_since: Option<Instant>,
+}
+
+/// Complete lines read from the cursor on.
+struct Batch {
+    lines: Vec<Vec<u8>>,
+    /// Bytes they take in the journal.
+    bytes: u64,
+}
+
+impl Sender {
+    fn run(&mut self) {
+        let mut waiting_since: Option<Instant> = None;
+        let mut seen = self.wakeup.current();
+        while !self.stop.load(Ordering::Acquire) {
+            let segs = segments(&self.dir);
+            self.update_backlog(&segs);
+            // Our segment was dropped (backlog limit): go on from the oldest left.
+            if !segs.iter().any(|s| s.0 == self.cursor.seq) {
+                match segs.iter().find(|s| s.0 > self.cursor.seq) {
+                    Some(&(seq, _)) => self.advance(Cursor { seq, offset: 0 }),
+                    None => seen = self.wakeup.wait(seen, Duration::from_secs(1)),
+                }
+                continue;
+            }
+            let newer = segs.iter().find(|s| s.0 > self.cursor.seq).map(|s| s.0);
+            let batch = self.read();
+            if batch.lines.is_empty() {
+                match newer {
+                    // This segment is done (a torn last line, if any, is skipped).
+                    Some(seq) => self.advance(Cursor { seq, offset: 0 }),
+                    None => seen = self.wakeup.wait(seen, Duration::from_secs(1)),
+                }
+                continue;
+            }
+            let full = batch.lines.len() >= self.settings.batch_size;
+            let since = *waiting_since.get_or_insert_with(crate::rt::clock::instant);
+            let left = self.settings.batch_wait.saturating_sub(since.elapsed());
+            if !full && newer.is_none() && !left.is_zero() {
+                seen = self.wakeup.wait(seen, left);
+                continue;
+            }
+            waiting_since = None;
+            self.deliver(batch);
+        }
+    }
+
+    /// Posts one batch until the endpoint takes it (or we are stopped).
+    fn deliver(&mut self, batch: Batch) {
+        let mut body = Vec::with_capacity(batch.bytes as usize + 2);
+        body.push(b'[');
+        for (i, line) in batch.lines.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(line);
+        }
+        body.push(b']');
+        while !self.stop.load(Ordering::Acquire) {
+            match post(&self.settings, &body) {
+                Ok(()) => {
+                    self.count(|c| {
+                        c.posts += 1;
+                        c.events += batch.lines.len() as u64;
+                    });
+                    if let Some(since) = self.failing_since.take() {
+                        tracing::info!(url = %self.settings.url.text, down_for_s = since.elapsed().as_secs(),
+                            "webhook accepts events again");
+                    }
+                    self.backoff = Duration::ZERO;
+                    let c = Cursor { seq: self.cursor.seq, offset: self.cursor.offset + batch.bytes };
+                    self.advance(c);
+                    return;
+                }
+                Err(e) => {
+                    self.count(|c| c.failures += 1);
+                    if self.failing_since.is_none() {
+                        self.failing_since = Some(crate::rt::clock::instant());
+                        tracing::warn!(url = %self.settings.url.text, error = %e,
+                            "webhook failed; its events wait in the journal and are retried");
+                    } else {
+                        tracing::debug!(url = %self.settings.url.text, error = %e, "webhook failed again");
+                    }
+                    self.backoff = (self.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                    let until = crate::rt::clock::instant() + self.backoff;
+                    while crate::rt::clock::instant() < until && !self.stop.load(Ordering::Acquire) {
+                        #[allow(clippy::disallowed_methods)] // reason: not a worker: the main thread at exit / a webhook thread
+                        std::thread::sleep(Duration::from_millis(50).min(self.backoff));
+                    }
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, c: Cursor) {
+        self.cursor = c;
+        self.position.store(c.seq, Ordering::Release);
+        if let Err(e) = write_cursor(&self.cursor_path, c) {
+            tracing::error!(error = %e, path = %self.cursor_path.display(),
+                "cannot save the webhook cursor; events may be posted again after a restart");
+        }
+    }
+
+    /// Complete lines from the cursor, up to the batch size.
+    fn read(&self) -> Batch {
+        let mut batch = Batch { lines: Vec::new(), bytes: 0 };
+        let path = segment_path(&self.dir, self.cursor.seq);
+        let Ok(mut f) = std::fs::File::open(&path) else { return batch };
+        use std::io::Seek;
+        if f.seek(std::io::SeekFrom::Start(self.cursor.offset)).is_err() {
+            return batch;
+        }
+        let mut buf = Vec::new();
+        let _ = f.take(MAX_BODY as u64).read_to_end(&mut buf);
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
+            let line = &buf[start..start + i];
+            start += i + 1;
+            if !line.is_empty() {
+                batch.lines.push(line.to_vec());
+            }
+            batch.bytes = start as u64;
+            if batch.lines.len() >= self.settings.batch_size {
+                break;
+            }
+        }
+        batch
+    }
+
+    fn update_backlog(&self, segs: &[(u64, u64)]) {
+        let behind: u64 = segs.iter().filter(|s| s.0 >= self.cursor.seq).map(|s| s.1).sum();
+        let backlog = behind.saturating_sub(self.cursor.offset);
+        self.count(|c| {
+            // Say so when the backlog crosses a power of ten (1 MB, 10 MB, ...).
+            let order = |b: u64| if b < 1_000_000 { 0 } else { b.ilog10() };
+            if order(backlog) > order(c.backlog_bytes) {
+                tracing::warn!(url = %self.settings.url.text, backlog_bytes = backlog, "webhook backlog is growing");
+            }
+            c.backlog_bytes = backlog;
+        });
+    }
+
+    fn count(&self, f: impl FnOnce(&mut WebhookCounts)) {
+        let mut m = self.metrics.webhooks.lock().unwrap_or_else(|p| p.into_inner());
+        f(m.entry(self.settings.url.text.clone()).or_default());
+    }
+}
+
+/// One POST; Ok on a 2xx answer.
+fn post(s: &WebhookSettings, body: &[u8]) -> Result<(), String> {
+    let url = &s.url;
+    let host = url.host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<_> =
+        (host, url.port).to_socket_addrs().map_err(|e| format!("resolve {host}: {e}"))?.collect();
+    let mut last = String::from("no address");
+    let mut stream = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, s.timeout) {
+            Ok(c) => {
+                stream = Some(c);
+                break;
+            }
+            Err(e) => last = format!("connect {a}: {e}"),
+        }
+    }
+    let mut stream = stream.ok_or(last)?;
+    stream.set_read_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
+    let host_header = if url.port == 80 { url.host.clone() } else { format!("{}:{}", url.host, url.port) };
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: ringpost/{}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        url.path,
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    );
+    for (k, v) in &s.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    stream.write_all(body).map_err(|e| format!("send: {e}"))?;
+    // The status line and headers; the body is not needed.
+    let mut buf = vec![0u8; 16 << 10];
+    let mut len = 0;
+    loop {
+        let n = stream.read(&mut buf[len..]).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the endpoint closed the connection without an answer".into());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let code = resp.code.unwrap_or(0);
+                return if (200..300).contains(&code) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {code} {}", resp.reason.unwrap_or("")))
+                };
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            Ok(httparse::Status::Partial) => return Err("response head over 16 KiB".into()),
+            Err(e) => return Err(format!("bad response: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests fail loudly
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = HttpUrl::parse("http://127.0.0.1:8080/hooks/ringpost").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 8080, "/hooks/ringpost"));
+        let u = HttpUrl::parse("http://localhost").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("localhost", 80, "/"));
+        let u = HttpUrl::parse("http://[::1]:9000/x").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("[::1]", 9000));
+        for bad in ["ftp://x/", "http://", "http://a:b/", "http://u@h/", "http://h/a b", "https://h/"] {
+            assert!(HttpUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cursor-x");
+        assert_eq!(read_cursor(&p), None);
+        write_cursor(&p, Cursor { seq: 7, offset: 1234 }).unwrap();
+        assert_eq!(read_cursor(&p), Some(Cursor { seq: 7, offset: 1234 }));
+        std::fs::write(&p, "garbage").unwrap();
+        assert_eq!(read_cursor(&p), None);
+    }
+}

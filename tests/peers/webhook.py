@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""A webhook endpoint for ringpost's event tests (loopback only).
+
+usage: webhook.py HOST PORT OUTDIR [--fail N] [--slow S]
+
+Each POST must be a JSON array of event objects; they are appended, one per
+line, to OUTDIR/events.jsonl, and OUTDIR/posts counts the accepted POSTs.
+--fail N answers the first N POSTs with 503 (nothing recorded); --slow S
+waits S seconds before answering each. Anything that is not a JSON array
+of objects gets 400 (and is counted in OUTDIR/bad). Prints "ready" once
+listening; one request at a time, so the file is in arrival order.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+state = {"posts": 0, "failed": 0, "bad": 0}
+
+
+def bump(name):
+    state[name] += 1
+    with open(os.path.join(args.outdir, name), "w") as f:
+        f.write("%d\n" % state[name])
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def answer(self, code):
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        if args.slow:
+            time.sleep(args.slow)
+        if state["failed"] < args.fail:
+            bump("failed")
+            return self.answer(503)
+        try:
+            events = json.loads(body)
+            if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+                raise ValueError("not an array of objects")
+        except ValueError:
+            bump("bad")
+            return self.answer(400)
+        if self.headers.get("Content-Type") != "application/json":
+            bump("bad")
+            return self.answer(415)
+        with open(os.path.join(args.outdir, "events.jsonl"), "a") as f:
+            for e in events:
+                f.write(json.dumps(e) + "\n")
+        bump("posts")
+        self.answer(200)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("outdir")
+    p.add_argument("--fail", type=int, default=0)
+    p.add_argument("--slow", type=float, default=0)
+    args = p.parse_args()
+    server = HTTPServer((args.host, args.port), Handler)
+    print("ready", flush=True)
+    sys.stdout.flush()
+    server.serve_forever()
