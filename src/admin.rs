@@ -90,7 +90,10 @@ impl Admin {
         };
         let resp = match parse_request(&head) {
             Some(req) => match check_origin(&req, &self.names()) {
-                Ok(()) => self.route(&req.method, &req.path).await,
+                Ok(()) => match read_body(&mut stream, &head, &req).await {
+                    Ok(body) => self.route(&req.method, &req.path, &body).await,
+                    Err(resp) => resp,
+                },
                 Err(why) => {
                     tracing::warn!(method = %req.method, path = %req.path, why, "admin request refused");
                     Response::text(403, format!("forbidden: {why}\n"))
@@ -104,6 +107,7 @@ impl Admin {
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            413 => "Payload Too Large",
             501 => "Not Implemented",
             503 => "Service Unavailable",
             _ => "Error",
@@ -128,7 +132,7 @@ impl Admin {
         names
     }
 
-    async fn route(&self, method: &str, path: &str) -> Response {
+    async fn route(&self, method: &str, path: &str, body: &[u8]) -> Response {
         let full_path = path;
         let path = path.split('?').next().unwrap_or(path);
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -149,10 +153,83 @@ impl Admin {
             ("GET", ["queue", id]) => self.show(id).await,
             ("POST", ["queue", "flush"]) => self.flush().await,
             ("POST", ["queue", id, "bounce"]) => self.bounce(id).await,
-            (_, ["health" | "metrics" | "queue"]) | (_, ["queue", _]) => {
+            ("GET", ["suppression"]) => self.suppression_list(full_path),
+            ("POST", ["suppression"]) => self.suppression_add(body).await,
+            ("DELETE", ["suppression", address]) => self.suppression_remove(address, full_path).await,
+            (_, ["health" | "metrics" | "queue" | "suppression"]) | (_, ["queue" | "suppression", _]) => {
                 Response::text(405, "method not allowed\n")
             }
             _ => Response::text(404, "not found\n"),
+        }
+    }
+
+    /// `GET /suppression[?address=A][&limit=N]`: entries sorted by address.
+    fn suppression_list(&self, full_path: &str) -> Response {
+        let store = &self.shared.suppression;
+        let address = query_param(full_path, "address");
+        let limit = query_param(full_path, "limit").and_then(|l| l.parse().ok()).unwrap_or(1000usize);
+        let entries = store.list(address.as_deref(), limit.min(1_000_000));
+        Response::json(200, json!({"count": store.len(), "entries": entries}))
+    }
+
+    /// `POST /suppression` with `{"address", "tenant"?, "reason"?}`; answers
+    /// once the entry is on disk.
+    async fn suppression_add(&self, body: &[u8]) -> Response {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Add {
+            address: String,
+            #[serde(default)]
+            tenant: Option<String>,
+            #[serde(default)]
+            reason: Option<String>,
+        }
+        let add: Add = match serde_json::from_slice(body) {
+            Ok(a) => a,
+            Err(e) => {
+                return Response::text(
+                    400,
+                    format!("bad request: expected {{\"address\", \"tenant\", \"reason\"}}: {e}\n"),
+                )
+            }
+        };
+        let reason = match add.reason.as_deref() {
+            None => crate::suppress::Reason::Manual,
+            Some(r) => match crate::suppress::Reason::parse(r) {
+                Some(r) => r,
+                None => {
+                    return Response::text(
+                        400,
+                        "bad request: reason is one of manual, complaint, unsubscribe, bounce:<Class>\n",
+                    )
+                }
+            },
+        };
+        let now = crate::rt::clock::unix_secs();
+        match self.shared.suppression.add(&add.address, add.tenant.as_deref(), reason, now) {
+            Ok(durable) => {
+                durable.await;
+                tracing::info!(address = %add.address, tenant = ?add.tenant, reason = %reason.as_string(), "suppression added");
+                Response::json(
+                    200,
+                    json!({"added": add.address, "tenant": add.tenant, "reason": reason.as_string()}),
+                )
+            }
+            Err(e) => Response::text(400, format!("bad request: {e}\n")),
+        }
+    }
+
+    /// `DELETE /suppression/{address}[?tenant=T]`.
+    async fn suppression_remove(&self, address: &str, full_path: &str) -> Response {
+        let address = percent_decode(address);
+        let tenant = query_param(full_path, "tenant");
+        let (removed, durable) = self.shared.suppression.remove(&address, tenant.as_deref());
+        durable.await;
+        if removed {
+            tracing::info!(%address, ?tenant, "suppression removed");
+            Response::json(200, json!({"removed": address, "tenant": tenant}))
+        } else {
+            Response::text(404, "not on the suppression list\n")
         }
     }
 
@@ -598,6 +675,62 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
+/// Largest request body (a suppression entry is a few hundred bytes).
+const MAX_BODY: usize = 64 << 10;
+
+/// The request's body: what came with the head, then the rest of
+/// `Content-Length` (bounded).
+async fn read_body(stream: &mut TcpStream, head: &[u8], req: &Request) -> Result<Vec<u8>, Response> {
+    let want = req.content_length.unwrap_or(0);
+    if want > MAX_BODY {
+        return Err(Response::text(413, "request body too large\n"));
+    }
+    let mut body = head.get(req.head_len..).unwrap_or_default().to_vec();
+    body.truncate(want);
+    while body.len() < want {
+        let buf = Vec::with_capacity(want - body.len());
+        let (res, buf) = match monoio::time::timeout(IO_TIMEOUT, stream.read(buf)).await {
+            Ok(r) => r,
+            Err(_) => return Err(Response::text(400, "request body timed out\n")),
+        };
+        match res {
+            Ok(0) | Err(_) => return Err(Response::text(400, "request body cut short\n")),
+            Ok(_) => body.extend_from_slice(&buf),
+        }
+    }
+    body.truncate(want);
+    Ok(body)
+}
+
+/// A query parameter's value, percent-decoded.
+fn query_param(full_path: &str, name: &str) -> Option<String> {
+    let query = full_path.split_once('?')?.1;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+/// `%40` -> `@`, `+` stays (addresses may hold it).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// What the admin API needs of a request head.
 #[derive(Debug, PartialEq, Eq)]
 struct Request {
@@ -605,6 +738,10 @@ struct Request {
     path: String,
     host: Option<String>,
     origin: Option<String>,
+    /// Where the head ends in the bytes read.
+    head_len: usize,
+    /// `Content-Length`, if given (and a number).
+    content_length: Option<usize>,
 }
 
 /// Parses a request head (httparse); `None` if it is not HTTP/1.x with an
@@ -612,10 +749,10 @@ struct Request {
 fn parse_request(head: &[u8]) -> Option<Request> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
+    let head_len = match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) => n,
         _ => return None,
-    }
+    };
     let path = req.path?;
     if !path.starts_with('/') {
         return None;
@@ -632,6 +769,8 @@ fn parse_request(head: &[u8]) -> Option<Request> {
         path: path.to_owned(),
         host: header("Host"),
         origin: header("Origin"),
+        head_len,
+        content_length: header("Content-Length").and_then(|v| v.parse().ok()),
     })
 }
 
@@ -689,6 +828,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn query_params_and_percent_decoding() {
+        assert_eq!(query_param("/suppression?address=a%40b.test&limit=5", "address").unwrap(), "a@b.test");
+        assert_eq!(query_param("/suppression?address=a%40b.test&limit=5", "limit").unwrap(), "5");
+        assert_eq!(query_param("/suppression", "address"), None);
+        assert_eq!(percent_decode("a+b%2Bc%4"), "a+b+c%4");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
     fn request_heads() {
         let r = parse_request(b"GET /queue HTTP/1.1\r\nHost: 127.0.0.1:8025\r\norigin: http://x\r\n\r\n")
             .unwrap();
@@ -698,7 +846,9 @@ mod tests {
                 method: "GET".into(),
                 path: "/queue".into(),
                 host: Some("127.0.0.1:8025".into()),
-                origin: Some("http://x".into())
+                origin: Some("http://x".into()),
+                head_len: 63,
+                content_length: None,
             }
         );
         assert_eq!(parse_request(b"GET queue HTTP/1.1\r\n\r\n"), None);
@@ -714,6 +864,8 @@ mod tests {
             path: "/queue/flush".into(),
             host: host.map(str::to_owned),
             origin: origin.map(str::to_owned),
+            head_len: 0,
+            content_length: None,
         };
         let ok = [
             (Some("127.0.0.1:8025"), None),

@@ -58,4 +58,5 @@ pub mod pop3;
 pub mod rt;
 pub mod smtp;
 pub mod spool;
+pub mod suppress;
 pub mod tune;

@@ -43,6 +43,46 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:8025")]
         admin: SocketAddr,
     },
+    /// The suppression list of a running server (admin API).
+    Suppress {
+        #[command(subcommand)]
+        action: SuppressAction,
+        /// Admin API address.
+        #[arg(long, global = true, default_value = "127.0.0.1:8025")]
+        admin: SocketAddr,
+        /// Bearer token for the admin API (or RINGPOST_ADMIN_TOKEN).
+        #[arg(long, global = true, env = "RINGPOST_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressAction {
+    /// One line per entry: address, tenant (or *), reason, since (UTC).
+    List {
+        /// Only this address (every tenant scope).
+        address: Option<String>,
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Suppress an address (for every tenant, or one).
+    Add {
+        address: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// manual | complaint | unsubscribe | bounce:<Class>
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Take an address off the list (its global entry, or one tenant's).
+    Remove {
+        address: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +135,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::HashPassword => hash_password(),
         Command::Queue { action, admin } => queue(action, admin),
+        Command::Suppress { action, admin, token } => suppress(action, admin, token.as_deref()),
         Command::Tune { action } => tune(action),
     }
 }
@@ -277,6 +318,70 @@ fn queue(action: QueueAction, admin: SocketAddr) -> ExitCode {
     }
 }
 
+fn suppress(action: SuppressAction, admin: SocketAddr, token: Option<&str>) -> ExitCode {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'+' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let (method, path, body) = match &action {
+        SuppressAction::List { address, limit, .. } => {
+            let filter = address.as_deref().map(|a| format!("&address={}", enc(a))).unwrap_or_default();
+            ("GET", format!("/suppression?limit={limit}{filter}"), String::new())
+        }
+        SuppressAction::Add { address, tenant, reason } => (
+            "POST",
+            "/suppression".to_owned(),
+            serde_json::json!({"address": address, "tenant": tenant, "reason": reason}).to_string(),
+        ),
+        SuppressAction::Remove { address, tenant } => {
+            let t = tenant.as_deref().map(|t| format!("?tenant={}", enc(t))).unwrap_or_default();
+            ("DELETE", format!("/suppression/{}{t}", enc(address)), String::new())
+        }
+    };
+    match http_with(admin, method, &path, token, &body) {
+        Ok((status, text)) => {
+            match action {
+                SuppressAction::List { json: false, .. } if status == 200 => {
+                    print!("{}", suppression_lines(&text))
+                }
+                _ => print!("{text}"),
+            }
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("ringpost: admin API at {admin}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `suppress list` lines: address, tenant (`*`: all), reason, since.
+fn suppression_lines(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return body.to_owned() };
+    let mut out = String::new();
+    for e in v["entries"].as_array().into_iter().flatten() {
+        let since = ringpost::events::rfc3339_ms(e["since"].as_u64().unwrap_or(0) * 1000);
+        out += &format!(
+            "{} {} {} {}\n",
+            e["address"].as_str().unwrap_or("?"),
+            e["tenant"].as_str().unwrap_or("*"),
+            e["reason"].as_str().unwrap_or("?"),
+            since.split('.').next().unwrap_or("")
+        );
+    }
+    out
+}
+
 /// `queue list` lines: ID, age, sender, recipients, last error.
 fn list_lines(body: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return body.to_owned() };
@@ -300,9 +405,25 @@ fn list_lines(body: &str) -> String {
 
 /// A minimal HTTP/1.1 client for the admin API.
 fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_with(addr, method, path, None, "")
+}
+
+fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Connection: close\r\n\r\n{body}")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));

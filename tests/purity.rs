@@ -15,6 +15,7 @@ const PURE: &[&str] = &[
     "src/delivery/decide.rs",
     "src/delivery/classify.rs",
     "src/events/mod.rs",
+    "src/suppress/mod.rs",
     "src/delivery/egress.rs",
     "src/delivery/shaping.rs",
     "src/dkim",

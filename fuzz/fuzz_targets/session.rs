@@ -65,6 +65,7 @@ fn config() -> Arc<SessionConfig> {
             &[],
             [("u@example.test".to_owned(), "x".to_owned())],
         )),
+        suppression: None,
     })
 }
 

@@ -100,6 +100,20 @@ pub fn no_hop(rcpts: &[u32], e: &HopError) -> Vec<RcptOutcome> {
     }
 }
 
+/// The outcome of a recipient dropped because it is suppressed: permanent,
+/// reported by a `Suppressed` event rather than a DSN.
+pub fn suppressed(index: u32, reason: &str) -> RcptOutcome {
+    let mut o =
+        RcptOutcome::all(&[index], Outcome::Permanent, "5.7.1", &format!("suppressed ({reason})")).remove(0);
+    o.cause = Cause::Suppressed;
+    o
+}
+
+/// The reason in the text of a [`suppressed`] outcome.
+pub fn suppression_reason(text: &str) -> &str {
+    text.strip_prefix("suppressed (").and_then(|r| r.strip_suffix(')')).unwrap_or(text)
+}
+
 /// The DSN reports an attempt's outcomes call for: failures, and successes
 /// with NOTIFY=SUCCESS that no next hop will report (delivered here, or
 /// relayed to a server without DSN).
@@ -328,6 +342,10 @@ mod tests {
         assert!(reports(&e, &temp).is_empty(), "no report for a temporary failure");
         let plain = [outcome(0, Outcome::Delivered, "2.0.0", None, false)];
         assert!(reports(&e, &plain).is_empty(), "no success report unless asked for");
+        let dropped = [suppressed(0, "bounce:InvalidRecipient")];
+        assert_eq!(dropped[0].outcome, Outcome::Permanent);
+        assert_eq!(suppression_reason(&dropped[0].text), "bounce:InvalidRecipient");
+        assert!(reports(&e, &dropped).is_empty(), "a suppressed recipient gets an event, not a DSN");
     }
 
     #[test]

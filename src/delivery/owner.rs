@@ -32,6 +32,7 @@ use crate::smtp::session::IdSource;
 use crate::spool::index::Location;
 use crate::spool::record::{bounded_text, ProgressRecord, MAX_LAST_ERROR};
 use crate::spool::Spool;
+use crate::suppress::{Reason, Store};
 
 /// Planner tasks per worker (each resolves one message's next hops at a time).
 const PLANNERS: usize = 64;
@@ -92,6 +93,7 @@ pub struct Owner {
     finalizing: RefCell<std::collections::HashSet<QueueId>>,
     draining: Cell<bool>,
     events: Arc<EventLog>,
+    suppression: Arc<dyn Store>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -114,6 +116,7 @@ impl Owner {
         ids: IdSource,
         metrics: Arc<Metrics>,
         events: Arc<EventLog>,
+        suppression: Arc<dyn Store>,
     ) -> Rc<Owner> {
         Rc::new(Owner {
             index,
@@ -132,6 +135,7 @@ impl Owner {
             finalizing: RefCell::new(std::collections::HashSet::new()),
             draining: Cell::new(false),
             events,
+            suppression,
         })
     }
 
@@ -311,7 +315,23 @@ impl Owner {
         let last_error =
             self.spool.with_entry(id, |e| e.progress.as_ref().map(|p| p.last_error.clone())).flatten();
         let rules = Rules { max_age: cfg.max_age, retry: &cfg.retry, local_domains: &cfg.local_domains };
-        let groups = decide::plan(&env, &remaining, received_at, last_error.as_deref(), unix_secs(), rules);
+        // Recipients suppressed since the message was queued are not sent.
+        let mut suppressed = Vec::new();
+        let to_plan: Vec<u32> = remaining
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let Some(r) = env.recipients.get(i as usize) else { return true };
+                match self.suppression.check(&r.address.to_string(), env.tenant.as_deref()) {
+                    Some(e) => {
+                        suppressed.push(decide::suppressed(i, &e.reason));
+                        false
+                    }
+                    None => true,
+                }
+            })
+            .collect();
+        let groups = decide::plan(&env, &to_plan, received_at, last_error.as_deref(), unix_secs(), rules);
         self.attempts.borrow_mut().insert(
             id,
             Attempt {
@@ -319,10 +339,14 @@ impl Owner {
                 loc,
                 attempts_before,
                 remaining,
-                groups_left: groups.len(),
+                groups_left: groups.len() + usize::from(!suppressed.is_empty()),
                 outcomes: Vec::new(),
             },
         );
+        if !suppressed.is_empty() {
+            tracing::info!(target: "delivery", %id, recipients = suppressed.len(), "suppressed recipients dropped");
+            self.job_done(JobResult { id, domain: String::new(), outcomes: suppressed });
+        }
         for Group { domain, rcpts, way } in groups {
             match way {
                 Way::Expired(text) => {
@@ -495,7 +519,9 @@ impl Owner {
     /// The attempt is over: DSNs first, then the durable record, then the retry.
     async fn finalize(self: Rc<Self>, id: QueueId, mut a: Attempt, now: u64) {
         let cfg = self.cfg();
-        for o in a.outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered) {
+        for o in
+            a.outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered && o.cause != Cause::Suppressed)
+        {
             let class = match o.cause {
                 Cause::Expired => Class::MessageExpired,
                 _ => cfg.classifier.classify(o.code, &o.status, &o.text),
@@ -510,6 +536,23 @@ impl Owner {
         }
         let reports = decide::reports(&a.env, &a.outcomes);
         let dsn_stored = reports.is_empty() || self.queue_dsn(&a.env, a.loc, &reports, now).await;
+        // Addresses that do not exist are suppressed, before the spool
+        // records the bounce (a crash repeats the bounce, the addition).
+        let mut added = Vec::new();
+        for o in a.outcomes.iter().filter(|o| {
+            o.outcome == Outcome::Permanent
+                && o.cause == Cause::Reply
+                && o.class == Some(Class::InvalidRecipient)
+        }) {
+            let Some(r) = a.env.recipients.get(o.index as usize) else { continue };
+            let reason = Reason::Bounce(Class::InvalidRecipient);
+            if let Ok(d) = self.suppression.add(&r.address.to_string(), None, reason, now) {
+                added.push(d);
+            }
+        }
+        for d in added {
+            d.await;
+        }
         // Events before the spool records the outcome: a crash repeats
         // them, never loses them.
         if self.events.enabled() {
@@ -685,7 +728,7 @@ fn outcome_events(a: &Attempt, at_ms: u64) -> Vec<Event> {
                 e.tls = via.tls.clone();
             }
             if o.cause == Cause::Suppressed {
-                e.reason = Some(o.text.clone());
+                e.reason = Some(decide::suppression_reason(&o.text).to_owned());
             }
             e.peer = None;
             e

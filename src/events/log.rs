@@ -69,10 +69,47 @@ impl Done {
     }
 }
 
-/// Resolves once the events it stands for are on disk (or could not be
-/// written: that is logged and counted, and mail goes on).
+/// Resolves once what it stands for is on disk (or could not be written:
+/// that is logged and counted, and mail goes on).
 #[derive(Debug)]
 pub struct Durable(Option<Arc<Done>>);
+
+/// The other end of a [`Durable`]: completed by the thread that wrote.
+#[derive(Debug)]
+pub struct Completion(Arc<Done>);
+
+impl Completion {
+    pub fn complete(self) {
+        self.0.complete();
+    }
+}
+
+impl Durable {
+    /// Already durable (or nothing to wait for).
+    pub fn ready() -> Durable {
+        Durable(None)
+    }
+
+    /// A pending one and what completes it.
+    pub fn pending() -> (Durable, Completion) {
+        let done = Arc::new(Done::default());
+        (Durable(Some(done.clone())), Completion(done))
+    }
+
+    /// Blocks this (non-worker) thread until durable, at most `limit`.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let Some(done) = &self.0 else { return true };
+        let start = crate::rt::clock::instant();
+        while !done.flag.load(Ordering::Acquire) {
+            if start.elapsed() >= limit {
+                return false;
+            }
+            #[allow(clippy::disallowed_methods)] // reason: not a worker: the admin or main thread
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+}
 
 impl Future for Durable {
     type Output = ();
@@ -227,7 +264,8 @@ impl EventLog {
         }
         let start = crate::rt::clock::instant();
         while !done.flag.load(Ordering::Acquire) && start.elapsed() < limit {
-            #[allow(clippy::disallowed_methods)] // reason: not a worker: the main thread at exit / a webhook thread
+            #[allow(clippy::disallowed_methods)]
+            // reason: not a worker: the main thread at exit / a webhook thread
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -81,8 +81,8 @@ pub struct Response {
 pub struct Event {
     #[serde(rename = "type")]
     pub kind: EventType,
-    /// The queue id of the message.
-    pub id: String,
+    /// The queue id of the message (None for a recipient refused at RCPT).
+    pub id: Option<String>,
     /// RFC 3339, UTC, milliseconds.
     pub timestamp: String,
     pub sender: String,
@@ -119,7 +119,7 @@ impl Event {
     pub fn about(kind: EventType, env: &Envelope, size: u64, at_ms: u64) -> Event {
         Event {
             kind,
-            id: env.id.to_string(),
+            id: Some(env.id.to_string()),
             timestamp: rfc3339_ms(at_ms),
             sender: env.reverse_path.to_string(),
             recipient: None,
@@ -173,7 +173,7 @@ mod tests {
     fn json_shape() {
         let e = Event {
             kind: EventType::Bounce,
-            id: "00000001".into(),
+            id: Some("00000001".into()),
             timestamp: rfc3339_ms(0),
             sender: "a@b.test".into(),
             recipient: Some("c@d.test".into()),

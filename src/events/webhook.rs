@@ -276,7 +276,8 @@ impl Sender {
                     self.backoff = (self.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
                     let until = crate::rt::clock::instant() + self.backoff;
                     while crate::rt::clock::instant() < until && !self.stop.load(Ordering::Acquire) {
-                        #[allow(clippy::disallowed_methods)] // reason: not a worker: the main thread at exit / a webhook thread
+                        #[allow(clippy::disallowed_methods)]
+                        // reason: not a worker: the main thread at exit / a webhook thread
                         std::thread::sleep(Duration::from_millis(50).min(self.backoff));
                     }
                 }

@@ -94,6 +94,12 @@ impl Driver {
     /// After the session moved: memory accounting and refusal counters.
     fn bookkeeping(&mut self) {
         self.account_memory();
+        for s in self.session.take_suppressed() {
+            let log = self.worker.owner.events();
+            if log.enabled() {
+                log.emit(&[suppressed_event(s)]);
+            }
+        }
         let (messages, recipients) = self.session.take_refusals();
         if messages + recipients > 0 {
             let m = &self.worker.metrics;
@@ -262,4 +268,32 @@ fn sign_all(signers: &[Arc<Signer>], body: &[u8], at: u64) -> Result<Vec<u8>, Si
         out.extend_from_slice(&s.sign(body, at)?);
     }
     Ok(out)
+}
+
+/// The `Suppressed` event of a recipient refused at RCPT (no queue id yet).
+fn suppressed_event(s: crate::smtp::session::SuppressedRcpt) -> events::Event {
+    events::Event {
+        kind: EventType::Suppressed,
+        id: None,
+        timestamp: events::rfc3339_ms(unix_millis()),
+        sender: s.sender,
+        recipient: Some(s.recipient),
+        recipients: Vec::new(),
+        tenant: s.tenant,
+        campaign: None,
+        source: None,
+        class: None,
+        response: Some(events::Response {
+            code: Some(550),
+            enhanced: "5.7.1".into(),
+            text: crate::smtp::reply::canned::SUPPRESSED.to_string(),
+        }),
+        size: 0,
+        attempt: 0,
+        next_hop: None,
+        tls: None,
+        peer: None,
+        feedback_type: None,
+        reason: Some(s.reason),
+    }
 }

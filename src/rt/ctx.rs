@@ -107,6 +107,8 @@ pub struct Shared {
     pub inboxes: Vec<Arc<Inbox<Control>>>,
     /// Delivery events: the file and the webhooks.
     pub events: Arc<crate::events::log::EventLog>,
+    /// The suppression list.
+    pub suppression: Arc<dyn crate::suppress::Store>,
 }
 
 /// Per-worker state visible to its tasks.

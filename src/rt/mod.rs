@@ -64,7 +64,12 @@ pub fn policy(config: &Config) -> Policy {
 }
 
 /// Session settings for one listener.
-pub fn session_config(config: &Config, l: &ListenerConfig, policy: Arc<Policy>) -> SessionConfig {
+pub fn session_config(
+    config: &Config,
+    l: &ListenerConfig,
+    policy: Arc<Policy>,
+    suppression: Arc<dyn crate::suppress::Store>,
+) -> SessionConfig {
     SessionConfig {
         hostname: config.hostname(),
         role: if l.kind == ListenerKind::Submission { Role::Submission } else { Role::Mx },
@@ -76,6 +81,7 @@ pub fn session_config(config: &Config, l: &ListenerConfig, policy: Arc<Policy>) 
         data_timeout: config.limits.data_timeout,
         max_errors: config.limits.errors,
         policy,
+        suppression: Some(suppression),
     }
 }
 
@@ -236,9 +242,14 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
             "spool segment was damaged; the records in these bytes are lost, the rest were recovered");
     }
 
+    let (suppression, loaded) = crate::suppress::file::FileStore::open(&dir.join("suppression.jsonl"))
+        .map_err(|e| ServeError::Runtime(format!("suppression list: {e}")))?;
+    let suppression: Arc<dyn crate::suppress::Store> = suppression;
     let policy = Arc::new(policy(&config));
-    let sessions =
-        config.listeners.iter().map(|l| Arc::new(session_config(&config, l.get_ref(), policy.clone())));
+    let sessions = config
+        .listeners
+        .iter()
+        .map(|l| Arc::new(session_config(&config, l.get_ref(), policy.clone(), suppression.clone())));
     let delivery = delivery_config(&config);
     let live = Live::new(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery), dkim });
     let mut bound = Vec::new();
@@ -286,6 +297,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         stage: Broadcast::new(workers),
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
         events,
+        suppression,
     });
     let serving = Arc::new(AtomicBool::new(false));
     let admin_addr =
@@ -350,6 +362,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         report.recipients,
         report.segments
     );
+    println!("ringpost: suppression list: {} entries", loaded.entries);
     println!(
         "ringpost: {workers} workers, io_uring driver (monoio IoUringDriver, {} entries per ring)",
         worker::RING_ENTRIES
@@ -420,8 +433,9 @@ impl Reload {
         let current = self.shared.live.get();
         let policy = Arc::new(policy(&new));
         // The listeners running now keep their address, kind and TLS mode.
-        let sessions =
-            self.config.listeners.iter().map(|l| Arc::new(session_config(&new, l.get_ref(), policy.clone())));
+        let sessions = self.config.listeners.iter().map(|l| {
+            Arc::new(session_config(&new, l.get_ref(), policy.clone(), self.shared.suppression.clone()))
+        });
         let tls = if tls.is_some() && current.tls.is_some() { tls } else { current.tls.clone() };
         let delivery = delivery_config(&new);
         let changed = changed(&self.config, &new);

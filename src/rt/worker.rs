@@ -137,6 +137,7 @@ async fn serve(setup: WorkerSetup) {
         ids.clone(),
         shared.metrics.clone(),
         shared.events.clone(),
+        shared.suppression.clone(),
     );
     *owner_slot.borrow_mut() = Some(owner.clone());
     let w = Rc::new(WorkerCtx {

@@ -54,6 +54,7 @@ fn client_and_server_cores_talk_without_sockets() {
         data_timeout: Duration::from_secs(300),
         max_errors: 10,
         policy: Arc::new(Policy::new(&["example.test".into()], &[], &[], [])),
+        suppression: None,
     });
     let ids = Rc::new(RefCell::new(QueueIdGen::new(0, QueueId(0))));
     let conn = ConnInfo { peer: "192.0.2.7".parse().unwrap(), trusted: false, tls: None };

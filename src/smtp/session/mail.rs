@@ -1,6 +1,6 @@
 //! MAIL FROM and RCPT TO (RFC 5321 §4.1.1.2-3), with relay control.
 
-use super::{Session, Transaction};
+use super::{Session, SuppressedRcpt, Transaction};
 use crate::envelope::{BodyType, Recipient};
 use crate::policy::RcptVerdict;
 use crate::smtp::address::{parse_forward_path, parse_reverse_path, AddressError, ReversePath};
@@ -60,6 +60,21 @@ impl Session {
 
     pub(super) fn handle_rcpt(&mut self, arg: &str) {
         let reply = self.check_rcpt(arg);
+        let suppressed = match (&reply, self.tx.as_ref()) {
+            (Ok(rcpt), Some(tx)) => self.suppression_of(rcpt, tx),
+            _ => None,
+        };
+        if let Some(s) = suppressed {
+            // Not a client error (it does not count toward `errors`): a
+            // bulk sender's batch may name many suppressed addresses.
+            if let Some(tx) = self.tx.as_mut() {
+                tx.refused += 1;
+            }
+            self.refused_recipients += 1;
+            self.suppressed.push(s);
+            self.reply(&canned::SUPPRESSED);
+            return;
+        }
         match (reply, self.tx.as_mut()) {
             (Ok(rcpt), Some(tx)) => {
                 if !tx.recipients.iter().any(|r| r.address == rcpt.address) {
@@ -76,6 +91,25 @@ impl Session {
             }
             (Ok(_), None) => self.error(&canned::NEED_MAIL),
         }
+    }
+
+    /// Whether `rcpt` is suppressed for this client: only clients that may
+    /// relay (our senders) are held to the list, never strangers sending
+    /// to our own domains.
+    fn suppression_of(&self, rcpt: &Recipient, tx: &Transaction) -> Option<SuppressedRcpt> {
+        let store = self.config.suppression.as_ref()?;
+        if !(self.conn.trusted || self.auth_user.is_some()) {
+            return None;
+        }
+        let tenant = self.auth_user.as_deref().and_then(|u| self.config.policy.user_tenant(u));
+        let address = rcpt.address.to_string();
+        let e = store.check(&address, tenant)?;
+        Some(SuppressedRcpt {
+            sender: tx.reverse_path.to_string(),
+            recipient: address,
+            tenant: e.tenant,
+            reason: e.reason,
+        })
     }
 
     fn check_rcpt(&self, arg: &str) -> Result<Recipient, Reply> {

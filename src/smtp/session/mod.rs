@@ -76,6 +76,18 @@ pub struct SessionConfig {
     /// Error replies tolerated before the session is closed with `421`.
     pub max_errors: u32,
     pub policy: Arc<Policy>,
+    /// Suppressed recipients are refused (`550 5.7.1`) for clients that
+    /// may relay (relay networks, AUTH).
+    pub suppression: Option<Arc<dyn crate::suppress::Store>>,
+}
+
+/// A recipient refused at RCPT because it is suppressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressedRcpt {
+    pub sender: String,
+    pub recipient: String,
+    pub tenant: Option<String>,
+    pub reason: String,
 }
 
 /// Facts about the connection, fixed when it is accepted.
@@ -189,6 +201,9 @@ pub struct Session {
     /// Refusals since the shell last asked (see [`Session::take_refusals`]).
     refused_messages: u32,
     refused_recipients: u32,
+    /// Recipients refused because they are suppressed, since the shell
+    /// last asked (see [`Session::take_suppressed`]).
+    suppressed: Vec<SuppressedRcpt>,
     deadline: Instant,
     draining: bool,
 }
@@ -213,6 +228,7 @@ impl Session {
             errors: 0,
             refused_messages: 0,
             refused_recipients: 0,
+            suppressed: Vec::new(),
             draining: false,
         };
         let greeting = format!("220 {} ESMTP\r\n", s.config.hostname);
@@ -271,6 +287,12 @@ impl Session {
         self.refused_messages = 0;
         self.refused_recipients = 0;
         counts
+    }
+
+    /// Recipients refused at RCPT because they are suppressed, since the
+    /// last call (the shell turns them into `Suppressed` events).
+    pub fn take_suppressed(&mut self) -> Vec<SuppressedRcpt> {
+        std::mem::take(&mut self.suppressed)
     }
 
     /// Whether a mail transaction or a pending action is in progress (shutdown

@@ -33,6 +33,7 @@ fn config(role: Role) -> SessionConfig {
             &[],
             [("alice@example.test".to_owned(), "hash".to_owned())],
         )),
+        suppression: None,
     }
 }
 
@@ -705,4 +706,65 @@ fn tenant_and_campaign_fields_are_ours_to_take() {
     let (tenant, campaign, body) = deliver(&mut user);
     assert_eq!((tenant.as_deref(), campaign.as_deref()), (Some("bigco"), Some("spring")));
     assert!(!body.contains("X-Tenant"), "{body}");
+}
+
+/// A suppression store in memory, for the session alone.
+#[derive(Debug, Default)]
+struct MemStore(std::sync::Mutex<crate::suppress::List>);
+
+impl crate::suppress::Store for MemStore {
+    fn check(&self, address: &str, tenant: Option<&str>) -> Option<crate::suppress::Entry> {
+        self.0.lock().unwrap().check(address, tenant)
+    }
+    fn add(
+        &self,
+        address: &str,
+        tenant: Option<&str>,
+        reason: crate::suppress::Reason,
+        since: u64,
+    ) -> Result<crate::events::log::Durable, String> {
+        self.0.lock().unwrap().add(address, tenant, reason, since);
+        Ok(crate::events::log::Durable::ready())
+    }
+    fn remove(&self, address: &str, tenant: Option<&str>) -> (bool, crate::events::log::Durable) {
+        (self.0.lock().unwrap().remove(address, tenant), crate::events::log::Durable::ready())
+    }
+    fn list(&self, address: Option<&str>, limit: usize) -> Vec<crate::suppress::Entry> {
+        self.0.lock().unwrap().list(address, limit)
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// Our senders (relay networks, AUTH) get 550 5.7.1 for a suppressed
+/// address, without it counting as a client error, and the shell hears of
+/// it; strangers mailing our own domains are not held to the list.
+#[test]
+fn suppressed_recipients_are_refused_for_our_senders_only() {
+    use crate::suppress::{Reason, Store};
+    let store = Arc::new(MemStore::default());
+    store.add("gone@relay.test", None, Reason::Unsubscribe, 1).unwrap();
+    store.add("alice@example.test", None, Reason::Manual, 1).unwrap();
+    let mut c = config(Role::Mx);
+    c.suppression = Some(store.clone());
+    c.max_errors = 1;
+    let mut h = Harness::with_config(c.clone(), "10.0.0.1", true);
+    h.greet();
+    h.send("MAIL FROM:<s@x.test>\r\n");
+    let out = h.send("RCPT TO:<Gone@Relay.test>\r\nRCPT TO:<gone@relay.test>\r\nRCPT TO:<ok@relay.test>\r\n");
+    assert_eq!(codes(&out), ["550", "550", "250"], "{out}");
+    assert!(out.starts_with("550 5.7.1 "), "{out}");
+    let s = h.session.take_suppressed();
+    assert_eq!(s.len(), 2);
+    assert_eq!((s[0].sender.as_str(), s[0].recipient.as_str()), ("s@x.test", "Gone@Relay.test"));
+    assert_eq!(s[0].reason, "unsubscribe");
+    assert!(h.session.take_suppressed().is_empty());
+    assert_eq!(h.session.take_refusals(), (0, 2));
+    // A stranger sending to our own domain: not our sender, not suppressed.
+    let mut h = Harness::with_config(c, "192.0.2.9", false);
+    h.greet();
+    h.send("MAIL FROM:<s@x.test>\r\n");
+    assert_eq!(codes(&h.send("RCPT TO:<alice@example.test>\r\n")), ["250"]);
+    assert!(h.session.take_suppressed().is_empty());
 }
