@@ -16,9 +16,14 @@ for target in $(cargo fuzz list); do
   mkdir -p "corpus/$target"
   seeds=()
   [ -d "seeds/$target" ] && seeds=("seeds/$target")
+  # mail-parser 0.11 has a debug_assert! that malformed MIME trips (it is
+  # compiled out of release builds, the server's among them): the target
+  # that feeds it whole messages runs as released (-O, no debug assertions).
+  mode=()
+  [ "$target" = feedback ] && mode=(-O)
   echo "== fuzz $target (${SECONDS_PER_TARGET}s)"
   log=$(mktemp)
-  if ! cargo fuzz run -s none "$target" "corpus/$target" "${seeds[@]}" -- \
+  if ! cargo fuzz run -s none "${mode[@]}" "$target" "corpus/$target" "${seeds[@]}" -- \
     -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 > "$log" 2>&1; then
     tail -n 60 "$log"
     echo "fuzz $target failed (the input is under fuzz/artifacts/$target)"

@@ -560,7 +560,16 @@ impl Admin {
                 let _ = writeln!(out, "{name}{{class=\"{}\"}} {}", c.as_str(), load(&counts[c.index()]));
             }
         }
+        let name = "ringpost_feedback_reports_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Complaint reports read (accepted: tied back to a message we sent; rejected: kept aside)\n\
+             # TYPE {name} counter\n{name}{{result=\"accepted\"}} {}\n{name}{{result=\"rejected\"}} {}",
+            load(&m.feedback_accepted),
+            load(&m.feedback_rejected)
+        );
         for (name, help, v) in [
+            ("ringpost_unsubscribes_total", "One-click unsubscribes carried out", &m.unsubscribes),
             (
                 "ringpost_events_write_failures_total",
                 "Failed writes of the events file or journal",

@@ -87,6 +87,34 @@ pub struct Config {
     /// The `[delivery] bounce_rules` files, read by `load`: (name, text).
     #[serde(skip)]
     pub bounce_rule_files: Vec<(String, String)>,
+    /// Complaint reports (ARF).
+    #[serde(default)]
+    pub feedback: Option<FeedbackConfig>,
+    /// One-click unsubscribe for tenant mail.
+    #[serde(default)]
+    pub unsubscribe: Option<UnsubscribeConfig>,
+}
+
+/// `[feedback]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// Mail to these addresses is read as ARF reports, not delivered.
+    pub addresses: Vec<String>,
+    /// Key of the `X-Ringpost-Ref` header on outgoing mail; default: a
+    /// random key kept in `<spool dir>/feedback.key`.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// `[unsubscribe]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    /// The public URL of a `kind = "http"` listener.
+    pub base_url: String,
+    /// Signs the per-recipient token.
+    pub secret: String,
 }
 
 /// `[events]`.
@@ -195,6 +223,8 @@ pub enum ListenerKind {
     Mx,
     Submission,
     Pop3,
+    /// HTTP: one-click unsubscribe (and, later, injection).
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -788,6 +818,40 @@ impl Config {
             }
             if self.webhooks[..i].iter().any(|o| o.get_ref().url == hook.url) {
                 return Err(at(w.span(), &format!("webhook[{i}].url"), "a second webhook with the same URL"));
+            }
+        }
+        if let Some(f) = &self.feedback {
+            if f.addresses.is_empty() {
+                return Err(ConfigError(format!("{name}: feedback.addresses: name at least one address")));
+            }
+            if let Some(a) = f.addresses.iter().find(|a| crate::suppress::key(a, None).is_none()) {
+                return Err(ConfigError(format!("{name}: feedback.addresses: {a:?} is not an address")));
+            }
+            if f.secret.as_ref().is_some_and(|s| s.len() < 16) {
+                return Err(ConfigError(format!("{name}: feedback.secret: at least 16 characters")));
+            }
+        }
+        if let Some(u) = &self.unsubscribe {
+            let ok = (u.base_url.starts_with("https://") || u.base_url.starts_with("http://"))
+                && !u.base_url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'>')
+                && u.base_url.len() <= 200;
+            if !ok {
+                return Err(ConfigError(format!(
+                    "{name}: unsubscribe.base_url: {:?} is not an http(s) URL (at most 200 bytes)",
+                    u.base_url
+                )));
+            }
+            if u.secret.len() < 16 {
+                return Err(ConfigError(format!("{name}: unsubscribe.secret: at least 16 characters")));
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.get_ref().kind == ListenerKind::Http && l.get_ref().tls == TlsMode::Starttls {
+                return Err(at(
+                    l.span(),
+                    &format!("listener[{i}].tls"),
+                    "an http listener takes \"none\" or \"implicit\"",
+                ));
             }
         }
         self.validate_egress(name, &at)?;

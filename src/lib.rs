@@ -51,6 +51,7 @@ pub mod dkim;
 pub mod dns;
 pub mod envelope;
 pub mod events;
+pub mod feedback;
 pub mod mail;
 pub mod metrics;
 pub mod policy;

@@ -53,6 +53,12 @@ pub struct Metrics {
     pub bounces_by_class: [AtomicU64; 12],
     /// Temporary failures by bounce class.
     pub deferrals_by_class: [AtomicU64; 12],
+    /// Complaint reports tied back to a message we sent.
+    pub feedback_accepted: AtomicU64,
+    /// Reports that could not be used (kept aside).
+    pub feedback_rejected: AtomicU64,
+    /// One-click unsubscribes carried out.
+    pub unsubscribes: AtomicU64,
 }
 
 /// One webhook's counters.

@@ -29,6 +29,8 @@ pub struct Policy {
     domains_with_users: HashSet<String>,
     /// Lower-cased address to the user's `tenant`.
     tenants: HashMap<String, String>,
+    /// `[feedback] addresses`: accepted from anyone (providers send reports).
+    feedback: HashSet<String>,
 }
 
 impl Policy {
@@ -50,7 +52,14 @@ impl Policy {
             users,
             domains_with_users,
             tenants: HashMap::new(),
+            feedback: HashSet::new(),
         }
+    }
+
+    /// Addresses that take complaint reports: accepted from anyone.
+    pub fn with_feedback(mut self, addresses: &[String]) -> Policy {
+        self.feedback = addresses.iter().map(|a| a.to_lowercase()).collect();
+        self
     }
 
     /// The `tenant` of each user that has one: their mail is that tenant's,
@@ -87,6 +96,9 @@ impl Policy {
     /// Decides on one recipient. `may_relay`: the client is trusted or authenticated.
     pub fn check_recipient(&self, rcpt: &Mailbox, may_relay: bool) -> RcptVerdict {
         let domain = rcpt.domain().to_lowercase();
+        if !self.feedback.is_empty() && self.feedback.contains(&rcpt.to_string().to_lowercase()) {
+            return RcptVerdict::Accept;
+        }
         if self.local_domains.contains(&domain) {
             let listed = self.domains_with_users.contains(&domain);
             let known = rcpt.is_postmaster() || self.users.contains_key(&rcpt.to_string().to_lowercase());

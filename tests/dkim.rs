@@ -265,3 +265,40 @@ fn keys_follow_reloads() {
     srv.reload(&routed(port, &dkim_entry("example.com", "k2", &k2)), true);
     assert_eq!(send(4), ["pass d=example.com s=k2 a=rsa-sha256"]);
 }
+
+/// With `[unsubscribe]`, tenant mail without List-Unsubscribe gets the RFC
+/// 8058 pair before it is signed: dkimpy passes the signature, and its h=
+/// covers both fields.
+#[test]
+fn unsubscribe_headers_are_added_before_signing() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ed = make_key(&dir, "ed", "ed25519");
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let extra = format!(
+        "{}[unsubscribe]\nbase_url = \"https://unsub.example.com\"\nsecret = \"0123456789abcdef-secret\"\n\
+         [[tenant]]\nname = \"acme\"\n",
+        dkim_entry("example.com", "s1", &ed)
+    );
+    let srv = Server::start_in(&dir, &routed(port, &extra));
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    let plain = "From: news@example.com\r\nTo: r@y.test\r\nSubject: s\r\n\r\nbody\r\n";
+    c.send_message("b@example.com", &["r@y.test"], &format!("X-Tenant: acme\r\n{plain}"));
+    c.cmd("QUIT", "221");
+    let got = rx.wait_for(1, Duration::from_secs(15));
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert!(m.contains("List-Unsubscribe:\r\n <https://unsub.example.com/unsubscribe/v1."), "{m}");
+    assert!(m.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{m}");
+    assert_eq!(
+        verify(&dir, m, &[("s1._domainkey.example.com", &ed)]),
+        ["pass d=example.com s=s1 a=ed25519-sha256"]
+    );
+    let unfolded = m.replace("\r\n\t", " ").replace("\r\n ", " ").to_ascii_lowercase();
+    let h = unfolded.lines().find(|l| l.starts_with("dkim-signature:")).unwrap();
+    let h = h.split("h=").nth(1).unwrap().split(';').next().unwrap().replace(' ', "");
+    let names: Vec<&str> = h.split(':').collect();
+    assert!(names.contains(&"list-unsubscribe") && names.contains(&"list-unsubscribe-post"), "{h}");
+}

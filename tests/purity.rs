@@ -16,6 +16,7 @@ const PURE: &[&str] = &[
     "src/delivery/classify.rs",
     "src/events/mod.rs",
     "src/suppress/mod.rs",
+    "src/feedback",
     "src/delivery/egress.rs",
     "src/delivery/shaping.rs",
     "src/dkim",

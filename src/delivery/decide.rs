@@ -31,6 +31,8 @@ pub enum Way {
     /// Nowhere: the message is older than `max_age`; it bounces with this
     /// reason (status 4.4.7).
     Expired(String),
+    /// A complaint report to one of `[feedback] addresses`: read, not delivered.
+    Feedback,
 }
 
 /// Recipients of one domain, and where they go.
@@ -50,6 +52,8 @@ pub struct Rules<'a> {
     /// Intervals between attempts; the last one repeats.
     pub retry: &'a [Duration],
     pub local_domains: &'a HashSet<String>,
+    /// `[feedback] addresses` (lower case), if any.
+    pub feedback: Option<&'a HashSet<String>>,
 }
 
 /// The enhanced status of an expired message's recipients.
@@ -67,12 +71,22 @@ pub fn plan(
     rules: Rules<'_>,
 ) -> Vec<Group> {
     let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut reports = Vec::new();
     for &i in remaining {
         if let Some(r) = env.recipients.get(i as usize) {
-            groups.entry(r.address.domain().to_lowercase()).or_default().push(i);
+            if rules.feedback.is_some_and(|f| f.contains(&r.address.to_string().to_lowercase())) {
+                reports.push(i);
+            } else {
+                groups.entry(r.address.domain().to_lowercase()).or_default().push(i);
+            }
         }
     }
     let expired = now.saturating_sub(received_at) > rules.max_age.as_secs();
+    let reports = (!reports.is_empty()).then(|| Group {
+        domain: "feedback".into(),
+        rcpts: reports,
+        way: Way::Feedback,
+    });
     groups
         .into_iter()
         .map(|(domain, rcpts)| {
@@ -89,6 +103,7 @@ pub fn plan(
             };
             Group { domain, rcpts, way }
         })
+        .chain(reports)
         .collect()
 }
 
@@ -240,7 +255,7 @@ mod tests {
     }
 
     fn rules<'a>(retry: &'a [Duration], local: &'a HashSet<String>) -> Rules<'a> {
-        Rules { max_age: Duration::from_secs(5 * DAY), retry, local_domains: local }
+        Rules { max_age: Duration::from_secs(5 * DAY), retry, local_domains: local, feedback: None }
     }
 
     fn outcome(
@@ -285,6 +300,13 @@ mod tests {
         );
         assert_eq!(plan(&e, &[1], t0, None, t0, r)[0].rcpts, vec![1], "only the remaining ones");
         assert!(plan(&e, &[], t0, None, t0, r).is_empty());
+        // Reports to a feedback address are read, whatever their domain, and never expire.
+        let fbl: HashSet<String> = ["b@remote.test".to_owned()].into();
+        let r = Rules { feedback: Some(&fbl), ..r };
+        let groups = plan(&e, &[1, 3], t0, None, t0 + 10 * DAY, r);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[1], Group { domain: "feedback".into(), rcpts: vec![1], way: Way::Feedback });
+        assert!(matches!(groups[0].way, Way::Expired(_)));
     }
 
     #[test]

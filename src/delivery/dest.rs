@@ -393,39 +393,55 @@ impl Destinations {
             next_hop: remote.clone(),
             tls: conn.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)),
         });
-        let (mut outcomes, alive) = match conn.send(msg, &content).await {
-            Ok(results) => {
-                let dsn = conn.remote_dsn();
-                let outcomes = results
-                    .into_iter()
-                    .filter_map(|r| {
-                        let index = *job.rcpts.get(r.index)?;
-                        Some(RcptOutcome {
-                            index,
-                            outcome: outcome_of(r.reply.code),
-                            status: status_of(r.reply.code, r.reply.enhanced()),
-                            text: r.reply.one_line(),
-                            remote: Some(conn.host.clone()),
-                            remote_dsn: dsn,
-                            not_before: None,
-                            code: Some(r.reply.code),
-                            via: Some(via.clone()),
-                            cause: Cause::Reply,
-                            class: None,
+        // With [feedback], each copy carries a signed reference, so a
+        // complaint about it can be tied back (not signed by DKIM: added
+        // on the way out, above the stored message).
+        let reference = self.live.delivery().feedback.as_ref().map(|f| {
+            let recipient = match job.rcpts.as_slice() {
+                [one] => env.recipients.get(*one as usize).map(|r| r.address.to_string()),
+                _ => None,
+            };
+            f.ref_field(&crate::feedback::token::Ref {
+                id: job.id.to_string(),
+                recipient,
+                tenant: env.tenant.clone(),
+                campaign: env.campaign.clone(),
+            })
+        });
+        let (mut outcomes, alive) =
+            match conn.send(msg, reference.as_deref().unwrap_or_default(), &content).await {
+                Ok(results) => {
+                    let dsn = conn.remote_dsn();
+                    let outcomes = results
+                        .into_iter()
+                        .filter_map(|r| {
+                            let index = *job.rcpts.get(r.index)?;
+                            Some(RcptOutcome {
+                                index,
+                                outcome: outcome_of(r.reply.code),
+                                status: status_of(r.reply.code, r.reply.enhanced()),
+                                text: r.reply.one_line(),
+                                remote: Some(conn.host.clone()),
+                                remote_dsn: dsn,
+                                not_before: None,
+                                code: Some(r.reply.code),
+                                via: Some(via.clone()),
+                                cause: Cause::Reply,
+                                class: None,
+                            })
                         })
-                    })
-                    .collect();
-                (outcomes, true)
-            }
-            Err(f) => {
-                let text = format!("{remote}: {f}");
-                let mut outcomes = RcptOutcome::all(&job.rcpts, Outcome::Temporary, "4.4.2", &text);
-                for o in &mut outcomes {
-                    o.via = Some(via.clone());
+                        .collect();
+                    (outcomes, true)
                 }
-                (outcomes, false)
-            }
-        };
+                Err(f) => {
+                    let text = format!("{remote}: {f}");
+                    let mut outcomes = RcptOutcome::all(&job.rcpts, Outcome::Temporary, "4.4.2", &text);
+                    for o in &mut outcomes {
+                        o.via = Some(via.clone());
+                    }
+                    (outcomes, false)
+                }
+            };
         for o in outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered) {
             if self.react(budget, &o.text) && o.outcome == Outcome::Temporary {
                 o.outcome = Outcome::Permanent;

@@ -68,6 +68,8 @@ pub struct DeliveryConfig {
     pub shaping: Arc<shaping::Shaping>,
     /// Bounce classification rules.
     pub classifier: Arc<classify::Classifier>,
+    /// `[feedback]`: report addresses and the reference key.
+    pub feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
 /// How one recipient's attempt ended.

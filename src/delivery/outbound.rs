@@ -147,7 +147,15 @@ impl Outbound {
     }
 
     /// Sends one message; returns one result per recipient of `msg`.
-    pub async fn send(&mut self, msg: Outgoing, content: &[u8]) -> Result<Vec<RcptResult>, Failure> {
+    /// Sends one message: `prefix` (header fields of our own, CRLF-ended,
+    /// ASCII) goes before `content`.
+    pub async fn send(
+        &mut self,
+        mut msg: Outgoing,
+        prefix: &[u8],
+        content: &[u8],
+    ) -> Result<Vec<RcptResult>, Failure> {
+        msg.size += prefix.len() as u64;
         self.client.send_message(msg, instant());
         loop {
             match self.pump().await {
@@ -158,6 +166,7 @@ impl Outbound {
                     out.extend_from_slice(self.client.output());
                     let mut none = Vec::new();
                     self.client.swap_output(&mut none);
+                    out.extend_from_slice(prefix);
                     body::encode(content, &mut out);
                     let (res, out) = self.conn.transport.write_all(out).await;
                     self.body = out;

@@ -144,6 +144,11 @@ impl Owner {
         &self.events
     }
 
+    /// The suppression list.
+    pub fn suppression(&self) -> &dyn Store {
+        &*self.suppression
+    }
+
     /// Delivery settings in force now.
     fn cfg(&self) -> Arc<DeliveryConfig> {
         self.live.delivery()
@@ -314,7 +319,12 @@ impl Owner {
         let cfg = self.cfg();
         let last_error =
             self.spool.with_entry(id, |e| e.progress.as_ref().map(|p| p.last_error.clone())).flatten();
-        let rules = Rules { max_age: cfg.max_age, retry: &cfg.retry, local_domains: &cfg.local_domains };
+        let rules = Rules {
+            max_age: cfg.max_age,
+            retry: &cfg.retry,
+            local_domains: &cfg.local_domains,
+            feedback: cfg.feedback.as_ref().map(|f| &f.addresses),
+        };
         // Recipients suppressed since the message was queued are not sent.
         let mut suppressed = Vec::new();
         let to_plan: Vec<u32> = remaining
@@ -364,6 +374,9 @@ impl Owner {
                     monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
                 }
                 Way::Remote => self.route_group(id, loc, domain, rcpts, env.tenant.as_deref()).await,
+                Way::Feedback => {
+                    monoio::spawn(self.clone().read_reports(id, loc, domain, rcpts));
+                }
             }
         }
     }
@@ -486,6 +499,78 @@ impl Owner {
         self.job_done(JobResult { id, domain, outcomes });
     }
 
+    /// A message to a `[feedback]` address: an ARF complaint report. One
+    /// tied back to what we sent becomes a `Feedback` event and suppresses
+    /// its recipient for its tenant (unless the report says `not-spam`);
+    /// one that is not (malformed, forged, not ARF) is logged and kept in
+    /// `<spool>/feedback-rejected/`. Either way the recipient is done.
+    async fn read_reports(self: Rc<Self>, id: QueueId, loc: Location, domain: String, rcpts: Vec<u32>) {
+        let cfg = self.cfg();
+        let (dir, family) = self.spool.family();
+        let (feedback, body) =
+            match (cfg.feedback.clone(), crate::spool::read::read_message(&dir, family, loc).await) {
+                (Some(f), Ok((_, body))) => (f, body),
+                (_, Err(e)) => {
+                    let text = format!("cannot read the spooled report: {e}");
+                    let outcomes = RcptOutcome::all(&rcpts, Outcome::Temporary, "4.3.0", &text);
+                    return self.job_done(JobResult { id, domain, outcomes });
+                }
+                (None, Ok(_)) => {
+                    // [feedback] was removed by a reload meanwhile: plan again.
+                    let text = "[feedback] is no longer configured";
+                    let outcomes = RcptOutcome::all(&rcpts, Outcome::Temporary, "4.3.0", text);
+                    return self.job_done(JobResult { id, domain, outcomes });
+                }
+            };
+        let reject_dir = dir.join("feedback-rejected");
+        let read = monoio::spawn_blocking(move || match crate::feedback::read_complaint(&feedback, &body) {
+            Ok(c) => Ok(c),
+            Err(why) => {
+                let path = reject_dir.join(format!("{id}.eml"));
+                let kept = std::fs::create_dir_all(&reject_dir).and_then(|()| std::fs::write(&path, &body));
+                Err((why, kept.map(|()| path)))
+            }
+        })
+        .await;
+        let text = match read {
+            Ok(Ok(c)) => {
+                inc(&self.metrics.feedback_accepted);
+                let r = &c.reference;
+                let rcpt = r.recipient.clone().unwrap_or_default();
+                tracing::info!(target: "delivery", %id, original = %r.id, recipient = %rcpt, tenant = ?r.tenant,
+                    feedback_type = %c.report.feedback_type, "complaint report");
+                if c.report.feedback_type != "not-spam" {
+                    if let Ok(d) =
+                        self.suppression.add(&rcpt, r.tenant.as_deref(), Reason::Complaint, unix_secs())
+                    {
+                        d.await;
+                    }
+                }
+                if self.events.enabled() {
+                    let e =
+                        feedback_event(r, &c.report.feedback_type, c.report.original_mail_from.as_deref());
+                    self.events.emit_durable(&[e]).await;
+                }
+                format!("complaint report read: {} about {rcpt}", c.report.feedback_type)
+            }
+            Ok(Err((why, kept))) => {
+                inc(&self.metrics.feedback_rejected);
+                let kept = match kept {
+                    Ok(p) => format!("kept in {}", p.display()),
+                    Err(e) => format!("could not be kept: {e}"),
+                };
+                tracing::warn!(target: "delivery", %id, reason = %why, %kept, "feedback report not usable");
+                format!("feedback report not usable ({why}); {kept}")
+            }
+            Err(_) => "feedback report task failed".to_owned(),
+        };
+        let mut outcomes = RcptOutcome::all(&rcpts, Outcome::Delivered, "2.0.0", &text);
+        for o in &mut outcomes {
+            o.via = Some(Arc::new(Via { source: None, next_hop: "feedback".into(), tls: None }));
+        }
+        self.job_done(JobResult { id, domain, outcomes });
+    }
+
     /// A destination (or local delivery) reports on one group.
     pub fn job_done(self: &Rc<Self>, r: JobResult) {
         let now = unix_secs();
@@ -559,7 +644,12 @@ impl Owner {
             let events = outcome_events(&a, unix_millis());
             self.events.emit_durable(&events).await;
         }
-        let rules = Rules { max_age: cfg.max_age, retry: &cfg.retry, local_domains: &cfg.local_domains };
+        let rules = Rules {
+            max_age: cfg.max_age,
+            retry: &cfg.retry,
+            local_domains: &cfg.local_domains,
+            feedback: cfg.feedback.as_ref().map(|f| &f.addresses),
+        };
         let settled = decide::settle(
             &a.outcomes,
             dsn_stored,
@@ -734,4 +824,29 @@ fn outcome_events(a: &Attempt, at_ms: u64) -> Vec<Event> {
             e
         })
         .collect()
+}
+
+/// The `Feedback` event of a complaint (or unsubscribe): about the original
+/// message and recipient the reference names.
+pub fn feedback_event(r: &crate::feedback::token::Ref, feedback_type: &str, sender: Option<&str>) -> Event {
+    Event {
+        kind: EventType::Feedback,
+        id: Some(r.id.clone()),
+        timestamp: crate::events::rfc3339_ms(unix_millis()),
+        sender: sender.unwrap_or_default().to_owned(),
+        recipient: r.recipient.clone(),
+        recipients: Vec::new(),
+        tenant: r.tenant.clone(),
+        campaign: r.campaign.clone(),
+        source: None,
+        class: None,
+        response: None,
+        size: 0,
+        attempt: 0,
+        next_hop: None,
+        tls: None,
+        peer: None,
+        feedback_type: Some(feedback_type.to_owned()),
+        reason: None,
+    }
 }

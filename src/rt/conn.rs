@@ -19,7 +19,7 @@ use crate::dkim::{Algorithm, SignError, Signer, Signers};
 use crate::events::{self, EventType};
 use crate::metrics::inc;
 use crate::policy::canonical;
-use crate::smtp::session::{ConnInfo, Event, Message, Session, StoreError};
+use crate::smtp::session::{ConnInfo, Event, Session, StoreError};
 use crate::spool::AppendError;
 
 /// Serves one accepted connection to the end.
@@ -161,8 +161,23 @@ impl Driver {
     async fn store(&mut self) {
         let Some(msg) = self.session.message() else { return };
         let started = instant();
-        let dkim = self.listener.live.get().dkim.clone();
-        let signatures = match sign(&dkim, msg).await {
+        let snapshot = self.listener.live.get();
+        // RFC 8058 headers for tenant mail that has none: before signing,
+        // so they are signed.
+        let with_unsubscribe = match (&snapshot.unsubscribe, msg.ours, msg.envelope.recipients.as_slice()) {
+            (Some(u), true, [one]) => {
+                let r = crate::feedback::token::Ref {
+                    id: msg.envelope.id.to_string(),
+                    recipient: Some(one.address.to_string()),
+                    tenant: msg.envelope.tenant.clone(),
+                    campaign: msg.envelope.campaign.clone(),
+                };
+                crate::feedback::unsubscribe::add_headers(u, &msg.body, &r)
+            }
+            _ => None,
+        };
+        let body = with_unsubscribe.as_deref().unwrap_or(&msg.body);
+        let signatures = match sign(&snapshot.dkim, msg.ours, body).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, id = %msg.envelope.id, "message not stored; replied 451");
@@ -171,8 +186,8 @@ impl Driver {
                 return;
             }
         };
-        let size = (signatures.len() + msg.body.len()) as u64;
-        let ticket = self.worker.spool.append_message(&msg.envelope, &signatures, &msg.body);
+        let size = (signatures.len() + body.len()) as u64;
+        let ticket = self.worker.spool.append_message(&msg.envelope, &signatures, body);
         let result = match ticket.await {
             Ok(Ok(committed)) => {
                 let id = committed.id;
@@ -240,22 +255,22 @@ impl Driver {
 /// another thread and back costs about as much as the signature. Others
 /// (RSA: about half a millisecond of CPU each) run on the blocking pool,
 /// so the worker's other sessions do not wait for them.
-async fn sign(dkim: &Arc<Signers>, msg: &Message) -> Result<Vec<u8>, SignError> {
-    if !msg.ours || dkim.is_empty() {
+async fn sign(dkim: &Arc<Signers>, ours: bool, body: &[u8]) -> Result<Vec<u8>, SignError> {
+    if !ours || dkim.is_empty() {
         return Ok(Vec::new());
     }
-    let signers = dkim.for_message(&msg.body);
+    let signers = dkim.for_message(body);
     if signers.is_empty() {
         return Ok(Vec::new());
     }
     let at = unix_secs();
-    let cheap = msg.body.len() <= INLINE_SIGN_MAX
+    let cheap = body.len() <= INLINE_SIGN_MAX
         && signers.iter().all(|s| s.key.algorithm() == Algorithm::Ed25519Sha256);
     if cheap {
-        return sign_all(signers, &msg.body, at);
+        return sign_all(signers, body, at);
     }
     let signers = signers.to_vec();
-    let body: Arc<[u8]> = Arc::from(msg.body.as_slice());
+    let body: Arc<[u8]> = Arc::from(body);
     monoio::spawn_blocking(move || sign_all(&signers, &body, at)).await.unwrap_or(Err(SignError))
 }
 

@@ -71,8 +71,10 @@ pub struct ListenerCtx {
     pub index: usize,
     pub live: Arc<Live>,
     pub implicit_tls: bool,
-    /// A POP3 listener (else SMTP).
+    /// A POP3 listener (else SMTP, unless `http`).
     pub pop3: bool,
+    /// An HTTP listener.
+    pub http: bool,
 }
 
 impl ListenerCtx {
@@ -109,6 +111,8 @@ pub struct Shared {
     pub events: Arc<crate::events::log::EventLog>,
     /// The suppression list.
     pub suppression: Arc<dyn crate::suppress::Store>,
+    /// The `X-Ringpost-Ref` key when `[feedback] secret` is not set.
+    pub feedback_key: Vec<u8>,
 }
 
 /// Per-worker state visible to its tasks.

@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub delivery: Arc<DeliveryConfig>,
     /// DKIM signers by domain (`[[dkim]]`, keys loaded).
     pub dkim: Arc<Signers>,
+    /// `[unsubscribe]`: one-click unsubscribe URLs and their key.
+    pub unsubscribe: Option<Arc<crate::feedback::unsubscribe::Unsubscribe>>,
 }
 
 /// The current snapshot, shared by every thread.

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod conn;
 pub mod ctx;
 pub mod driver;
+pub mod http;
 pub mod inbox;
 pub mod limits;
 pub mod live;
@@ -61,6 +62,7 @@ pub fn policy(config: &Config) -> Policy {
     });
     Policy::new(&config.relay.local_domains, &config.relay.relay_domains, &config.relay.relay_networks, users)
         .with_tenants(tenants)
+        .with_feedback(config.feedback.as_ref().map_or(&[][..], |f| &f.addresses))
 }
 
 /// Session settings for one listener.
@@ -86,7 +88,7 @@ pub fn session_config(
 }
 
 /// Delivery settings from the config.
-pub fn delivery_config(config: &Config) -> crate::delivery::DeliveryConfig {
+pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::DeliveryConfig {
     let d = &config.delivery;
     crate::delivery::DeliveryConfig {
         hostname: config.hostname().to_string(),
@@ -111,6 +113,10 @@ pub fn delivery_config(config: &Config) -> crate::delivery::DeliveryConfig {
         classifier: Arc::new(
             config.classifier().unwrap_or_else(|_| crate::delivery::classify::Classifier::defaults()),
         ),
+        feedback: config.feedback.as_ref().map(|f| {
+            let key = f.secret.as_deref().map_or(file_key, str::as_bytes);
+            Arc::new(crate::feedback::Feedback::new(&f.addresses, key))
+        }),
         shaping: Arc::new(crate::delivery::shaping::Shaping::new(
             config.shaping_rules(),
             crate::delivery::shaping::Limits {
@@ -123,6 +129,39 @@ pub fn delivery_config(config: &Config) -> crate::delivery::DeliveryConfig {
             },
         )),
     }
+}
+
+fn unsubscribe(config: &Config) -> Option<Arc<crate::feedback::unsubscribe::Unsubscribe>> {
+    let u = config.unsubscribe.as_ref()?;
+    Some(Arc::new(crate::feedback::unsubscribe::Unsubscribe::new(&u.base_url, &u.secret)))
+}
+
+/// The key of `X-Ringpost-Ref` when `[feedback] secret` is not set: 32
+/// random bytes kept in `<spool dir>/feedback.key` (made once, durably), so
+/// references stay valid across restarts.
+fn feedback_key(dir: &Path) -> Result<Vec<u8>, String> {
+    let path = dir.join("feedback.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= 32 => return Ok(k),
+        Ok(_) => return Err(format!("{}: too short; remove it to make a new one", path.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("{}: {e}", path.display())),
+        Err(_) => {}
+    }
+    let mut key = vec![0u8; 32];
+    getrandom::getrandom(&mut key).map_err(|e| format!("random key: {e}"))?;
+    let tmp = dir.join("feedback.key.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f =
+            std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&key)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))?;
+    spool::recover::sync_dir(dir).map_err(|e| e.to_string())?;
+    Ok(key)
 }
 
 /// Checks that every `[[source]]` address is one of ours: a socket can be
@@ -250,8 +289,15 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         .listeners
         .iter()
         .map(|l| Arc::new(session_config(&config, l.get_ref(), policy.clone(), suppression.clone())));
-    let delivery = delivery_config(&config);
-    let live = Live::new(Snapshot { sessions: sessions.collect(), tls, delivery: Arc::new(delivery), dkim });
+    let feedback_key = feedback_key(&dir).map_err(ServeError::Runtime)?;
+    let delivery = delivery_config(&config, &feedback_key);
+    let live = Live::new(Snapshot {
+        sessions: sessions.collect(),
+        tls,
+        delivery: Arc::new(delivery),
+        dkim,
+        unsubscribe: unsubscribe(&config),
+    });
     let mut bound = Vec::new();
     let mut ctxs = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
@@ -265,6 +311,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
             live: live.clone(),
             implicit_tls: l.tls == TlsMode::Implicit,
             pop3: l.kind == ListenerKind::Pop3,
+            http: l.kind == ListenerKind::Http,
         }));
     }
 
@@ -298,6 +345,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
         events,
         suppression,
+        feedback_key,
     });
     let serving = Arc::new(AtomicBool::new(false));
     let admin_addr =
@@ -437,13 +485,14 @@ impl Reload {
             Arc::new(session_config(&new, l.get_ref(), policy.clone(), self.shared.suppression.clone()))
         });
         let tls = if tls.is_some() && current.tls.is_some() { tls } else { current.tls.clone() };
-        let delivery = delivery_config(&new);
+        let delivery = delivery_config(&new, &self.shared.feedback_key);
         let changed = changed(&self.config, &new);
         self.shared.live.set(Snapshot {
             sessions: sessions.collect(),
             tls,
             delivery: Arc::new(delivery),
             dkim,
+            unsubscribe: unsubscribe(&new),
         });
         // Reopens the events file even when unchanged (logrotate).
         self.shared.events.configure(new.event_settings());
@@ -503,7 +552,7 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         let tenants = c.tenants.iter().map(|t| debug(t.get_ref())).collect::<Vec<_>>();
         (sources, pools, tenants)
     };
-    let checks: [(bool, &'static str); 14] = [
+    let checks: [(bool, &'static str); 16] = [
         (old.hostname() != new.hostname(), "hostname"),
         (debug(&old.shaping) != debug(&new.shaping), "[[shaping]]"),
         (dkim(old) != dkim(new), "[[dkim]]"),
@@ -516,6 +565,8 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         (debug(&old.delivery) != debug(&new.delivery), "[delivery]"),
         (debug(&old.local) != debug(&new.local), "[local]"),
         (old.events != new.events, "[events]"),
+        (old.feedback != new.feedback, "[feedback]"),
+        (old.unsubscribe != new.unsubscribe, "[unsubscribe]"),
         (debug(&old.webhooks) != debug(&new.webhooks), "[[webhook]]"),
         (debug(&old.log) != debug(&new.log), "[log] (needs a restart)"),
     ];

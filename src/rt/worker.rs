@@ -278,6 +278,8 @@ async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx
                         monoio::spawn(async move {
                             if l.pop3 {
                                 super::pop3::serve(stream, peer, l, w.clone()).await;
+                            } else if l.http {
+                                super::http::serve(stream, peer, l, w.clone()).await;
                             } else {
                                 conn::serve(stream, peer, l, w.clone()).await;
                             }
@@ -288,7 +290,7 @@ async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx
                     Err(hit) => {
                         inc(&w.metrics.connections_refused);
                         tracing::debug!(%peer, ?hit, "connection refused by limit");
-                        monoio::spawn(refuse(stream, l.pop3));
+                        monoio::spawn(refuse(stream, l.clone()));
                     }
                 }
             }
@@ -304,10 +306,14 @@ async fn accept_loop(listener: TcpListener, l: Arc<ListenerCtx>, w: Rc<WorkerCtx
 
 /// Answers a connection over the limits in its listener's protocol, and
 /// closes it.
-async fn refuse(mut stream: TcpStream, pop3: bool) {
+async fn refuse(mut stream: TcpStream, l: Arc<ListenerCtx>) {
     let mut reply = Vec::new();
-    if pop3 {
+    if l.pop3 {
         reply.extend_from_slice(crate::pop3::session::TOO_MANY_CONNECTIONS);
+    } else if l.http {
+        reply.extend_from_slice(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 5\r\nConnection: close\r\n\r\n",
+        );
     } else {
         crate::smtp::reply::canned::TOO_MANY_CONNECTIONS.write_to(&mut reply);
     }

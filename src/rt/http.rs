@@ -1,0 +1,213 @@
+//! Serves one connection of a `kind = "http"` listener: HTTP/1.1 with
+//! keep-alive, request heads parsed by `httparse`, bodies by
+//! `Content-Length` only and bounded. What to answer is decided by the pure
+//! cores (today `feedback::unsubscribe`); this file reads, applies what they
+//! decide (a suppression, an event) and writes.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use super::clock::{instant, unix_secs};
+use super::ctx::{ListenerCtx, WorkerCtx};
+use super::stage::Stage;
+use super::transport::{ReadOutcome, Transport};
+use crate::feedback::unsubscribe::{self, Answer, Request};
+use crate::suppress::Reason;
+
+/// Largest request head.
+const MAX_HEAD: usize = 16 << 10;
+/// Largest request body.
+pub const MAX_BODY: usize = 64 << 10;
+/// Requests served on one connection before it is closed.
+const MAX_REQUESTS: usize = 1000;
+
+/// Serves one accepted connection to the end.
+pub async fn serve(stream: TcpStream, _peer: SocketAddr, listener: Arc<ListenerCtx>, worker: Rc<WorkerCtx>) {
+    let _ = stream.set_nodelay(true);
+    let timeout = listener.session_config().command_timeout;
+    let mut transport = Transport::Plain(stream);
+    if listener.implicit_tls {
+        let Some(tls) = listener.tls_config() else { return };
+        if transport.accept_tls(tls, timeout, &worker.metrics).await.is_none() {
+            return;
+        }
+    }
+    let mut buf = Vec::with_capacity(4096);
+    for _ in 0..MAX_REQUESTS {
+        let Some(req) = read_request(&mut transport, &mut buf, timeout, &worker).await else { break };
+        let mut head_only = false;
+        let (answer, close) = match req {
+            Ok(r) => {
+                head_only = r.method == "HEAD";
+                let snapshot = listener.live.get();
+                let answer = unsubscribe::handle(
+                    snapshot.unsubscribe.as_deref(),
+                    Request {
+                        method: &r.method,
+                        target: &r.target,
+                        body: &buf[r.head_len..r.head_len + r.body_len],
+                    },
+                );
+                buf.drain(..r.head_len + r.body_len);
+                (answer, r.close)
+            }
+            Err(a) => (a, true),
+        };
+        let answer = apply(answer, &worker).await;
+        let draining = worker.signal.stage() > Stage::Running;
+        let close = close || draining;
+        let mut out = response(&answer, close);
+        if head_only {
+            out.truncate(out.len() - answer.body.len());
+        }
+        let written = monoio::time::timeout(timeout, transport.write_all(out)).await;
+        if !matches!(written, Ok((Ok(()), _))) || close {
+            break;
+        }
+    }
+    transport.lingering_close(Duration::from_secs(2)).await;
+}
+
+/// What a request head says.
+struct Head {
+    method: String,
+    target: String,
+    head_len: usize,
+    body_len: usize,
+    /// `Connection: close` or HTTP/1.0.
+    close: bool,
+}
+
+/// The next request (its body in `buf` after the head), an error answer to
+/// send before closing, or None when the peer is gone, idle too long, or
+/// the server is shutting down between requests.
+async fn read_request(
+    transport: &mut Transport,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+    worker: &WorkerCtx,
+) -> Option<Result<Head, Answer>> {
+    let deadline = instant() + timeout;
+    let head = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::trim)
+                };
+                if header("Transfer-Encoding").is_some() {
+                    return Some(Err(text(411, "send the body with Content-Length")));
+                }
+                let body_len = match header("Content-Length").map(str::parse::<usize>) {
+                    None => 0,
+                    Some(Ok(len)) if len <= MAX_BODY => len,
+                    Some(Ok(_)) => return Some(Err(text(413, "request body too large"))),
+                    Some(Err(_)) => return Some(Err(text(400, "bad Content-Length"))),
+                };
+                let close = req.version == Some(0)
+                    || header("Connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+                break Head {
+                    method: req.method.unwrap_or("").to_owned(),
+                    target: req.path.unwrap_or("/").to_owned(),
+                    head_len: n,
+                    body_len,
+                    close,
+                };
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => return Some(Err(text(431, "request head too large"))),
+            Err(_) => return Some(Err(text(400, "bad request"))),
+        }
+        // Between requests, a shutdown ends the wait; within one it does not.
+        let idle = buf.is_empty();
+        if !fill(transport, buf, deadline, worker, idle).await {
+            return None;
+        }
+    };
+    while buf.len() < head.head_len + head.body_len {
+        if !fill(transport, buf, deadline, worker, false).await {
+            return None;
+        }
+    }
+    Some(Ok(head))
+}
+
+/// Reads more into `buf`; false on EOF, error, the deadline, or (when
+/// `stoppable`) a shutdown.
+async fn fill(
+    transport: &mut Transport,
+    buf: &mut Vec<u8>,
+    deadline: std::time::Instant,
+    worker: &WorkerCtx,
+    stoppable: bool,
+) -> bool {
+    let stop = async {
+        if stoppable {
+            worker.signal.changed(Stage::Running).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let (res, b) = transport.read_until(std::mem::take(buf), deadline, stop).await;
+    *buf = b;
+    matches!(res, Ok(ReadOutcome::Data(_)))
+}
+
+/// Carries out what the answer asks: the suppression first (durably), then
+/// the event; only then is the answer sent.
+async fn apply(mut answer: Answer, worker: &WorkerCtx) -> Answer {
+    let Some(r) = answer.unsubscribe.take() else { return answer };
+    let Some(address) = r.recipient.clone() else { return answer };
+    match worker.owner.suppression().add(&address, r.tenant.as_deref(), Reason::Unsubscribe, unix_secs()) {
+        Ok(durable) => durable.await,
+        Err(e) => {
+            tracing::warn!(error = %e, "unsubscribe: the address in a valid token is not one");
+            return text(400, "this unsubscribe link is not valid");
+        }
+    }
+    worker.metrics.unsubscribes.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(recipient = %address, tenant = ?r.tenant, campaign = ?r.campaign, id = %r.id, "one-click unsubscribe");
+    let events = worker.owner.events();
+    if events.enabled() {
+        let e = crate::delivery::owner::feedback_event(&r, "unsubscribe", None);
+        events.emit_durable(&[e]).await;
+    }
+    answer
+}
+
+fn text(status: u16, body: &str) -> Answer {
+    Answer { status, content_type: "text/plain; charset=utf-8", body: format!("{body}\n"), unsubscribe: None }
+}
+
+fn response(a: &Answer, close: bool) -> Vec<u8> {
+    let reason = match a.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    let connection = if close { "close" } else { "keep-alive" };
+    format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\
+         Cache-Control: no-store\r\n\r\n{}",
+        a.status,
+        a.content_type,
+        a.body.len(),
+        a.body
+    )
+    .into_bytes()
+}
