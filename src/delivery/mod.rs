@@ -176,12 +176,20 @@ pub struct Job {
 }
 
 impl Job {
-    /// The destination this job joins: its next hop, from its source.
-    /// Connections, their limits and reuse are per destination.
+    /// The destination this job joins: its next hop, from its source,
+    /// under its budget. Connections, their limits and reuse are per
+    /// destination; a reload that moves a next hop under another budget
+    /// (a new `[[shaping]]` rule) makes a new destination, so connections
+    /// opened under the old budget do not carry mail paced by the new one.
     pub fn destination(&self) -> String {
-        match &self.source {
+        let hop = match &self.source {
             Some(s) => format!("{}@{}", s.name, self.hop.key),
             None => self.hop.key.clone(),
+        };
+        if self.shape.key == self.hop.key {
+            hop
+        } else {
+            format!("{hop}~{}", self.shape.key)
         }
     }
 
