@@ -6,7 +6,10 @@
 # and writes tuning/results/<date>-<name>.md from it (bench/ab_report.py).
 #
 # usage: bench/ab.sh BIN_A BIN_B [ROUNDS] [MESSAGES] [NAME]   (as root; loopback only)
-# NAME defaults to "ab"; give each A/B of a day its own.
+# NAME defaults to "ab"; give each A/B of a day its own. A_EXTRA and B_EXTRA
+# (TOML tables, @DIR@ standing for that side's work directory) configure one
+# side differently: the same binary twice with B_EXTRA='[events]
+# file = "@DIR@/events.jsonl"' measures what events cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_A=${1:?binary A}
@@ -33,6 +36,8 @@ machine_facts > "$RAW/machine.txt"
   echo "command: bench/ab.sh $*"
   echo "a: $BIN_A ($("$BIN_A" --version))"
   echo "b: $BIN_B ($("$BIN_B" --version))"
+  echo "a_extra: ${A_EXTRA:-none}" | tr '\n' ' '; echo
+  echo "b_extra: ${B_EXTRA:-none}" | tr '\n' ' '; echo
   echo "rounds: $ROUNDS"
   echo "messages: $MESSAGES"
 } > "$RAW/run.txt"
@@ -48,8 +53,10 @@ for side in a b; do
   BIN=$([ $side = a ] && echo "$BIN_A" || echo "$BIN_B")
   sub=$WORK/$side
   mkdir -p "$sub"
+  extra=$([ $side = a ] && echo "${A_EXTRA:-}" || echo "${B_EXTRA:-}")
   WORK=$sub RINGPOST_CPUS=0 ringpost_start "$port" 'threads = 1' '[limits]' 'connections = 5000' \
-    '[[route]]' 'domain = "*"' "to = [\"127.0.0.1:$SINK_PORT\"]" '[delivery]' 'dns_servers = ["127.0.0.1:9"]'
+    '[[route]]' 'domain = "*"' "to = [\"127.0.0.1:$SINK_PORT\"]" '[delivery]' 'dns_servers = ["127.0.0.1:9"]' \
+    "${extra//@DIR@/$sub}"
   PIDS+=("$RP_PID")
 done
 sleep 1

@@ -20,6 +20,10 @@ def main():
     print(f"- checkout: {m['commit']}")
     print(f"- a: {run['a']}")
     print(f"- b: {run['b']}")
+    for side in ("a", "b"):
+        extra = run.get(f"{side}_extra", "none").strip()
+        if extra and extra != "none":
+            print(f"- {side} configured with: `{extra}`")
     print("- each: one worker on CPU 0, fsync on, relaying to one sink; load and sink on the other CPUs;"
           f" ringpost-bench compare, {run['rounds']} interleaved rounds (each round starts with the other side), medians; msg/s counts accepted messages")
     print(f"- command: {run['command']}")
