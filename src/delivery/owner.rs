@@ -549,7 +549,7 @@ impl Owner {
                 if self.events.enabled() {
                     let e =
                         feedback_event(r, &c.report.feedback_type, c.report.original_mail_from.as_deref());
-                    self.events.emit_durable(&[e]).await;
+                    self.events.emit_durable(vec![e]).await;
                 }
                 format!("complaint report read: {} about {rcpt}", c.report.feedback_type)
             }
@@ -642,7 +642,7 @@ impl Owner {
         // them, never loses them.
         if self.events.enabled() {
             let events = outcome_events(&a, unix_millis());
-            self.events.emit_durable(&events).await;
+            self.events.emit_durable(events).await;
         }
         let rules = Rules {
             max_age: cfg.max_age,
@@ -832,7 +832,7 @@ pub fn feedback_event(r: &crate::feedback::token::Ref, feedback_type: &str, send
     Event {
         kind: EventType::Feedback,
         id: Some(r.id.clone()),
-        timestamp: crate::events::rfc3339_ms(unix_millis()),
+        timestamp: crate::events::Timestamp(unix_millis()),
         sender: sender.unwrap_or_default().to_owned(),
         recipient: r.recipient.clone(),
         recipients: Vec::new(),

@@ -83,8 +83,8 @@ pub struct Event {
     pub kind: EventType,
     /// The queue id of the message (None for a recipient refused at RCPT).
     pub id: Option<String>,
-    /// RFC 3339, UTC, milliseconds.
-    pub timestamp: String,
+    /// RFC 3339, UTC, milliseconds (formatted when written out).
+    pub timestamp: Timestamp,
     pub sender: String,
     /// The recipient this event is about (None for `Reception`).
     pub recipient: Option<String>,
@@ -120,7 +120,7 @@ impl Event {
         Event {
             kind,
             id: Some(env.id.to_string()),
-            timestamp: rfc3339_ms(at_ms),
+            timestamp: Timestamp(at_ms),
             sender: env.reverse_path.to_string(),
             recipient: None,
             recipients: Vec::new(),
@@ -141,11 +141,31 @@ impl Event {
 
     /// One JSON line, newline included.
     pub fn to_line(&self) -> Vec<u8> {
-        // Serializing plain data to a Vec cannot fail; a failure would be a
-        // bug, and an empty object keeps the stream valid JSON lines.
-        let mut line = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
-        line.push(b'\n');
+        let mut line = Vec::with_capacity(512);
+        self.write_line(&mut line);
         line
+    }
+
+    /// Appends the JSON line (newline included) to `out`.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        // Serializing plain data into a Vec cannot fail; were it to, an
+        // empty object keeps the stream valid JSON lines.
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Unix milliseconds, written as RFC 3339 in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub u64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339_ms(self.0))
     }
 }
 
@@ -174,7 +194,7 @@ mod tests {
         let e = Event {
             kind: EventType::Bounce,
             id: Some("00000001".into()),
-            timestamp: rfc3339_ms(0),
+            timestamp: Timestamp(0),
             sender: "a@b.test".into(),
             recipient: Some("c@d.test".into()),
             recipients: Vec::new(),
@@ -205,5 +225,6 @@ mod tests {
         assert_eq!(v["campaign"], serde_json::Value::Null);
         assert!(v.get("recipients").is_none());
         assert_eq!(v["attempt"], 2);
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
     }
 }

@@ -97,7 +97,7 @@ impl Driver {
         for s in self.session.take_suppressed() {
             let log = self.worker.owner.events();
             if log.enabled() {
-                log.emit(&[suppressed_event(s)]);
+                log.emit(vec![suppressed_event(s)]);
             }
         }
         let (messages, recipients) = self.session.take_refusals();
@@ -202,7 +202,7 @@ impl Driver {
                     let mut e =
                         events::Event::about(EventType::Reception, &msg.envelope, size, unix_millis());
                     e.recipients = msg.envelope.recipients.iter().map(|r| r.address.to_string()).collect();
-                    log.emit(&[e]);
+                    log.emit(vec![e]);
                 }
                 self.worker.owner.enqueue_new(&msg.envelope);
                 Ok(())
@@ -290,7 +290,7 @@ fn suppressed_event(s: crate::smtp::session::SuppressedRcpt) -> events::Event {
     events::Event {
         kind: EventType::Suppressed,
         id: None,
-        timestamp: events::rfc3339_ms(unix_millis()),
+        timestamp: events::Timestamp(unix_millis()),
         sender: s.sender,
         recipient: Some(s.recipient),
         recipients: Vec::new(),

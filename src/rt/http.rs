@@ -180,7 +180,7 @@ async fn apply(mut answer: Answer, worker: &WorkerCtx) -> Answer {
     let events = worker.owner.events();
     if events.enabled() {
         let e = crate::delivery::owner::feedback_event(&r, "unsubscribe", None);
-        events.emit_durable(&[e]).await;
+        events.emit_durable(vec![e]).await;
     }
     answer
 }
