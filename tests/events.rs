@@ -284,3 +284,45 @@ fn metric_with_prefix(srv: &Server, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// An administrator's bounce and an expiry are events of their own, with
+/// the DSN the sender gets.
+#[test]
+fn admin_bounces_and_expiry_are_events() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ev = dir.join("events.jsonl");
+    // Nothing answers on port 9: every attempt fails; max_age 1s expires the second message.
+    let srv = Server::start_in(
+        &dir,
+        &format!(
+            "[events]\nfile = \"{}\"\n[[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:9\"]\n\
+             [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\nmax_age = \"2s\"\nhold = true\n",
+            ev.display()
+        ),
+    );
+    let held = send(&srv, "", &["a@a.test"]);
+    let (status, _) = srv.http("POST", &format!("/queue/{held}/bounce"));
+    assert_eq!(status, 200);
+    assert!(wait_until(Duration::from_secs(10), || !of_type(&read_events(&ev), "AdminBounce", "a@a.test")
+        .is_empty()));
+    let e = &of_type(&read_events(&ev), "AdminBounce", "a@a.test")[0].clone();
+    assert_eq!(e["id"], held.as_str());
+    assert_eq!(e["class"], Value::Null);
+    // Lift the hold: the next message fails until it is too old, then expires.
+    let old = send(&srv, "", &["b@a.test"]);
+    std::fs::write(
+        &srv.config_path,
+        std::fs::read_to_string(&srv.config_path).unwrap().replace("hold = true", "hold = false"),
+    )
+    .unwrap();
+    srv.reload_file(false);
+    assert!(wait_until(Duration::from_secs(20), || !of_type(&read_events(&ev), "Expiration", "b@a.test")
+        .is_empty()));
+    let all = read_events(&ev);
+    let x = of_type(&all, "Expiration", "b@a.test")[0];
+    assert_eq!((x["id"].as_str(), x["class"].as_str()), (Some(old.as_str()), Some("MessageExpired")));
+    assert!(
+        of_type(&all, "TransientFailure", "b@a.test").iter().all(|t| t["class"] == "BadConnection"),
+        "a refused connection: {all:?}"
+    );
+}

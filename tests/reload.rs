@@ -388,3 +388,120 @@ fn starttls_and_outbound_hostname() {
     assert!(got[1].contains("X-TLS: no"), "{}", got[1]);
     assert!(got[1].contains("X-Helo: mx2.test\r\n"), "the client says EHLO with the new name: {}", got[1]);
 }
+
+/// Lines of an events file, parsed.
+fn events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `[events] file`, `[[webhook]]` and `[delivery] bounce_rules` follow
+/// reloads: events start when a file is named, a webhook added by a reload
+/// gets what happens from then on, a new rules file classifies the next
+/// failure; a file that cannot be opened refuses the reload.
+#[test]
+fn events_webhooks_and_bounce_rules() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let map = dir.join("replies");
+    std::fs::write(&map, "x@y.test|550 5.7.1 we do not like your kind\n").unwrap();
+    let rx = Receiver::start("127.0.0.1", port, &["--mode", "rcpt-map", "--arg", map.to_str().unwrap()]);
+    let ev = dir.join("events.jsonl");
+    let srv = Server::start_in(&dir, &routed(port, ""));
+    let before = send(&srv, "r@y.test", "before");
+    let before_id = common::queue_id(&before).unwrap().to_owned();
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).len(), 1);
+    assert!(!ev.exists());
+
+    let hook_port = free_port();
+    std::fs::write(dir.join("rules.toml"), "[[bounce]]\nclass = \"SpamBlock\"\nreply = 'like your kind'\n")
+        .unwrap();
+    let tables = format!(
+        "[events]\nfile = \"{}\"\n[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/e\"\nbatch_wait = \"100ms\"\n",
+        ev.display()
+    );
+    srv.reload(&format!("{tables}{}", routed(port, "bounce_rules = [\"rules.toml\"]\n")), false);
+    let hook_dir = dir.join("hook");
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    let hook = std::process::Command::new("python3")
+        .arg(common::test_file("peers/webhook.py"))
+        .args(["127.0.0.1", &hook_port.to_string()])
+        .arg(&hook_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut hook = Kill(hook);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hook.0.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    send(&srv, "x@y.test", "after");
+    assert!(wait_until(Duration::from_secs(10), || events(&ev).iter().any(|e| e["type"] == "Bounce")));
+    let bounce = events(&ev).into_iter().find(|e| e["type"] == "Bounce").unwrap();
+    assert_eq!(bounce["class"], "SpamBlock", "the reloaded rules file");
+    assert!(events(&ev).iter().all(|e| e["id"] != before_id.as_str()), "nothing from before the reload");
+    // The webhook added by the reload gets the same events.
+    assert!(wait_until(Duration::from_secs(10), || {
+        events(&hook_dir.join("events.jsonl"))
+            .iter()
+            .any(|e| e["type"] == "Bounce" && e["class"] == "SpamBlock")
+    }));
+    // An events file that cannot be opened: refused, the old one stays.
+    srv.reload(
+        &format!("[events]\nfile = \"{}/no/such/dir/e.jsonl\"\n{}", dir.display(), routed(port, "")),
+        true,
+    );
+    let count = events(&ev).len();
+    send(&srv, "r@y.test", "still logged");
+    assert!(wait_until(Duration::from_secs(10), || events(&ev).len() > count));
+}
+
+/// `[unsubscribe]` and `[feedback]` follow reloads: tenant mail gets the
+/// one-click headers and every copy a reference once they are configured,
+/// and a feedback address is accepted from anyone.
+#[test]
+fn unsubscribe_and_feedback() {
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let srv = Server::start(&format!("[[tenant]]\nname = \"acme\"\n{}", routed(port, "")));
+    let tenant_mail = |srv: &Server| {
+        let mut c = srv.client();
+        hello(&mut c);
+        c.send_message("s@x.test", &["r@y.test"], "X-Tenant: acme\r\nSubject: t\r\n\r\nbody\r\n");
+        c.cmd("QUIT", "221");
+    };
+    tenant_mail(&srv);
+    let got = rx.wait_for(1, Duration::from_secs(10));
+    assert!(!got[0].contains("List-Unsubscribe") && !got[0].contains("X-Ringpost-Ref"), "{}", got[0]);
+    srv.reload(
+        &format!(
+            "[[tenant]]\nname = \"acme\"\n[unsubscribe]\nbase_url = \"https://u.example.test\"\n\
+             secret = \"a secret of enough length\"\n[feedback]\naddresses = [\"fbl@fbl.test\"]\n{}",
+            routed(port, "")
+        ),
+        false,
+    );
+    tenant_mail(&srv);
+    let got = rx.wait_for(2, Duration::from_secs(10));
+    assert!(got[1].contains("List-Unsubscribe:\r\n <https://u.example.test/unsubscribe/v1."), "{}", got[1]);
+    assert!(got[1].contains("X-Ringpost-Ref: v1."), "{}", got[1]);
+    // Mail to the feedback address is now read as a report (this one is
+    // not one: kept aside), not delivered.
+    let mut c = srv.client();
+    hello(&mut c);
+    c.send_message("", &["fbl@fbl.test"], "Subject: not a report\r\n\r\nx\r\n");
+    c.cmd("QUIT", "221");
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .metric("ringpost_feedback_reports_total{result=\"rejected\"}")
+        == 1.0));
+    assert_eq!(rx.messages().len(), 2);
+}

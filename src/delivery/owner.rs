@@ -604,9 +604,11 @@ impl Owner {
     /// The attempt is over: DSNs first, then the durable record, then the retry.
     async fn finalize(self: Rc<Self>, id: QueueId, mut a: Attempt, now: u64) {
         let cfg = self.cfg();
-        for o in
-            a.outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered && o.cause != Cause::Suppressed)
-        {
+        // Failures get a class; a suppressed recipient or an administrator's
+        // bounce is no receiver's verdict and gets none.
+        for o in a.outcomes.iter_mut().filter(|o| {
+            o.outcome != Outcome::Delivered && !matches!(o.cause, Cause::Suppressed | Cause::Admin)
+        }) {
             let class = match o.cause {
                 Cause::Expired => Class::MessageExpired,
                 _ => cfg.classifier.classify(o.code, &o.status, &o.text),
