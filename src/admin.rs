@@ -297,6 +297,10 @@ impl Admin {
                 "suspensions": self.suspensions().into_iter().map(|((source, destination), (until, reason))| {
                     json!({"source": source, "destination": destination, "until": until, "reason": reason})
                 }).collect::<Vec<_>>(),
+                "tenant_suspensions": self.shared.metrics.tenant_holds.all(crate::rt::clock::unix_secs())
+                    .into_iter()
+                    .map(|(tenant, until, reason)| json!({"tenant": tenant, "until": until, "reason": reason}))
+                    .collect::<Vec<_>>(),
                 "sources": self.sources_today(),
             }),
         )
@@ -628,6 +632,12 @@ impl Admin {
         for ((source, dest), _) in self.suspensions() {
             let _ =
                 writeln!(out, "{name}{{source=\"{}\",destination=\"{}\"}} 1", label(&source), label(&dest));
+        }
+        let name = "ringpost_tenant_suspended";
+        let _ = writeln!(out, "# HELP {name} Tenants held by shaping automation (1)");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (tenant, _, _) in self.shared.metrics.tenant_holds.all(crate::rt::clock::unix_secs()) {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} 1", label(&tenant));
         }
         let name = "ringpost_source_messages_today";
         let _ = writeln!(out, "# HELP {name} Messages handed to each egress source this UTC day");

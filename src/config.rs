@@ -199,6 +199,10 @@ pub struct AutomationConfig {
     /// `N/<period>`: act after N matches within the period.
     #[serde(default)]
     pub threshold: Option<String>,
+    /// What a suspension stops: `"destination"` (the source's budget for
+    /// this destination, the default) or `"tenant"` (all of the tenant's mail).
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// `"suspend"`, `"bounce"` or `{ rate = "10/min" }`.

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub feedback_rejected: AtomicU64,
     /// One-click unsubscribes carried out.
     pub unsubscribes: AtomicU64,
+    /// Tenants held by `scope = "tenant"` shaping automation.
+    pub tenant_holds: crate::delivery::shaping::TenantHolds,
 }
 
 /// One webhook's counters.

@@ -167,3 +167,62 @@ fn rules_follow_reloads() {
     let spread = slow[9].duration_since(slow[5]).unwrap();
     assert!(spread >= Duration::from_millis(900), "4 a second after the reload: {spread:?}");
 }
+
+/// "550 5.7.26 unauthenticated" to one of a tenant's messages stops that
+/// tenant everywhere (scope = "tenant") and says why in /queue and
+/// /metrics; other senders' mail to the same places keeps flowing.
+#[test]
+fn tenant_scoped_suspension_stops_that_tenant_only() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let map = dir.join("replies");
+    std::fs::write(
+        &map,
+        "auth@g.test|550 5.7.26 This mail has been blocked because the sender is unauthenticated.\n",
+    )
+    .unwrap();
+    let rx = Receiver::start("127.0.0.1", port, &["--mode", "rcpt-map", "--arg", map.to_str().unwrap()]);
+    let srv = Server::start_in(
+        &dir,
+        &format!(
+            "[[shaping]]\ndomain = \"g.test\"\n\
+             [[shaping.automation]]\nreply = '5\\.7\\.26'\naction = \"suspend\"\nduration = \"1h\"\nscope = \"tenant\"\n\
+             [[tenant]]\nname = \"acme\"\n\
+             [[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{port}\"]\n\
+             [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
+        ),
+    );
+    let send = |to: &str, headers: &str| {
+        let mut c = srv.client();
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        c.send_message("s@x.test", &[to], &format!("{headers}Subject: s\r\n\r\nbody\r\n"));
+        c.cmd("QUIT", "221");
+    };
+    send("auth@g.test", "X-Tenant: acme\r\n");
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .http("GET", "/metrics")
+        .1
+        .lines()
+        .any(|l| l == "ringpost_tenant_suspended{tenant=\"acme\"} 1")));
+    let q = srv.queue();
+    assert_eq!(q["tenant_suspensions"][0]["tenant"], "acme", "{q}");
+    assert!(q["tenant_suspensions"][0]["reason"].as_str().unwrap().contains("5.7.26"), "{q}");
+    // acme's mail elsewhere waits; another sender's goes out.
+    send("r@elsewhere.test", "X-Tenant: acme\r\n");
+    send("r@elsewhere.test", "");
+    let got = rx.wait_for(2, Duration::from_secs(10)); // the DSN for auth@, the other sender's message
+    std::thread::sleep(Duration::from_millis(1500));
+    let got_after = rx.messages();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got_after.len(), 2, "acme's message waits: {got_after:?}");
+    assert!(got.iter().any(|m| m.contains("multipart/report")), "the 5xx bounced with a DSN");
+    assert_eq!(srv.queued_messages(), 1);
+    let q = srv.queue();
+    let err = q["domains"].as_array().unwrap().iter().find(|d| d["domain"] == "elsewhere.test").unwrap()
+        ["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.contains("tenant acme is suspended"), "{err}");
+}

@@ -281,14 +281,31 @@ impl Destinations {
 
     /// Feeds a reply to the budget's automation. Returns whether it says to
     /// bounce the recipient; a suspension it starts defers what is queued.
-    fn react(&self, budget: &Budget, reply: &str) -> bool {
+    fn react(&self, budget: &Budget, reply: &str, tenant: Option<&str>) -> bool {
         let automation = budget.automation.borrow();
         if automation.is_empty() {
             return false;
         }
         let now = instant();
-        let reaction = budget.auto.borrow_mut().on_reply(&automation, reply, now);
+        let mut reaction = budget.auto.borrow_mut().on_reply(&automation, reply, now);
         drop(automation);
+        if let Some((duration, why)) = reaction.suspend_tenant.take() {
+            match tenant {
+                Some(t) => {
+                    let until = unix_secs() + duration.as_secs();
+                    self.metrics.tenant_holds.hold(t, until, &why, unix_secs());
+                    tracing::warn!(target: "delivery", tenant = %t, seconds = duration.as_secs(), reason = %why,
+                        "shaping automation: tenant suspended");
+                }
+                // Mail of no tenant: hold the destination instead.
+                None => {
+                    budget.auto.borrow_mut().suspend(now + duration, why);
+                    reaction
+                        .started
+                        .push(format!("suspended for {}s (no tenant to hold)", duration.as_secs()));
+                }
+            }
+        }
         if !reaction.started.is_empty() {
             let (source, dest) = budget.label();
             tracing::warn!(target: "delivery", source = %source, destination = %budget.shape_key,
@@ -313,7 +330,7 @@ impl Destinations {
             Err(e) => {
                 tracing::warn!(target: "delivery", destination = %key, error = %e, "destination unreachable");
                 // A greeting like 421 4.7.0 [TSS04] is a reply too.
-                self.react(&budget, &e);
+                self.react(&budget, &e, None);
                 dest.backoff_until.set(Some(instant() + cfg.destination_backoff));
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
@@ -372,8 +389,26 @@ impl Destinations {
         }
     }
 
+    /// Defers a job whose tenant automation holds; false if it is not held.
+    fn hold_tenant_job(&self, job: &Job) -> bool {
+        let Some(tenant) = job.tenant.as_deref() else { return false };
+        let Some((until, why)) = self.metrics.tenant_holds.held(tenant, unix_secs()) else { return false };
+        let text =
+            format!("tenant {tenant} is suspended for {}s more ({why})", until.saturating_sub(unix_secs()));
+        let mut outcomes = RcptOutcome::all(&job.rcpts, Outcome::Temporary, "4.7.0", &text);
+        for o in &mut outcomes {
+            o.not_before = Some(until + 1);
+        }
+        (self.report)(job.owner, JobResult { id: job.id, domain: job.domain.clone(), outcomes });
+        true
+    }
+
     /// Sends one job; reports its result. False if the connection died.
     async fn deliver(&self, conn: &mut Outbound, budget: &Budget, job: Job) -> bool {
+        // Queued before its tenant was held: not sent.
+        if self.hold_tenant_job(&job) {
+            return true;
+        }
         let started = instant();
         let (env, content) = match crate::spool::read::read_message(&self.spool_dir, job.family, job.loc)
             .await
@@ -443,7 +478,7 @@ impl Destinations {
                 }
             };
         for o in outcomes.iter_mut().filter(|o| o.outcome != Outcome::Delivered) {
-            if self.react(budget, &o.text) && o.outcome == Outcome::Temporary {
+            if self.react(budget, &o.text, job.tenant.as_deref()) && o.outcome == Outcome::Temporary {
                 o.outcome = Outcome::Permanent;
                 o.status.replace_range(..1, "5");
                 o.text.push_str(" (bounced by shaping automation)");

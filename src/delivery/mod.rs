@@ -173,6 +173,9 @@ pub struct Job {
     pub source: Option<Arc<egress::Source>>,
     /// Its shaping: budget key, limits, automation.
     pub shape: Arc<shaping::Shape>,
+    /// The message's tenant, for tenant-scoped automation (None for a
+    /// DSN: a hold on its tenant does not stop it).
+    pub tenant: Option<String>,
 }
 
 impl Job {

@@ -373,7 +373,12 @@ impl Owner {
                 Way::Local => {
                     monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
                 }
-                Way::Remote => self.route_group(id, loc, domain, rcpts, env.tenant.as_deref()).await,
+                Way::Remote => {
+                    // A DSN (null sender) goes back to the tenant's own
+                    // systems: a hold on the tenant does not stop it.
+                    let holdable = !matches!(env.reverse_path, ReversePath::Null);
+                    self.route_group(id, loc, domain, rcpts, env.tenant.as_deref(), holdable).await
+                }
                 Way::Feedback => {
                     monoio::spawn(self.clone().read_reports(id, loc, domain, rcpts));
                 }
@@ -388,8 +393,23 @@ impl Owner {
         domain: String,
         rcpts: Vec<u32>,
         tenant: Option<&str>,
+        holdable: bool,
     ) {
         let cfg = self.cfg();
+        // A tenant held by automation sends nothing until the hold ends.
+        let held = tenant.filter(|_| holdable).and_then(|t| self.metrics.tenant_holds.held(t, unix_secs()));
+        if let Some((until, why)) = held {
+            let text = format!(
+                "tenant {} is suspended for {}s more ({why})",
+                tenant.unwrap_or_default(),
+                until.saturating_sub(unix_secs())
+            );
+            let mut outcomes = RcptOutcome::all(&rcpts, Outcome::Temporary, "4.7.0", &text);
+            for o in &mut outcomes {
+                o.not_before = Some(until + 1);
+            }
+            return self.job_done(JobResult { id, domain, outcomes });
+        }
         let source = match cfg.egress.pool_for(tenant) {
             None => None,
             Some(pool) => {
@@ -422,6 +442,7 @@ impl Owner {
                     hop: Arc::new(hop),
                     source,
                     shape,
+                    tenant: tenant.filter(|_| holdable).map(str::to_owned),
                 });
             }
             Err(e) => {

@@ -105,6 +105,17 @@ pub enum Action {
     Bounce,
 }
 
+/// What a suspension stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The budget (source x destination) that got the reply.
+    Destination,
+    /// Every message of the tenant whose message got the reply, wherever
+    /// it goes: the fault is the sender's (SPF, DKIM, DMARC, content), not
+    /// the destination's rate.
+    Tenant,
+}
+
 #[derive(Debug, Clone)]
 pub struct Automation {
     pub reply: Regex,
@@ -112,6 +123,7 @@ pub struct Automation {
     pub duration: Duration,
     /// Act after this many matches within the period; None: at once.
     pub threshold: Option<(u32, Duration)>,
+    pub scope: Scope,
 }
 
 /// Limits for one budget.
@@ -195,7 +207,13 @@ fn compile_automation(a: &AutomationConfig) -> Result<Automation, String> {
             Some((r.count, r.per))
         }
     };
-    Ok(Automation { reply, action, duration, threshold })
+    let scope = match (a.scope.as_deref(), &action) {
+        (None | Some("destination"), _) => Scope::Destination,
+        (Some("tenant"), Action::Suspend) => Scope::Tenant,
+        (Some("tenant"), _) => return Err("scope: \"tenant\" goes with action = \"suspend\"".into()),
+        (Some(other), _) => return Err(format!("scope: {other:?}: expected \"destination\" or \"tenant\"")),
+    };
+    Ok(Automation { reply, action, duration, threshold, scope })
 }
 
 /// Where a group of mail stands: its budget key and limits, and the rule
@@ -261,6 +279,9 @@ pub struct Reaction {
     pub bounce: bool,
     /// A suspension or rate change started (for the log): its description.
     pub started: Vec<String>,
+    /// Suspend the tenant of the message that got this reply: for how
+    /// long, and why (a `scope = "tenant"` rule).
+    pub suspend_tenant: Option<(Duration, String)>,
 }
 
 /// One budget's automation state: recent matches per rule, the suspension
@@ -299,6 +320,12 @@ impl AutoState {
             let until = now + rule.duration;
             match &rule.action {
                 Action::Bounce => out.bounce = true,
+                Action::Suspend if rule.scope == Scope::Tenant => {
+                    let why = format!("reply matched {:?}: {}", rule.reply.as_str(), short(reply));
+                    if out.suspend_tenant.as_ref().is_none_or(|(d, _)| *d < rule.duration) {
+                        out.suspend_tenant = Some((rule.duration, why));
+                    }
+                }
                 Action::Suspend => {
                     if self.suspended.as_ref().is_none_or(|(t, _)| *t < until) {
                         let why = format!("reply matched {:?}: {}", rule.reply.as_str(), short(reply));
@@ -322,6 +349,14 @@ impl AutoState {
             }
         }
         out
+    }
+
+    /// Suspends the budget until `until` (a tenant-scoped rule fired for
+    /// mail that has no tenant: its destination is held instead).
+    pub fn suspend(&mut self, until: Instant, why: String) {
+        if self.suspended.as_ref().is_none_or(|(t, _)| *t < until) {
+            self.suspended = Some((until, why));
+        }
     }
 
     /// Until when, and why, the budget is suspended.
@@ -369,3 +404,43 @@ pub fn pace(next: Instant, now: Instant, rate: Option<Rate>) -> (Instant, Instan
 
 #[cfg(test)]
 mod tests;
+
+/// Tenants held by `scope = "tenant"` automation, shared by every worker:
+/// tenant -> (until, Unix seconds; why). Pure: time comes in.
+#[derive(Debug, Default)]
+pub struct TenantHolds {
+    held: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>,
+}
+
+/// Most tenants held at once (tenant names come from mail headers; the
+/// map must stay bounded). Past it, the hold that ends first is dropped.
+pub const MAX_TENANT_HOLDS: usize = 10_000;
+
+impl TenantHolds {
+    /// Holds `tenant` until `until` (extends, never shortens).
+    pub fn hold(&self, tenant: &str, until: u64, why: &str, now: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|_, (t, _)| *t > now);
+        if held.get(tenant).is_some_and(|(t, _)| *t >= until) {
+            return;
+        }
+        if held.len() >= MAX_TENANT_HOLDS && !held.contains_key(tenant) {
+            if let Some(first) = held.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) {
+                held.remove(&first);
+            }
+        }
+        held.insert(tenant.to_owned(), (until, why.to_owned()));
+    }
+
+    /// Whether `tenant` is held now: until when, and why.
+    pub fn held(&self, tenant: &str, now: u64) -> Option<(u64, String)> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(tenant).filter(|(t, _)| *t > now).cloned()
+    }
+
+    /// Every hold in force.
+    pub fn all(&self, now: u64) -> Vec<(String, u64, String)> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().filter(|(_, (t, _))| *t > now).map(|(k, (t, w))| (k.clone(), *t, w.clone())).collect()
+    }
+}

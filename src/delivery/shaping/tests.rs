@@ -91,6 +91,8 @@ fn bad_rules_are_refused_with_their_line() {
         ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"suspend\"\n", "duration: needed"),
         ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = { rate = \"1/0s\" }\nduration = \"1m\"\n", "action.rate"),
         ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"bounce\"\nthreshold = \"many\"\n", "threshold"),
+        ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"bounce\"\nscope = \"tenant\"\n", "scope: \"tenant\" goes with"),
+        ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"suspend\"\nduration = \"1m\"\nscope = \"world\"\n", "scope:"),
     ];
     for (text, want) in table {
         let e = rules(text).unwrap_err();
@@ -209,52 +211,49 @@ fn the_shipped_provider_rules_load_and_match() {
         assert_eq!(s.shape(domain, "hop", &[mx]).key, key, "{domain}");
     }
     let t0 = Instant::now();
-    // (MX host, reply, suspended at once)
+    // (MX host, reply, what is suspended at once: D the destination, T the tenant, - nothing)
     let replies = [
-        (
-            "aspmx.l.google.com",
-            "421 4.7.28 Our system has detected an unusual rate of unsolicited mail",
-            false,
-        ),
+        ("aspmx.l.google.com", "421 4.7.28 Our system has detected an unusual rate of unsolicited mail", '-'),
         (
             "aspmx.l.google.com",
             "550 5.7.26 Unauthenticated email from example.com is not accepted due to DMARC",
-            true,
+            'T',
         ),
         (
             "aspmx.l.google.com",
             "550 5.7.25 The IP address sending this message does not have a PTR record",
-            true,
+            'D',
         ),
-        ("aspmx.l.google.com", "452 4.2.2 The email account that you tried to reach is over quota", false),
-        ("mta5.am0.yahoodns.net", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred", true),
+        ("aspmx.l.google.com", "452 4.2.2 The email account that you tried to reach is over quota", '-'),
+        ("mta5.am0.yahoodns.net", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred", 'D'),
         (
             "mta5.am0.yahoodns.net",
             "553 5.7.2 [TSS09] All messages from 192.0.2.1 will be permanently deferred",
-            true,
+            'D',
         ),
         (
             "x.olc.protection.outlook.com",
             "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent (S3150)",
-            true,
+            'D',
         ),
         (
             "x.olc.protection.outlook.com",
             "550 5.7.515 Access denied, sending domain does not meet the required authentication level",
-            true,
+            'T',
         ),
         (
             "x.olc.protection.outlook.com",
             "421 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited",
-            false,
+            '-',
         ),
     ];
-    for (mx, reply, suspended) in replies {
+    for (mx, reply, what) in replies {
         let shape = s.shape("d.test", "hop", &[mx]);
         let rule = shape.rule.unwrap();
         let mut state = AutoState::default();
-        state.on_reply(&rule.automation, reply, t0);
-        assert_eq!(state.suspended(t0).is_some(), suspended, "{reply}");
+        let r = state.on_reply(&rule.automation, reply, t0);
+        assert_eq!(state.suspended(t0).is_some(), what == 'D', "{reply}");
+        assert_eq!(r.suspend_tenant.is_some(), what == 'T', "{reply}");
     }
     // Gmail's 4.7.28 slows the source down first, and pauses it if it goes on.
     let rule = s.shape("gmail.com", "hop", &["aspmx.l.google.com"]).rule.unwrap();
@@ -265,4 +264,32 @@ fn the_shipped_provider_rules_load_and_match() {
         state.on_reply(&rule.automation, "421 4.7.28 unusual rate", t0 + Duration::from_secs(60 * i));
     }
     assert!(state.suspended(t0 + Duration::from_secs(240)).is_some());
+}
+
+/// A tenant-scoped rule suspends the tenant, not the budget; holds extend,
+/// never shorten, end on time, and stay bounded.
+#[test]
+fn tenant_scope() {
+    let a = automation(
+        "[[shaping.automation]]\nreply = '5\\.7\\.26'\naction = \"suspend\"\nduration = \"1h\"\nscope = \"tenant\"\n",
+    );
+    let t0 = Instant::now();
+    let mut state = AutoState::default();
+    let r = state.on_reply(&a, "550 5.7.26 unauthenticated", t0);
+    assert_eq!(r.suspend_tenant.as_ref().map(|(d, _)| *d), Some(Duration::from_secs(3600)));
+    assert!(r.suspend_tenant.unwrap().1.contains("5.7.26"));
+    assert!(state.suspended(t0).is_none(), "the destination goes on for other tenants");
+    assert!(state.on_reply(&a, "250 ok", t0).suspend_tenant.is_none());
+
+    let holds = TenantHolds::default();
+    holds.hold("acme", 1_000, "why", 0);
+    holds.hold("acme", 500, "shorter", 0);
+    assert_eq!(holds.held("acme", 10), Some((1_000, "why".into())));
+    assert_eq!(holds.held("acme", 1_000), None, "ended");
+    assert_eq!(holds.held("other", 10), None);
+    for i in 0..MAX_TENANT_HOLDS + 10 {
+        holds.hold(&format!("t{i}"), 2_000 + i as u64, "x", 0);
+    }
+    assert_eq!(holds.all(0).len(), MAX_TENANT_HOLDS, "bounded");
+    assert!(holds.held(&format!("t{}", MAX_TENANT_HOLDS + 9), 0).is_some(), "the newest kept");
 }
