@@ -299,11 +299,26 @@ fn queue(action: QueueAction, admin: SocketAddr) -> ExitCode {
         QueueAction::Bounce { id } => ("POST", format!("/queue/{id}/bounce")),
         QueueAction::Delete { id } => ("DELETE", format!("/queue/{id}")),
     };
-    match http(admin, method, &path) {
-        Ok((status, body)) => {
-            match action {
-                QueueAction::List { json: false, .. } if status == 200 => print!("{}", list_lines(&body)),
-                _ => print!("{body}"),
+    let lines = matches!(action, QueueAction::List { json: false, .. });
+    admin_call(admin, method, &path, None, "", |body| if lines { list_lines(body) } else { body.to_owned() })
+}
+
+/// One admin API request: prints the answer (through `show` when it is a
+/// 200) and exits 0 on a 2xx, 1 otherwise.
+fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    show: impl Fn(&str) -> String,
+) -> ExitCode {
+    match http_with(admin, method, path, token, body) {
+        Ok((status, text)) => {
+            if status == 200 {
+                print!("{}", show(&text));
+            } else {
+                print!("{text}");
             }
             if (200..300).contains(&status) {
                 ExitCode::SUCCESS
@@ -344,25 +359,14 @@ fn suppress(action: SuppressAction, admin: SocketAddr, token: Option<&str>) -> E
             ("DELETE", format!("/suppression/{}{t}", enc(address)), String::new())
         }
     };
-    match http_with(admin, method, &path, token, &body) {
-        Ok((status, text)) => {
-            match action {
-                SuppressAction::List { json: false, .. } if status == 200 => {
-                    print!("{}", suppression_lines(&text))
-                }
-                _ => print!("{text}"),
-            }
-            if (200..300).contains(&status) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+    let lines = matches!(action, SuppressAction::List { json: false, .. });
+    admin_call(admin, method, &path, token, &body, |text| {
+        if lines {
+            suppression_lines(text)
+        } else {
+            text.to_owned()
         }
-        Err(e) => {
-            eprintln!("ringpost: admin API at {admin}: {e}");
-            ExitCode::from(1)
-        }
-    }
+    })
 }
 
 /// `suppress list` lines: address, tenant (`*`: all), reason, since.
@@ -404,10 +408,6 @@ fn list_lines(body: &str) -> String {
 }
 
 /// A minimal HTTP/1.1 client for the admin API.
-fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http_with(addr, method, path, None, "")
-}
-
 fn http_with(
     addr: SocketAddr,
     method: &str,

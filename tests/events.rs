@@ -7,11 +7,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, queue_id, test_file, wait_until, Receiver, Server};
+use common::{free_port, queue_id, read_events, test_file, wait_until, Receiver, Server};
 use serde_json::Value;
 
 fn route(port: u16, extra: &str) -> String {
@@ -19,15 +19,6 @@ fn route(port: u16, extra: &str) -> String {
         "{extra}[[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{port}\"]\n\
          [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
     )
-}
-
-/// Reads JSON lines (a torn last line would fail the parse: there must be none).
-fn read_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
-        .collect()
 }
 
 fn of_type<'a>(events: &'a [Value], kind: &str, rcpt: &str) -> Vec<&'a Value> {

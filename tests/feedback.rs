@@ -11,16 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, wait_until, Receiver, Server};
+use common::{free_port, read_events, wait_until, Receiver, Server};
 use serde_json::Value;
-
-fn events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn config(port: u16, http: u16, events: &Path) -> String {
     format!(
@@ -34,6 +26,27 @@ fn config(port: u16, http: u16, events: &Path) -> String {
          [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n",
         events.display()
     )
+}
+
+/// A receiver, and a server with both listeners and an events file.
+struct Setup {
+    rx: Receiver,
+    srv: Server,
+    dir: std::path::PathBuf,
+    ev: std::path::PathBuf,
+    http: u16,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let port = free_port();
+        let http = free_port();
+        let rx = Receiver::start("127.0.0.1", port, &[]);
+        let dir = tempfile::tempdir().unwrap().keep();
+        let ev = dir.join("events.jsonl");
+        let srv = Server::start_in(&dir, &config(port, http, &ev));
+        Setup { rx, srv, dir, ev, http }
+    }
 }
 
 fn send(srv: &Server, to: &str, headers: &str) -> String {
@@ -72,12 +85,7 @@ fn one_click(url: &str, body: &str) -> u16 {
 
 #[test]
 fn one_click_unsubscribe_suppresses_for_the_tenant() {
-    let port = free_port();
-    let http = free_port();
-    let rx = Receiver::start("127.0.0.1", port, &[]);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let ev = dir.join("events.jsonl");
-    let srv = Server::start_in(&dir, &config(port, http, &ev));
+    let Setup { rx, srv, ev, http, .. } = Setup::start();
     let id = send(&srv, "reader@isp.test", "X-Tenant: acme\r\nX-Campaign: spring\r\n");
     let got = rx.wait_for(1, Duration::from_secs(15));
     assert_eq!(got.len(), 1);
@@ -104,7 +112,7 @@ fn one_click_unsubscribe_suppresses_for_the_tenant() {
     assert_eq!(list["entries"][0]["tenant"], "acme");
     assert_eq!(list["entries"][0]["reason"], "unsubscribe");
     assert_eq!(srv.metric("ringpost_unsubscribes_total"), 1.0);
-    let fb: Vec<Value> = events(&ev).into_iter().filter(|e| e["type"] == "Feedback").collect();
+    let fb: Vec<Value> = read_events(&ev).into_iter().filter(|e| e["type"] == "Feedback").collect();
     assert_eq!(fb.len(), 1);
     assert_eq!(fb[0]["feedback_type"], "unsubscribe");
     assert_eq!(
@@ -117,7 +125,7 @@ fn one_click_unsubscribe_suppresses_for_the_tenant() {
     let dropped = send(&srv, "reader@isp.test", "X-Tenant: acme\r\n");
     send(&srv, "reader@isp.test", "");
     assert_eq!(rx.wait_for(2, Duration::from_secs(15)).len(), 2);
-    assert!(wait_until(Duration::from_secs(5), || events(&ev)
+    assert!(wait_until(Duration::from_secs(5), || read_events(&ev)
         .iter()
         .any(|e| e["type"] == "Suppressed" && e["id"] == dropped.as_str())));
     std::thread::sleep(Duration::from_millis(500));
@@ -186,12 +194,7 @@ fn arf(original: &str) -> String {
 
 #[test]
 fn complaint_reports_suppress_what_we_sent_and_forged_ones_nothing() {
-    let port = free_port();
-    let http = free_port();
-    let rx = Receiver::start("127.0.0.1", port, &[]);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let ev = dir.join("events.jsonl");
-    let srv = Server::start_in(&dir, &config(port, http, &ev));
+    let Setup { rx, srv, dir, ev, .. } = Setup::start();
     let id = send(&srv, "victim@isp.test", "X-Tenant: acme\r\nX-Campaign: autumn\r\n");
     let got = rx.wait_for(1, Duration::from_secs(15));
     assert_eq!(got.len(), 1);
@@ -222,7 +225,7 @@ fn complaint_reports_suppress_what_we_sent_and_forged_ones_nothing() {
         (e["address"].as_str(), e["tenant"].as_str(), e["reason"].as_str()),
         (Some("victim@isp.test"), Some("acme"), Some("complaint"))
     );
-    let fb: Vec<Value> = events(&ev).into_iter().filter(|e| e["type"] == "Feedback").collect();
+    let fb: Vec<Value> = read_events(&ev).into_iter().filter(|e| e["type"] == "Feedback").collect();
     assert_eq!(fb.len(), 1);
     assert_eq!(fb[0]["feedback_type"], "abuse");
     assert_eq!(fb[0]["id"], id.as_str(), "tied to the original message");

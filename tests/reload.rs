@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, make_cert, wait_until, Client, Receiver, Server};
+use common::{free_port, make_cert, read_events, wait_until, Client, Receiver, Server};
 
 /// Greeting and EHLO; returns the EHLO reply.
 fn hello(c: &mut Client) -> String {
@@ -389,15 +389,6 @@ fn starttls_and_outbound_hostname() {
     assert!(got[1].contains("X-Helo: mx2.test\r\n"), "the client says EHLO with the new name: {}", got[1]);
 }
 
-/// Lines of an events file, parsed.
-fn events(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// `[events] file`, `[[webhook]]` and `[delivery] bounce_rules` follow
 /// reloads: events start when a file is named, a webhook added by a reload
 /// gets what happens from then on, a new rules file classifies the next
@@ -445,13 +436,13 @@ fn events_webhooks_and_bounce_rules() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(hook.0.stdout.take().unwrap()), &mut line)
         .unwrap();
     send(&srv, "x@y.test", "after");
-    assert!(wait_until(Duration::from_secs(10), || events(&ev).iter().any(|e| e["type"] == "Bounce")));
-    let bounce = events(&ev).into_iter().find(|e| e["type"] == "Bounce").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || read_events(&ev).iter().any(|e| e["type"] == "Bounce")));
+    let bounce = read_events(&ev).into_iter().find(|e| e["type"] == "Bounce").unwrap();
     assert_eq!(bounce["class"], "SpamBlock", "the reloaded rules file");
-    assert!(events(&ev).iter().all(|e| e["id"] != before_id.as_str()), "nothing from before the reload");
+    assert!(read_events(&ev).iter().all(|e| e["id"] != before_id.as_str()), "nothing from before the reload");
     // The webhook added by the reload gets the same events.
     assert!(wait_until(Duration::from_secs(10), || {
-        events(&hook_dir.join("events.jsonl"))
+        read_events(&hook_dir.join("events.jsonl"))
             .iter()
             .any(|e| e["type"] == "Bounce" && e["class"] == "SpamBlock")
     }));
@@ -460,9 +451,9 @@ fn events_webhooks_and_bounce_rules() {
         &format!("[events]\nfile = \"{}/no/such/dir/e.jsonl\"\n{}", dir.display(), routed(port, "")),
         true,
     );
-    let count = events(&ev).len();
+    let count = read_events(&ev).len();
     send(&srv, "r@y.test", "still logged");
-    assert!(wait_until(Duration::from_secs(10), || events(&ev).len() > count));
+    assert!(wait_until(Duration::from_secs(10), || read_events(&ev).len() > count));
 }
 
 /// `[unsubscribe]` and `[feedback]` follow reloads: tenant mail gets the

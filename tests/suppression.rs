@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, wait_until, Receiver, Server, BIN};
+use common::{free_port, read_events, wait_until, Receiver, Server, BIN};
 use serde_json::Value;
 
 fn routed(port: u16, events: &Path, delivery: &str) -> String {
@@ -20,14 +20,6 @@ fn routed(port: u16, events: &Path, delivery: &str) -> String {
          [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n{delivery}",
         events.display()
     )
-}
-
-fn events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn cli(srv: &Server, args: &[&str]) -> (bool, String) {
@@ -78,10 +70,10 @@ fn bounces_suppress_and_suppressed_addresses_are_refused() {
     let codes = rcpt_codes(&srv, &["GONE@a.test", "ok@a.test"]);
     assert!(codes[0].starts_with("550 5.7.1"), "{codes:?}");
     assert!(codes[1].starts_with("250"), "{codes:?}");
-    assert!(wait_until(Duration::from_secs(5), || events(&ev)
+    assert!(wait_until(Duration::from_secs(5), || read_events(&ev)
         .iter()
         .any(|e| e["type"] == "Suppressed" && e["recipient"] == "GONE@a.test")));
-    let e = events(&ev).into_iter().find(|e| e["type"] == "Suppressed").unwrap();
+    let e = read_events(&ev).into_iter().find(|e| e["type"] == "Suppressed").unwrap();
     assert_eq!((e["reason"].as_str(), e["id"].as_str()), (Some("bounce:InvalidRecipient"), None));
 
     // By hand: add for one tenant, list, remove.
@@ -155,7 +147,7 @@ fn queued_mail_is_not_sent_to_an_address_suppressed_later() {
     assert_eq!(got.len(), 1);
     assert_eq!(got_after.len(), 1, "no DSN for a suppressed recipient: {got_after:?}");
     assert!(got[0].contains("<keep@a.test>") && !got[0].contains("later@a.test"), "{}", got[0]);
-    let all = events(&ev);
+    let all = read_events(&ev);
     let s: Vec<&Value> = all.iter().filter(|e| e["type"] == "Suppressed").collect();
     assert_eq!(s.len(), 1, "{all:?}");
     assert_eq!((s[0]["id"].as_str(), s[0]["recipient"].as_str()), (Some(id.as_str()), Some("later@a.test")));
