@@ -151,6 +151,9 @@ pub struct WebhookConfig {
     /// Extra request headers.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Extra trust anchors for an https URL (PEM).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_batch_size() -> usize {
@@ -694,6 +697,7 @@ impl Config {
                     batch_wait: w.batch_wait,
                     timeout: w.timeout,
                     headers: w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    ca_file: w.ca_file.clone(),
                 })
             })
             .collect();

@@ -317,3 +317,45 @@ fn admin_bounces_and_expiry_are_events() {
         "a refused connection: {all:?}"
     );
 }
+
+/// An https webhook, its certificate trusted through `ca_file`; one whose
+/// certificate is not trusted gets nothing (and its events wait).
+#[test]
+fn https_webhooks_verify_the_certificate() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (cert, key) = common::make_cert(&dir);
+    let (good, bad) = (free_port(), free_port());
+    let tls = ["--tls", cert.to_str().unwrap(), key.to_str().unwrap()];
+    let trusted = Hook::start(good, &tls);
+    let untrusted = Hook::start(bad, &tls);
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let srv = Server::start_in(
+        &dir,
+        &route(
+            port,
+            &format!(
+                "[[webhook]]\nurl = \"https://localhost:{good}/e\"\nca_file = \"{}\"\nbatch_wait = \"100ms\"\n\
+                 [[webhook]]\nurl = \"https://localhost:{bad}/e\"\nbatch_wait = \"100ms\"\n",
+                cert.display()
+            ),
+        ),
+    );
+    let id = send(&srv, "", &["r@a.test"]);
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).len(), 1);
+    assert!(wait_until(Duration::from_secs(10), || trusted
+        .events()
+        .iter()
+        .any(|e| e["type"] == "Delivery" && e["id"] == id.as_str())));
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .http("GET", "/metrics")
+        .1
+        .contains(&format!("ringpost_webhook_failures_total{{url=\"https://localhost:{bad}/e\"}}"))));
+    assert!(untrusted.events().is_empty());
+    // A ca_file that is not PEM is a config error naming it.
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "nothing here").unwrap();
+    let extra =
+        format!("[[webhook]]\nurl = \"https://localhost:{good}/e\"\nca_file = \"{}\"\n", not_pem.display());
+    srv.reload(&route(port, &extra), true);
+}

@@ -365,12 +365,13 @@ pub fn segments(dir: &Path) -> Vec<(u64, u64)> {
 /// Whether the events file of `settings` can be opened (a reload that
 /// names one that cannot is refused).
 pub fn check(settings: &Settings) -> Result<(), String> {
-    match &settings.file {
-        Some(path) => {
-            open_append(path).map(drop).map_err(|e| format!("[events] file {}: {e}", path.display()))
-        }
-        None => Ok(()),
+    if let Some(path) = &settings.file {
+        open_append(path).map_err(|e| format!("[events] file {}: {e}", path.display()))?;
     }
+    for w in settings.webhooks.iter().filter(|w| w.url.tls) {
+        super::webhook::tls_config(w).map_err(|e| format!("webhook {}: {e}", w.url.text))?;
+    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {

@@ -37,12 +37,51 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// Extra request headers (`Authorization`, ...).
     pub headers: Vec<(String, String)>,
+    /// Trust anchors for https besides the system's (PEM).
+    pub ca_file: Option<PathBuf>,
 }
 
-/// An `http://host[:port]/path` URL.
+/// The system's trust anchors (Debian's bundle).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The TLS client for an https webhook: the system's roots plus
+/// `ca_file`'s, certificates checked against the URL's host.
+pub fn tls_config(s: &WebhookSettings) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut files = vec![PathBuf::from(SYSTEM_ROOTS)];
+    files.extend(s.ca_file.clone());
+    for (i, f) in files.iter().enumerate() {
+        let certs = match rustls_pki_types::CertificateDer::pem_file_iter(f) {
+            Ok(it) => it.collect::<Result<Vec<_>, _>>().map_err(|e| format!("{}: {e}", f.display()))?,
+            // No system bundle is fine when a ca_file is given.
+            Err(_) if i == 0 => continue,
+            Err(e) => return Err(format!("{}: {e}", f.display())),
+        };
+        if certs.is_empty() && i > 0 {
+            return Err(format!("{}: no PEM certificate in it", f.display()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!("no trust anchors ({SYSTEM_ROOTS} is missing and no ca_file is set)"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// An `http://` or `https://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     pub text: String,
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub path: String,
@@ -50,15 +89,10 @@ pub struct HttpUrl {
 
 impl HttpUrl {
     pub fn parse(s: &str) -> Result<HttpUrl, String> {
-        let rest = match s.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => {
-                return Err(format!(
-                    "{s:?}: https webhooks are not supported by this version; post to a local \
-                     http endpoint (a reverse proxy can forward over TLS)"
-                ))
-            }
-            _ => return Err(format!("{s:?}: expected http://host[:port]/path")),
+        let (tls, rest) = match s.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => return Err(format!("{s:?}: expected http(s)://host[:port]/path")),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -77,13 +111,14 @@ impl HttpUrl {
             }
         };
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => p.parse().map_err(|_| format!("{s:?}: bad port {p:?}"))?,
         };
         if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(format!("{s:?}: the path may not hold spaces or control characters"));
         }
-        Ok(HttpUrl { text: s.to_owned(), host, port, path: path.to_owned() })
+        Ok(HttpUrl { text: s.to_owned(), tls, host, port, path: path.to_owned() })
     }
 
     /// A file name for this webhook's cursor, stable across restarts.
@@ -159,9 +194,11 @@ pub fn start(
     // Saved at once: after a crash, a webhook that never got anything
     // through resumes here, not at the journal's end.
     write_cursor(&cursor_path, cursor).map_err(|e| format!("{}: {e}", cursor_path.display()))?;
+    let tls = if settings.url.tls { Some(tls_config(&settings)?) } else { None };
     let stop = Arc::new(AtomicBool::new(false));
     let position = Arc::new(AtomicU64::new(cursor.seq));
     let mut w = Sender {
+        tls,
         settings: settings.clone(),
         dir,
         cursor_path,
@@ -181,6 +218,8 @@ pub fn start(
 }
 
 struct Sender {
+    /// For an https URL.
+    tls: Option<Arc<rustls::ClientConfig>>,
     settings: WebhookSettings,
     dir: PathBuf,
     cursor_path: PathBuf,
@@ -249,7 +288,7 @@ impl Sender {
         }
         body.push(b']');
         while !self.stop.load(Ordering::Acquire) {
-            match post(&self.settings, &body) {
+            match post(&self.settings, self.tls.as_ref(), &body) {
                 Ok(()) => {
                     self.count(|c| {
                         c.posts += 1;
@@ -340,7 +379,7 @@ impl Sender {
 }
 
 /// One POST; Ok on a 2xx answer.
-fn post(s: &WebhookSettings, body: &[u8]) -> Result<(), String> {
+fn post(s: &WebhookSettings, tls: Option<&Arc<rustls::ClientConfig>>, body: &[u8]) -> Result<(), String> {
     let url = &s.url;
     let host = url.host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<_> =
@@ -356,10 +395,24 @@ fn post(s: &WebhookSettings, body: &[u8]) -> Result<(), String> {
             Err(e) => last = format!("connect {a}: {e}"),
         }
     }
-    let mut stream = stream.ok_or(last)?;
-    stream.set_read_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
-    let host_header = if url.port == 80 { url.host.clone() } else { format!("{}:{}", url.host, url.port) };
+    let tcp = stream.ok_or(last)?;
+    tcp.set_read_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
+            let conn =
+                rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("tls: {e}"))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
+    let host_header = if url.port == if url.tls { 443 } else { 80 } {
+        url.host.clone()
+    } else {
+        format!("{}:{}", url.host, url.port)
+    };
     let mut head = format!(
         "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: ringpost/{}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n",
@@ -400,6 +453,10 @@ fn post(s: &WebhookSettings, body: &[u8]) -> Result<(), String> {
     }
 }
 
+/// A plain or TLS stream.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // reason: tests fail loudly
@@ -413,7 +470,9 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("localhost", 80, "/"));
         let u = HttpUrl::parse("http://[::1]:9000/x").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("[::1]", 9000));
-        for bad in ["ftp://x/", "http://", "http://a:b/", "http://u@h/", "http://h/a b", "https://h/"] {
+        let u = HttpUrl::parse("https://hooks.example.test/r").unwrap();
+        assert_eq!((u.tls, u.port), (true, 443));
+        for bad in ["ftp://x/", "http://", "http://a:b/", "http://u@h/", "http://h/a b", "https://"] {
             assert!(HttpUrl::parse(bad).is_err(), "{bad}");
         }
     }

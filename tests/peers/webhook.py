@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """A webhook endpoint for ringpost's event tests (loopback only).
 
-usage: webhook.py HOST PORT OUTDIR [--fail N] [--slow S]
+usage: webhook.py HOST PORT OUTDIR [--fail N] [--slow S] [--tls CERT KEY]
 
 Each POST must be a JSON array of event objects; they are appended, one per
 line, to OUTDIR/events.jsonl, and OUTDIR/posts counts the accepted POSTs.
 --fail N answers the first N POSTs with 503 (nothing recorded); --slow S
 waits S seconds before answering each. Anything that is not a JSON array
-of objects gets 400 (and is counted in OUTDIR/bad). Prints "ready" once
+of objects gets 400 (and is counted in OUTDIR/bad). --tls serves https.
+Prints "ready" once
 listening; one request at a time, so the file is in arrival order.
 """
 import argparse
@@ -67,8 +68,14 @@ if __name__ == "__main__":
     p.add_argument("outdir")
     p.add_argument("--fail", type=int, default=0)
     p.add_argument("--slow", type=float, default=0)
+    p.add_argument("--tls", nargs=2)
     args = p.parse_args()
     server = HTTPServer((args.host, args.port), Handler)
+    if args.tls:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls[0], args.tls[1])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     sys.stdout.flush()
     server.serve_forever()
