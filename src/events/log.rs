@@ -559,24 +559,11 @@ impl Writer {
     fn collect(&mut self) {
         let current = self.journal.as_ref().map(|j| j.seq);
         let oldest_needed = self.hooks.iter().map(|h| h.position()).min();
-        let mut segs = segments(&self.dir);
-        segs.retain(|&(seq, size)| {
-            let read = match (current, oldest_needed) {
-                (None, _) => true, // no webhook: nobody will read them
-                (Some(c), Some(o)) => seq < o.min(c),
-                (Some(c), None) => seq < c,
-            };
-            if read {
-                let _ = std::fs::remove_file(segment_path(&self.dir, seq));
-                let _ = size;
-            }
-            !read
-        });
-        let mut total: u64 = segs.iter().map(|s| s.1).sum();
-        for (seq, size) in segs {
-            if total <= self.settings.max_backlog || Some(seq) == current {
-                break;
-            }
+        let (read, dropped) = doomed(&segments(&self.dir), current, oldest_needed, self.settings.max_backlog);
+        for seq in read {
+            let _ = std::fs::remove_file(segment_path(&self.dir, seq));
+        }
+        for (seq, size) in dropped {
             tracing::error!(
                 segment = seq,
                 bytes = size,
@@ -585,7 +572,64 @@ impl Writer {
             );
             self.metrics.events_dropped_bytes.fetch_add(size, Ordering::Relaxed);
             let _ = std::fs::remove_file(segment_path(&self.dir, seq));
-            total -= size;
+        }
+    }
+}
+
+/// Journal segments: (sequence, bytes).
+type Segments = Vec<(u64, u64)>;
+
+/// Which journal segments go: those every webhook has read (all of them
+/// when there is no webhook: `current` is None), then, oldest first, unread
+/// ones until the rest fit in `max_backlog` (never the one being written).
+/// `segments` are (sequence, bytes), oldest first. Returns (read, dropped).
+fn doomed(
+    segments: &[(u64, u64)],
+    current: Option<u64>,
+    oldest_needed: Option<u64>,
+    max_backlog: u64,
+) -> (Vec<u64>, Vec<(u64, u64)>) {
+    let (read, kept): (Segments, Segments) =
+        segments.iter().partition(|&&(seq, _)| match (current, oldest_needed) {
+            (None, _) => true,
+            (Some(c), Some(o)) => seq < o.min(c),
+            (Some(c), None) => seq < c,
+        });
+    let mut total: u64 = kept.iter().map(|s| s.1).sum();
+    let mut dropped = Vec::new();
+    for (seq, size) in kept {
+        if total <= max_backlog || Some(seq) == current {
+            break;
+        }
+        dropped.push((seq, size));
+        total -= size;
+    }
+    (read.into_iter().map(|s| s.0).collect(), dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_segments_go() {
+        let segs = [(1, 100), (2, 100), (3, 100), (4, 40)];
+        // (current, oldest a webhook needs, max_backlog) -> (read, dropped)
+        type Case<'a> = (Option<u64>, Option<u64>, u64, &'a [u64], &'a [(u64, u64)]);
+        let table: &[Case] = &[
+            (None, None, 1000, &[1, 2, 3, 4], &[]),
+            (Some(4), Some(2), 1000, &[1], &[]),
+            (Some(4), Some(4), 1000, &[1, 2, 3], &[]),
+            (Some(4), None, 1000, &[1, 2, 3], &[]),
+            // A webhook far behind: the oldest unread go until the rest fit.
+            (Some(4), Some(1), 150, &[], &[(1, 100), (2, 100)]),
+            (Some(4), Some(2), 140, &[1], &[(2, 100)]),
+            // Never the segment being written, even over the limit.
+            (Some(4), Some(1), 10, &[], &[(1, 100), (2, 100), (3, 100)]),
+        ];
+        for &(current, needed, max, read, dropped) in table {
+            let (r, d) = doomed(&segs, current, needed, max);
+            assert_eq!((r.as_slice(), d.as_slice()), (read, dropped), "{current:?} {needed:?} {max}");
         }
     }
 }
