@@ -22,7 +22,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and serves the admin API on a new thread. Returns the bound
 /// address (port 0 picks one).
-pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+pub fn start(
+    addr: SocketAddr,
+    token: Option<String>,
+    shared: Arc<Shared>,
+    serving: Arc<AtomicBool>,
+) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     let bound = std_listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -44,7 +49,7 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) ->
                 }
             };
             let _ = tx.send(Ok(()));
-            let admin = Arc::new(Admin { shared, serving });
+            let admin = Arc::new(Admin { shared, serving, token, verified: Default::default() });
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
@@ -65,6 +70,38 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>, serving: Arc<AtomicBool>) ->
 struct Admin {
     shared: Arc<Shared>,
     serving: Arc<AtomicBool>,
+    /// `[admin] token`: the PHC hash every request's bearer token must match.
+    token: Option<String>,
+    /// SHA-256 of tokens that matched (an argon2 check costs tens of
+    /// milliseconds; a known token, a hash lookup). Bounded.
+    verified: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+/// Most distinct good tokens remembered.
+const VERIFIED_MAX: usize = 16;
+
+impl Admin {
+    /// Whether the request may go on: no token configured, or its bearer
+    /// token matches.
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(hash) = &self.token else { return true };
+        let Some(token) = req.authorization.as_deref().and_then(|a| a.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes()).as_ref().to_vec();
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.contains(&digest) {
+            return true;
+        }
+        if !crate::auth::verify(Some(hash), token.trim()) {
+            return false;
+        }
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(digest);
+        true
+    }
 }
 
 struct Response {
@@ -89,6 +126,10 @@ impl Admin {
             _ => return,
         };
         let resp = match parse_request(&head) {
+            Some(req) if !self.authorized(&req) => {
+                tracing::warn!(method = %req.method, path = %req.path, "admin request without a valid token");
+                Response::text(401, "a valid bearer token is required ([admin] token)\n")
+            }
             Some(req) => match check_origin(&req, &self.names()) {
                 Ok(()) => match read_body(&mut stream, &head, &req).await {
                     Ok(body) => self.route(&req.method, &req.path, &body).await,
@@ -104,6 +145,7 @@ impl Admin {
         let reason = match resp.status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
@@ -112,8 +154,9 @@ impl Admin {
             503 => "Service Unavailable",
             _ => "Error",
         };
+        let challenge = if resp.status == 401 { "WWW-Authenticate: Bearer\r\n" } else { "" };
         let out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n{}",
             resp.status,
             resp.content_type,
             resp.body.len(),
@@ -757,6 +800,7 @@ struct Request {
     path: String,
     host: Option<String>,
     origin: Option<String>,
+    authorization: Option<String>,
     /// Where the head ends in the bytes read.
     head_len: usize,
     /// `Content-Length`, if given (and a number).
@@ -788,6 +832,7 @@ fn parse_request(head: &[u8]) -> Option<Request> {
         path: path.to_owned(),
         host: header("Host"),
         origin: header("Origin"),
+        authorization: header("Authorization"),
         head_len,
         content_length: header("Content-Length").and_then(|v| v.parse().ok()),
     })
@@ -866,6 +911,7 @@ mod tests {
                 path: "/queue".into(),
                 host: Some("127.0.0.1:8025".into()),
                 origin: Some("http://x".into()),
+                authorization: None,
                 head_len: 63,
                 content_length: None,
             }
@@ -883,6 +929,7 @@ mod tests {
             path: "/queue/flush".into(),
             host: host.map(str::to_owned),
             origin: origin.map(str::to_owned),
+            authorization: None,
             head_len: 0,
             content_length: None,
         };

@@ -470,11 +470,13 @@ impl Default for DeliveryConfig {
 pub struct AdminConfig {
     /// HTTP admin and metrics address.
     pub address: SocketAddr,
+    /// argon2 PHC hash of the bearer token every admin request must carry.
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: SocketAddr::from(([127, 0, 0, 1], 8025)) }
+        AdminConfig { address: SocketAddr::from(([127, 0, 0, 1], 8025)), token: None }
     }
 }
 
@@ -797,6 +799,19 @@ impl Config {
                     "a second entry with the same domain and selector",
                 ));
             }
+        }
+        if let Some(t) = &self.admin.token {
+            if argon2::PasswordHash::new(t).is_err() {
+                let msg = "must be a PHC hash string (see `ringpost hash-password`), never the token itself";
+                return Err(ConfigError(format!("{name}: admin.token: {msg}")));
+            }
+        }
+        if self.admin.token.is_none() && !self.admin.address.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "{name}: admin.address: {} is reachable from other machines: set admin.token (anyone \
+                 who reaches the admin API can delete the queue)",
+                self.admin.address
+            )));
         }
         for (i, w) in self.webhooks.iter().enumerate() {
             let hook = w.get_ref();

@@ -42,6 +42,9 @@ enum Command {
         /// Admin API address.
         #[arg(long, global = true, default_value = "127.0.0.1:8025")]
         admin: SocketAddr,
+        /// Bearer token for the admin API (or RINGPOST_ADMIN_TOKEN).
+        #[arg(long, global = true, env = "RINGPOST_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// The suppression list of a running server (admin API).
     Suppress {
@@ -134,7 +137,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::HashPassword => hash_password(),
-        Command::Queue { action, admin } => queue(action, admin),
+        Command::Queue { action, admin, token } => queue(action, admin, token.as_deref()),
         Command::Suppress { action, admin, token } => suppress(action, admin, token.as_deref()),
         Command::Tune { action } => tune(action),
     }
@@ -291,7 +294,7 @@ fn tune(action: TuneAction) -> ExitCode {
     }
 }
 
-fn queue(action: QueueAction, admin: SocketAddr) -> ExitCode {
+fn queue(action: QueueAction, admin: SocketAddr, token: Option<&str>) -> ExitCode {
     let (method, path) = match &action {
         QueueAction::Stats => ("GET", "/queue".to_owned()),
         QueueAction::List { limit, .. } => ("GET", format!("/queue/messages?limit={limit}")),
@@ -300,7 +303,7 @@ fn queue(action: QueueAction, admin: SocketAddr) -> ExitCode {
         QueueAction::Delete { id } => ("DELETE", format!("/queue/{id}")),
     };
     let lines = matches!(action, QueueAction::List { json: false, .. });
-    admin_call(admin, method, &path, None, "", |body| if lines { list_lines(body) } else { body.to_owned() })
+    admin_call(admin, method, &path, token, "", |body| if lines { list_lines(body) } else { body.to_owned() })
 }
 
 /// One admin API request: prints the answer (through `show` when it is a

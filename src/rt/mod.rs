@@ -348,10 +348,13 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         feedback_key,
     });
     let serving = Arc::new(AtomicBool::new(false));
-    let admin_addr =
-        crate::admin::start(config.admin.address, shared.clone(), serving.clone()).map_err(|e| {
-            ServeError::Runtime(format!("cannot listen on {} (admin): {e}", config.admin.address))
-        })?;
+    let admin_addr = crate::admin::start(
+        config.admin.address,
+        config.admin.token.clone(),
+        shared.clone(),
+        serving.clone(),
+    )
+    .map_err(|e| ServeError::Runtime(format!("cannot listen on {} (admin): {e}", config.admin.address)))?;
 
     let cpus = worker::allowed_cpus();
     // The blocking pool runs file work (Maildirs), password checks and RSA
@@ -532,7 +535,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         (listeners(old) != listeners(new), "[[listener]]"),
         (old.threads != new.threads, "threads"),
         (debug(&old.spool) != debug(&new.spool), "[spool]"),
-        (old.admin.address != new.admin.address, "[admin]"),
+        (debug(&old.admin) != debug(&new.admin), "[admin]"),
         (old.tls.is_some() != new.tls.is_some(), "[tls] (added or removed)"),
         (od.dns_servers != nd.dns_servers, "delivery.dns_servers"),
         (od.dns_timeout != nd.dns_timeout, "delivery.dns_timeout"),

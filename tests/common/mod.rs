@@ -36,7 +36,9 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
         text += "threads = 2\n";
     }
     text += top;
-    text += "\n[admin]\naddress = \"127.0.0.1:0\"\n";
+    if !tables.contains("[admin]") {
+        text += "\n[admin]\naddress = \"127.0.0.1:0\"\n";
+    }
     if !tables.contains("[log]") {
         text += "[log]\nlevel = \"warn\"\n";
     }
