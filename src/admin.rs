@@ -514,6 +514,11 @@ impl Admin {
             ("ringpost_tls_failures_total", "Failed inbound TLS handshakes", load(&m.tls_failures)),
             ("ringpost_auth_successes_total", "Successful AUTH", load(&m.auth_successes)),
             ("ringpost_auth_failures_total", "Failed AUTH", load(&m.auth_failures)),
+            (
+                "ringpost_auth_throttled_total",
+                "Logins refused because their address failed too often (limits.auth_failures_per_ip)",
+                load(&m.auth_throttled),
+            ),
             ("ringpost_delivered_total", "Recipients delivered", load(&m.delivered)),
             (
                 "ringpost_deferred_total",

@@ -307,6 +307,9 @@ pub struct LimitsConfig {
     /// Bytes of message content all sessions together may hold in memory;
     /// past it, a message being received is dropped with 452 4.3.1.
     pub message_memory: u64,
+    /// Failed logins (SMTP AUTH, POP3) per client address within 10
+    /// minutes after which that address is refused; 0 = no limit.
+    pub auth_failures_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
@@ -322,6 +325,7 @@ impl Default for LimitsConfig {
             errors: 20,
             shutdown_grace: Duration::from_secs(10),
             message_memory: 1 << 30,
+            auth_failures_per_ip: 0,
         }
     }
 }
@@ -1027,6 +1031,7 @@ impl Config {
         int("limits", "line_length", l.line_length as u64, 512, 65_536)?;
         int("limits", "errors", u64::from(l.errors), 1, 10_000)?;
         int("limits", "message_memory", l.message_memory, 1, 1 << 40)?;
+        int("limits", "auth_failures_per_ip", u64::from(l.auth_failures_per_ip), 0, 1_000_000)?;
         dur("limits", "command_timeout", l.command_timeout, MS, DAY)?;
         dur("limits", "data_timeout", l.data_timeout, MS, DAY)?;
         dur("limits", "shutdown_grace", l.shutdown_grace, Duration::ZERO, HOUR)?;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub tls_failures: AtomicU64,
     pub auth_successes: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Logins refused because the client address failed too often.
+    pub auth_throttled: AtomicU64,
     /// Recipients delivered (remote 2xx or into a local mailbox).
     pub delivered: AtomicU64,
     /// Recipient attempts that failed temporarily.

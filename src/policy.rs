@@ -112,6 +112,72 @@ impl Policy {
     }
 }
 
+/// Failed logins per client address (`[limits] auth_failures_per_ip`):
+/// past `limit` failures within [`AUTH_WINDOW`], the address is refused
+/// (SMTP `454 4.7.0`, POP3 `-ERR [AUTH]`) whatever it sends, until enough
+/// of its failures are older than the window. Refused attempts are not
+/// counted (the block ends). Pure: time comes in; bounded in addresses.
+#[derive(Debug)]
+pub struct AuthFailures {
+    limit: usize,
+    failures: HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>,
+}
+
+/// The window failures are counted in.
+pub const AUTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+/// Most addresses tracked; past it, the ones whose last failure is oldest go.
+pub const AUTH_MAX_ADDRESSES: usize = 100_000;
+
+impl AuthFailures {
+    /// `limit` 0: no limit.
+    pub fn new(limit: usize) -> AuthFailures {
+        AuthFailures { limit, failures: HashMap::new() }
+    }
+
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    fn prune(&mut self, ip: IpAddr, now: std::time::Instant) -> usize {
+        let Some(q) = self.failures.get_mut(&ip) else { return 0 };
+        while q.front().is_some_and(|&t| now.saturating_duration_since(t) >= AUTH_WINDOW) {
+            q.pop_front();
+        }
+        let n = q.len();
+        if n == 0 {
+            self.failures.remove(&ip);
+        }
+        n
+    }
+
+    /// Whether `ip` is refused now.
+    pub fn blocked(&mut self, ip: IpAddr, now: std::time::Instant) -> bool {
+        self.limit > 0 && self.prune(canonical(ip), now) >= self.limit
+    }
+
+    /// Counts a failed login; true if `ip` is refused from now on.
+    pub fn failed(&mut self, ip: IpAddr, now: std::time::Instant) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let ip = canonical(ip);
+        self.prune(ip, now);
+        if self.failures.len() >= AUTH_MAX_ADDRESSES && !self.failures.contains_key(&ip) {
+            let oldest = self.failures.iter().min_by_key(|(_, q)| q.back().copied()).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.failures.remove(&k);
+            }
+        }
+        let q = self.failures.entry(ip).or_default();
+        q.push_back(now);
+        // Bounded: no more than the limit is needed to decide.
+        while q.len() > self.limit {
+            q.pop_front();
+        }
+        q.len() >= self.limit
+    }
+}
+
 /// Maps IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) to IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -151,6 +217,28 @@ mod tests {
         for (addr, relay, want) in cases {
             assert_eq!(p.check_recipient(&m(addr), relay), want, "{addr} relay={relay}");
         }
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // reason: a start time; the rest is simulated
+    fn failed_logins_block_an_address_for_the_window() {
+        let t0 = std::time::Instant::now();
+        let s = |n: u64| t0 + std::time::Duration::from_secs(n);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let mut f = AuthFailures::new(3);
+        assert!(!f.failed(a, s(0)) && !f.failed(a, s(100)));
+        assert!(!f.blocked(a, s(101)));
+        assert!(f.failed(a, s(200)), "the third failure blocks");
+        assert!(f.blocked(a, s(201)) && !f.blocked(b, s(201)), "only that address");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert!(f.blocked(mapped, s(201)), "the same client over IPv6-mapped");
+        assert!(f.blocked(a, s(599)));
+        assert!(!f.blocked(a, s(600)), "the first failure left the window");
+        let mut off = AuthFailures::new(0);
+        for i in 0..100 {
+            assert!(!off.failed(a, s(i)));
+        }
+        assert!(!off.blocked(a, s(100)));
     }
 
     #[test]

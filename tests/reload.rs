@@ -496,3 +496,27 @@ fn unsubscribe_and_feedback() {
         == 1.0));
     assert_eq!(rx.messages().len(), 2);
 }
+
+/// `[limits] auth_failures_per_ip` follows reloads.
+#[test]
+fn auth_failures_per_ip() {
+    use base64::Engine as _;
+    let hash = ringpost::auth::hash("right").unwrap();
+    let users = format!("[[user]]\naddress = \"alice@example.test\"\npassword = \"{hash}\"\n");
+    let srv = Server::start(&users);
+    let auth = |pass: &str, want: &str| {
+        let mut c = srv.client();
+        hello(&mut c);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{pass}"));
+        c.cmd(&format!("AUTH PLAIN {b64}"), want);
+        c.cmd("QUIT", "221");
+    };
+    for _ in 0..3 {
+        auth("wrong", "535");
+    }
+    auth("right", "235");
+    srv.reload(&format!("[limits]\nauth_failures_per_ip = 2\n{users}"), false);
+    auth("wrong", "535");
+    auth("wrong", "535");
+    auth("right", "454");
+}

@@ -731,3 +731,49 @@ fn notifies_systemd_when_ready_reloading_and_stopping() {
     assert_eq!(next(), "STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+/// `[limits] auth_failures_per_ip`: after that many failed logins, the
+/// address gets 454 4.7.0 for AUTH, even with the right password; POP3
+/// logins from it get -ERR [AUTH]; counted in /metrics.
+#[test]
+fn failed_logins_throttle_the_address() {
+    let hash = ringpost::auth::hash("right").unwrap();
+    let srv = Server::start(&format!(
+        "[limits]\nauth_failures_per_ip = 3\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"pop3\"\n\
+         [relay]\nlocal_domains = [\"example.test\"]\n\
+         [[user]]\naddress = \"alice@example.test\"\npassword = \"{hash}\"\n"
+    ));
+    use base64::Engine as _;
+    let plain = |pass: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{pass}"))
+    };
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd(&format!("AUTH PLAIN {}", plain("right")), "235");
+    c.cmd("QUIT", "221");
+    for _ in 0..3 {
+        let mut c = srv.client();
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        c.cmd(&format!("AUTH PLAIN {}", plain("wrong")), "535");
+        c.cmd("QUIT", "221");
+    }
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.cmd(&format!("AUTH PLAIN {}", plain("right")), "454 4.7.0");
+    c.cmd("QUIT", "221");
+    // POP3 from the same address.
+    let mut p = common::Client::connect(srv.smtp[1]);
+    assert!(p.line().starts_with("+OK"));
+    p.send_str("USER alice@example.test\r\n");
+    assert!(p.line().starts_with("+OK"));
+    p.send_str("PASS right\r\n");
+    let reply = p.line();
+    assert!(reply.starts_with("-ERR [AUTH] too many failed logins"), "{reply}");
+    assert_eq!(srv.metric("ringpost_auth_throttled_total"), 2.0);
+    assert!(srv.stderr().contains("too many failed logins"), "{}", srv.stderr());
+}

@@ -52,6 +52,8 @@ pub enum LoginError {
     InUse,
     /// The maildrop could not be read (RFC 3206 `[SYS/TEMP]`).
     Unavailable,
+    /// The client address failed to log in too often (`[AUTH]`).
+    Throttled,
 }
 
 /// A message the shell should read: its index in the listing, and for TOP the
@@ -243,6 +245,10 @@ impl Session {
                 if self.auth_failures >= MAX_AUTH_FAILURES {
                     self.close();
                 }
+            }
+            Err(LoginError::Throttled) => {
+                self.err("[AUTH] too many failed logins from your address; try again later");
+                self.state = State::Authorization { user: None };
             }
             Err(LoginError::InUse) => {
                 self.err("[IN-USE] maildrop is locked by another session");

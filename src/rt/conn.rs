@@ -45,6 +45,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCt
         seen_stage: Stage::Running,
         charged: 0,
         eof: false,
+        peer: ip,
         listener,
         worker,
     };
@@ -61,6 +62,8 @@ struct Driver {
     charged: usize,
     /// The peer closed its side.
     eof: bool,
+    /// The client's address.
+    peer: std::net::IpAddr,
     listener: Arc<ListenerCtx>,
     worker: Rc<WorkerCtx>,
 }
@@ -221,6 +224,12 @@ impl Driver {
     }
 
     async fn authenticate(&mut self) {
+        let ip = self.peer;
+        if self.worker.auth_blocked(ip) {
+            tracing::warn!(client = %ip, "AUTH refused: too many failures from this address");
+            self.session.handle_auth_throttled(now());
+            return;
+        }
         let Some((user, pass)) = self.session.credentials() else { return };
         let hash = self.listener.session_config().policy.password_hash(user).map(str::to_owned);
         let pass = pass.to_owned();
@@ -228,6 +237,9 @@ impl Driver {
             .await
             .unwrap_or(false);
         inc(if ok { &self.worker.metrics.auth_successes } else { &self.worker.metrics.auth_failures });
+        if !ok {
+            self.worker.auth_failed(ip);
+        }
         self.session.handle_auth_result(ok, now());
     }
 

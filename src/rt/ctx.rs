@@ -113,6 +113,8 @@ pub struct Shared {
     pub suppression: Arc<dyn crate::suppress::Store>,
     /// The `X-Ringpost-Ref` key when `[feedback] secret` is not set.
     pub feedback_key: Vec<u8>,
+    /// Failed logins per client address (`[limits] auth_failures_per_ip`).
+    pub auth_failures: Arc<std::sync::Mutex<crate::policy::AuthFailures>>,
 }
 
 /// Per-worker state visible to its tasks.
@@ -125,6 +127,8 @@ pub struct WorkerCtx {
     pub memory: Arc<MemoryBudget>,
     pub owner: Rc<Owner>,
     pub dests: Rc<Destinations>,
+    /// Failed logins per client address, shared by all workers.
+    pub auth_failures: Arc<std::sync::Mutex<crate::policy::AuthFailures>>,
     /// Connections open on this worker.
     pub(super) live: Cell<usize>,
     /// The drain, waiting for the last connection to close.
@@ -138,6 +142,25 @@ impl std::fmt::Debug for WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// Whether logins from `ip` are refused now (counted when they are).
+    pub fn auth_blocked(&self, ip: std::net::IpAddr) -> bool {
+        let blocked =
+            self.auth_failures.lock().unwrap_or_else(|p| p.into_inner()).blocked(ip, super::clock::instant());
+        if blocked {
+            crate::metrics::inc(&self.metrics.auth_throttled);
+        }
+        blocked
+    }
+
+    /// Counts a failed login from `ip`; says so once it is refused.
+    pub fn auth_failed(&self, ip: std::net::IpAddr) {
+        let now_blocked =
+            self.auth_failures.lock().unwrap_or_else(|p| p.into_inner()).failed(ip, super::clock::instant());
+        if now_blocked {
+            tracing::warn!(client = %ip, "too many failed logins: this address is refused for up to 10 minutes");
+        }
+    }
+
     pub(super) fn opened(&self) {
         self.live.set(self.live.get() + 1);
     }

@@ -346,6 +346,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         events,
         suppression,
         feedback_key,
+        auth_failures: Arc::new(std::sync::Mutex::new(crate::policy::AuthFailures::new(
+            config.limits.auth_failures_per_ip as usize,
+        ))),
     });
     let serving = Arc::new(AtomicBool::new(false));
     let admin_addr = crate::admin::start(
@@ -500,6 +503,11 @@ impl Reload {
         // Reopens the events file even when unchanged (logrotate).
         self.shared.events.configure(new.event_settings());
         self.shared.limits.set(new.limits.connections, new.limits.connections_per_ip);
+        self.shared
+            .auth_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_limit(new.limits.auth_failures_per_ip as usize);
         self.shared.memory.set_max(usize::try_from(new.limits.message_memory).unwrap_or(usize::MAX));
         for inbox in &self.shared.inboxes {
             inbox.send(Control::Reloaded);

@@ -40,6 +40,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCt
         session: Session::new(config.hostname.as_str(), stls, tls, ip.is_loopback(), instant()),
         conn: Conn::new(transport, config.command_timeout),
         lock: None,
+        peer: ip,
         listener,
         worker,
     };
@@ -53,6 +54,8 @@ struct Driver {
     conn: Conn,
     /// Held from a successful login to the end of the session.
     lock: Option<Lock>,
+    /// The client's address (failed logins are counted per address).
+    peer: std::net::IpAddr,
     listener: Arc<ListenerCtx>,
     worker: Rc<WorkerCtx>,
 }
@@ -112,6 +115,12 @@ impl Driver {
     async fn login(&mut self) {
         let Some((user, pass)) = self.session.credentials() else { return };
         let (user, pass) = (user.to_owned(), pass.to_owned());
+        let ip = self.peer;
+        if self.worker.auth_blocked(ip) {
+            tracing::warn!(client = %ip, user = %user, "pop3 login refused: too many failures from this address");
+            self.session.handle_login(Err(LoginError::Throttled));
+            return;
+        }
         let config = self.listener.session_config();
         let hash = config.policy.password_hash(&user).map(str::to_owned);
         let dir = maildrop_dir(&self.listener.mail_dir(), &user);
@@ -119,6 +128,9 @@ impl Driver {
             .await
             .unwrap_or(false);
         inc(if ok { &self.worker.metrics.auth_successes } else { &self.worker.metrics.auth_failures });
+        if !ok {
+            self.worker.auth_failed(ip);
+        }
         let result = match (ok, dir) {
             (false, _) | (true, None) => Err(LoginError::Credentials),
             (true, Some(dir)) => match Lock::acquire(&dir) {

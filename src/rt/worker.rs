@@ -147,6 +147,7 @@ async fn serve(setup: WorkerSetup) {
         signal: LocalSignal::default(),
         metrics: shared.metrics.clone(),
         memory: shared.memory.clone(),
+        auth_failures: shared.auth_failures.clone(),
         owner: owner.clone(),
         dests: dests.clone(),
         live: Cell::new(0),

@@ -130,6 +130,8 @@ pub mod canned {
         Reply::new(550, S(5, 5, 2), "Message contains bare CR or LF; lines must end with <CR><LF>");
     pub const TOO_MANY_HOPS: Reply = Reply::new(554, S(5, 4, 6), "Too many hops (mail loop?)");
     pub const RELAY_DENIED: Reply = Reply::new(554, S(5, 7, 1), "Relay access denied");
+    pub const AUTH_THROTTLED: Reply =
+        Reply::new(454, S(4, 7, 0), "Too many failed logins from your address; try again later");
     pub const SUPPRESSED: Reply =
         Reply::new(550, S(5, 7, 1), "Recipient address rejected: on the suppression list");
     pub const UNKNOWN_USER: Reply = Reply::new(550, S(5, 1, 1), "Recipient address rejected: user unknown");

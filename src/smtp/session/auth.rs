@@ -129,6 +129,16 @@ impl Session {
         }
     }
 
+    /// The shell's answer to [`Event::Authenticate`] when the client
+    /// address failed too often: `454 4.7.0`, whatever the credentials.
+    pub fn handle_auth_throttled(&mut self, now: Now) {
+        self.credentials = None;
+        self.error(&canned::AUTH_THROTTLED);
+        if matches!(self.phase, Phase::Blocked(_)) {
+            self.await_command(now);
+        }
+    }
+
     /// The authenticated user, if any.
     pub fn auth_user(&self) -> Option<&str> {
         self.auth_user.as_deref()
