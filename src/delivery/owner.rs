@@ -34,6 +34,9 @@ use crate::spool::record::{bounded_text, ProgressRecord, MAX_LAST_ERROR};
 use crate::spool::Spool;
 use crate::suppress::{Reason, Store};
 
+/// Unusable feedback reports kept for inspection, at most.
+const MAX_REJECTED_REPORTS: usize = 1000;
+
 /// Planner tasks per worker (each resolves one message's next hops at a time).
 const PLANNERS: usize = 64;
 /// Attempts in flight per worker before planning pauses.
@@ -547,8 +550,18 @@ impl Owner {
         let read = monoio::spawn_blocking(move || match crate::feedback::read_complaint(&feedback, &body) {
             Ok(c) => Ok(c),
             Err(why) => {
+                // Anyone can mail the feedback address: what is kept aside
+                // is bounded, so junk cannot fill the spool's disk.
                 let path = reject_dir.join(format!("{id}.eml"));
-                let kept = std::fs::create_dir_all(&reject_dir).and_then(|()| std::fs::write(&path, &body));
+                let full = std::fs::read_dir(&reject_dir).is_ok_and(|rd| rd.count() >= MAX_REJECTED_REPORTS);
+                let kept = if full {
+                    Err(std::io::Error::other(format!(
+                        "{} holds {MAX_REJECTED_REPORTS} reports already",
+                        reject_dir.display()
+                    )))
+                } else {
+                    std::fs::create_dir_all(&reject_dir).and_then(|()| std::fs::write(&path, &body))
+                };
                 Err((why, kept.map(|()| path)))
             }
         })
