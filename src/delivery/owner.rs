@@ -549,21 +549,7 @@ impl Owner {
         let reject_dir = dir.join("feedback-rejected");
         let read = monoio::spawn_blocking(move || match crate::feedback::read_complaint(&feedback, &body) {
             Ok(c) => Ok(c),
-            Err(why) => {
-                // Anyone can mail the feedback address: what is kept aside
-                // is bounded, so junk cannot fill the spool's disk.
-                let path = reject_dir.join(format!("{id}.eml"));
-                let full = std::fs::read_dir(&reject_dir).is_ok_and(|rd| rd.count() >= MAX_REJECTED_REPORTS);
-                let kept = if full {
-                    Err(std::io::Error::other(format!(
-                        "{} holds {MAX_REJECTED_REPORTS} reports already",
-                        reject_dir.display()
-                    )))
-                } else {
-                    std::fs::create_dir_all(&reject_dir).and_then(|()| std::fs::write(&path, &body))
-                };
-                Err((why, kept.map(|()| path)))
-            }
+            Err(why) => Err((why, keep_rejected(&reject_dir, id, &body, MAX_REJECTED_REPORTS))),
         })
         .await;
         let text = match read {
@@ -829,6 +815,24 @@ impl Owner {
     }
 }
 
+/// Keeps an unusable feedback report in `dir` for inspection: at most
+/// `max` files there (anyone can mail the feedback address: junk must not
+/// fill the spool's disk). Blocking; the path kept, or why not.
+fn keep_rejected(
+    dir: &std::path::Path,
+    id: QueueId,
+    body: &[u8],
+    max: usize,
+) -> std::io::Result<std::path::PathBuf> {
+    if std::fs::read_dir(dir).is_ok_and(|rd| rd.count() >= max) {
+        return Err(std::io::Error::other(format!("{} holds {max} reports already", dir.display())));
+    }
+    let path = dir.join(format!("{id}.eml"));
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&path, body)?;
+    Ok(path)
+}
+
 /// One event per outcome of an attempt.
 fn outcome_events(a: &Attempt, at_ms: u64) -> Vec<Event> {
     let attempt = a.attempts_before + 1;
@@ -884,5 +888,23 @@ pub fn feedback_event(r: &crate::feedback::token::Ref, feedback_type: &str, send
         peer: None,
         feedback_type: Some(feedback_type.to_owned()),
         reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests fail loudly
+    use super::*;
+
+    #[test]
+    fn rejected_reports_kept_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("feedback-rejected");
+        let a = keep_rejected(&dir, QueueId(1), b"one", 2).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        keep_rejected(&dir, QueueId(2), b"two", 2).unwrap();
+        let e = keep_rejected(&dir, QueueId(3), b"three", 2).unwrap_err();
+        assert!(e.to_string().contains("holds 2 reports"), "{e}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
     }
 }
