@@ -222,6 +222,9 @@ fn webhook_down_then_up_across_kill9_gets_every_event_in_order() {
         "ringpost_webhook_failures_total"
     ) > 0.0));
     assert!(metric_with_prefix(&srv, "ringpost_webhook_backlog_bytes") > 0.0);
+    // Every delivery recorded (otherwise the kill may deliver one again:
+    // at least once, allowed, but not what this test counts).
+    assert!(wait_until(Duration::from_secs(10), || srv.queued_messages() == 0));
     srv.kill9();
 
     let srv = Server::start_in(&dir, &extra);
