@@ -178,26 +178,10 @@ fn strangers_are_not_signed_authenticated_users_are() {
     let local = std::fs::read_to_string(file).unwrap();
     assert!(!local.to_ascii_lowercase().contains("dkim-signature"), "{local}");
 
-    let addr = srv.addr().to_string();
     let body = format!("From: alice@example.com\r\n{BODY}");
     let body_file = dir.join("swaks.eml");
     std::fs::write(&body_file, &body).unwrap();
-    run(Command::new("swaks").args([
-        "--server",
-        &addr,
-        "--from",
-        "alice@example.com",
-        "--to",
-        "friend@y.test",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "alice@example.com",
-        "--auth-password",
-        "secret",
-        "--data",
-        body_file.to_str().unwrap(),
-    ]));
+    common::swaks_auth(srv.addr(), "alice@example.com", "secret", "friend@y.test", &body_file);
     let got = rx.wait_for(1, Duration::from_secs(20));
     assert_eq!(got.len(), 1);
     assert_eq!(

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, run, run_briefly, wait_until, Receiver, Server, BIN};
+use common::{free_port, run_briefly, wait_until, Receiver, Server, BIN};
 
 const SOURCES: &str = "[[source]]\nname = \"ip2\"\naddress = \"127.0.0.2\"\nehlo = \"mta2.example.com\"\n\
 [[source]]\nname = \"ip3\"\naddress = \"127.0.0.3\"\nehlo = \"mta3.example.com\"\n\
@@ -97,24 +97,8 @@ fn user_tenants_and_tenants_survive_a_restart() {
     let data = dir.join("m.eml");
     std::fs::write(&data, "From: alice@example.com\r\nX-Tenant: other\r\nSubject: s\r\n\r\nbody\r\n")
         .unwrap();
-    let addr = srv.addr().to_string();
     for _ in 0..2 {
-        run(Command::new("swaks").args([
-            "--server",
-            &addr,
-            "--from",
-            "alice@example.com",
-            "--to",
-            "r@y.test",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "alice@example.com",
-            "--auth-password",
-            "secret",
-            "--data",
-            data.to_str().unwrap(),
-        ]));
+        common::swaks_auth(srv.addr(), "alice@example.com", "secret", "r@y.test", &data);
     }
     assert_eq!(srv.queued_messages(), 2);
     assert_eq!(srv.stop().code(), Some(0));

@@ -567,3 +567,23 @@ pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
         .collect()
 }
+
+/// swaks submits the file `data` to `server` as an AUTH PLAIN user.
+pub fn swaks_auth(server: SocketAddr, user: &str, password: &str, to: &str, data: &Path) -> String {
+    run(Command::new("swaks").args([
+        "--server",
+        &server.to_string(),
+        "--from",
+        user,
+        "--to",
+        to,
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+        "--data",
+        data.to_str().expect("utf-8 path"),
+    ]))
+}
