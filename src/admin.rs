@@ -622,6 +622,18 @@ impl Admin {
         );
         for (name, help, v) in [
             ("ringpost_unsubscribes_total", "One-click unsubscribes carried out", &m.unsubscribes),
+            ("ringpost_inject_requests_total", "Injection API requests answered 200", &m.inject_requests),
+            (
+                "ringpost_inject_refused_total",
+                "Injection API requests refused (400, 401, 413, 503)",
+                &m.inject_refused,
+            ),
+            ("ringpost_injected_total", "Messages queued through the injection API", &m.injected),
+            (
+                "ringpost_inject_failed_recipients_total",
+                "Injection API recipients that got no message",
+                &m.inject_failed_recipients,
+            ),
             (
                 "ringpost_events_write_failures_total",
                 "Failed writes of the events file or journal",

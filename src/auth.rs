@@ -60,6 +60,63 @@ pub fn verify(hash: Option<&str>, password: &str) -> bool {
     ok && known
 }
 
+/// One bearer token of the injection API (`[[http_token]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub name: String,
+    /// argon2 PHC hash of the token.
+    pub hash: String,
+    /// The tenant all its mail belongs to.
+    pub tenant: Option<String>,
+}
+
+/// The injection API's tokens, and which presented tokens have matched one
+/// (by SHA-256): an argon2 check costs tens of milliseconds, so it runs once
+/// per token, and later requests cost a hash lookup.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    tokens: Vec<Token>,
+    known: std::sync::Mutex<std::collections::HashMap<[u8; 32], usize>>,
+}
+
+/// Most distinct good tokens remembered (past it, the memory starts over).
+const KNOWN_MAX: usize = 256;
+
+impl Tokens {
+    pub fn new(tokens: Vec<Token>) -> Tokens {
+        Tokens { tokens, known: Default::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut out = [0; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    /// The token `presented` is, if it matched before: cheap.
+    pub fn known(&self, presented: &str) -> Option<&Token> {
+        let i = *self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&Self::digest(presented))?;
+        self.tokens.get(i)
+    }
+
+    /// Checks `presented` against every hash (argon2: call it off the
+    /// worker) and remembers a match.
+    pub fn verify(&self, presented: &str) -> Option<&Token> {
+        let i = self.tokens.iter().position(|t| verify(Some(&t.hash), presented))?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= KNOWN_MAX {
+            known.clear();
+        }
+        known.insert(Self::digest(presented), i);
+        self.tokens.get(i)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +130,19 @@ mod tests {
         assert!(!verify(None, "anything"));
         assert!(!verify(Some("not a hash"), "x"));
         assert!(PasswordHash::new(DUMMY).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_checked_once() {
+        let t =
+            |name: &str, secret: &str| Token { name: name.into(), hash: hash(secret).unwrap(), tenant: None };
+        let tokens = Tokens::new(vec![t("a", "one"), t("b", "two")]);
+        assert_eq!(tokens.known("two"), None);
+        assert_eq!(tokens.verify("two").unwrap().name, "b");
+        assert_eq!(tokens.known("two").unwrap().name, "b");
+        assert_eq!(tokens.verify("three"), None);
+        assert_eq!(tokens.known("three"), None);
+        assert_eq!(tokens.known("one"), None);
+        assert!(Tokens::default().is_empty());
     }
 }

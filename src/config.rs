@@ -93,6 +93,23 @@ pub struct Config {
     /// One-click unsubscribe for tenant mail.
     #[serde(default)]
     pub unsubscribe: Option<UnsubscribeConfig>,
+    /// Bearer tokens of the injection API (`kind = "http"` listeners).
+    #[serde(default, rename = "http_token")]
+    pub http_tokens: Vec<Spanned<HttpTokenConfig>>,
+}
+
+/// One `[[http_token]]`: a bearer token of the injection API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTokenConfig {
+    /// Who holds it (logs, the Received header).
+    pub name: String,
+    /// argon2 PHC string of the token (`ringpost hash-password`).
+    pub hash: String,
+    /// The tenant every message injected with this token belongs to; a
+    /// request naming another is refused.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// `[feedback]`.
@@ -310,6 +327,8 @@ pub struct LimitsConfig {
     /// Failed logins (SMTP AUTH, POP3) per client address within 10
     /// minutes after which that address is refused; 0 = no limit.
     pub auth_failures_per_ip: u32,
+    /// Bytes of one injection API request body.
+    pub inject_size: u64,
 }
 
 impl Default for LimitsConfig {
@@ -326,6 +345,7 @@ impl Default for LimitsConfig {
             shutdown_grace: Duration::from_secs(10),
             message_memory: 1 << 30,
             auth_failures_per_ip: 0,
+            inject_size: 64 << 20,
         }
     }
 }
@@ -804,6 +824,23 @@ impl Config {
                 ));
             }
         }
+        for (i, t) in self.http_tokens.iter().enumerate() {
+            let token = t.get_ref();
+            if argon2::PasswordHash::new(&token.hash).is_err() {
+                let msg = "must be a PHC hash string (see `ringpost hash-password`), never the token itself";
+                return Err(at(t.span(), &format!("http_token[{i}].hash"), msg));
+            }
+            if token.name.is_empty() || !token.name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(at(
+                    t.span(),
+                    &format!("http_token[{i}].name"),
+                    "must be printable ASCII without spaces",
+                ));
+            }
+            if self.http_tokens[..i].iter().any(|o| o.get_ref().name == token.name) {
+                return Err(at(t.span(), &format!("http_token[{i}].name"), "a second token with this name"));
+            }
+        }
         if let Some(t) = &self.admin.token {
             if argon2::PasswordHash::new(t).is_err() {
                 let msg = "must be a PHC hash string (see `ringpost hash-password`), never the token itself";
@@ -1032,6 +1069,7 @@ impl Config {
         int("limits", "errors", u64::from(l.errors), 1, 10_000)?;
         int("limits", "message_memory", l.message_memory, 1, 1 << 40)?;
         int("limits", "auth_failures_per_ip", u64::from(l.auth_failures_per_ip), 0, 1_000_000)?;
+        int("limits", "inject_size", l.inject_size, 1 << 10, 1 << 30)?;
         dur("limits", "command_timeout", l.command_timeout, MS, DAY)?;
         dur("limits", "data_timeout", l.data_timeout, MS, DAY)?;
         dur("limits", "shutdown_grace", l.shutdown_grace, Duration::ZERO, HOUR)?;

@@ -102,6 +102,12 @@ pub fn take_tenant_fields(message: &[u8]) -> Option<(Option<String>, Option<Stri
     Some((tenant, campaign, without(message, &fields, ours)))
 }
 
+/// Whether `v` may be a tenant or campaign name: 1 to [`MAX_NAME`]
+/// printable ASCII characters.
+pub fn is_name(v: &str) -> bool {
+    !v.is_empty() && v.len() <= MAX_NAME && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 /// A field value as a name: unfolded, trimmed, printable ASCII.
 fn name_value(value: &[u8]) -> Option<String> {
     let unfolded: Vec<u8> = value.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();

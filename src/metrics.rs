@@ -61,6 +61,14 @@ pub struct Metrics {
     pub feedback_rejected: AtomicU64,
     /// One-click unsubscribes carried out.
     pub unsubscribes: AtomicU64,
+    /// Injection API requests answered 200.
+    pub inject_requests: AtomicU64,
+    /// Injection API requests refused (400, 401, 413, 503).
+    pub inject_refused: AtomicU64,
+    /// Messages queued through the injection API.
+    pub injected: AtomicU64,
+    /// Injection API recipients that got no message.
+    pub inject_failed_recipients: AtomicU64,
     /// Tenants held by `scope = "tenant"` shaping automation.
     pub tenant_holds: crate::delivery::shaping::TenantHolds,
 }

@@ -286,3 +286,48 @@ fn unsubscribe_headers_are_added_before_signing() {
     let names: Vec<&str> = h.split(':').collect();
     assert!(names.contains(&"list-unsubscribe") && names.contains(&"list-unsubscribe-post"), "{h}");
 }
+
+#[test]
+fn injected_mail_is_signed() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let rsa = make_key(&dir, "rsa", "rsa-pkcs8");
+    let ed = make_key(&dir, "ed", "ed25519");
+    let port = free_port();
+    let http = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let extra = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n\
+         [[listener]]\naddress = \"127.0.0.1:{http}\"\nkind = \"http\"\n\
+         [[http_token]]\nname = \"app\"\nhash = \"{}\"\n{}{}",
+        common::hash_password("tok"),
+        dkim_entry("example.com", "r", &rsa),
+        dkim_entry("example.com", "e", &ed)
+    );
+    let srv = Server::start_in(&dir, &routed(port, &extra));
+    let request = serde_json::json!({
+        "envelope_sender": "bounces@example.com",
+        "content": {"from": {"email": "news@example.com", "name": "Caf\u{e9} News"},
+                    "subject": "Bonjour {{ name }}", "text_body": "Hello {{ name }}\n",
+                    "html_body": "<p>{{ name }}</p>"},
+        "recipients": [{"email": "a@y.test", "substitutions": {"name": "Ann"}},
+                       {"email": "b@y.test", "substitutions": {"name": "Zo\u{eb}"}}]
+    });
+    let file = dir.join("inject.json");
+    std::fs::write(&file, request.to_string()).unwrap();
+    let out = run(Command::new("python3")
+        .arg(test_file("peers/inject.py"))
+        .args(["127.0.0.1", &http.to_string(), "tok"])
+        .arg(&file));
+    assert!(out.starts_with("200 ") && out.contains("\"success_count\":2"), "{out}");
+    let got = rx.wait_for(2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2);
+    let records = [("r._domainkey.example.com", &rsa), ("e._domainkey.example.com", &ed)];
+    for m in &got {
+        assert_eq!(
+            verify(&dir, m, &records),
+            ["pass d=example.com s=r a=rsa-sha256", "pass d=example.com s=e a=ed25519-sha256"],
+            "{m}"
+        );
+    }
+    drop(srv);
+}

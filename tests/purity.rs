@@ -17,6 +17,7 @@ const PURE: &[&str] = &[
     "src/events/mod.rs",
     "src/suppress/mod.rs",
     "src/feedback",
+    "src/inject",
     "src/delivery/egress.rs",
     "src/delivery/shaping.rs",
     "src/dkim",

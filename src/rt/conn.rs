@@ -286,6 +286,44 @@ async fn sign(dkim: &Arc<Signers>, ours: bool, body: &[u8]) -> Result<Vec<u8>, S
     monoio::spawn_blocking(move || sign_all(&signers, &body, at)).await.unwrap_or(Err(SignError))
 }
 
+/// The DKIM-Signature fields of each of our messages (as [`sign`] makes
+/// them), for a batch (the injection API): signed on the worker when every
+/// signature is cheap, else all on one blocking-pool task. The messages
+/// come back in order beside their signatures (none at all if the
+/// blocking task died).
+pub(super) async fn sign_each<T: Send + 'static>(
+    dkim: &Arc<Signers>,
+    messages: Vec<(T, Vec<u8>)>,
+) -> (Vec<(T, Vec<u8>)>, Vec<Result<Vec<u8>, SignError>>) {
+    fn all(dkim: &Signers, messages: &[(impl Sized, Vec<u8>)], at: u64) -> Vec<Result<Vec<u8>, SignError>> {
+        messages.iter().map(|(_, body)| sign_all(dkim.for_message(body), body, at)).collect()
+    }
+    if dkim.is_empty() {
+        let none = messages.iter().map(|_| Ok(Vec::new())).collect();
+        return (messages, none);
+    }
+    let at = unix_secs();
+    let cheap = messages.iter().all(|(_, body)| {
+        let signers = dkim.for_message(body);
+        signers.is_empty()
+            || (body.len() <= INLINE_SIGN_MAX
+                && signers.iter().all(|s| s.key.algorithm() == Algorithm::Ed25519Sha256))
+    });
+    if cheap {
+        let sigs = all(dkim, &messages, at);
+        return (messages, sigs);
+    }
+    let dkim = dkim.clone();
+    let done = monoio::spawn_blocking(move || {
+        let sigs = all(&dkim, &messages, at);
+        (messages, sigs)
+    })
+    .await;
+    // The blocking task died: the messages went with it (the caller
+    // answers their recipients as failed; nothing was stored).
+    done.unwrap_or_default()
+}
+
 /// Largest message signed on the worker itself (Ed25519 only).
 const INLINE_SIGN_MAX: usize = 16 << 10;
 
@@ -298,7 +336,7 @@ fn sign_all(signers: &[Arc<Signer>], body: &[u8], at: u64) -> Result<Vec<u8>, Si
 }
 
 /// The `Suppressed` event of a recipient refused at RCPT (no queue id yet).
-fn suppressed_event(s: crate::smtp::session::SuppressedRcpt) -> events::Event {
+pub(super) fn suppressed_event(s: crate::smtp::session::SuppressedRcpt) -> events::Event {
     events::Event {
         kind: EventType::Suppressed,
         id: None,

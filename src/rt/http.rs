@@ -1,8 +1,11 @@
 //! Serves one connection of a `kind = "http"` listener: HTTP/1.1 with
 //! keep-alive, request heads parsed by `httparse`, bodies by
-//! `Content-Length` only and bounded. What to answer is decided by the pure
-//! cores (today `feedback::unsubscribe`); this file reads, applies what they
-//! decide (a suppression, an event) and writes.
+//! `Content-Length` only and bounded (`[limits] inject_size` for the
+//! injection API, [`MAX_BODY`] otherwise, and charged to the message memory
+//! budget while held). What to answer is decided by the pure cores
+//! (`inject`, `feedback::unsubscribe`); this file reads, hands injection
+//! requests to `rt::inject`, applies what the unsubscribe core decides (a
+//! suppression, an event) and writes.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -14,20 +17,24 @@ use monoio::net::TcpStream;
 
 use super::clock::{instant, unix_secs};
 use super::ctx::{ListenerCtx, WorkerCtx};
+use super::inject;
 use super::stage::Stage;
 use super::transport::{ReadOutcome, Transport};
 use crate::feedback::unsubscribe::{self, Answer, Request};
+use crate::metrics::inc;
 use crate::suppress::Reason;
 
 /// Largest request head.
 const MAX_HEAD: usize = 16 << 10;
-/// Largest request body.
+/// Largest request body, but for the injection API.
 pub const MAX_BODY: usize = 64 << 10;
+/// The injection API's path.
+const INJECT: &str = "/api/inject/v1";
 /// Requests served on one connection before it is closed.
 const MAX_REQUESTS: usize = 1000;
 
 /// Serves one accepted connection to the end.
-pub async fn serve(stream: TcpStream, _peer: SocketAddr, listener: Arc<ListenerCtx>, worker: Rc<WorkerCtx>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCtx>, worker: Rc<WorkerCtx>) {
     let _ = stream.set_nodelay(true);
     let timeout = listener.session_config().command_timeout;
     let mut transport = Transport::Plain(stream);
@@ -39,26 +46,44 @@ pub async fn serve(stream: TcpStream, _peer: SocketAddr, listener: Arc<ListenerC
     }
     let mut buf = Vec::with_capacity(4096);
     for _ in 0..MAX_REQUESTS {
-        let Some(req) = read_request(&mut transport, &mut buf, timeout, &worker).await else { break };
+        let inject_size = usize::try_from(listener.live.get().inject_size).unwrap_or(usize::MAX);
+        let Some(req) = read_request(&mut transport, &mut buf, timeout, &worker, inject_size).await else {
+            break;
+        };
         let mut head_only = false;
         let (answer, close) = match req {
             Ok(r) => {
                 head_only = r.method == "HEAD";
-                let snapshot = listener.live.get();
-                let answer = unsubscribe::handle(
-                    snapshot.unsubscribe.as_deref(),
-                    Request {
-                        method: &r.method,
-                        target: &r.target,
-                        body: &buf[r.head_len..r.head_len + r.body_len],
-                    },
-                );
+                let body = &buf[r.head_len..r.head_len + r.body_len];
+                let path = r.target.split('?').next().unwrap_or("");
+                let answer = if path == INJECT && r.method == "POST" {
+                    let req = inject::Request {
+                        authorization: r.authorization.as_deref(),
+                        body,
+                        peer: crate::policy::canonical(peer.ip()),
+                        tls: listener.implicit_tls,
+                    };
+                    inject::handle(req, &listener, &worker).await
+                } else if path == INJECT {
+                    inject::text(405, "use POST")
+                } else {
+                    let snapshot = listener.live.get();
+                    let answer = unsubscribe::handle(
+                        snapshot.unsubscribe.as_deref(),
+                        Request { method: &r.method, target: &r.target, body },
+                    );
+                    apply(answer, &worker).await
+                };
                 buf.drain(..r.head_len + r.body_len);
+                worker.memory.release(r.charged);
+                // Give back a large body's buffer.
+                if buf.capacity() > MAX_HEAD + MAX_BODY {
+                    buf.shrink_to(MAX_HEAD);
+                }
                 (answer, r.close)
             }
             Err(a) => (a, true),
         };
-        let answer = apply(answer, &worker).await;
         let draining = worker.signal.stage() > Stage::Running;
         let close = close || draining;
         let mut out = response(&answer, close);
@@ -81,6 +106,9 @@ struct Head {
     body_len: usize,
     /// `Connection: close` or HTTP/1.0.
     close: bool,
+    authorization: Option<String>,
+    /// Bytes of the memory budget the body holds.
+    charged: usize,
 }
 
 /// The next request (its body in `buf` after the head), an error answer to
@@ -91,6 +119,7 @@ async fn read_request(
     buf: &mut Vec<u8>,
     timeout: Duration,
     worker: &WorkerCtx,
+    inject_size: usize,
 ) -> Option<Result<Head, Answer>> {
     let deadline = instant() + timeout;
     let head = loop {
@@ -108,20 +137,39 @@ async fn read_request(
                 if header("Transfer-Encoding").is_some() {
                     return Some(Err(text(411, "send the body with Content-Length")));
                 }
+                let target = req.path.unwrap_or("/");
+                let limit = if target.split('?').next() == Some(INJECT) { inject_size } else { MAX_BODY };
                 let body_len = match header("Content-Length").map(str::parse::<usize>) {
                     None => 0,
-                    Some(Ok(len)) if len <= MAX_BODY => len,
-                    Some(Ok(_)) => return Some(Err(text(413, "request body too large"))),
+                    Some(Ok(len)) if len <= limit => len,
+                    Some(Ok(_)) => {
+                        if limit == inject_size {
+                            inc(&worker.metrics.inject_refused);
+                        }
+                        return Some(Err(text(
+                            413,
+                            &format!("request body too large (at most {limit} bytes)"),
+                        )));
+                    }
                     Some(Err(_)) => return Some(Err(text(400, "bad Content-Length"))),
                 };
+                // A large body is held in memory: charged to the budget SMTP
+                // content shares, or refused for now.
+                let charged = if body_len > MAX_BODY { body_len } else { 0 };
+                if charged > 0 && !worker.memory.try_charge(charged) {
+                    tracing::warn!("message memory budget spent; an injection request gets 503");
+                    return Some(Err(text(503, "server busy, try again")));
+                }
                 let close = req.version == Some(0)
                     || header("Connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
                 break Head {
                     method: req.method.unwrap_or("").to_owned(),
-                    target: req.path.unwrap_or("/").to_owned(),
+                    target: target.to_owned(),
                     head_len: n,
                     body_len,
                     close,
+                    authorization: header("Authorization").map(str::to_owned),
+                    charged,
                 };
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
@@ -134,8 +182,10 @@ async fn read_request(
             return None;
         }
     };
+    buf.reserve((head.head_len + head.body_len).saturating_sub(buf.len()));
     while buf.len() < head.head_len + head.body_len {
         if !fill(transport, buf, deadline, worker, false).await {
+            worker.memory.release(head.charged);
             return None;
         }
     }
@@ -195,15 +245,18 @@ fn response(a: &Answer, close: bool) -> Vec<u8> {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        401 => "Unauthorized",
         411 => "Length Required",
         413 => "Payload Too Large",
+        503 => "Service Unavailable",
         431 => "Request Header Fields Too Large",
         _ => "Error",
     };
     let connection = if close { "close" } else { "keep-alive" };
+    let challenge = if a.status == 401 { "WWW-Authenticate: Bearer realm=\"ringpost\"\r\n" } else { "" };
     format!(
         "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\
-         Cache-Control: no-store\r\n\r\n{}",
+         {challenge}Cache-Control: no-store\r\n\r\n{}",
         a.status,
         a.content_type,
         a.body.len(),

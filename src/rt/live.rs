@@ -24,6 +24,10 @@ pub struct Snapshot {
     pub dkim: Arc<Signers>,
     /// `[unsubscribe]`: one-click unsubscribe URLs and their key.
     pub unsubscribe: Option<Arc<crate::feedback::unsubscribe::Unsubscribe>>,
+    /// `[[http_token]]`: the injection API's bearer tokens.
+    pub http_tokens: Arc<crate::auth::Tokens>,
+    /// `[limits] inject_size`: bytes of one injection request body.
+    pub inject_size: u64,
 }
 
 /// The current snapshot, shared by every thread.

@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod driver;
 pub mod http;
 pub mod inbox;
+pub mod inject;
 pub mod limits;
 pub mod live;
 pub mod pop3;
@@ -129,6 +130,15 @@ pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::Del
             },
         )),
     }
+}
+
+/// The injection API's tokens.
+fn http_tokens(config: &Config) -> Arc<crate::auth::Tokens> {
+    let tokens = config.http_tokens.iter().map(|t| {
+        let t = t.get_ref();
+        crate::auth::Token { name: t.name.clone(), hash: t.hash.clone(), tenant: t.tenant.clone() }
+    });
+    Arc::new(crate::auth::Tokens::new(tokens.collect()))
 }
 
 fn unsubscribe(config: &Config) -> Option<Arc<crate::feedback::unsubscribe::Unsubscribe>> {
@@ -297,6 +307,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         delivery: Arc::new(delivery),
         dkim,
         unsubscribe: unsubscribe(&config),
+        http_tokens: http_tokens(&config),
+        inject_size: config.limits.inject_size,
     });
     let mut bound = Vec::new();
     let mut ctxs = Vec::new();
@@ -499,6 +511,8 @@ impl Reload {
             delivery: Arc::new(delivery),
             dkim,
             unsubscribe: unsubscribe(&new),
+            http_tokens: http_tokens(&new),
+            inject_size: new.limits.inject_size,
         });
         // Reopens the events file even when unchanged (logrotate).
         self.shared.events.configure(new.event_settings());

@@ -390,6 +390,21 @@ pub fn test_file(rel: &str) -> PathBuf {
 
 /// A TCP port free on 127.0.0.1 now (the same number is then used on other
 /// 127.x addresses, and by dnsmasq for UDP and TCP).
+/// `ringpost hash-password` of `secret`.
+pub fn hash_password(secret: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{secret}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 pub fn free_port() -> u16 {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
