@@ -4,6 +4,7 @@
 
 mod blast;
 mod compare;
+mod inject;
 mod sink;
 
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Send messages to an SMTP server over many connections.
     Blast(blast::Args),
+    /// POST injection API requests with many personalised recipients each.
+    Inject(inject::Args),
     /// The same load against several servers, interleaved, with ratios and a chart.
     Compare(compare::Args),
     /// Receive messages and count them (and their end-to-end latency).
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Blast(args) => blast::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Inject(args) => inject::run(&args),
         Command::Sink { listen, json, expect, timeout, count_file } => {
             sink::run(listen, json, expect, timeout, count_file)
         }
