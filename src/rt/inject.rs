@@ -4,27 +4,26 @@
 //! every message it counts is durable (the spool's group commit), so a
 //! `success_count` means what SMTP's `250` means.
 //!
-//! Recipients are handled in chunks ([`CHUNK`] messages): a chunk is
-//! rendered and signed, handed to the spool, and the previous chunk's
-//! commit is awaited before the next one is rendered, so rendering and the
-//! disk overlap and a request holds at most two chunks of messages in
-//! memory (charged to `[limits] message_memory`).
+//! Recipients are handled in chunks ([`CHUNK`] messages, a
+//! `store::Batch` each): a chunk is rendered and signed, handed to the
+//! spool, and the previous chunk's commit is awaited before the next one is
+//! rendered, so rendering and the disk overlap and a request holds at most
+//! two chunks of messages in memory (charged to `[limits] message_memory`).
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::clock::{instant, unix_millis, unix_secs};
-use super::conn::{sign_each, suppressed_event};
+use super::clock::{instant, unix_secs};
+use super::conn::suppressed_event;
 use super::ctx::{ListenerCtx, WorkerCtx};
+use super::store::Batch;
 use crate::auth::Token;
 use crate::envelope::{BodyType, Envelope, Notify, Recipient};
-use crate::events::{self, EventType};
 use crate::feedback::unsubscribe::Answer;
 use crate::inject::{self, Stamp};
 use crate::metrics::inc;
 use crate::policy::RcptVerdict;
-use crate::spool::{AppendError, Ticket};
 
 /// Messages rendered, signed and spooled together.
 const CHUNK: usize = 256;
@@ -64,9 +63,9 @@ async fn run(req: Request<'_>, listener: &ListenerCtx, worker: &WorkerCtx) -> An
     let session = listener.session_config();
     let hostname = session.hostname.as_str();
     let mut out = inject::Answer::default();
-    let mut previous: Option<Chunk> = None;
+    let mut previous: Option<Batch<String>> = None;
     for recipients in parsed.recipients.chunks(CHUNK) {
-        let mut chunk = Chunk::default();
+        let mut chunk = Batch::default();
         let mut suppressed = Vec::new();
         let unix = unix_secs();
         for r in recipients {
@@ -131,19 +130,19 @@ async fn run(req: Request<'_>, listener: &ListenerCtx, worker: &WorkerCtx) -> An
                 }
                 None => body,
             };
-            chunk.messages.push((envelope, body));
+            chunk.push(r.email.clone(), envelope, body);
         }
         if !suppressed.is_empty() {
             worker.owner.events().emit(suppressed);
         }
-        chunk.spool(&snapshot.dkim, worker, &mut out).await;
+        chunk.spool(&snapshot.dkim, worker, |rcpt, why| out.fail(&rcpt, why)).await;
         if let Some(p) = previous.take() {
-            p.settle(worker, &mut out).await;
+            p.settle(worker, |rcpt, r| settled(&mut out, &rcpt, r)).await;
         }
         previous = Some(chunk);
     }
     if let Some(p) = previous {
-        p.settle(worker, &mut out).await;
+        p.settle(worker, |rcpt, r| settled(&mut out, &rcpt, r)).await;
     }
     let m = &worker.metrics;
     m.injected.fetch_add(out.success_count as u64, Ordering::Relaxed);
@@ -187,88 +186,10 @@ async fn authorize(
     found
 }
 
-/// Messages on their way into the spool.
-#[derive(Default)]
-struct Chunk {
-    messages: Vec<(Envelope, Vec<u8>)>,
-    /// Spooled: the envelope, its size and the commit's ticket.
-    tickets: Vec<(Envelope, u64, Ticket)>,
-    /// Bytes of the memory budget held until the commit.
-    charged: usize,
-}
-
-impl Chunk {
-    /// Signs the messages and hands them to the spool (no waiting for the
-    /// disk). Messages that cannot be are counted as failed.
-    async fn spool(
-        &mut self,
-        dkim: &Arc<crate::dkim::Signers>,
-        worker: &WorkerCtx,
-        out: &mut inject::Answer,
-    ) {
-        let messages = std::mem::take(&mut self.messages);
-        // The content, its signatures and the spool's copy.
-        let bytes: usize = messages.iter().map(|(_, b)| 2 * b.len() + 1024).sum();
-        if !worker.memory.try_charge(bytes) {
-            tracing::warn!("message memory budget spent; injection recipients refused");
-            for (env, _) in &messages {
-                out.fail(&env.recipients[0].address.to_string(), "server busy, try again (memory)");
-            }
-            return;
-        }
-        self.charged = bytes;
-        let recipients: Vec<String> =
-            messages.iter().map(|(e, _)| e.recipients[0].address.to_string()).collect();
-        let (messages, signatures) = sign_each(dkim, messages).await;
-        if messages.len() != recipients.len() {
-            for r in &recipients {
-                out.fail(r, "signing failed (451 4.3.0)");
-            }
-            return;
-        }
-        for ((env, body), sig) in messages.into_iter().zip(signatures) {
-            let Ok(sig) = sig else {
-                tracing::error!(id = %env.id, "DKIM signing failed; injection recipient refused");
-                out.fail(&env.recipients[0].address.to_string(), "signing failed (451 4.3.0)");
-                continue;
-            };
-            let size = (sig.len() + body.len()) as u64;
-            let ticket = worker.spool.append_message(&env, &sig, &body);
-            self.tickets.push((env, size, ticket));
-        }
-    }
-
-    /// Waits for the commit, then queues what is durable and counts it.
-    async fn settle(self, worker: &WorkerCtx, out: &mut inject::Answer) {
-        let log = worker.owner.events();
-        let mut received = Vec::new();
-        let m = &worker.metrics;
-        for (env, size, ticket) in self.tickets {
-            let rcpt = env.recipients[0].address.to_string();
-            match ticket.await {
-                Ok(Ok(_)) => {
-                    out.success_count += 1;
-                    inc(&m.messages_accepted);
-                    m.bytes_accepted.fetch_add(size, Ordering::Relaxed);
-                    if log.enabled() {
-                        let mut e = events::Event::about(EventType::Reception, &env, size, unix_millis());
-                        e.recipients = vec![rcpt];
-                        received.push(e);
-                    }
-                    worker.owner.enqueue_new(&env);
-                }
-                Ok(Err(AppendError::TooBig)) => out.fail(&rcpt, "message too big (552 5.3.4)"),
-                Ok(Err(AppendError::Unstorable(_))) => out.fail(&rcpt, "message not storable (451 4.3.0)"),
-                Ok(Err(e)) => {
-                    inc(&m.spool_failures);
-                    tracing::warn!(error = %e, "injected message not stored");
-                    out.fail(&rcpt, "spool failure, try again (452 4.3.1)");
-                }
-                Err(_) => out.fail(&rcpt, "spool failure, try again (452 4.3.1)"),
-            }
-        }
-        log.emit(received);
-        worker.memory.release(self.charged);
+fn settled(out: &mut inject::Answer, rcpt: &str, r: Result<(), &str>) {
+    match r {
+        Ok(()) => out.success_count += 1,
+        Err(why) => out.fail(rcpt, why),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod live;
 pub mod pop3;
 pub mod stage;
+pub mod store;
 pub mod transport;
 pub mod worker;
 
