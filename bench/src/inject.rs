@@ -3,7 +3,7 @@
 //! connection, and reports messages per second from the first byte sent
 //! to the last answer (each answer comes once its messages are durable).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
