@@ -54,6 +54,7 @@ pub mod events;
 pub mod feedback;
 pub mod inject;
 pub mod mail;
+pub mod maildrop;
 pub mod metrics;
 pub mod policy;
 pub mod pop3;

@@ -133,6 +133,16 @@ fn main() -> ExitCode {
         report(info);
         std::process::abort();
     }));
+    // `sendmail` takes Postfix's flags, which clap cannot parse (`-oi`),
+    // also when this binary is called through a link named sendmail.
+    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let called = argv.first().and_then(|a| std::path::Path::new(a).file_name()).and_then(|n| n.to_str());
+    if called == Some("sendmail") {
+        return sendmail(&argv[1..]);
+    }
+    if argv.get(1).map(String::as_str) == Some("sendmail") {
+        return sendmail(&argv[2..]);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
@@ -224,6 +234,124 @@ fn init_logging(level: &str) {
         .with_ansi(ansi)
         .with_target(false)
         .init();
+}
+
+/// `ringpost sendmail`: the message on stdin into the maildrop, durably,
+/// whether or not the server runs. Exit codes from sysexits.h.
+fn sendmail(args: &[String]) -> ExitCode {
+    use ringpost::maildrop::{self, exit};
+    let fail = |code: u8, msg: &str| {
+        eprintln!("sendmail: {msg}");
+        ExitCode::from(code)
+    };
+    let inv =
+        match maildrop::parse_args(args) {
+            Ok(i) => i,
+            Err(e) => return fail(
+                exit::USAGE,
+                &format!(
+                    "{e}\nusage: sendmail [-C CONFIG] [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]"
+                ),
+            ),
+        };
+    let path = inv
+        .config
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("RINGPOST_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            ["/etc/ringpost/ringpost.toml", "ringpost.toml"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+        });
+    let config = match &path {
+        Some(p) => Config::load(p),
+        None => Config::parse("", "built-in defaults"),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => return fail(exit::CONFIG, &e.to_string()),
+    };
+    let max = config.limits.message_size;
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().lock().take(max + 1).read_to_end(&mut input) {
+        return fail(exit::TEMPFAIL, &format!("cannot read the message: {e}"));
+    }
+    let message = maildrop::read_message(&input, inv.dot_ends);
+    if input.len() as u64 > max || message.len() as u64 > max {
+        return fail(
+            exit::DATAERR,
+            &format!("message too big (the limit is {max} bytes, [limits] message_size)"),
+        );
+    }
+    let hostname = config.hostname();
+    let file = match maildrop::submission(&inv, message, &login_name(), hostname.as_str()) {
+        Ok(f) => f,
+        Err((code, e)) => return fail(code, &e),
+    };
+    match write_drop(&config.spool.dir.join("maildrop"), &file) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            exit::TEMPFAIL,
+            &format!("cannot write to the maildrop in {}: {e}", config.spool.dir.display()),
+        ),
+    }
+}
+
+/// Writes a drop file: a hidden temporary name, fsync, rename to its final
+/// name (which the server picks up), then the directory made durable (its
+/// fsync; where this user may not open the directory, syncfs).
+fn write_drop(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    use std::os::unix::io::AsRawFd as _;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1733));
+    }
+    let mut rnd = [0u8; 8];
+    getrandom::getrandom(&mut rnd).map_err(std::io::Error::other)?;
+    // Names sort by time: the server picks up the oldest first.
+    let millis = ringpost::rt::clock::unix_millis();
+    let name = format!("{millis:016}.{}.{:016x}", std::process::id(), u64::from_le_bytes(rnd));
+    let tmp = dir.join(format!(".{name}"));
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+    let written = (|| {
+        // Readable by the server whatever the umask (the directory is not listable).
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(&name))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    match std::fs::File::open(dir) {
+        Ok(d) => d.sync_all(),
+        // SAFETY: syncfs on a file descriptor we own, open for this call.
+        Err(_) if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The invoking user's login name: the sender when `-f` is not given.
+fn login_name() -> String {
+    // SAFETY: getuid cannot fail; getpwuid_r writes only into the buffers
+    // we pass, and pw_name points into `buf`, read before it is dropped.
+    unsafe {
+        let uid = libc::getuid();
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut result = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) == 0
+            && !result.is_null()
+            && !pwd.pw_name.is_null()
+        {
+            return std::ffi::CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned();
+        }
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| format!("uid{uid}"))
+    }
 }
 
 fn hash_password() -> ExitCode {

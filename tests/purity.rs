@@ -18,6 +18,7 @@ const PURE: &[&str] = &[
     "src/suppress/mod.rs",
     "src/feedback",
     "src/inject",
+    "src/maildrop",
     "src/delivery/egress.rs",
     "src/delivery/shaping.rs",
     "src/dkim",

@@ -19,6 +19,7 @@ pub mod inbox;
 pub mod inject;
 pub mod limits;
 pub mod live;
+pub mod pickup;
 pub mod pop3;
 pub mod stage;
 pub mod store;
@@ -301,6 +302,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         .iter()
         .map(|l| Arc::new(session_config(&config, l.get_ref(), policy.clone(), suppression.clone())));
     let feedback_key = feedback_key(&dir).map_err(ServeError::Runtime)?;
+    pickup::prepare(&dir)
+        .map_err(|e| ServeError::Runtime(format!("cannot prepare the maildrop in {}: {e}", dir.display())))?;
     let delivery = delivery_config(&config, &feedback_key);
     let live = Live::new(Snapshot {
         sessions: sessions.collect(),

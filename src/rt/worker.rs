@@ -168,6 +168,9 @@ async fn serve(setup: WorkerSetup) {
         }
     }
     owner.start();
+    // One worker picks up what `ringpost sendmail` leaves in the maildrop.
+    let pickup = (index == 0)
+        .then(|| monoio::spawn(super::pickup::run(w.clone(), setup.spool_dir.clone(), shared.live.clone())));
     let _ = setup.ready.send(Ok(()));
     for a in accepts {
         a.await;
@@ -180,6 +183,9 @@ async fn serve(setup: WorkerSetup) {
         _ = w.signal.changed(Stage::Draining) => {}
     }
     w.all_closed().await;
+    if let Some(p) = pickup {
+        p.await;
+    }
     spool.close();
     committer.await;
     tracing::debug!(worker = index, "worker drained");
