@@ -20,7 +20,7 @@ for target in $(cargo fuzz list); do
   # compiled out of release builds, the server's among them): the target
   # that feeds it whole messages runs as released (-O, no debug assertions).
   mode=()
-  [ "$target" = feedback ] && mode=(-O)
+  [ "$target" = feedback ] || [ "$target" = inject ] && mode=(-O)
   echo "== fuzz $target (${SECONDS_PER_TARGET}s)"
   log=$(mktemp)
   if ! cargo fuzz run -s none "${mode[@]}" "$target" "corpus/$target" "${seeds[@]}" -- \
