@@ -5,12 +5,12 @@
 #
 # The tests start the real binary on loopback and drive it with real peers:
 # Python (smtplib, poplib, ssl, dkimpy), swaks, openssl, Postfix's smtp-source and
-# Postfix itself (private instances), dnsmasq, strace.
+# Postfix itself (private instances), dnsmasq, redis-server (private instances), strace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES=(postfix swaks openssl dnsmasq-base python3 ca-certificates strace libnet-ssleay-perl
-  libio-socket-ssl-perl python3-dkim python3-nacl)
+  libio-socket-ssl-perl python3-dkim python3-nacl redis-server)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -182,7 +182,13 @@ impl Admin {
         match (method, segments.as_slice()) {
             ("GET", ["health"]) => {
                 if self.serving.load(Ordering::Acquire) {
-                    Response::text(200, "ok\n")
+                    // Degraded is still serving: detail lines, status 200.
+                    let detail = match &self.shared.redis {
+                        Some(r) if r.client.up() => "redis: up\n",
+                        Some(_) => "redis: down (local limits; suppressions wait to be shared)\n",
+                        None => "",
+                    };
+                    Response::text(200, format!("ok\n{detail}"))
                 } else {
                     Response::text(503, "starting\n")
                 }
@@ -646,6 +652,44 @@ impl Admin {
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", load(v));
+        }
+        if let Some(r) = &self.shared.redis {
+            let c = &r.client;
+            for (name, kind, help, v) in [
+                ("ringpost_redis_up", "gauge", "1 while the [redis] connection is up", u64::from(c.up())),
+                (
+                    "ringpost_redis_requests_total",
+                    "counter",
+                    "Requests made to Redis",
+                    load(&c.stats.requests),
+                ),
+                (
+                    "ringpost_redis_failures_total",
+                    "counter",
+                    "Requests to Redis that failed (local state used instead)",
+                    load(&c.stats.failures),
+                ),
+                (
+                    "ringpost_redis_connects_total",
+                    "counter",
+                    "Connections made to Redis",
+                    load(&c.stats.connects),
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            }
+        }
+        if let Some(s) = &self.shared.shared_suppression {
+            for (name, help, v) in [
+                ("ringpost_suppression_pending", "Suppression changes waiting for Redis", s.pending() as u64),
+                (
+                    "ringpost_suppression_synced",
+                    "1 while the suppression list is in step with Redis",
+                    u64::from(s.synced()),
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
         }
         let hooks = m.webhooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (name, kind, help) in [

@@ -93,9 +93,42 @@ pub struct Config {
     /// One-click unsubscribe for tenant mail.
     #[serde(default)]
     pub unsubscribe: Option<UnsubscribeConfig>,
+    /// Shared limits and the shared suppression list.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Bearer tokens of the injection API (`kind = "http"` listeners).
     #[serde(default, rename = "http_token")]
     pub http_tokens: Vec<Spanned<HttpTokenConfig>>,
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[[user]:password@]host[:port][/db]`.
+    pub url: String,
+    /// Longest wait for Redis (connect, each read and write).
+    #[serde(default = "default_redis_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Key prefix (several clusters on one Redis).
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// Nodes sharing the limits: while Redis is away each node keeps
+    /// `1/nodes` of a shared rate and connection limit.
+    #[serde(default = "default_redis_nodes")]
+    pub nodes: u32,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_redis_prefix() -> String {
+    "ringpost".into()
+}
+
+fn default_redis_nodes() -> u32 {
+    1
 }
 
 /// One `[[http_token]]`: a bearer token of the injection API.
@@ -690,6 +723,7 @@ impl Config {
             })?;
             config.shaping.extend(parse_shaping(&text, &name)?);
         }
+        config.check_shared(&path.display().to_string())?;
         for file in config.delivery.bounce_rules.clone() {
             let file = base.join(file);
             let name = file.display().to_string();
@@ -702,6 +736,17 @@ impl Config {
             .classifier()
             .map_err(|e| ConfigError(format!("{}: delivery.bounce_rules: {e}", path.display())))?;
         Ok(config)
+    }
+
+    /// `shared = true` rules need `[redis]`.
+    fn check_shared(&self, name: &str) -> Result<(), ConfigError> {
+        if self.redis.is_none() {
+            if let Some(i) = self.shaping.iter().position(|r| r.get_ref().shared) {
+                let msg = "shared = true needs a [redis] section (the limits are kept there, across nodes)";
+                return Err(ConfigError(format!("{name}: shaping[{i}].shared: {msg}")));
+            }
+        }
+        Ok(())
     }
 
     /// The bounce classifier: the `bounce_rules` files, then the shipped rules.
@@ -748,6 +793,7 @@ impl Config {
         let config: Config =
             toml::from_str(text).map_err(|e| ConfigError(format_toml_error(name, text, &e)))?;
         config.validate(text, name)?;
+        config.check_shared(name)?;
         Ok(config)
     }
 
@@ -822,6 +868,23 @@ impl Config {
                     &format!("dkim[{i}]"),
                     "a second entry with the same domain and selector",
                 ));
+            }
+        }
+        if let Some(r) = &self.redis {
+            if let Err(e) = crate::redis::Url::parse(&r.url) {
+                return Err(ConfigError(format!("{name}: redis.url: {e}")));
+            }
+            if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&r.timeout) {
+                return Err(ConfigError(format!("{name}: redis.timeout: must be between 10ms and 60s")));
+            }
+            if !(1..=1000).contains(&r.nodes) {
+                return Err(ConfigError(format!("{name}: redis.nodes: must be between 1 and 1000")));
+            }
+            let prefix_ok = !r.prefix.is_empty()
+                && r.prefix.len() <= 64
+                && r.prefix.bytes().all(|b| b.is_ascii_graphic());
+            if !prefix_ok {
+                return Err(ConfigError(format!("{name}: redis.prefix: 1-64 printable ASCII characters")));
             }
         }
         for (i, t) in self.http_tokens.iter().enumerate() {

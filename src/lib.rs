@@ -58,6 +58,7 @@ pub mod maildrop;
 pub mod metrics;
 pub mod policy;
 pub mod pop3;
+pub mod redis;
 pub mod rt;
 pub mod smtp;
 pub mod spool;

@@ -244,16 +244,17 @@ fn sendmail(args: &[String]) -> ExitCode {
         eprintln!("sendmail: {msg}");
         ExitCode::from(code)
     };
-    let inv =
-        match maildrop::parse_args(args) {
-            Ok(i) => i,
-            Err(e) => return fail(
+    let inv = match maildrop::parse_args(args) {
+        Ok(i) => i,
+        Err(e) => {
+            return fail(
                 exit::USAGE,
                 &format!(
                     "{e}\nusage: sendmail [-C CONFIG] [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let path = inv
         .config
         .clone()

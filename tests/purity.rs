@@ -19,6 +19,7 @@ const PURE: &[&str] = &[
     "src/feedback",
     "src/inject",
     "src/maildrop",
+    "src/redis/mod.rs",
     "src/delivery/egress.rs",
     "src/delivery/shaping.rs",
     "src/dkim",

@@ -28,6 +28,13 @@ use crate::rt::live::Live;
 
 /// How long an idle connection waits for another job before QUIT.
 const IDLE: Duration = Duration::from_millis(500);
+/// A connection lease on Redis lives this long unless renewed (a node that
+/// dies holding one gives it back by expiry).
+const LEASE_TTL: Duration = Duration::from_secs(30);
+/// Renewed at least this often while the connection lives.
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// Asked again this often while every lease is taken.
+const LEASE_RETRY: Duration = Duration::from_millis(200);
 
 /// Where results go: (owner worker, result).
 pub type Reporter = Rc<dyn Fn(usize, JobResult)>;
@@ -88,6 +95,10 @@ pub struct Destinations {
     spool_dir: PathBuf,
     report: Reporter,
     metrics: Arc<Metrics>,
+    /// `[redis]`: limits of `shared = true` budgets kept there.
+    redis: Option<Arc<crate::redis::client::Shared>>,
+    /// Leases taken by this worker (their names).
+    leases: Cell<u64>,
     map: RefCell<HashMap<String, Rc<Dest>>>,
     budgets: RefCell<HashMap<String, Rc<Budget>>>,
     draining: Cell<bool>,
@@ -112,6 +123,7 @@ impl Destinations {
         spool_dir: PathBuf,
         report: Reporter,
         metrics: Arc<Metrics>,
+        redis: Option<Arc<crate::redis::client::Shared>>,
     ) -> Rc<Destinations> {
         Rc::new(Destinations {
             live,
@@ -119,6 +131,8 @@ impl Destinations {
             spool_dir,
             report,
             metrics,
+            redis,
+            leases: Cell::new(0),
             map: RefCell::new(HashMap::new()),
             budgets: RefCell::new(HashMap::new()),
             draining: Cell::new(false),
@@ -256,12 +270,24 @@ impl Destinations {
         if budget.suspended(instant()).is_some() {
             return;
         }
-        let limit = budget.limits.borrow().connections.max(1);
+        let limit = self.connection_limit(budget);
         while budget.active.get() < limit && dest.active.get() < dest.queue.borrow().len() {
             dest.active.set(dest.active.get() + 1);
             budget.active.set(budget.active.get() + 1);
             self.open.set(self.open.get() + 1);
             monoio::spawn(self.clone().connection(key.to_owned(), dest.clone()));
+        }
+    }
+
+    /// Connections this worker may open for `budget`: its limit, or, for a
+    /// shared budget while Redis is away, this node's share of it (the
+    /// leases on Redis keep the total otherwise).
+    fn connection_limit(&self, budget: &Budget) -> usize {
+        let l = budget.limits.borrow();
+        let limit = l.connections.max(1);
+        match &self.redis {
+            Some(r) if l.shared && !r.client.up() => (limit / r.nodes.max(1) as usize).max(1),
+            _ => limit,
         }
     }
 
@@ -326,8 +352,15 @@ impl Destinations {
         let hop = dest.hop.borrow().clone();
         let cfg = self.live.delivery();
         let budget = dest.budget.clone();
-        match Outbound::open(&hop, dest.source.as_deref(), &cfg, &self.tls).await {
-            Err(e) => {
+        let lease = self.lease(&budget).await;
+        let opened = match &lease {
+            // Shutting down while waiting for a lease.
+            Err(()) => Err(None),
+            Ok(_) => Outbound::open(&hop, dest.source.as_deref(), &cfg, &self.tls).await.map_err(Some),
+        };
+        match opened {
+            Err(None) => {}
+            Err(Some(e)) => {
                 tracing::warn!(target: "delivery", destination = %key, error = %e, "destination unreachable");
                 // A greeting like 421 4.7.0 [TSS04] is a reply too.
                 self.react(&budget, &e, None);
@@ -342,8 +375,15 @@ impl Destinations {
                 let mut sent = 0;
                 let mut alive = true;
                 let per_connection = budget.limits.borrow().messages_per_connection.max(1);
+                let mut renewed = instant();
                 while sent < per_connection && !self.draining.get() && budget.suspended(instant()).is_none() {
                     let Some(job) = next_job(&dest).await else { break };
+                    if let Ok(Some(name)) = &lease {
+                        if renewed.elapsed() >= LEASE_RENEW {
+                            self.renew(&budget, name).await;
+                            renewed = instant();
+                        }
+                    }
                     self.pace(&budget).await;
                     alive = self.deliver(&mut conn, &budget, job).await;
                     sent += 1;
@@ -355,6 +395,9 @@ impl Destinations {
                     conn.quit().await;
                 }
             }
+        }
+        if let Ok(Some(name)) = &lease {
+            self.release(&budget, name).await;
         }
         dest.active.set(dest.active.get() - 1);
         budget.active.set(budget.active.get() - 1);
@@ -381,12 +424,96 @@ impl Destinations {
     /// automation set).
     async fn pace(&self, budget: &Budget) {
         let now = instant();
-        let rate = budget.auto.borrow().rate(now, budget.limits.borrow().rate);
+        let mut rate = budget.auto.borrow().rate(now, budget.limits.borrow().rate);
+        // Not held across the await below: another task may set the limits.
+        let shared = budget.limits.borrow().shared;
+        if let (true, Some(r), Some(redis)) = (shared, rate, &self.redis) {
+            match self.shared_pace(budget, r, redis).await {
+                Ok(()) => {
+                    // Redis paced it; the local pace starts from here.
+                    budget.next_send.set(instant());
+                    return;
+                }
+                // Redis away: this node's share of the rate, locally.
+                Err(_) => rate = Some(r.share(redis.nodes)),
+            }
+        }
         let (at, next) = shaping::pace(budget.next_send.get(), now, rate);
         budget.next_send.set(next);
         if at > now {
             monoio::time::sleep_until(at.into()).await;
         }
+    }
+
+    /// Waits until Redis's GCRA for the budget lets a message go (every
+    /// node's messages count). Err when Redis cannot answer.
+    async fn shared_pace(
+        &self,
+        budget: &Budget,
+        rate: shaping::Rate,
+        redis: &crate::redis::client::Shared,
+    ) -> Result<(), String> {
+        let key =
+            crate::redis::key(&redis.prefix, "rate", &format!("{}@{}", budget.source, budget.shape_key));
+        let c = &redis.client;
+        loop {
+            let q = crate::redis::throttle(&key, rate.interval(), Duration::ZERO, c.cell(), &c.gcra_sha);
+            let answers = c.call(vec![q]).await?;
+            let first = answers.first().ok_or("no answer")?;
+            match crate::redis::throttle_answer(first, c.cell())? {
+                None => return Ok(()),
+                Some(wait) => monoio::time::sleep(wait.min(Duration::from_secs(60))).await,
+            }
+            if self.draining.get() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A connection lease of a shared budget: waits until one is free on
+    /// Redis. `Ok(None)`: not shared, or Redis is away (then
+    /// [`Destinations::connection_limit`] keeps this node to its share);
+    /// `Ok(Some(name))`: the lease held; `Err(())`: shutting down.
+    async fn lease(&self, budget: &Budget) -> Result<Option<String>, ()> {
+        let (shared, limit) = {
+            let l = budget.limits.borrow();
+            (l.shared, l.connections.max(1))
+        };
+        let Some(redis) = self.redis.as_ref().filter(|_| shared) else { return Ok(None) };
+        let key =
+            crate::redis::key(&redis.prefix, "conn", &format!("{}@{}", budget.source, budget.shape_key));
+        self.leases.set(self.leases.get() + 1);
+        let name = format!("{}:{}", redis.node, self.leases.get());
+        loop {
+            let q = crate::redis::lease(&key, limit, &name, LEASE_TTL, &redis.client.lease_sha);
+            let answer = redis.client.call(vec![q]).await;
+            match answer.and_then(|a| crate::redis::lease_answer(a.first().ok_or("no answer")?)) {
+                Ok(true) => return Ok(Some(name)),
+                Ok(false) if !self.draining.get() => monoio::time::sleep(LEASE_RETRY).await,
+                Ok(false) => return Err(()),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Renews a held lease (between messages).
+    async fn renew(&self, budget: &Budget, name: &str) {
+        let Some(redis) = &self.redis else { return };
+        let key =
+            crate::redis::key(&redis.prefix, "conn", &format!("{}@{}", budget.source, budget.shape_key));
+        let limit = budget.limits.borrow().connections.max(1);
+        let _ = redis
+            .client
+            .call(vec![crate::redis::lease(&key, limit, name, LEASE_TTL, &redis.client.lease_sha)])
+            .await;
+    }
+
+    /// Gives a lease back.
+    async fn release(&self, budget: &Budget, name: &str) {
+        let Some(redis) = &self.redis else { return };
+        let key =
+            crate::redis::key(&redis.prefix, "conn", &format!("{}@{}", budget.source, budget.shape_key));
+        let _ = redis.client.call(vec![crate::redis::cmd(&["ZREM", key.as_str(), name])]).await;
     }
 
     /// Defers a job whose tenant automation holds; false if it is not held.

@@ -58,6 +58,12 @@ impl Rate {
         self.per / self.count
     }
 
+    /// One node's share of this rate among `nodes` (at least one message
+    /// per `per`).
+    pub fn share(self, nodes: u32) -> Rate {
+        Rate { count: (self.count / nodes.max(1)).max(1), per: self.per }
+    }
+
     /// The slower of two rates.
     pub fn min(self, other: Rate) -> Rate {
         if self.interval() >= other.interval() {
@@ -132,6 +138,8 @@ pub struct Limits {
     pub connections: usize,
     pub messages_per_connection: usize,
     pub rate: Option<Rate>,
+    /// Kept across nodes on Redis (`shared = true`).
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +148,7 @@ pub struct Rule {
     pub connections: Option<usize>,
     pub messages_per_connection: Option<usize>,
     pub rate: Option<Rate>,
+    pub shared: bool,
     pub automation: Vec<Automation>,
 }
 
@@ -151,13 +160,6 @@ impl Rule {
             (None, Some(m)) => Matcher::Mx(m.trim_end_matches('.').to_ascii_lowercase()),
             _ => return Err("needs exactly one of domain and mx".into()),
         };
-        if c.shared {
-            return Err(
-                "shared = true needs [redis] (limits enforced across nodes), which this version does not \
-                        have yet"
-                    .into(),
-            );
-        }
         let rate = c.rate.as_deref().map(Rate::parse).transpose().map_err(|e| format!("rate: {e}"))?;
         if c.connections.is_some_and(|n| !(1..=10_000).contains(&n)) {
             return Err("connections: must be between 1 and 10000".into());
@@ -175,6 +177,7 @@ impl Rule {
             connections: c.connections,
             messages_per_connection: c.messages_per_connection,
             rate,
+            shared: c.shared,
             automation: automation.collect::<Result<_, _>>()?,
         })
     }
@@ -265,6 +268,7 @@ impl Shaping {
                         .messages_per_connection
                         .unwrap_or(self.defaults.messages_per_connection),
                     rate: r.rate.or(self.defaults.rate),
+                    shared: r.shared,
                 },
                 rule: Some(r.clone()),
             },

@@ -111,6 +111,10 @@ pub struct Shared {
     pub events: Arc<crate::events::log::EventLog>,
     /// The suppression list.
     pub suppression: Arc<dyn crate::suppress::Store>,
+    /// `[redis]`: shared limits.
+    pub redis: Option<Arc<crate::redis::client::Shared>>,
+    /// The suppression list as kept in step with Redis, when it is.
+    pub shared_suppression: Option<Arc<crate::suppress::shared::SharedStore>>,
     /// The `X-Ringpost-Ref` key when `[feedback] secret` is not set.
     pub feedback_key: Vec<u8>,
     /// Failed logins per client address (`[limits] auth_failures_per_ip`).

@@ -129,6 +129,7 @@ pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::Del
                     count: 1,
                     per: Duration::from_secs_f64(1.0 / d.rate_per_destination),
                 }),
+                shared: false,
             },
         )),
     }
@@ -293,9 +294,33 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
             "spool segment was damaged; the records in these bytes are lost, the rest were recovered");
     }
 
-    let (suppression, loaded) = crate::suppress::file::FileStore::open(&dir.join("suppression.jsonl"))
+    let (file_store, loaded) = crate::suppress::file::FileStore::open(&dir.join("suppression.jsonl"))
         .map_err(|e| ServeError::Runtime(format!("suppression list: {e}")))?;
-    let suppression: Arc<dyn crate::suppress::Store> = suppression;
+    // [redis]: shared limits, and the suppression list kept in step.
+    let (redis, shared_suppression) = match &config.redis {
+        None => (None, None),
+        Some(r) => {
+            let url = crate::redis::Url::parse(&r.url)
+                .map_err(|e| ServeError::Config(format!("redis.url: {e}")))?;
+            let client = crate::redis::client::Client::start(url.clone(), r.timeout)
+                .map_err(|e| ServeError::Runtime(format!("cannot start the redis thread: {e}")))?;
+            let store = crate::suppress::shared::SharedStore::start(
+                file_store.clone(),
+                client.clone(),
+                url,
+                &r.prefix,
+            )
+            .map_err(|e| ServeError::Runtime(format!("cannot start the suppression sync thread: {e}")))?;
+            let node = format!("{}:{}", config.hostname(), std::process::id());
+            let shared =
+                crate::redis::client::Shared { client, prefix: r.prefix.clone(), nodes: r.nodes, node };
+            (Some(Arc::new(shared)), Some(store))
+        }
+    };
+    let suppression: Arc<dyn crate::suppress::Store> = match &shared_suppression {
+        Some(s) => s.clone(),
+        None => file_store,
+    };
     let policy = Arc::new(policy(&config));
     let sessions = config
         .listeners
@@ -361,6 +386,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
         events,
         suppression,
+        redis,
+        shared_suppression,
         feedback_key,
         auth_failures: Arc::new(std::sync::Mutex::new(crate::policy::AuthFailures::new(
             config.limits.auth_failures_per_ip as usize,

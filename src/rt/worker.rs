@@ -113,6 +113,7 @@ async fn serve(setup: WorkerSetup) {
             setup.spool_dir.clone(),
             report,
             shared.metrics.clone(),
+            shared.redis.clone(),
         );
         (dests, me)
     };

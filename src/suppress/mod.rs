@@ -12,6 +12,7 @@
 //! bytes per entry.
 
 pub mod file;
+pub mod shared;
 
 use std::collections::HashMap;
 
@@ -114,7 +115,7 @@ pub fn key(address: &str, tenant: Option<&str>) -> Option<String> {
     }
 }
 
-fn split_key(k: &str) -> (Option<&str>, &str) {
+pub(crate) fn split_key(k: &str) -> (Option<&str>, &str) {
     match k.split_once('\0') {
         Some((t, a)) => (Some(t), a),
         None => (None, k),

@@ -10,7 +10,7 @@ fn rules(text: &str) -> Result<Vec<Rule>, String> {
 }
 
 fn defaults() -> Limits {
-    Limits { connections: 20, messages_per_connection: 100, rate: None }
+    Limits { connections: 20, messages_per_connection: 100, rate: None, shared: false }
 }
 
 #[test]
@@ -85,7 +85,6 @@ fn bad_rules_are_refused_with_their_line() {
         ("[[shaping]]\ndomain = \"a\"\nmx = \"b\"\n", "exactly one of domain and mx"),
         ("[[shaping]]\ndomain = \"a\"\nrate = \"fast\"\n", "rate:"),
         ("[[shaping]]\ndomain = \"a\"\nconnections = 0\n", "connections"),
-        ("[[shaping]]\ndomain = \"a\"\nshared = true\n", "needs [redis]"),
         ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"(\"\naction = \"suspend\"\nduration = \"1m\"\n", "reply:"),
         ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"explode\"\nduration = \"1m\"\n", "action"),
         ("[[shaping]]\ndomain = \"a\"\n[[shaping.automation]]\nreply = \"x\"\naction = \"suspend\"\n", "duration: needed"),
@@ -98,6 +97,9 @@ fn bad_rules_are_refused_with_their_line() {
         let e = rules(text).unwrap_err();
         assert!(e.contains(want) && e.contains("t.toml: line "), "{text:?}: {e}");
     }
+    let shared = "[[shaping]]\ndomain = \"a\"\nshared = true\n";
+    assert!(rules(shared).unwrap_err().contains("shaping[0].shared: shared = true needs a [redis] section"));
+    assert!(rules(&format!("{shared}[redis]\nurl = \"redis://127.0.0.1:6379\"\n")).is_ok());
 }
 
 fn automation(text: &str) -> Vec<Automation> {
