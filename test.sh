@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES=(postfix swaks openssl dnsmasq-base python3 ca-certificates strace libnet-ssleay-perl
-  libio-socket-ssl-perl python3-dkim python3-nacl redis-server)
+  libio-socket-ssl-perl python3-dkim python3-nacl redis-server curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

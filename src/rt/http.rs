@@ -109,6 +109,9 @@ struct Head {
     authorization: Option<String>,
     /// Bytes of the memory budget the body holds.
     charged: usize,
+    /// The client waits for `100 Continue` before sending the body (curl
+    /// does for bodies over 1 KiB).
+    expect_continue: bool,
 }
 
 /// The next request (its body in `buf` after the head), an error answer to
@@ -170,6 +173,8 @@ async fn read_request(
                     close,
                     authorization: header("Authorization").map(str::to_owned),
                     charged,
+                    expect_continue: req.version == Some(1)
+                        && header("Expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")),
                 };
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
@@ -183,6 +188,15 @@ async fn read_request(
         }
     };
     buf.reserve((head.head_len + head.body_len).saturating_sub(buf.len()));
+    if head.expect_continue && buf.len() < head.head_len + head.body_len {
+        let sent =
+            monoio::time::timeout(timeout, transport.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()))
+                .await;
+        if !matches!(sent, Ok((Ok(()), _))) {
+            worker.memory.release(head.charged);
+            return None;
+        }
+    }
     while buf.len() < head.head_len + head.body_len {
         if !fill(transport, buf, deadline, worker, false).await {
             worker.memory.release(head.charged);
