@@ -104,6 +104,52 @@ impl Admin {
     }
 }
 
+/// The selector of a suspend or resume body, and its other fields.
+fn scope_of(
+    body: &[u8],
+) -> Result<(crate::delivery::holds::Scope, serde_json::Map<String, serde_json::Value>), String> {
+    let mut m: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| format!("expected a JSON object: {e}"))?;
+    let mut found = None;
+    for kind in ["domain", "tenant", "campaign"] {
+        if let Some(v) = m.remove(kind) {
+            if found.is_some() {
+                return Err("only one of domain, tenant, campaign".into());
+            }
+            let v = v.as_str().ok_or(format!("{kind} must be a string"))?.to_owned();
+            found = Some(crate::delivery::holds::Scope::parse(kind, &v)?);
+        }
+    }
+    let scope = found.ok_or("one of domain, tenant, campaign is needed")?;
+    if let Some(k) = m.keys().find(|k| *k != "for") {
+        return Err(format!("unknown field {k}"));
+    }
+    Ok((scope, m))
+}
+
+/// Writes the suspensions durably: a temporary file, fsync, rename, the
+/// directory fsynced.
+pub fn save_holds(spool: &std::path::Path, holds: &crate::delivery::holds::Holds) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = spool.join("holds.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(holds.to_json().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, spool.join("holds.json"))?;
+    std::fs::File::open(spool)?.sync_all()
+}
+
+/// The suspensions saved by [`save_holds`]; none if there is no file.
+pub fn load_holds(spool: &std::path::Path) -> Result<crate::delivery::holds::Holds, String> {
+    let path = spool.join("holds.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => crate::delivery::holds::Holds::from_json(&text)
+            .map_err(|e| format!("{}: {e} (fix it, or remove it to lift every suspension)", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 struct Response {
     status: u16,
     content_type: &'static str,
@@ -201,13 +247,14 @@ impl Admin {
             ("GET", ["queue", "messages"]) => self.list(query_limit(full_path)).await,
             ("GET", ["queue", id]) => self.show(id).await,
             ("POST", ["queue", "flush"]) => self.flush().await,
+            ("POST", ["suspend"]) => self.suspend(body),
+            ("POST", ["resume"]) => self.resume(body).await,
             ("POST", ["queue", id, "bounce"]) => self.bounce(id).await,
             ("GET", ["suppression"]) => self.suppression_list(full_path),
             ("POST", ["suppression"]) => self.suppression_add(body).await,
             ("DELETE", ["suppression", address]) => self.suppression_remove(address, full_path).await,
-            (_, ["health" | "metrics" | "queue" | "suppression"]) | (_, ["queue" | "suppression", _]) => {
-                Response::text(405, "method not allowed\n")
-            }
+            (_, ["health" | "metrics" | "queue" | "suppression" | "suspend" | "resume"])
+            | (_, ["queue" | "suppression", _]) => Response::text(405, "method not allowed\n"),
             _ => Response::text(404, "not found\n"),
         }
     }
@@ -351,6 +398,9 @@ impl Admin {
                     .map(|(tenant, until, reason)| json!({"tenant": tenant, "until": until, "reason": reason}))
                     .collect::<Vec<_>>(),
                 "sources": self.sources_today(),
+                "queue_suspensions": self.shared.metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner())
+                    .active(crate::rt::clock::unix_secs()).cloned().collect::<Vec<_>>(),
+                "held_messages": self.shared.metrics.held_messages.load(Ordering::Relaxed),
             }),
         )
     }
@@ -375,6 +425,66 @@ impl Admin {
                     "today": daily.get(day, &s.name), "max_per_day": s.max_per_day})
             })
             .collect()
+    }
+
+    /// `POST /suspend {"domain"|"tenant"|"campaign": "...", "for": "1h"}`:
+    /// saved to `<spool>/holds.json` before it is answered.
+    fn suspend(&self, body: &[u8]) -> Response {
+        let (scope, rest) = match scope_of(body) {
+            Ok(x) => x,
+            Err(e) => return Response::text(400, format!("bad request: {e}\n")),
+        };
+        let now = crate::rt::clock::unix_secs();
+        let until = match rest.get("for").map(|v| v.as_str().map(crate::config::parse_duration)) {
+            None => None,
+            Some(Some(Ok(d))) if d.as_secs() >= 1 => Some(now + d.as_secs()),
+            _ => {
+                return Response::text(400, "bad request: \"for\" is a duration such as \"30m\" or \"2h\"\n")
+            }
+        };
+        let mut holds = self.shared.metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = holds.clone();
+        if let Err(e) = next.suspend(scope.clone(), now, until) {
+            return Response::text(409, format!("{e}\n"));
+        }
+        if let Err(e) = save_holds(&self.shared.spool_dir, &next) {
+            tracing::error!(error = %e, "cannot save the queue suspensions");
+            return Response::json(503, json!({"error": format!("cannot save the suspension: {e}")}));
+        }
+        *holds = next;
+        tracing::warn!(scope = %scope.describe(), until = ?until, "queue suspended by the administrator");
+        Response::json(200, json!({"suspended": scope, "until": until}))
+    }
+
+    /// `POST /resume {"domain"|"tenant"|"campaign": "..."}`: its mail is
+    /// planned again at once.
+    async fn resume(&self, body: &[u8]) -> Response {
+        let (scope, rest) = match scope_of(body) {
+            Ok(x) => x,
+            Err(e) => return Response::text(400, format!("bad request: {e}\n")),
+        };
+        if !rest.is_empty() {
+            return Response::text(400, "bad request: only one of domain, tenant, campaign\n");
+        }
+        let was = {
+            let mut holds = self.shared.metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = holds.clone();
+            let was = next.resume(&scope);
+            if was {
+                if let Err(e) = save_holds(&self.shared.spool_dir, &next) {
+                    tracing::error!(error = %e, "cannot save the queue suspensions");
+                    return Response::json(503, json!({"error": format!("cannot save: {e}")}));
+                }
+                *holds = next;
+            }
+            was
+        };
+        if !was {
+            return Response::json(404, json!({"error": format!("no suspension of {}", scope.describe())}));
+        }
+        tracing::warn!(scope = %scope.describe(), "queue resumed by the administrator");
+        let released = self.ask(Control::Release).await.map(|c| c.iter().sum::<usize>());
+        Response::json(200, json!({"resumed": scope, "released": released}))
     }
 
     async fn flush(&self) -> Response {
@@ -652,6 +762,21 @@ impl Admin {
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", load(v));
+        }
+        {
+            let now = crate::rt::clock::unix_secs();
+            let active =
+                self.shared.metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner()).active(now).count();
+            for (name, help, v) in [
+                ("ringpost_queue_suspensions", "Queue suspensions in force (queue suspend)", active as u64),
+                (
+                    "ringpost_queue_held_messages",
+                    "Messages a queue suspension holds",
+                    load(&self.shared.metrics.held_messages),
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
         }
         if let Some(r) = &self.shared.redis {
             let c = &r.client;

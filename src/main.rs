@@ -122,6 +122,45 @@ enum QueueAction {
     Bounce { id: String },
     /// Remove one message from the queue without delivering it or telling anyone.
     Delete { id: String },
+    /// Hold mail for a domain, tenant or campaign: it stays queued, is not
+    /// tried and does not expire until resumed (or `--for` ends).
+    Suspend {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// End by itself after this long (e.g. 30m, 1h, 2d).
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// End a suspension: its mail is tried at once.
+    Resume {
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+}
+
+/// Exactly one of domain, tenant, campaign.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ScopeArgs {
+    #[arg(long)]
+    domain: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    campaign: Option<String>,
+}
+
+impl ScopeArgs {
+    /// The request body's selector: `"domain": "..."` and the like.
+    fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [("domain", &self.domain), ("tenant", &self.tenant), ("campaign", &self.campaign)] {
+            if let Some(v) = v {
+                m.insert(k.into(), v.clone().into());
+            }
+        }
+        m
+    }
 }
 
 fn main() -> ExitCode {
@@ -430,9 +469,29 @@ fn queue(action: QueueAction, admin: SocketAddr, token: Option<&str>) -> ExitCod
         QueueAction::Flush => ("POST", "/queue/flush".to_owned()),
         QueueAction::Bounce { id } => ("POST", format!("/queue/{id}/bounce")),
         QueueAction::Delete { id } => ("DELETE", format!("/queue/{id}")),
+        QueueAction::Suspend { .. } => ("POST", "/suspend".to_owned()),
+        QueueAction::Resume { .. } => ("POST", "/resume".to_owned()),
+    };
+    let body = match &action {
+        QueueAction::Suspend { scope, duration } => {
+            let mut m = scope.json();
+            if let Some(d) = duration {
+                m.insert("for".into(), d.clone().into());
+            }
+            serde_json::Value::Object(m).to_string()
+        }
+        QueueAction::Resume { scope } => serde_json::Value::Object(scope.json()).to_string(),
+        _ => String::new(),
     };
     let lines = matches!(action, QueueAction::List { json: false, .. });
-    admin_call(admin, method, &path, token, "", |body| if lines { list_lines(body) } else { body.to_owned() })
+    admin_call(
+        admin,
+        method,
+        &path,
+        token,
+        &body,
+        |body| if lines { list_lines(body) } else { body.to_owned() },
+    )
 }
 
 /// One admin API request: prints the answer (through `show` when it is a

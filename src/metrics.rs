@@ -61,6 +61,11 @@ pub struct Metrics {
     pub feedback_rejected: AtomicU64,
     /// One-click unsubscribes carried out.
     pub unsubscribes: AtomicU64,
+    /// Queue suspensions the administrator made (`queue suspend`); the
+    /// admin thread changes them, the delivery owners read them.
+    pub queue_holds: std::sync::Mutex<crate::delivery::holds::Holds>,
+    /// Messages parked by a queue suspension (not tried until it ends).
+    pub held_messages: AtomicU64,
     /// Injection API requests answered 200.
     pub inject_requests: AtomicU64,
     /// Injection API requests refused (400, 401, 413, 503).

@@ -61,13 +61,17 @@ pub const EXPIRED: &str = "4.4.7";
 
 /// One attempt of a message: its remaining recipients, grouped by domain (in
 /// domain order), each group with its way. `received_at` and `now` are Unix
-/// seconds; `last_error` goes into an expired message's reason.
+/// seconds; `last_error` goes into an expired message's reason. With
+/// `grace` (the message was held by a queue suspension until now) it is
+/// tried once more even past `max_age`: time held does not age mail into
+/// bounces.
 pub fn plan(
     env: &Envelope,
     remaining: &[u32],
     received_at: u64,
     last_error: Option<&str>,
     now: u64,
+    grace: bool,
     rules: Rules<'_>,
 ) -> Vec<Group> {
     let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
@@ -81,7 +85,7 @@ pub fn plan(
             }
         }
     }
-    let expired = now.saturating_sub(received_at) > rules.max_age.as_secs();
+    let expired = !grace && now.saturating_sub(received_at) > rules.max_age.as_secs();
     let reports = (!reports.is_empty()).then(|| Group {
         domain: "feedback".into(),
         rcpts: reports,
@@ -288,7 +292,7 @@ mod tests {
         let retry = [Duration::from_secs(M)];
         let r = rules(&retry, &local);
         let t0 = 1_800_000_000;
-        let groups = plan(&e, &[0, 1, 2, 3, 9], t0, None, t0 + 10, r);
+        let groups = plan(&e, &[0, 1, 2, 3, 9], t0, None, t0 + 10, false, r);
         assert_eq!(
             groups,
             vec![
@@ -298,12 +302,12 @@ mod tests {
             ],
             "domains in lower case and in order; an index past the envelope is ignored"
         );
-        assert_eq!(plan(&e, &[1], t0, None, t0, r)[0].rcpts, vec![1], "only the remaining ones");
-        assert!(plan(&e, &[], t0, None, t0, r).is_empty());
+        assert_eq!(plan(&e, &[1], t0, None, t0, false, r)[0].rcpts, vec![1], "only the remaining ones");
+        assert!(plan(&e, &[], t0, None, t0, false, r).is_empty());
         // Reports to a feedback address are read, whatever their domain, and never expire.
         let fbl: HashSet<String> = ["b@remote.test".to_owned()].into();
         let r = Rules { feedback: Some(&fbl), ..r };
-        let groups = plan(&e, &[1, 3], t0, None, t0 + 10 * DAY, r);
+        let groups = plan(&e, &[1, 3], t0, None, t0 + 10 * DAY, false, r);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1], Group { domain: "feedback".into(), rcpts: vec![1], way: Way::Feedback });
         assert!(matches!(groups[0].way, Way::Expired(_)));
@@ -323,7 +327,7 @@ mod tests {
             (9 * DAY, Some(""), Some("last error: none")),
         ];
         for (age, last, want) in cases {
-            let groups = plan(&e, &[0, 1], t0, last, t0 + age, r);
+            let groups = plan(&e, &[0, 1], t0, last, t0 + age, false, r);
             for g in &groups {
                 match (&g.way, want) {
                     (Way::Expired(text), Some(w)) => {
@@ -336,6 +340,9 @@ mod tests {
                     (way, want) => panic!("age {age}: {way:?}, wanted {want:?}"),
                 }
             }
+            // Held by a queue suspension until now: tried once more.
+            let held = plan(&e, &[0, 1], t0, last, t0 + age, true, r);
+            assert!(held.iter().all(|g| matches!(g.way, Way::Local | Way::Remote)), "{held:?}");
         }
     }
 

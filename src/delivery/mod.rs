@@ -23,6 +23,7 @@ pub mod decide;
 pub mod dest;
 pub mod dsn;
 pub mod egress;
+pub mod holds;
 pub mod local;
 pub mod outbound;
 pub mod owner;

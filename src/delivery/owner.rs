@@ -97,6 +97,9 @@ pub struct Owner {
     draining: Cell<bool>,
     events: Arc<EventLog>,
     suppression: Arc<dyn Store>,
+    /// Messages held by a queue suspension: out of the wheel (unless the
+    /// suspension has an end) until a resume plans them again.
+    parked: RefCell<std::collections::HashSet<QueueId>>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -139,6 +142,7 @@ impl Owner {
             draining: Cell::new(false),
             events,
             suppression,
+            parked: RefCell::new(std::collections::HashSet::new()),
         })
     }
 
@@ -243,6 +247,31 @@ impl Owner {
         n
     }
 
+    /// A queue suspension ended: plans every parked message again (those
+    /// still held park again). Returns how many.
+    pub fn release_parked(&self) -> usize {
+        let ids: Vec<QueueId> = self.parked.borrow().iter().copied().collect();
+        let mut n = 0;
+        for id in ids {
+            // Deleted or bounced by the administrator while parked.
+            if !self.spool.contains(id) {
+                self.unpark(id);
+                continue;
+            }
+            self.push(id, None);
+            n += 1;
+        }
+        n
+    }
+
+    fn unpark(&self, id: QueueId) -> bool {
+        let was = self.parked.borrow_mut().remove(&id);
+        if was {
+            self.metrics.held_messages.fetch_sub(1, Ordering::Relaxed);
+        }
+        was
+    }
+
     /// Stops planning new attempts (shutdown).
     pub fn stop(&self) {
         self.draining.set(true);
@@ -344,7 +373,47 @@ impl Owner {
                 }
             })
             .collect();
-        let groups = decide::plan(&env, &to_plan, received_at, last_error.as_deref(), unix_secs(), rules);
+        // Recipients a queue suspension holds are not tried (and do not
+        // expire); a message with nothing else to try is parked.
+        let now = unix_secs();
+        let was_parked = self.unpark(id);
+        // `held`: some recipient is held; `wake`: the earliest end of a
+        // suspension holding one (none: only a resume frees them).
+        let (to_plan, held, wake) = {
+            let mut holds = self.metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner());
+            holds.expire(now);
+            let (mut held, mut wake) = (false, None::<u64>);
+            let free: Vec<u32> = to_plan
+                .into_iter()
+                .filter(|&i| {
+                    if holds.is_empty() {
+                        return true;
+                    }
+                    let Some(r) = env.recipients.get(i as usize) else { return true };
+                    let domain = r.address.domain().to_lowercase();
+                    match holds.holding(&domain, env.tenant.as_deref(), env.campaign.as_deref(), now) {
+                        Some(h) => {
+                            held = true;
+                            if let Some(u) = h.until {
+                                wake = Some(wake.map_or(u, |w| w.min(u)));
+                            }
+                            false
+                        }
+                        None => true,
+                    }
+                })
+                .collect();
+            (free, held, wake)
+        };
+        if held && to_plan.is_empty() && suppressed.is_empty() {
+            self.parked.borrow_mut().insert(id);
+            self.metrics.held_messages.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = wake {
+                self.wheel.borrow_mut().insert(t, id);
+            }
+            return;
+        }
+        let groups = decide::plan(&env, &to_plan, received_at, last_error.as_deref(), now, was_parked, rules);
         self.attempts.borrow_mut().insert(
             id,
             Attempt {

@@ -41,6 +41,9 @@ pub enum Control {
     JobDone(Box<JobResult>),
     /// Retry every deferred message now; reply how many.
     Flush(Arc<Inbox<usize>>),
+    /// Queue suspensions changed (a resume): plan parked messages again;
+    /// reply with how many.
+    Release(Arc<Inbox<usize>>),
     /// Bounce a message now; reply whether this worker had it.
     Bounce(QueueId, Arc<Inbox<Result<bool, String>>>),
     /// List up to N queued messages.
@@ -111,6 +114,8 @@ pub struct Shared {
     pub events: Arc<crate::events::log::EventLog>,
     /// The suppression list.
     pub suppression: Arc<dyn crate::suppress::Store>,
+    /// The spool directory (files the admin thread writes: holds.json).
+    pub spool_dir: std::path::PathBuf,
     /// `[redis]`: shared limits.
     pub redis: Option<Arc<crate::redis::client::Shared>>,
     /// The suppression list as kept in step with Redis, when it is.

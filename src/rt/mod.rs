@@ -366,6 +366,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     }
     let client_tls = transport::opportunistic_client_config().map_err(ServeError::Runtime)?;
     let metrics = Arc::new(Metrics::default());
+    *metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner()) =
+        crate::admin::load_holds(&dir).map_err(|e| ServeError::Runtime(format!("queue suspensions: {e}")))?;
     let events = crate::events::log::EventLog::start(&dir, config.event_settings(), metrics.clone())
         .map_err(|e| ServeError::Config(format!("[events]: {e}")))?;
     let shared = Arc::new(Shared {
@@ -386,6 +388,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         inboxes: (0..workers).map(|_| Arc::new(Inbox::new())).collect(),
         events,
         suppression,
+        spool_dir: dir.clone(),
         redis,
         shared_suppression,
         feedback_key,

@@ -238,6 +238,7 @@ async fn control_loop(w: Rc<WorkerCtx>, inbox: Arc<Inbox<Control>>) {
                 w.dests.clear_backoff();
                 reply.send(w.owner.flush());
             }
+            Control::Release(reply) => reply.send(w.owner.release_parked()),
             Control::Bounce(id, reply) => {
                 let owner = w.owner.clone();
                 monoio::spawn(async move { reply.send(owner.bounce(id).await) });
