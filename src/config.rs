@@ -453,6 +453,10 @@ pub struct DeliveryConfig {
     /// Age after which an undeliverable message bounces.
     #[serde(deserialize_with = "de_duration")]
     pub max_age: Duration,
+    /// Age after which a sender learns its message is delayed (a `delayed`
+    /// DSN, once); zero: never.
+    #[serde(deserialize_with = "de_duration")]
+    pub delay_warning: Duration,
     /// TCP connect timeout per address.
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
@@ -503,6 +507,7 @@ impl Default for DeliveryConfig {
             dns_servers: Vec::new(),
             retry: vec![m(1), m(5), m(15), m(60), m(240)],
             max_age: Duration::from_secs(5 * 86_400),
+            delay_warning: Duration::ZERO,
             connect_timeout: Duration::from_secs(30),
             command_timeout: m(5),
             data_timeout: m(3),
@@ -1143,6 +1148,9 @@ impl Config {
             dur("delivery", "retry", r, SEC, 30 * DAY)?;
         }
         dur("delivery", "max_age", d.max_age, SEC, 365 * DAY)?;
+        if !d.delay_warning.is_zero() {
+            dur("delivery", "delay_warning", d.delay_warning, SEC, 365 * DAY)?;
+        }
         dur("delivery", "connect_timeout", d.connect_timeout, MS, DAY)?;
         dur("delivery", "command_timeout", d.command_timeout, MS, DAY)?;
         dur("delivery", "data_timeout", d.data_timeout, MS, DAY)?;

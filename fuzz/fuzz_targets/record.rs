@@ -93,6 +93,7 @@ fn ours(data: &[u8]) -> arbitrary::Result<()> {
         next_attempt: u.arbitrary()?,
         last_error: u.arbitrary()?,
         done: u.arbitrary()?,
+        delay_notified: u.arbitrary()?,
     };
     let mut rec = Vec::new();
     append_progress(&mut rec, &p);

@@ -161,6 +161,40 @@ pub fn reports(env: &Envelope, outcomes: &[RcptOutcome]) -> Vec<Report> {
         .collect()
 }
 
+/// The `delayed` reports due after an attempt (`[delivery] delay_warning`):
+/// `None` while none is due (too young, off, or already sent), else one
+/// per recipient that failed temporarily, with the time the message
+/// expires. Once per message: the caller records that it was sent.
+pub fn delay_reports(
+    env: &Envelope,
+    outcomes: &[RcptOutcome],
+    now: u64,
+    delay_warning: Duration,
+    max_age: Duration,
+    notified: bool,
+) -> Option<Vec<Report>> {
+    if notified || delay_warning.is_zero() || now.saturating_sub(env.received_at) < delay_warning.as_secs() {
+        return None;
+    }
+    let until = env.received_at + max_age.as_secs();
+    Some(
+        outcomes
+            .iter()
+            .filter(|o| o.outcome == Outcome::Temporary)
+            .filter_map(|o| {
+                Some(Report {
+                    recipient: env.recipients.get(o.index as usize)?.clone(),
+                    action: super::dsn::Action::Delayed { until },
+                    status: o.status.clone(),
+                    diagnostic: o.text.clone(),
+                    remote_mta: o.remote.clone(),
+                    class: None,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// The retry interval after `attempts` attempts (the last one repeats).
 pub fn retry_after(retry: &[Duration], attempts: u32) -> Duration {
     let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));

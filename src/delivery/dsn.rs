@@ -26,6 +26,11 @@ pub enum Action {
     Delivered,
     /// Handed to a server that does not offer DSN.
     Relayed,
+    /// Not delivered yet, still being retried (`[delivery] delay_warning`).
+    Delayed {
+        /// Unix seconds: when the message expires (`Will-Retry-Until`).
+        until: u64,
+    },
 }
 
 /// One recipient to report.
@@ -68,12 +73,14 @@ pub fn build(
         .filter(|r| match r.action {
             Action::Failed => r.recipient.notify.failure() && !r.recipient.notify.never(),
             Action::Delivered | Action::Relayed => r.recipient.notify.success(),
+            Action::Delayed { .. } => r.recipient.notify.delay() && !r.recipient.notify.never(),
         })
         .collect();
     if wanted.is_empty() {
         return None;
     }
     let failed = wanted.iter().any(|r| r.action == Action::Failed);
+    let delayed = !failed && wanted.iter().any(|r| matches!(r.action, Action::Delayed { .. }));
     let boundary = format!("{dsn_id}/{hostname}");
     let mut b = String::new();
     let _ = write!(
@@ -82,12 +89,19 @@ pub fn build(
 Date: {}\r\nMessage-ID: <{dsn_id}@{hostname}>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
 Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n\
 This is a MIME-encapsulated message.\r\n\r\n",
-        if failed { "Undelivered Mail Returned to Sender" } else { "Successful Mail Delivery Report" },
+        if failed {
+            "Undelivered Mail Returned to Sender"
+        } else if delayed {
+            "Delayed Mail (still being retried)"
+        } else {
+            "Successful Mail Delivery Report"
+        },
         format_rfc5322_date(now),
     );
-    human_part(&mut b, hostname, &boundary, &wanted, failed);
+    human_part(&mut b, hostname, &boundary, &wanted, failed, delayed);
     status_part(&mut b, hostname, &boundary, env, &wanted, now);
-    let (returned, eight_bit) = returned_part(env, original);
+    // A delay notice returns the headers only: the message is still on its way.
+    let (returned, eight_bit) = returned_part(env, original, delayed);
     let mut body = b.into_bytes();
     let kind = if returned.len() < original.len() { "text/rfc822-headers" } else { "message/rfc822" };
     body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {kind}\r\n\r\n").as_bytes());
@@ -103,7 +117,14 @@ fn body_is_ascii(reports: &[&Report]) -> bool {
     reports.iter().all(|r| r.diagnostic.is_ascii() && r.recipient.address.is_ascii())
 }
 
-fn human_part(b: &mut String, hostname: &str, boundary: &str, reports: &[&Report], failed: bool) {
+fn human_part(
+    b: &mut String,
+    hostname: &str,
+    boundary: &str,
+    reports: &[&Report],
+    failed: bool,
+    delayed: bool,
+) {
     let _ = write!(
         b,
         "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
@@ -112,6 +133,11 @@ This is the mail system at host {hostname}.\r\n\r\n"
     if failed {
         b.push_str(
             "Your message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n",
+        );
+    } else if delayed {
+        b.push_str(
+            "Your message could not be delivered yet to the following recipients.\r\nThe mail system \
+             keeps trying; you do not need to send it again.\r\n\r\n",
         );
     } else {
         b.push_str("Your message was delivered to the following recipients.\r\n\r\n");
@@ -148,8 +174,12 @@ Reporting-MTA: dns; {hostname}\r\n"
             Action::Failed => "failed",
             Action::Delivered => "delivered",
             Action::Relayed => "relayed",
+            Action::Delayed { .. } => "delayed",
         };
         let _ = write!(b, "Action: {action}\r\nStatus: {}\r\n", r.status);
+        if let Action::Delayed { until } = r.action {
+            let _ = write!(b, "Will-Retry-Until: {}\r\n", format_rfc5322_date(until));
+        }
         if let Some(mta) = &r.remote_mta {
             let _ = write!(b, "Remote-MTA: dns; {mta}\r\n");
         }
@@ -169,12 +199,13 @@ Reporting-MTA: dns; {hostname}\r\n"
 }
 
 /// The part of the original to return, and whether it has 8-bit bytes.
-fn returned_part<'a>(env: &Envelope, original: &'a [u8]) -> (&'a [u8], bool) {
-    let headers_only = match env.ret {
-        Some(Ret::Headers) => true,
-        Some(Ret::Full) => false,
-        None => original.len() > FULL_RETURN_LIMIT,
-    };
+fn returned_part<'a>(env: &Envelope, original: &'a [u8], delayed: bool) -> (&'a [u8], bool) {
+    let headers_only = delayed
+        || match env.ret {
+            Some(Ret::Headers) => true,
+            Some(Ret::Full) => false,
+            None => original.len() > FULL_RETURN_LIMIT,
+        };
     let part = if headers_only {
         let end = memchr::memmem::find(original, b"\r\n\r\n").map_or(original.len(), |i| i + 2);
         &original[..end]
@@ -280,5 +311,35 @@ mod tests {
             build("mx.test", &e, ORIGINAL, &[report(&e, Action::Delivered)], QueueId(5), 0).is_none(),
             "no success by default"
         );
+    }
+
+    #[test]
+    fn delayed_reports_tell_the_sender_it_is_late() {
+        let e = env(Some(Ret::Full), "DELAY,FAILURE");
+        let mut r = report(&e, Action::Delayed { until: 1_800_086_400 });
+        r.status = "4.7.1".into();
+        let dsn = build("mx.test", &e, ORIGINAL, &[r.clone()], QueueId(5), 1_800_000_000).unwrap();
+        let text = String::from_utf8(dsn.body).unwrap();
+        for want in [
+            "Subject: Delayed Mail (still being retried)",
+            "Action: delayed\r\nStatus: 4.7.1\r\nWill-Retry-Until: ",
+            "keeps trying",
+            "Content-Type: text/rfc822-headers",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        // Headers only, even with RET=FULL.
+        let body_starts = ORIGINAL.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(!text.contains(std::str::from_utf8(&ORIGINAL[body_starts..]).unwrap().trim()));
+        for notify in ["FAILURE", "NEVER", "SUCCESS"] {
+            let e = env(None, notify);
+            let r = report(&e, Action::Delayed { until: 0 });
+            assert!(build("mx.test", &e, ORIGINAL, &[r], QueueId(5), 0).is_none(), "NOTIFY={notify}");
+        }
+        // No NOTIFY: the delay is reported (RFC 3461 leaves it to us; Postfix does too).
+        let mut e = env(None, "DELAY");
+        e.recipients[0].notify = Notify::default();
+        assert!(build("mx.test", &e, ORIGINAL, &[report(&e, Action::Delayed { until: 0 })], QueueId(5), 0)
+            .is_some());
     }
 }

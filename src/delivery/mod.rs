@@ -47,6 +47,8 @@ pub struct DeliveryConfig {
     pub port: u16,
     pub retry: Vec<Duration>,
     pub max_age: Duration,
+    /// `delayed` DSNs after this long (zero: none).
+    pub delay_warning: Duration,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,

@@ -763,7 +763,26 @@ impl Owner {
                             Some(next_attempt);
                     }
                 }
-                let record = ProgressRecord { id, attempts, next_attempt, last_error, done };
+                // `[delivery] delay_warning`: the sender hears once that it is late.
+                let mut delay_notified = self
+                    .spool
+                    .with_entry(id, |e| e.progress.as_ref().is_some_and(|p| p.delay_notified))
+                    .unwrap_or(false);
+                let due = decide::delay_reports(
+                    &a.env,
+                    &a.outcomes,
+                    now,
+                    cfg.delay_warning,
+                    cfg.max_age,
+                    delay_notified,
+                );
+                if let Some(reports) = due {
+                    delay_notified = reports.is_empty() || self.queue_dsn(&a.env, a.loc, &reports, now).await;
+                    if delay_notified && !reports.is_empty() {
+                        tracing::info!(target: "delivery", %id, recipients = reports.len(), "delay warning queued");
+                    }
+                }
+                let record = ProgressRecord { id, attempts, next_attempt, last_error, done, delay_notified };
                 if let Ok(Err(e)) = self.spool.progress(record).await {
                     tracing::warn!(%id, error = %e, "could not record delivery progress; retrying anyway");
                 }

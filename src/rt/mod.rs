@@ -98,6 +98,7 @@ pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::Del
         port: d.port,
         retry: d.retry.clone(),
         max_age: d.max_age,
+        delay_warning: d.delay_warning,
         connect_timeout: d.connect_timeout,
         command_timeout: d.command_timeout,
         data_timeout: d.data_timeout,

@@ -38,6 +38,8 @@ pub struct Progress {
     pub last_error: String,
     /// Recipients finished (delivered or bounced), sorted.
     pub done: Vec<u32>,
+    /// A delay DSN went out (sticky).
+    pub delay_notified: bool,
 }
 
 /// What the index keeps per live message: small on purpose (the envelope
@@ -273,6 +275,7 @@ impl Index {
                     next_attempt: p.next_attempt,
                     last_error: p.last_error.clone(),
                     done: p.done.clone(),
+                    delay_notified: p.delay_notified,
                 });
                 (*id, e.loc, p)
             })
@@ -291,6 +294,7 @@ impl Index {
         p.attempts = r.attempts;
         p.next_attempt = r.next_attempt;
         p.last_error.clone_from(&r.last_error);
+        p.delay_notified |= r.delay_notified;
         p.done.extend(r.done.iter().copied().filter(|&i| i < recipients));
         p.done.sort_unstable();
         p.done.dedup();
@@ -399,6 +403,7 @@ mod tests {
             next_attempt: 100,
             last_error: "451 later".into(),
             done: done.to_vec(),
+            delay_notified: false,
         }
     }
 

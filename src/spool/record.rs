@@ -89,6 +89,10 @@ pub struct ProgressRecord {
     pub last_error: String,
     /// Recipients (indexes into the envelope) finished by this attempt.
     pub done: Vec<u32>,
+    /// The sender has been told the message is delayed (`[delivery]
+    /// delay_warning`): once per message. Encoded as a trailing byte only
+    /// when set, so records without it read as before.
+    pub delay_notified: bool,
 }
 
 /// Why bytes are not a valid record.
@@ -327,6 +331,9 @@ pub fn append_progress(out: &mut Vec<u8>, p: &ProgressRecord) -> usize {
         for i in &p.done {
             b.extend_from_slice(&i.to_le_bytes());
         }
+        if p.delay_notified {
+            b.push(1);
+        }
     })
 }
 
@@ -545,10 +552,12 @@ pub fn decode_progress(payload: &[u8]) -> Result<ProgressRecord, DecodeError> {
         return Err(DecodeError::Payload);
     }
     let done = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
-    if !r.rest.is_empty() {
-        return Err(DecodeError::Payload);
-    }
-    Ok(ProgressRecord { id, attempts, next_attempt, last_error, done })
+    let delay_notified = match r.rest {
+        [] => false,
+        [1] => true,
+        _ => return Err(DecodeError::Payload),
+    };
+    Ok(ProgressRecord { id, attempts, next_attempt, last_error, done, delay_notified })
 }
 
 /// Decodes a Done payload.
@@ -710,6 +719,7 @@ pub(crate) mod tests {
             next_attempt: 1_800_000_300,
             last_error: "451 4.7.1 greylisted".into(),
             done: vec![0, 2],
+            delay_notified: false,
         };
         let mut buf = Vec::new();
         append_progress(&mut buf, &p);
@@ -718,8 +728,24 @@ pub(crate) mod tests {
         let h = Header::parse(&buf).unwrap();
         assert_eq!(h.kind, RecordKind::Progress);
         h.verify(&buf[HEADER_LEN..], tag).unwrap();
-        assert_eq!(decode_progress(&buf[HEADER_LEN..]), Ok(p));
-        assert!(decode_progress(&buf[HEADER_LEN..buf.len() - 1]).is_err());
+        let plain = buf[HEADER_LEN..].to_vec();
+        assert_eq!(decode_progress(&plain), Ok(p.clone()));
+        assert!(decode_progress(&plain[..plain.len() - 1]).is_err());
+        // The delay flag is one trailing byte, there only when set: records
+        // written before it existed read as "not notified".
+        let notified = ProgressRecord { delay_notified: true, ..p };
+        let mut buf = Vec::new();
+        append_progress(&mut buf, &notified);
+        seal(&mut buf, tag);
+        let payload = &buf[HEADER_LEN..];
+        assert_eq!(payload.len(), plain.len() + 1);
+        assert_eq!(&payload[..plain.len()], &plain[..]);
+        assert_eq!(decode_progress(payload), Ok(notified));
+        let mut bad = payload.to_vec();
+        *bad.last_mut().unwrap() = 2;
+        assert_eq!(decode_progress(&bad), Err(DecodeError::Payload));
+        bad.push(1);
+        assert_eq!(decode_progress(&bad), Err(DecodeError::Payload));
     }
 
     /// Checks every record of `buf` for `tag`.

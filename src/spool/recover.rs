@@ -491,6 +491,7 @@ fn adopt(dir: &Path, old: Family, target: &mut Family) -> Result<usize, SpoolErr
                     next_attempt: p.next_attempt,
                     last_error: p.last_error.clone(),
                     done: p.done.clone(),
+                    delay_notified: p.delay_notified,
                 };
                 let mut pbuf = Vec::new();
                 pos += record::append_progress(&mut pbuf, &rec) as u64;
