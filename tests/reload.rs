@@ -520,3 +520,71 @@ fn auth_failures_per_ip() {
     auth("wrong", "535");
     auth("right", "454");
 }
+
+#[test]
+fn http_tokens_and_inject_size() {
+    let http = free_port();
+    let listeners = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n\
+         [[listener]]\naddress = \"127.0.0.1:{http}\"\nkind = \"http\"\n"
+    );
+    let token = |name: &str, secret: &str| {
+        format!("[[http_token]]\nname = \"{name}\"\nhash = \"{}\"\n", common::hash_password(secret))
+    };
+    let srv = Server::start(&format!("{listeners}{}[delivery]\nhold = true\n", token("one", "first-secret")));
+    let body = "{\"envelope_sender\": \"a@x.test\", \"content\": \"From: a@x.test\\n\\nx\", \
+                \"recipients\": [{\"email\": \"b@y.test\"}]}";
+    let post = |secret: &str| {
+        common::http_with(
+            ([127, 0, 0, 1], http).into(),
+            "POST",
+            "/api/inject/v1",
+            &format!(
+                "Host: x\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .0
+    };
+    assert_eq!(post("first-secret"), 200);
+    assert_eq!(post("second-secret"), 401);
+    srv.reload(
+        &format!(
+            "{listeners}{}[limits]\ninject_size = 1024\n[delivery]\nhold = true\n",
+            token("two", "second-secret")
+        ),
+        false,
+    );
+    assert_eq!(post("first-secret"), 401, "a token taken out no longer works");
+    assert_eq!(post("second-secret"), 200);
+    // A body over the new inject_size: 413 before it is read.
+    let (status, text) = common::http_with(
+        ([127, 0, 0, 1], http).into(),
+        "POST",
+        "/api/inject/v1",
+        "Host: x\r\nConnection: close\r\nAuthorization: Bearer second-secret\r\nContent-Length: 2048\r\n\r\n",
+    );
+    assert_eq!(status, 413, "{text}");
+}
+
+#[test]
+fn delay_warning() {
+    let (late, home) = (free_port(), free_port());
+    let _late = Receiver::start("127.0.0.1", late, &["--mode", "always-451"]);
+    let rx = Receiver::start("127.0.0.1", home, &[]);
+    let routes = format!(
+        "[[route]]\ndomain = \"late.test\"\nto = [\"127.0.0.1:{late}\"]\n\
+         [[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{home}\"]\n"
+    );
+    let srv =
+        Server::start(&format!("{routes}[delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"));
+    srv.reload(
+        &format!(
+            "{routes}[delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\ndelay_warning = \"1s\"\n"
+        ),
+        false,
+    );
+    send(&srv, "a@late.test", "late");
+    let got = rx.wait_for(1, Duration::from_secs(15));
+    assert!(got.iter().any(|m| m.contains("Action: delayed")), "{got:?}");
+}

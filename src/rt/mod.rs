@@ -588,8 +588,9 @@ fn debug(v: &dyn std::fmt::Debug) -> String {
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let listeners = |c: &Config| c.listeners.iter().map(|l| debug(l.get_ref())).collect::<Vec<_>>();
     let (od, nd) = (&old.delivery, &new.delivery);
-    let checks: [(bool, &'static str); 8] = [
+    let checks: [(bool, &'static str); 9] = [
         (listeners(old) != listeners(new), "[[listener]]"),
+        (old.redis != new.redis, "[redis]"),
         (old.threads != new.threads, "threads"),
         (debug(&old.spool) != debug(&new.spool), "[spool]"),
         (debug(&old.admin) != debug(&new.admin), "[admin]"),
@@ -612,7 +613,8 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         let tenants = c.tenants.iter().map(|t| debug(t.get_ref())).collect::<Vec<_>>();
         (sources, pools, tenants)
     };
-    let checks: [(bool, &'static str); 16] = [
+    let tokens = |c: &Config| c.http_tokens.iter().map(|t| debug(t.get_ref())).collect::<Vec<_>>();
+    let checks: [(bool, &'static str); 17] = [
         (old.hostname() != new.hostname(), "hostname"),
         (debug(&old.shaping) != debug(&new.shaping), "[[shaping]]"),
         (dkim(old) != dkim(new), "[[dkim]]"),
@@ -628,6 +630,7 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.feedback != new.feedback, "[feedback]"),
         (old.unsubscribe != new.unsubscribe, "[unsubscribe]"),
         (debug(&old.webhooks) != debug(&new.webhooks), "[[webhook]]"),
+        (tokens(old) != tokens(new), "[[http_token]]"),
         (debug(&old.log) != debug(&new.log), "[log] (needs a restart)"),
     ];
     checks.into_iter().filter(|c| c.0).map(|c| c.1).collect()
