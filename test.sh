@@ -5,12 +5,13 @@
 #
 # The tests start the real binary on loopback and drive it with real peers:
 # Python (smtplib, poplib, ssl, dkimpy), swaks, openssl, Postfix's smtp-source and
-# Postfix itself (private instances), dnsmasq, redis-server (private instances), strace.
+# Postfix itself, redis-server and Dovecot (private instances), dnsmasq, curl, strace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES=(postfix swaks openssl dnsmasq-base python3 ca-certificates strace libnet-ssleay-perl
-  libio-socket-ssl-perl python3-dkim python3-nacl redis-server curl)
+  libio-socket-ssl-perl python3-dkim python3-nacl redis-server curl
+  dovecot-imapd dovecot-lmtpd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

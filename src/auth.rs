@@ -60,6 +60,22 @@ pub fn verify(hash: Option<&str>, password: &str) -> bool {
     ok && known
 }
 
+/// A Dovecot passwd-file line for a `[[user]]`: `address:{SCHEME}hash`.
+/// Dovecot 2.3 (built with libsodium, as Debian's is) verifies argon2id and
+/// argon2i PHC strings under `{ARGON2ID}` / `{ARGON2I}`.
+pub fn dovecot_line(address: &str, phc: &str) -> Result<String, String> {
+    if address.is_empty() || address.contains([':', '\n', '\r', '\0']) {
+        return Err(format!("{address:?} cannot be a passwd-file user name"));
+    }
+    let scheme = match PasswordHash::new(phc).map(|h| h.algorithm.as_str().to_owned()) {
+        Ok(a) if a == "argon2id" => "ARGON2ID",
+        Ok(a) if a == "argon2i" => "ARGON2I",
+        Ok(a) => return Err(format!("{address}: Dovecot cannot verify {a} hashes")),
+        Err(e) => return Err(format!("{address}: not a PHC hash: {e}")),
+    };
+    Ok(format!("{}:{{{scheme}}}{phc}", address.to_lowercase()))
+}
+
 /// One bearer token of the injection API (`[[http_token]]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -130,6 +146,19 @@ mod tests {
         assert!(!verify(None, "anything"));
         assert!(!verify(Some("not a hash"), "x"));
         assert!(PasswordHash::new(DUMMY).is_ok());
+    }
+
+    #[test]
+    fn dovecot_lines() {
+        let h = hash("pw").unwrap();
+        assert_eq!(
+            dovecot_line("Alice@Example.test", &h).unwrap(),
+            format!("alice@example.test:{{ARGON2ID}}{h}")
+        );
+        assert!(dovecot_line("a:b@x", &h).unwrap_err().contains("passwd-file"));
+        assert!(dovecot_line("a@x", "plain").unwrap_err().contains("PHC"));
+        let argon2d = "$argon2d$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$7oYkHW0eZ4vMxUs0qCJWOQ";
+        assert!(dovecot_line("a@x", argon2d).unwrap_err().contains("cannot verify"));
     }
 
     #[test]

@@ -547,11 +547,14 @@ impl Default for AdminConfig {
 pub struct LocalConfig {
     /// Maildirs live at `<mail_dir>/<domain>/<local-part>/`.
     pub mail_dir: PathBuf,
+    /// The system user that owns the Maildirs and their files (Dovecot
+    /// reads them as that user; it refuses root).
+    pub user: Option<String>,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { mail_dir: PathBuf::from("/var/mail") }
+        LocalConfig { mail_dir: PathBuf::from("/var/mail"), user: None }
     }
 }
 
@@ -873,6 +876,11 @@ impl Config {
                     &format!("dkim[{i}]"),
                     "a second entry with the same domain and selector",
                 ));
+            }
+        }
+        if let Some(u) = &self.local.user {
+            if let Err(e) = crate::delivery::local::lookup_user(u) {
+                return Err(ConfigError(format!("{name}: local.user: {e}")));
             }
         }
         if let Some(r) = &self.redis {

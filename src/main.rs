@@ -46,6 +46,11 @@ enum Command {
         #[arg(long, global = true, env = "RINGPOST_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Local mailbox users ([[user]]).
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
     /// The suppression list of a running server (admin API).
     Suppress {
         #[command(subcommand)]
@@ -56,6 +61,21 @@ enum Command {
         /// Bearer token for the admin API (or RINGPOST_ADMIN_TOKEN).
         #[arg(long, global = true, env = "RINGPOST_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Print the [[user]] entries for another program.
+    Export {
+        /// As a Dovecot passwd-file (`passdb { driver = passwd-file }`):
+        /// `address:{ARGON2ID}<hash>` lines, so Dovecot serves IMAP on
+        /// ringpost's Maildirs with the same passwords.
+        #[arg(long)]
+        dovecot: bool,
+        /// Config file; default ./ringpost.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -189,6 +209,7 @@ fn main() -> ExitCode {
         Command::Queue { action, admin, token } => queue(action, admin, token.as_deref()),
         Command::Suppress { action, admin, token } => suppress(action, admin, token.as_deref()),
         Command::Tune { action } => tune(action),
+        Command::Users { action: UsersAction::Export { dovecot, config } } => users_export(dovecot, config),
     }
 }
 
@@ -392,6 +413,37 @@ fn login_name() -> String {
         }
         std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| format!("uid{uid}"))
     }
+}
+
+fn users_export(dovecot: bool, config: Option<PathBuf>) -> ExitCode {
+    if !dovecot {
+        eprintln!("ringpost: users export: name the format (--dovecot)");
+        return ExitCode::from(2);
+    }
+    let path = config.unwrap_or_else(|| PathBuf::from("ringpost.toml"));
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringpost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = String::new();
+    for u in &config.users {
+        let u = u.get_ref();
+        match ringpost::auth::dovecot_line(&u.address, &u.password) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(e) => {
+                eprintln!("ringpost: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
 }
 
 fn hash_password() -> ExitCode {

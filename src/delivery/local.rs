@@ -33,6 +33,26 @@ pub fn mailbox_dir(mail_dir: &Path, domain: &str, local: &str) -> Result<PathBuf
     Ok(mail_dir.join(domain).join(local))
 }
 
+/// The uid and gid of a system user (`[local] user`).
+pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not a user name"))?;
+    // SAFETY: getpwnam_r writes only into the buffers we pass; the result
+    // is read before they are dropped.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 << 10];
+        let mut result = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(c.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() {
+            return Err(format!("no such system user {name:?}"));
+        }
+        if pwd.pw_uid == 0 {
+            return Err(format!("{name:?} is root: Maildirs must belong to an unprivileged user"));
+        }
+        Ok((pwd.pw_uid, pwd.pw_gid))
+    }
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A unique Maildir file name: `<secs>.<pid>_<counter>.<host>`.
@@ -48,6 +68,9 @@ fn temp(e: io::Error, what: &str, path: &Path) -> LocalError {
 
 /// Delivers `body` (CRLF lines, as spooled) to the Maildir of `local@domain`,
 /// with `Return-Path` and `Delivered-To` headers first. Returns the file path.
+/// With `owner` (`[local] user`: uid, gid), the directories it makes and
+/// the file belong to that user.
+#[allow(clippy::too_many_arguments)] // reason: one delivery's facts, each distinct
 pub fn deliver(
     mail_dir: &Path,
     hostname: &str,
@@ -56,11 +79,24 @@ pub fn deliver(
     return_path: &str,
     body: &[u8],
     unix: u64,
+    owner: Option<(u32, u32)>,
 ) -> Result<PathBuf, LocalError> {
     let dir = mailbox_dir(mail_dir, domain, local)?;
+    let domain_dir = dir.parent().map(Path::to_path_buf);
+    let fresh_domain = domain_dir.as_ref().is_some_and(|d| !d.exists());
+    let fresh = !dir.join("cur").exists();
     for sub in ["tmp", "new", "cur"] {
         let p = dir.join(sub);
         fs::create_dir_all(&p).map_err(|e| temp(e, "cannot create", &p))?;
+    }
+    if let (Some((uid, gid)), true) = (owner, fresh) {
+        let mut made = vec![dir.clone(), dir.join("tmp"), dir.join("new"), dir.join("cur")];
+        if let (true, Some(d)) = (fresh_domain, domain_dir) {
+            made.push(d);
+        }
+        for p in made {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(|e| temp(e, "cannot chown", &p))?;
+        }
     }
     let mut content = Vec::with_capacity(body.len() + 128);
     // The mailbox's own name, as the directory is named.
@@ -86,6 +122,12 @@ pub fn deliver(
         .create_new(true)
         .open(&tmp)
         .map_err(|e| temp(e, "cannot create", &tmp))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            temp(e, "cannot chown", &tmp)
+        })?;
+    }
     f.write_all(&content).and_then(|_| f.sync_all()).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         temp(e, "cannot write", &tmp)
@@ -105,8 +147,9 @@ mod tests {
     fn delivers_into_new_with_lf_lines() {
         let root = tempfile::tempdir().unwrap();
         let body = b"Received: x\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n";
-        let path = deliver(root.path(), "mx.test", "Example.Test", "Alice", "s@x.test", body, 1_800_000_000)
-            .unwrap();
+        let path =
+            deliver(root.path(), "mx.test", "Example.Test", "Alice", "s@x.test", body, 1_800_000_000, None)
+                .unwrap();
         assert!(path.starts_with(root.path().join("example.test/alice/new")));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "Return-Path: <s@x.test>\nDelivered-To: alice@example.test\nReceived: x\nSubject: hi\n\nline one\nline two\n");
@@ -136,7 +179,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let file = root.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let r = deliver(&file, "mx.test", "example.test", "bob", "", b"x\r\n", 0);
+        let r = deliver(&file, "mx.test", "example.test", "bob", "", b"x\r\n", 0, None);
         assert!(matches!(r, Err(LocalError::Temporary(_))), "{r:?}");
     }
 }

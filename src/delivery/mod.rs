@@ -63,6 +63,8 @@ pub struct DeliveryConfig {
     pub routes: Routes,
     pub local_domains: HashSet<String>,
     pub mail_dir: PathBuf,
+    /// `[local] user`: uid and gid owning the Maildirs.
+    pub mail_owner: Option<(u32, u32)>,
     /// Queue everything, deliver nothing.
     pub hold: bool,
     /// Sources, pools, tenants.

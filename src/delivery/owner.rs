@@ -550,8 +550,9 @@ impl Owner {
                         (cfg.mail_dir.clone(), cfg.hostname.clone(), r.address.local_part().to_owned());
                     let (dom, sender, body) = (domain.clone(), env.reverse_path.to_string(), body.clone());
                     let now = unix_secs();
+                    let owner = cfg.mail_owner;
                     let res = monoio::spawn_blocking(move || {
-                        local::deliver(&mail_dir, &host, &dom, &local, &sender, &body, now)
+                        local::deliver(&mail_dir, &host, &dom, &local, &sender, &body, now, owner)
                     })
                     .await;
                     let (outcome, status, text) = match res {

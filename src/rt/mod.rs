@@ -111,6 +111,8 @@ pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::Del
         routes: crate::delivery::route::Routes::new(&config.routes),
         local_domains: local_domains(config),
         mail_dir: config.local.mail_dir.clone(),
+        // Checked when the file was read: an unknown user is a config error.
+        mail_owner: config.local.user.as_deref().and_then(|u| crate::delivery::local::lookup_user(u).ok()),
         hold: d.hold,
         egress: Arc::new(crate::delivery::egress::Egress::new(config)),
         // Checked when the file was loaded.
