@@ -413,6 +413,19 @@ pub struct RouteConfig {
     /// Next hops `host:port` (or `[v6addr]:port`), tried in order.
     #[serde(deserialize_with = "de_targets")]
     pub to: Vec<RouteTarget>,
+    /// `"smtp"`, or `"lmtp"` (RFC 2033: a final delivery agent such as
+    /// Dovecot's LMTP).
+    #[serde(default)]
+    pub protocol: RouteProtocol,
+}
+
+/// What a `[[route]]` speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteProtocol {
+    #[default]
+    Smtp,
+    Lmtp,
 }
 
 /// One next hop of a `[[route]]`: a host name or address (lower case), and

@@ -23,6 +23,22 @@ struct Dovecot {
 
 impl Dovecot {
     fn start(dir: &Path, passwd: &Path, mail: &Path, imap: u16) -> Dovecot {
+        let userdb = format!(
+            "userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={}/%d/%n\n}}\n",
+            mail.display()
+        );
+        Dovecot::start_with(dir, passwd, mail, imap, None, &userdb)
+    }
+
+    /// With an LMTP listener on `lmtp` too, and the given userdb.
+    fn start_with(
+        dir: &Path,
+        passwd: &Path,
+        mail: &Path,
+        imap: u16,
+        lmtp: Option<u16>,
+        userdb: &str,
+    ) -> Dovecot {
         let run_dir = dir.join("dovecot-run");
         std::fs::create_dir_all(&run_dir).unwrap();
         let log = dir.join("dovecot.log");
@@ -31,13 +47,16 @@ impl Dovecot {
             &conf,
             format!(
                 "base_dir = {run}\nstate_dir = {run}/state\nlog_path = {log}\ninfo_log_path = {log}\n\
-                 listen = 127.0.0.1\nprotocols = imap\nssl = no\ndisable_plaintext_auth = no\n\
+                 listen = 127.0.0.1\nprotocols = imap{lmtp_protocol}\nssl = no\ndisable_plaintext_auth = no\n\
                  auth_mechanisms = plain login\nauth_username_format = %Lu\n\
                  mail_location = maildir:{mail}/%d/%n\nfirst_valid_uid = 1\n\
-                 passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
-                 userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={mail}/%d/%n\n}}\n\
+                 passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n{userdb}\
                  service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap}\n  }}\n\
-                 \x20 inet_listener imaps {{\n    port = 0\n  }}\n}}\n",
+                 \x20 inet_listener imaps {{\n    port = 0\n  }}\n}}\n{lmtp_service}",
+                lmtp_protocol = if lmtp.is_some() { " lmtp" } else { "" },
+                lmtp_service = lmtp.map_or(String::new(), |p| format!(
+                    "service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {p}\n  }}\n}}\n"
+                )),
                 run = run_dir.display(),
                 log = log.display(),
                 mail = mail.display(),
@@ -53,7 +72,9 @@ impl Dovecot {
             .spawn()
             .expect("dovecot (apt-get install dovecot-imapd)");
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", imap)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", imap)).is_err()
+            || lmtp.is_some_and(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_err())
+        {
             assert!(
                 Instant::now() < deadline,
                 "dovecot did not start: {}",
@@ -167,5 +188,67 @@ fn dovecot_imap_and_ringpost_pop3_share_the_maildirs() {
     let retr_octets: usize =
         out.lines().find(|l| l.starts_with("retr")).unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     assert!(retr_octets >= stat_size - 2 && retr_octets <= stat_size + 2, "{out}");
+    drop(dovecot);
+}
+
+#[test]
+fn delivery_over_lmtp_to_dovecot_answers_each_recipient() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mail = dir.join("mail");
+    std::fs::create_dir_all(&mail).unwrap();
+    let (uid, gid) = (65534, 65534); // nobody, nogroup
+    std::os::unix::fs::chown(&mail, Some(uid), Some(gid)).unwrap();
+    // Dovecot knows alice only (RCPT for anyone else: 550 5.1.1).
+    let passwd = dir.join("users.passwd");
+    std::fs::write(
+        &passwd,
+        format!(
+            "alice@lmtp.test:{{PLAIN}}x:{uid}:{gid}::{m}/lmtp.test/alice::\n             carol@lmtp.test:{{PLAIN}}x:{uid}:{gid}::{m}/lmtp.test/carol::userdb_quota_rule=*:storage=1\n",
+            m = mail.display()
+        ),
+    )
+    .unwrap();
+    let userdb = format!("userdb {{\n  driver = passwd-file\n  args = {}\n}}\n", passwd.display());
+    let (imap, lmtp) = (free_port(), free_port());
+    let dovecot = Dovecot::start_with(&dir, &passwd, &mail, imap, Some(lmtp), &userdb);
+
+    // DSNs for the sender come back to this receiver.
+    let home = free_port();
+    let rx = common::Receiver::start("127.0.0.1", home, &[]);
+    let srv = Server::start_in(
+        &dir,
+        &format!(
+            "[[route]]\ndomain = \"lmtp.test\"\nto = [\"127.0.0.1:{lmtp}\"]\nprotocol = \"lmtp\"\n\
+             [[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{home}\"]\n\
+             [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
+        ),
+    );
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.send_message(
+        "sender@home.test",
+        &["alice@lmtp.test", "nobody-here@lmtp.test"],
+        "Subject: over lmtp\r\n\r\nhello dovecot\r\n",
+    );
+    c.cmd("QUIT", "221");
+
+    // alice: delivered by Dovecot into her Maildir; the unknown user
+    // bounces on its own (a DSN to the sender), without holding alice back.
+    let new = mail.join("lmtp.test/alice/new");
+    assert!(
+        wait_until(Duration::from_secs(15), || std::fs::read_dir(&new).map(|d| d.count()).unwrap_or(0) == 1),
+        "{}",
+        std::fs::read_to_string(&dovecot.log).unwrap_or_default()
+    );
+    let file = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains("Subject: over lmtp") && text.contains("hello dovecot"), "{text}");
+    let dsn = rx.wait_for(1, Duration::from_secs(15));
+    assert_eq!(dsn.len(), 1, "{dsn:?}");
+    assert!(dsn[0].contains("Action: failed") && dsn[0].contains("nobody-here@lmtp.test"), "{}", dsn[0]);
+    assert!(!dsn[0].contains("Final-Recipient: rfc822; alice@lmtp.test"), "{}", dsn[0]);
+    assert!(wait_until(Duration::from_secs(10), || srv.queued_messages() == 0));
     drop(dovecot);
 }

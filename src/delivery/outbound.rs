@@ -38,13 +38,19 @@ impl std::fmt::Debug for Outbound {
     }
 }
 
-fn client_config(cfg: &DeliveryConfig, source: Option<&Source>, starttls: bool) -> SmtpClientConfig {
+fn client_config(
+    cfg: &DeliveryConfig,
+    source: Option<&Source>,
+    starttls: bool,
+    lmtp: bool,
+) -> SmtpClientConfig {
     SmtpClientConfig {
         helo: source.map_or_else(|| cfg.hostname.clone(), |s| s.ehlo.clone()),
         starttls,
         command_timeout: cfg.command_timeout,
         data_timeout: cfg.data_timeout,
         final_timeout: cfg.final_timeout,
+        lmtp,
     }
 }
 
@@ -69,11 +75,11 @@ impl Outbound {
                     ));
                     continue;
                 }
-                match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls).await {
+                match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls, hop.lmtp).await {
                     Ok(o) => return Ok(o),
                     Err((e, true)) => {
                         // TLS failed: opportunistic means plain text is still better than nothing.
-                        match Outbound::open_one(&host.name, addr, source, cfg, tls, false).await {
+                        match Outbound::open_one(&host.name, addr, source, cfg, tls, false, hop.lmtp).await {
                             Ok(o) => return Ok(o),
                             Err((e2, _)) => {
                                 errors.push(format!("{}[{addr}]: {e}; without TLS: {e2}", host.name))
@@ -95,6 +101,7 @@ impl Outbound {
         cfg: &DeliveryConfig,
         tls: &Arc<ClientConfig>,
         starttls: bool,
+        lmtp: bool,
     ) -> Result<Outbound, (String, bool)> {
         let connect = async {
             match source {
@@ -110,7 +117,7 @@ impl Outbound {
         let _ = stream.set_nodelay(true);
         let mut o = Outbound {
             conn: Conn::new(Transport::Plain(stream), cfg.data_timeout),
-            client: Client::new(client_config(cfg, source, starttls), instant()),
+            client: Client::new(client_config(cfg, source, starttls, lmtp), instant()),
             body: Vec::new(),
             host: host.to_owned(),
             addr,

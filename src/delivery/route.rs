@@ -45,6 +45,8 @@ pub struct NextHop {
     pub key: String,
     /// In the order to try.
     pub hosts: Vec<Host>,
+    /// Speak LMTP (a `[[route]]` with `protocol = "lmtp"`).
+    pub lmtp: bool,
 }
 
 /// Why there is no next hop.
@@ -68,8 +70,15 @@ impl std::fmt::Display for HopError {
 /// Static routes from `[[route]]`.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    by_domain: HashMap<String, Vec<(String, u16)>>,
-    wildcard: Option<Vec<(String, u16)>>,
+    by_domain: HashMap<String, Route>,
+    wildcard: Option<Route>,
+}
+
+/// One route: its targets and whether they speak LMTP.
+#[derive(Debug, Clone)]
+struct Route {
+    targets: Vec<(String, u16)>,
+    lmtp: bool,
 }
 
 impl Routes {
@@ -78,16 +87,17 @@ impl Routes {
         let mut r = Routes::default();
         for route in routes {
             let targets: Vec<(String, u16)> = route.to.iter().map(|t| (t.host.clone(), t.port)).collect();
+            let entry = Route { targets, lmtp: route.protocol == crate::config::RouteProtocol::Lmtp };
             if route.domain == "*" {
-                r.wildcard = Some(targets);
+                r.wildcard = Some(entry);
             } else {
-                r.by_domain.insert(route.domain.to_lowercase(), targets);
+                r.by_domain.insert(route.domain.to_lowercase(), entry);
             }
         }
         r
     }
 
-    fn get(&self, domain: &str) -> Option<&Vec<(String, u16)>> {
+    fn get(&self, domain: &str) -> Option<&Route> {
         self.by_domain.get(domain).or(self.wildcard.as_ref())
     }
 }
@@ -128,8 +138,8 @@ async fn addresses<D: Dns>(dns: &D, host: &str, port: u16) -> Result<Vec<SocketA
 
 /// Finds the next hop for `domain` (lower case). `port` is for MX hosts.
 pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) -> Result<NextHop, HopError> {
-    if let Some(targets) = routes.get(domain) {
-        return resolve_route(dns, targets).await;
+    if let Some(route) = routes.get(domain) {
+        return resolve_route(dns, &route.targets, route.lmtp).await;
     }
     if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         let ip: IpAddr = literal
@@ -142,6 +152,7 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
         return Ok(NextHop {
             key: format!("literal:{addr}"),
             hosts: vec![Host { name: domain.into(), addrs: vec![addr] }],
+            lmtp: false,
         });
     }
     let mx = dns.lookup(domain, Rtype::Mx).await;
@@ -155,6 +166,7 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
                 Ok(addrs) => Ok(NextHop {
                     key: format!("mx:{domain}:{port}"),
                     hosts: vec![Host { name: domain.into(), addrs }],
+                    lmtp: false,
                 }),
                 Err(AddrError::None { .. }) => {
                     Err(HopError::Permanent("5.1.2", format!("domain {domain} has no MX and no address")))
@@ -165,9 +177,10 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
     }
 }
 
-async fn resolve_route<D: Dns>(dns: &D, targets: &[(String, u16)]) -> Result<NextHop, HopError> {
+async fn resolve_route<D: Dns>(dns: &D, targets: &[(String, u16)], lmtp: bool) -> Result<NextHop, HopError> {
+    let kind = if lmtp { "lmtp" } else { "route" };
     let key =
-        format!("route:{}", targets.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>().join(","));
+        format!("{kind}:{}", targets.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>().join(","));
     let mut hosts = Vec::new();
     let mut last = String::new();
     for (host, port) in targets {
@@ -179,7 +192,7 @@ async fn resolve_route<D: Dns>(dns: &D, targets: &[(String, u16)]) -> Result<Nex
     if hosts.is_empty() {
         return Err(HopError::Temporary(format!("no route target resolves: {last}")));
     }
-    Ok(NextHop { key, hosts })
+    Ok(NextHop { key, hosts, lmtp })
 }
 
 async fn resolve_mx<D: Dns>(
@@ -222,7 +235,7 @@ async fn resolve_mx<D: Dns>(
     }
     let mut key_names = names.clone();
     key_names.sort();
-    Ok(NextHop { key: format!("mx:{}:{port}", key_names.join(",")), hosts })
+    Ok(NextHop { key: format!("mx:{}:{port}", key_names.join(",")), hosts, lmtp: false })
 }
 
 #[cfg(test)]
@@ -352,8 +365,13 @@ mod tests {
             RouteConfig {
                 domain: "example.net".into(),
                 to: vec![target("127.0.0.1:2526"), target("[::1]:2527")],
+                protocol: crate::config::RouteProtocol::Lmtp,
             },
-            RouteConfig { domain: "*".into(), to: vec![target("relay.test:25")] },
+            RouteConfig {
+                domain: "*".into(),
+                to: vec![target("relay.test:25")],
+                protocol: crate::config::RouteProtocol::Smtp,
+            },
         ]);
         let mut d = FakeDns::default();
         d.set("relay.test", Rtype::A, ip("127.0.0.5"));
@@ -362,8 +380,10 @@ mod tests {
             hop.hosts.iter().map(|h| h.addrs[0].to_string()).collect::<Vec<_>>(),
             ["127.0.0.1:2526", "[::1]:2527"]
         );
+        assert!(hop.lmtp && hop.key.starts_with("lmtp:"), "{hop:?}");
         let hop = run(resolve(&d, &routes, "anything.test", 25)).unwrap();
         assert_eq!(hop.hosts[0].addrs[0], "127.0.0.5:25".parse().unwrap());
+        assert!(!hop.lmtp && hop.key.starts_with("route:"));
         assert!(d.asked.borrow().iter().all(|(_, t)| *t != Rtype::Mx), "routes never ask for MX");
         let hop = run(resolve(&d, &Routes::default(), "[127.0.0.8]", 2525)).unwrap();
         assert_eq!(hop.hosts[0].addrs[0], "127.0.0.8:2525".parse().unwrap());

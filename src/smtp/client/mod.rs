@@ -43,6 +43,9 @@ pub struct ClientConfig {
     pub data_timeout: Duration,
     /// The reply after the final dot (RFC 5321: 10 minutes).
     pub final_timeout: Duration,
+    /// Speak LMTP (RFC 2033): LHLO, and after the content one reply per
+    /// accepted recipient.
+    pub lmtp: bool,
 }
 
 /// What the server's EHLO reply advertised.
@@ -168,6 +171,8 @@ enum Pending {
     Rcpt(usize),
     Data,
     Final,
+    /// LMTP: the reply after the content for recipient `i`.
+    FinalFor(usize),
     Rset,
     Quit,
 }
@@ -177,6 +182,8 @@ enum Pending {
 struct Transaction {
     mail: Option<ServerReply>,
     rcpts: Vec<Option<ServerReply>>,
+    /// LMTP: each accepted recipient's reply after the content.
+    finals: Vec<Option<ServerReply>>,
     /// Commands not yet sent (without PIPELINING, one at a time).
     unsent: VecDeque<(Pending, String)>,
 }
@@ -264,7 +271,7 @@ impl Client {
             let during = match self.awaiting.front() {
                 Some(Pending::Greeting) => "the greeting",
                 Some(Pending::Data) => "the reply to DATA",
-                Some(Pending::Final) => "the reply after the message",
+                Some(Pending::Final | Pending::FinalFor(_)) => "the reply after the message",
                 Some(_) => "a reply",
                 None => "the next message",
             };
@@ -306,13 +313,24 @@ impl Client {
         }
         unsent.push_back((Pending::Data, "DATA\r\n".to_owned()));
         let rcpts = vec![None; msg.recipients.len()];
-        self.tx = Some(Transaction { mail: None, rcpts, unsent });
+        let finals = vec![None; msg.recipients.len()];
+        self.tx = Some(Transaction { mail: None, rcpts, finals, unsent });
         self.send_next(now);
     }
 
     /// The content (and its final dot) has been written.
     pub fn handle_body_sent(&mut self, now: Instant) {
-        self.awaiting.push_back(Pending::Final);
+        let accepted: Vec<usize> = match (&self.tx, self.config.lmtp) {
+            (Some(tx), true) => (0..tx.rcpts.len())
+                .filter(|&i| tx.rcpts[i].as_ref().is_some_and(|r| r.code / 100 == 2))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if accepted.is_empty() {
+            self.awaiting.push_back(Pending::Final);
+        } else {
+            self.awaiting.extend(accepted.into_iter().map(Pending::FinalFor));
+        }
         self.deadline = now + self.config.final_timeout;
     }
 
@@ -400,7 +418,8 @@ impl Client {
     }
 
     fn send_ehlo(&mut self, now: Instant) {
-        self.output.extend_from_slice(format!("EHLO {}\r\n", self.config.helo).as_bytes());
+        let verb = if self.config.lmtp { "LHLO" } else { "EHLO" };
+        self.output.extend_from_slice(format!("{verb} {}\r\n", self.config.helo).as_bytes());
         self.awaiting.push_back(Pending::Ehlo);
         self.deadline = now + self.config.command_timeout;
     }
@@ -434,6 +453,8 @@ impl Client {
                     self.ready(now);
                 }
             }
+            // LMTP has no HELO to fall back to.
+            Pending::Ehlo if self.config.lmtp => self.fail(Failure::Reply(r)),
             Pending::Ehlo => {
                 self.output.extend_from_slice(format!("HELO {}\r\n", self.config.helo).as_bytes());
                 self.awaiting.push_back(Pending::Helo);
@@ -448,6 +469,14 @@ impl Client {
             Pending::StartTls => self.ready(now),
             Pending::Mail | Pending::Rcpt(_) | Pending::Data | Pending::Final => {
                 self.transaction_reply(pending, r, now)
+            }
+            Pending::FinalFor(i) => {
+                if let Some(slot) = self.tx.as_mut().and_then(|tx| tx.finals.get_mut(i)) {
+                    *slot = Some(r);
+                }
+                if !matches!(self.awaiting.front(), Some(Pending::FinalFor(_))) {
+                    self.finish_lmtp(now);
+                }
             }
             // The next message may have waited for this reply.
             Pending::Rset => self.send_next(now),
@@ -478,6 +507,11 @@ impl Client {
                 if r.code == 354 && accepted && mail_ok {
                     self.event = Some(Event::SendBody);
                     self.deadline = now + self.config.data_timeout;
+                } else if r.code == 354 && self.config.lmtp {
+                    // LMTP answers an empty message once per accepted
+                    // recipient: none here, so no reply is awaited.
+                    self.output.extend_from_slice(b".\r\n");
+                    return self.finish_with(None, now);
                 } else if r.code == 354 {
                     // Nobody to deliver to, but the server wants content: end it empty.
                     self.output.extend_from_slice(b".\r\n");
@@ -501,6 +535,29 @@ impl Client {
             }
             self.send_next(now);
         }
+    }
+
+    /// LMTP: every recipient's result, its own reply after the content if
+    /// its RCPT was accepted. The transaction is over either way.
+    fn finish_lmtp(&mut self, now: Instant) {
+        let Some(tx) = self.tx.take() else { return };
+        let lost = ServerReply { code: 451, text: "4.4.0 no reply for this recipient".into() };
+        let results = tx
+            .rcpts
+            .into_iter()
+            .zip(tx.finals)
+            .enumerate()
+            .map(|(index, (rcpt, fin))| {
+                let reply = match (rcpt, fin) {
+                    (Some(r), _) if r.code / 100 != 2 => r,
+                    (_, Some(f)) => f,
+                    _ => lost.clone(),
+                };
+                RcptResult { index, reply }
+            })
+            .collect();
+        self.event = Some(Event::MessageDone(results));
+        self.deadline = now + self.config.command_timeout;
     }
 
     /// No message will be sent: results from what we have, then RSET.

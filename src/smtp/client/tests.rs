@@ -19,6 +19,7 @@ fn config() -> ClientConfig {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(120),
         final_timeout: Duration::from_secs(600),
+        lmtp: false,
     }
 }
 
@@ -298,4 +299,40 @@ fn timeouts() {
     assert_eq!(s.client.poll_event(), None);
     s.client.handle_timeout(deadline);
     assert_eq!(s.client.poll_event(), Some(Event::Failed(Failure::Timeout("the greeting"))));
+}
+
+#[test]
+fn lmtp_has_a_reply_per_recipient_after_the_content() {
+    let t = Instant::now();
+    let mut s = Script { client: Client::new(ClientConfig { lmtp: true, ..config() }, t), now: t };
+    s.reply("220 lmtp ready\r\n");
+    assert_eq!(s.sent(), "LHLO out.test\r\n");
+    assert_eq!(s.reply("250-lmtp\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n"), Some(Event::Ready));
+    s.client.send_message(outgoing(&["a@x.test", "b@x.test", "c@x.test"]), s.now);
+    assert!(s.sent().ends_with("DATA\r\n"));
+    assert_eq!(
+        s.reply("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n354 go\r\n"),
+        Some(Event::SendBody)
+    );
+    s.client.handle_body_sent(s.now);
+    // One reply per accepted recipient (a, c), in RCPT order.
+    assert_eq!(s.reply("250 2.0.0 a saved\r\n"), None);
+    let Some(Event::MessageDone(r)) = s.reply("452 4.2.2 c over quota\r\n") else { panic!() };
+    let codes: Vec<u16> = r.iter().map(|x| x.reply.code).collect();
+    assert_eq!(codes, [250, 550, 452]);
+    assert_eq!(r[2].reply.enhanced(), Some("4.2.2"));
+    assert_eq!(s.sent(), "", "the transaction is over: no RSET");
+    // The next message goes at once.
+    s.client.send_message(outgoing(&["d@x.test"]), s.now);
+    assert!(s.sent().starts_with("MAIL FROM:<s@x.test>"));
+}
+
+#[test]
+fn lmtp_refusing_lhlo_ends_the_connection() {
+    let t = Instant::now();
+    let mut s = Script { client: Client::new(ClientConfig { lmtp: true, ..config() }, t), now: t };
+    s.reply("220 lmtp\r\n");
+    s.sent();
+    assert!(matches!(s.reply("500 5.5.1 what\r\n"), Some(Event::Failed(Failure::Reply(_)))));
+    assert_eq!(s.sent(), "", "no HELO in LMTP");
 }
