@@ -52,6 +52,7 @@ pub mod dns;
 pub mod envelope;
 pub mod events;
 pub mod feedback;
+pub mod httpreq;
 pub mod inject;
 pub mod mail;
 pub mod maildrop;

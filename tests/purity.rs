@@ -18,6 +18,7 @@ const PURE: &[&str] = &[
     "src/suppress/mod.rs",
     "src/feedback",
     "src/inject",
+    "src/httpreq.rs",
     "src/maildrop",
     "src/redis/mod.rs",
     "src/delivery/egress.rs",

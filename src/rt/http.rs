@@ -24,12 +24,7 @@ use crate::feedback::unsubscribe::{self, Answer, Request};
 use crate::metrics::inc;
 use crate::suppress::Reason;
 
-/// Largest request head.
-const MAX_HEAD: usize = 16 << 10;
-/// Largest request body, but for the injection API.
-pub const MAX_BODY: usize = 64 << 10;
-/// The injection API's path.
-const INJECT: &str = "/api/inject/v1";
+use crate::httpreq::{INJECT, MAX_BODY, MAX_HEAD};
 /// Requests served on one connection before it is closed.
 const MAX_REQUESTS: usize = 1000;
 
@@ -52,10 +47,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCt
         };
         let mut head_only = false;
         let (answer, close) = match req {
-            Ok(r) => {
+            Ok(Head { head: r, charged }) => {
                 head_only = r.method == "HEAD";
                 let body = &buf[r.head_len..r.head_len + r.body_len];
-                let path = r.target.split('?').next().unwrap_or("");
+                let path = r.path();
                 let answer = if path == INJECT && r.method == "POST" {
                     let req = inject::Request {
                         authorization: r.authorization.as_deref(),
@@ -75,7 +70,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCt
                     apply(answer, &worker).await
                 };
                 buf.drain(..r.head_len + r.body_len);
-                worker.memory.release(r.charged);
+                worker.memory.release(charged);
                 // Give back a large body's buffer.
                 if buf.capacity() > MAX_HEAD + MAX_BODY {
                     buf.shrink_to(MAX_HEAD);
@@ -98,20 +93,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCt
     transport.lingering_close(Duration::from_secs(2)).await;
 }
 
-/// What a request head says.
+/// A request head (`httpreq`) and what the connection holds for it.
 struct Head {
-    method: String,
-    target: String,
-    head_len: usize,
-    body_len: usize,
-    /// `Connection: close` or HTTP/1.0.
-    close: bool,
-    authorization: Option<String>,
+    head: crate::httpreq::Head,
     /// Bytes of the memory budget the body holds.
     charged: usize,
-    /// The client waits for `100 Continue` before sending the body (curl
-    /// does for bodies over 1 KiB).
-    expect_continue: bool,
 }
 
 /// The next request (its body in `buf` after the head), an error answer to
@@ -126,60 +112,24 @@ async fn read_request(
 ) -> Option<Result<Head, Answer>> {
     let deadline = instant() + timeout;
     let head = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let header = |name: &str| {
-                    req.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .and_then(|h| std::str::from_utf8(h.value).ok())
-                        .map(str::trim)
-                };
-                if header("Transfer-Encoding").is_some() {
-                    return Some(Err(text(411, "send the body with Content-Length")));
-                }
-                let target = req.path.unwrap_or("/");
-                let limit = if target.split('?').next() == Some(INJECT) { inject_size } else { MAX_BODY };
-                let body_len = match header("Content-Length").map(str::parse::<usize>) {
-                    None => 0,
-                    Some(Ok(len)) if len <= limit => len,
-                    Some(Ok(_)) => {
-                        if limit == inject_size {
-                            inc(&worker.metrics.inject_refused);
-                        }
-                        return Some(Err(text(
-                            413,
-                            &format!("request body too large (at most {limit} bytes)"),
-                        )));
-                    }
-                    Some(Err(_)) => return Some(Err(text(400, "bad Content-Length"))),
-                };
+        match crate::httpreq::parse_head(buf, inject_size) {
+            Ok(Some(head)) => {
                 // A large body is held in memory: charged to the budget SMTP
                 // content shares, or refused for now.
-                let charged = if body_len > MAX_BODY { body_len } else { 0 };
+                let charged = if head.body_len > MAX_BODY { head.body_len } else { 0 };
                 if charged > 0 && !worker.memory.try_charge(charged) {
                     tracing::warn!("message memory budget spent; an injection request gets 503");
                     return Some(Err(text(503, "server busy, try again")));
                 }
-                let close = req.version == Some(0)
-                    || header("Connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
-                break Head {
-                    method: req.method.unwrap_or("").to_owned(),
-                    target: target.to_owned(),
-                    head_len: n,
-                    body_len,
-                    close,
-                    authorization: header("Authorization").map(str::to_owned),
-                    charged,
-                    expect_continue: req.version == Some(1)
-                        && header("Expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")),
-                };
+                break Head { head, charged };
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => return Some(Err(text(431, "request head too large"))),
-            Err(_) => return Some(Err(text(400, "bad request"))),
+            Ok(None) => {}
+            Err(r) => {
+                if r.inject {
+                    inc(&worker.metrics.inject_refused);
+                }
+                return Some(Err(text(r.status, &r.text)));
+            }
         }
         // Between requests, a shutdown ends the wait; within one it does not.
         let idle = buf.is_empty();
@@ -187,8 +137,9 @@ async fn read_request(
             return None;
         }
     };
-    buf.reserve((head.head_len + head.body_len).saturating_sub(buf.len()));
-    if head.expect_continue && buf.len() < head.head_len + head.body_len {
+    let total = head.head.head_len + head.head.body_len;
+    buf.reserve(total.saturating_sub(buf.len()));
+    if head.head.expect_continue && buf.len() < total {
         let sent =
             monoio::time::timeout(timeout, transport.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()))
                 .await;
@@ -197,7 +148,7 @@ async fn read_request(
             return None;
         }
     }
-    while buf.len() < head.head_len + head.body_len {
+    while buf.len() < total {
         if !fill(transport, buf, deadline, worker, false).await {
             worker.memory.release(head.charged);
             return None;
