@@ -57,6 +57,8 @@ fuzz_target!(|data: &[u8]| {
         command_timeout: Duration::from_secs(1),
         data_timeout: Duration::from_secs(1),
         final_timeout: Duration::from_secs(1),
+        // LMTP too: its replies after the content come one per recipient.
+        lmtp: data.first().is_some_and(|b| b & 2 == 2),
     };
     let mut c = Client::new(cfg, t);
     let mut wire = Vec::new();
