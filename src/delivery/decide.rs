@@ -195,6 +195,17 @@ pub fn delay_reports(
     )
 }
 
+/// Messages a worker plans per second after a restart, of those already due.
+pub const RECOVERY_PER_SECOND: usize = 5_000;
+
+/// When the `i`-th message already due at a restart (oldest first) is
+/// planned: the first [`RECOVERY_PER_SECOND`] at once, then as many each
+/// second after, so a restart with a large queue does not send every retry
+/// in the same moment (shaping then paces each destination as usual).
+pub fn recovery_slot(i: usize, now: u64) -> u64 {
+    now + (i / RECOVERY_PER_SECOND) as u64
+}
+
 /// The retry interval after `attempts` attempts (the last one repeats).
 pub fn retry_after(retry: &[Duration], attempts: u32) -> Duration {
     let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
@@ -507,5 +518,19 @@ mod tests {
         assert_eq!((o[0].outcome, o[0].status.as_str(), o[0].index), (Outcome::Temporary, "4.4.3", 1));
         assert_eq!(group_error(&o), Some("4.4.3 DNS timed out".into()));
         assert_eq!(group_error(&[outcome(0, Outcome::Delivered, "2.0.0", None, false)]), None);
+    }
+
+    #[test]
+    fn a_restart_spreads_what_is_due() {
+        let now = 1_800_000_000;
+        let table = [
+            (0, now),
+            (RECOVERY_PER_SECOND - 1, now),
+            (RECOVERY_PER_SECOND, now + 1),
+            (1_000_000, now + 200),
+        ];
+        for (i, want) in table {
+            assert_eq!(recovery_slot(i, now), want, "{i}");
+        }
     }
 }

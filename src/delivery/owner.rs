@@ -182,8 +182,21 @@ impl Owner {
                 wheel.insert(t, id);
             }
         }
-        for id in due {
-            self.push(id, None);
+        // Oldest first; past the first few thousand, spread over the next seconds.
+        let spread = due.len() > decide::RECOVERY_PER_SECOND;
+        if spread {
+            tracing::info!(
+                worker = self.index,
+                messages = due.len(),
+                seconds = due.len() / decide::RECOVERY_PER_SECOND,
+                "due messages spread after the restart"
+            );
+        }
+        for (i, id) in due.into_iter().enumerate() {
+            match decide::recovery_slot(i, now) {
+                t if t <= now => self.push(id, None),
+                t => self.wheel.borrow_mut().insert(t, id),
+            }
         }
         for _ in 0..PLANNERS {
             monoio::spawn(self.clone().planner());
