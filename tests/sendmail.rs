@@ -170,3 +170,34 @@ fn bad_input_exits_with_sysexits_and_leaves_nothing() {
         sendmail(Path::new(BIN), &["sendmail", "-C", cfg_ro.to_str().unwrap(), "a@example.test"], b"x\n");
     assert_eq!(got, 75, "{err}");
 }
+
+#[test]
+fn links_in_the_maildrop_are_not_followed() {
+    let (rx, dir, cfg) = setup();
+    let srv = Server::start_with_config(&dir, &cfg);
+    // A valid drop file somewhere else, linked into the maildrop: the link
+    // could expose a file its maker cannot read; it is set aside unread.
+    let outside = dir.join("secret.drop");
+    std::fs::write(
+        &outside,
+        "{\"v\":1,\"sender\":\"\",\"recipients\":[\"thief@example.test\"]}\nSubject: secret\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    let maildrop = dir.join("spool/maildrop");
+    std::fs::hard_link(&outside, maildrop.join("0000000000000001.1.hard")).unwrap();
+    std::os::unix::fs::symlink(&outside, maildrop.join("0000000000000002.1.soft")).unwrap();
+    // A real submission after them still goes.
+    let (code, err) = sendmail(
+        Path::new(BIN),
+        &["sendmail", "-C", cfg.to_str().unwrap(), "ok@example.test"],
+        b"Subject: fine\n\nx\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let got = rx.wait_for(1, Duration::from_secs(10));
+    assert!(got.iter().any(|m| m.contains("Subject: fine")));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!rx.messages().iter().any(|m| m.contains("secret")), "a link was followed");
+    assert!(wait_until(Duration::from_secs(5), || maildrop.join("bad/0000000000000001.1.hard").exists()));
+    assert!(outside.exists());
+    drop(srv);
+}

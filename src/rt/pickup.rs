@@ -173,13 +173,23 @@ fn list(dir: &Path) -> Vec<String> {
     names
 }
 
-/// A file's bytes and its owner's uid; Err if it is too big to be a message.
+/// A file's bytes and its owner's uid; Err if it is not a plain file of
+/// its own (a symbolic link, or a hard link to another file: the maildrop
+/// is writable by every local user, and the server may read what they
+/// cannot) or too big to be a message.
 fn read(path: PathBuf, max: u64) -> (PathBuf, Result<(Vec<u8>, u32), String>) {
     use std::io::Read as _;
-    use std::os::unix::fs::MetadataExt as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let r = (|| {
-        let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
         let meta = f.metadata().map_err(|e| e.to_string())?;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return Err("not a plain file with a single link".into());
+        }
         if meta.len() > max {
             return Err(format!("{} bytes: over [limits] message_size", meta.len()));
         }
