@@ -82,21 +82,74 @@ pub fn deliver(
     owner: Option<(u32, u32)>,
 ) -> Result<PathBuf, LocalError> {
     let dir = mailbox_dir(mail_dir, domain, local)?;
-    let domain_dir = dir.parent().map(Path::to_path_buf);
-    let fresh_domain = domain_dir.as_ref().is_some_and(|d| !d.exists());
-    let fresh = !dir.join("cur").exists();
+    let Some((uid, gid)) = owner else {
+        return write_maildir(&dir, hostname, domain, local, return_path, body, unix, None);
+    };
+    // The domain directory is made here (in mail_dir, which the mail user
+    // cannot write, so nothing in the path can be a link it planted) and
+    // given to the mail user; below it, everything is done with the mail
+    // user's file-system identity (setfsuid/setfsgid: this thread only), so
+    // a link the user put in its own Maildir cannot make us write as root
+    // anywhere else, and what we create is the user's.
+    let domain_dir = dir.parent().unwrap_or(mail_dir).to_path_buf();
+    match fs::symlink_metadata(&domain_dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(LocalError::Temporary(format!("{} is not a directory", domain_dir.display()))),
+        Err(_) => {
+            fs::create_dir_all(&domain_dir).map_err(|e| temp(e, "cannot create", &domain_dir))?;
+            std::os::unix::fs::chown(&domain_dir, Some(uid), Some(gid))
+                .map_err(|e| temp(e, "cannot chown", &domain_dir))?;
+        }
+    }
+    let _as_user = FsIdentity::become_user(uid, gid);
+    write_maildir(&dir, hostname, domain, local, return_path, body, unix, Some((uid, gid)))
+}
+
+/// This thread's file-system identity switched to a user until dropped
+/// (Linux setfsuid/setfsgid; no effect on other threads, nor when we are
+/// not root, in which case the creation or chown fails as it should).
+struct FsIdentity {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+impl FsIdentity {
+    fn become_user(uid: u32, gid: u32) -> FsIdentity {
+        // SAFETY: setfsgid/setfsuid only change this thread's credentials
+        // for file-system checks; they return the previous values.
+        unsafe {
+            let gid_before = libc::setfsgid(gid) as libc::gid_t;
+            let uid_before = libc::setfsuid(uid) as libc::uid_t;
+            FsIdentity { uid: uid_before, gid: gid_before }
+        }
+    }
+}
+
+impl Drop for FsIdentity {
+    fn drop(&mut self) {
+        // SAFETY: as above; back to what the thread had.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+    }
+}
+
+/// Writes the message into the Maildir `dir` (made if missing).
+#[allow(clippy::too_many_arguments)] // reason: one delivery's facts, each distinct
+fn write_maildir(
+    dir: &Path,
+    hostname: &str,
+    domain: &str,
+    local: &str,
+    return_path: &str,
+    body: &[u8],
+    unix: u64,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, LocalError> {
     for sub in ["tmp", "new", "cur"] {
         let p = dir.join(sub);
         fs::create_dir_all(&p).map_err(|e| temp(e, "cannot create", &p))?;
-    }
-    if let (Some((uid, gid)), true) = (owner, fresh) {
-        let mut made = vec![dir.clone(), dir.join("tmp"), dir.join("new"), dir.join("cur")];
-        if let (true, Some(d)) = (fresh_domain, domain_dir) {
-            made.push(d);
-        }
-        for p in made {
-            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(|e| temp(e, "cannot chown", &p))?;
-        }
     }
     let mut content = Vec::with_capacity(body.len() + 128);
     // The mailbox's own name, as the directory is named.
@@ -181,5 +234,34 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let r = deliver(&file, "mx.test", "example.test", "bob", "", b"x\r\n", 0, None);
         assert!(matches!(r, Err(LocalError::Temporary(_))), "{r:?}");
+    }
+
+    /// Needs root (as the server runs when it owns Maildirs for another
+    /// user; the test suite runs as root).
+    #[test]
+    fn a_link_in_a_users_maildir_cannot_make_us_write_as_root() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        let (uid, gid) = (65534, 65534);
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let secret = root.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mail = root.path().join("mail");
+        // alice's delivery makes the domain directory, owned by the user.
+        let path =
+            deliver(&mail, "mx.test", "example.test", "alice", "", b"x\r\n", 0, Some((uid, gid))).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), uid);
+        assert_eq!(std::fs::metadata(mail.join("example.test")).unwrap().uid(), uid);
+        assert_eq!(std::fs::metadata(mail.join("example.test/alice/new")).unwrap().uid(), uid);
+        // The mail user replaces bob's Maildir by a link to a place only root may write.
+        std::os::unix::fs::symlink(&secret, mail.join("example.test/bob")).unwrap();
+        let r = deliver(&mail, "mx.test", "example.test", "bob", "", b"x\r\n", 0, Some((uid, gid)));
+        assert!(matches!(r, Err(LocalError::Temporary(_))), "{r:?}");
+        assert_eq!(std::fs::read_dir(&secret).unwrap().count(), 0, "nothing written through the link");
+        // And the thread is root again afterwards.
+        std::fs::write(secret.join("still-root"), "x").unwrap();
     }
 }
