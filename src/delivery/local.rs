@@ -188,7 +188,7 @@ fn write_maildir(
     drop(f);
     let new = dir.join("new").join(&name);
     fs::rename(&tmp, &new).map_err(|e| temp(e, "cannot rename into", &new))?;
-    File::open(dir.join("new")).and_then(|d| d.sync_all()).map_err(|e| temp(e, "cannot sync", &dir))?;
+    File::open(dir.join("new")).and_then(|d| d.sync_all()).map_err(|e| temp(e, "cannot sync", dir))?;
     Ok(new)
 }
 
