@@ -739,6 +739,22 @@ impl Admin {
         for (name, help, v) in [
             ("ringpost_unsubscribes_total", "One-click unsubscribes carried out", &m.unsubscribes),
             ("ringpost_inject_requests_total", "Injection API requests answered 200", &m.inject_requests),
+            ("ringpost_mta_sts_fetches_total", "MTA-STS policies fetched", &m.mta_sts_fetches),
+            (
+                "ringpost_mta_sts_fetch_failures_total",
+                "MTA-STS policy fetches that failed",
+                &m.mta_sts_fetch_failures,
+            ),
+            (
+                "ringpost_mta_sts_enforced_total",
+                "Recipient groups sent under an enforced MTA-STS policy (verified TLS only)",
+                &m.mta_sts_enforced,
+            ),
+            (
+                "ringpost_mta_sts_refused_total",
+                "Recipient groups deferred because no MX host matched an enforced MTA-STS policy",
+                &m.mta_sts_refused,
+            ),
             (
                 "ringpost_inject_refused_total",
                 "Injection API requests refused (400, 401, 413, 503)",

@@ -493,6 +493,11 @@ pub struct DeliveryConfig {
     pub destination_backoff: Duration,
     /// Use STARTTLS when offered (opportunistic, certificates not verified).
     pub starttls: bool,
+    /// Follow recipient domains' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// Extra trust anchors (PEM) for verified TLS (MTA-STS policies and
+    /// the MX hosts they name), besides the system's.
+    pub ca_file: Option<PathBuf>,
     /// Per DNS query attempt.
     #[serde(deserialize_with = "de_duration")]
     pub dns_timeout: Duration,
@@ -530,6 +535,8 @@ impl Default for DeliveryConfig {
             rate_per_destination: 0.0,
             destination_backoff: Duration::from_secs(30),
             starttls: true,
+            mta_sts: false,
+            ca_file: None,
             dns_timeout: Duration::from_secs(5),
             dns_cache_size: 100_000,
             hold: false,
@@ -889,6 +896,11 @@ impl Config {
                     &format!("dkim[{i}]"),
                     "a second entry with the same domain and selector",
                 ));
+            }
+        }
+        if self.delivery.mta_sts || self.delivery.ca_file.is_some() {
+            if let Err(e) = crate::rt::transport::verifying_client_config(self.delivery.ca_file.as_deref()) {
+                return Err(ConfigError(format!("{name}: delivery.ca_file: {e}")));
             }
         }
         if let Some(u) = &self.local.user {

@@ -66,6 +66,15 @@ pub struct Metrics {
     pub queue_holds: std::sync::Mutex<crate::delivery::holds::Holds>,
     /// Messages parked by a queue suspension (not tried until it ends).
     pub held_messages: AtomicU64,
+    /// MTA-STS policies by recipient domain (bounded).
+    pub mta_sts: std::sync::Mutex<std::collections::HashMap<String, crate::delivery::mta_sts::Cached>>,
+    /// MTA-STS policy fetches, and those that failed.
+    pub mta_sts_fetches: AtomicU64,
+    pub mta_sts_fetch_failures: AtomicU64,
+    /// Deliveries handed over under an enforced policy, and groups deferred
+    /// because no MX host matched it.
+    pub mta_sts_enforced: AtomicU64,
+    pub mta_sts_refused: AtomicU64,
     /// Injection API requests answered 200.
     pub inject_requests: AtomicU64,
     /// Injection API requests refused (400, 401, 413, 503).

@@ -14,6 +14,7 @@ const PURE: &[&str] = &[
     "src/dns/cache.rs",
     "src/delivery/decide.rs",
     "src/delivery/classify.rs",
+    "src/delivery/mta_sts.rs",
     "src/events/mod.rs",
     "src/suppress/mod.rs",
     "src/feedback",

@@ -25,10 +25,12 @@ pub mod dsn;
 pub mod egress;
 pub mod holds;
 pub mod local;
+pub mod mta_sts;
 pub mod outbound;
 pub mod owner;
 pub mod route;
 pub mod shaping;
+pub mod sts_fetch;
 pub mod wheel;
 
 use std::collections::HashSet;
@@ -60,6 +62,9 @@ pub struct DeliveryConfig {
     /// How long a destination that could not be reached at all is left alone.
     pub destination_backoff: Duration,
     pub starttls: bool,
+    /// Follow MTA-STS policies; the TLS client that verifies certificates
+    /// (system roots plus `ca_file`) when they are followed.
+    pub mta_sts: Option<Arc<rustls::ClientConfig>>,
     pub routes: Routes,
     pub local_domains: HashSet<String>,
     pub mail_dir: PathBuf,

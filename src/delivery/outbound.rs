@@ -75,11 +75,25 @@ impl Outbound {
                     ));
                     continue;
                 }
-                match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls, hop.lmtp).await {
+                // An enforced MTA-STS policy: verified TLS or nothing.
+                if let Some(verify) = &hop.verify_tls {
+                    match Outbound::open_one(&host.name, addr, source, cfg, verify, true, hop.lmtp, true)
+                        .await
+                    {
+                        Ok(o) => return Ok(o),
+                        Err((e, _)) => errors.push(format!("{}[{addr}]: {e}", host.name)),
+                    }
+                    continue;
+                }
+                match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls, hop.lmtp, false)
+                    .await
+                {
                     Ok(o) => return Ok(o),
                     Err((e, true)) => {
                         // TLS failed: opportunistic means plain text is still better than nothing.
-                        match Outbound::open_one(&host.name, addr, source, cfg, tls, false, hop.lmtp).await {
+                        match Outbound::open_one(&host.name, addr, source, cfg, tls, false, hop.lmtp, false)
+                            .await
+                        {
                             Ok(o) => return Ok(o),
                             Err((e2, _)) => {
                                 errors.push(format!("{}[{addr}]: {e}; without TLS: {e2}", host.name))
@@ -94,6 +108,8 @@ impl Outbound {
     }
 
     /// One address. The flag in the error says the TLS handshake failed.
+    /// With `require_tls`, a server that does not take STARTTLS is an error.
+    #[allow(clippy::too_many_arguments)] // reason: one connection attempt's facts, each distinct
     async fn open_one(
         host: &str,
         addr: SocketAddr,
@@ -102,6 +118,7 @@ impl Outbound {
         tls: &Arc<ClientConfig>,
         starttls: bool,
         lmtp: bool,
+        require_tls: bool,
     ) -> Result<Outbound, (String, bool)> {
         let connect = async {
             match source {
@@ -125,6 +142,12 @@ impl Outbound {
         };
         loop {
             match o.pump().await {
+                Event::Ready if require_tls && o.tls.is_none() => {
+                    return Err((
+                        "MTA-STS: the server does not take STARTTLS (a policy requires TLS)".into(),
+                        false,
+                    ))
+                }
                 Event::Ready => return Ok(o),
                 Event::StartTls => {
                     o.conn.discard_input();
@@ -137,6 +160,12 @@ impl Outbound {
                         Ok(Ok(info)) => {
                             o.tls = Some(info);
                             o.client.handle_tls_established(instant());
+                        }
+                        Ok(Err(e)) if require_tls => {
+                            return Err((
+                                format!("MTA-STS: TLS with a certificate valid for {host}: {e}"),
+                                true,
+                            ))
                         }
                         Ok(Err(e)) => return Err((format!("TLS handshake: {e}"), true)),
                         Err(_) => return Err(("TLS handshake: timed out".into(), true)),

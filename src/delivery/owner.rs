@@ -19,6 +19,7 @@ use super::egress::{self, Pick, Rotation};
 use super::local::{self, LocalError};
 use super::route;
 use super::wheel::Wheel;
+use super::{mta_sts, sts_fetch};
 use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Via};
 use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
@@ -39,6 +40,8 @@ const MAX_REJECTED_REPORTS: usize = 1000;
 
 /// Planner tasks per worker (each resolves one message's next hops at a time).
 const PLANNERS: usize = 64;
+/// Longest an MTA-STS policy fetch may take.
+const STS_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts in flight per worker before planning pauses.
 const MAX_IN_FLIGHT: usize = 100_000;
 
@@ -258,6 +261,60 @@ impl Owner {
             self.push(id, None);
         }
         n
+    }
+
+    /// The MTA-STS policy of `domain` (RFC 8461 §5.1): the TXT record's id
+    /// through the DNS cache, the cached policy while it is valid and the id
+    /// has not changed, else a fetch (whose failure leaves the cached
+    /// policy, if any, in force).
+    async fn sts_policy(&self, domain: &str, verify: &Arc<rustls::ClientConfig>) -> Option<mta_sts::Policy> {
+        let now = unix_secs();
+        let txt = self.resolver.query(&format!("_mta-sts.{domain}"), crate::dns::wire::Rtype::Txt).await;
+        let id = match &*txt {
+            Ok(r) => match &r.answer {
+                crate::dns::wire::Answer::Txt(records) => mta_sts::txt_id(records),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let cached = self.metrics.mta_sts.lock().unwrap_or_else(|p| p.into_inner()).get(domain).cloned();
+        let valid = cached.as_ref().filter(|c| c.expires > now).map(|c| c.policy.clone());
+        match mta_sts::step(cached.as_ref(), id.as_deref(), now) {
+            mta_sts::Step::UseCached => valid,
+            mta_sts::Step::NoPolicy => None,
+            mta_sts::Step::Fetch => {
+                self.metrics.mta_sts_fetches.fetch_add(1, Ordering::Relaxed);
+                let fetched = sts_fetch::fetch(&self.resolver, domain, verify.clone(), STS_FETCH_TIMEOUT)
+                    .await
+                    .and_then(|text| mta_sts::parse_policy(&text));
+                match (fetched, id) {
+                    (Ok(policy), Some(id)) => {
+                        tracing::info!(target: "delivery", %domain, mode = ?policy.mode, max_age = policy.max_age,
+                            "MTA-STS policy fetched");
+                        let mut cache = self.metrics.mta_sts.lock().unwrap_or_else(|p| p.into_inner());
+                        if cache.len() >= mta_sts::MAX_CACHED {
+                            cache.retain(|_, c| c.expires > now);
+                            if cache.len() >= mta_sts::MAX_CACHED {
+                                cache.clear();
+                            }
+                        }
+                        let expires = now + policy.max_age;
+                        cache.insert(
+                            domain.to_owned(),
+                            mta_sts::Cached { id, policy: policy.clone(), expires },
+                        );
+                        Some(policy)
+                    }
+                    (Err(e), _) => {
+                        self.metrics.mta_sts_fetch_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(target: "delivery", %domain, error = %e,
+                            "MTA-STS policy could not be fetched; the cached one (if any) stays in force");
+                        valid
+                    }
+                    (Ok(_), None) => valid,
+                }
+            }
+        }
     }
 
     /// A queue suspension ended: plans every parked message again (those
@@ -513,7 +570,38 @@ impl Owner {
             }
         };
         match route::resolve(&self.resolver, &cfg.routes, &domain, cfg.port).await {
-            Ok(hop) => {
+            Ok(mut hop) => {
+                // MTA-STS: only for MX next hops (a route is the operator's own choice).
+                if let (Some(verify), true) = (&cfg.mta_sts, hop.key.starts_with("mx:")) {
+                    if let Some(policy) = self.sts_policy(&domain, verify).await {
+                        if policy.mode == mta_sts::Mode::Enforce {
+                            let names: Vec<&str> = hop.hosts.iter().map(|h| h.name.as_str()).collect();
+                            match mta_sts::allowed(&policy, &names) {
+                                Ok(keep) => {
+                                    let hosts = std::mem::take(&mut hop.hosts);
+                                    hop.hosts = hosts
+                                        .into_iter()
+                                        .enumerate()
+                                        .filter(|(i, _)| keep.contains(i))
+                                        .map(|(_, h)| h)
+                                        .collect();
+                                    hop.key = format!("sts:{}", hop.key);
+                                    hop.verify_tls = Some(verify.clone());
+                                    self.metrics.mta_sts_enforced.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(text) => {
+                                    let text = format!("MTA-STS policy of {domain}: {text}");
+                                    tracing::warn!(target: "delivery", %id, domain = %domain, reason = %text, "deferred");
+                                    self.metrics.mta_sts_refused.fetch_add(1, Ordering::Relaxed);
+                                    self.metrics.deferred.fetch_add(rcpts.len() as u64, Ordering::Relaxed);
+                                    let outcomes =
+                                        RcptOutcome::all(&rcpts, Outcome::Temporary, "4.7.5", &text);
+                                    return self.job_done(JobResult { id, domain, outcomes });
+                                }
+                            }
+                        }
+                    }
+                }
                 let (_, family) = self.spool.family();
                 let hosts: Vec<&str> = hop.hosts.iter().map(|h| h.name.as_str()).collect();
                 let shape = Arc::new(cfg.shaping.shape(&domain, &hop.key, &hosts));

@@ -39,7 +39,7 @@ pub struct Host {
 }
 
 /// Where a domain's mail goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NextHop {
     /// Same key, same destination (limits, connections).
     pub key: String,
@@ -47,6 +47,9 @@ pub struct NextHop {
     pub hosts: Vec<Host>,
     /// Speak LMTP (a `[[route]]` with `protocol = "lmtp"`).
     pub lmtp: bool,
+    /// Only over TLS with a certificate valid for the host name, checked
+    /// by this client (an enforced MTA-STS policy); never in plain text.
+    pub verify_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Why there is no next hop.
@@ -153,6 +156,7 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
             key: format!("literal:{addr}"),
             hosts: vec![Host { name: domain.into(), addrs: vec![addr] }],
             lmtp: false,
+            verify_tls: None,
         });
     }
     let mx = dns.lookup(domain, Rtype::Mx).await;
@@ -167,6 +171,7 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
                     key: format!("mx:{domain}:{port}"),
                     hosts: vec![Host { name: domain.into(), addrs }],
                     lmtp: false,
+                    verify_tls: None,
                 }),
                 Err(AddrError::None { .. }) => {
                     Err(HopError::Permanent("5.1.2", format!("domain {domain} has no MX and no address")))
@@ -192,7 +197,7 @@ async fn resolve_route<D: Dns>(dns: &D, targets: &[(String, u16)], lmtp: bool) -
     if hosts.is_empty() {
         return Err(HopError::Temporary(format!("no route target resolves: {last}")));
     }
-    Ok(NextHop { key, hosts, lmtp })
+    Ok(NextHop { key, hosts, lmtp, verify_tls: None })
 }
 
 async fn resolve_mx<D: Dns>(
@@ -235,7 +240,7 @@ async fn resolve_mx<D: Dns>(
     }
     let mut key_names = names.clone();
     key_names.sort();
-    Ok(NextHop { key: format!("mx:{}:{port}", key_names.join(",")), hosts, lmtp: false })
+    Ok(NextHop { key: format!("mx:{}:{port}", key_names.join(",")), hosts, lmtp: false, verify_tls: None })
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub enum Rtype {
     Mx,
     A,
     Aaaa,
+    /// For MTA-STS (`_mta-sts.<domain>`).
+    Txt,
 }
 
 impl Rtype {
@@ -22,6 +24,7 @@ impl Rtype {
             Rtype::Mx => RecordType::MX,
             Rtype::A => RecordType::A,
             Rtype::Aaaa => RecordType::AAAA,
+            Rtype::Txt => RecordType::TXT,
         }
     }
 }
@@ -39,6 +42,8 @@ pub struct Mx {
 pub enum Answer {
     Mx(Vec<Mx>),
     Ips(Vec<IpAddr>),
+    /// Each TXT record's strings joined (RFC 7208 §3.3), lossy UTF-8.
+    Txt(Vec<String>),
     /// The name exists but has no record of this type.
     NoData,
     /// The name does not exist.
@@ -123,6 +128,7 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
     let mut invalid = 0;
     let mut mx = Vec::new();
     let mut ips = Vec::new();
+    let mut txt = Vec::new();
     for r in &m.answers {
         match &r.data {
             RData::MX(rec) if rtype == Rtype::Mx => {
@@ -141,6 +147,10 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
             }
             RData::A(a) if rtype == Rtype::A => ips.push(IpAddr::V4(a.0)),
             RData::AAAA(a) if rtype == Rtype::Aaaa => ips.push(IpAddr::V6(a.0)),
+            RData::TXT(t) if rtype == Rtype::Txt => {
+                let joined: Vec<u8> = t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
+                txt.push(String::from_utf8_lossy(&joined).into_owned());
+            }
             // CNAMEs on the way to the answer also bound its lifetime.
             RData::CNAME(_) => {}
             _ => continue,
@@ -155,6 +165,7 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
     let answer = match rtype {
         Rtype::Mx if !mx.is_empty() => Answer::Mx(mx),
         Rtype::A | Rtype::Aaaa if !ips.is_empty() => Answer::Ips(ips),
+        Rtype::Txt if !txt.is_empty() => Answer::Txt(txt),
         _ => return Ok(Response { answer: Answer::NoData, ttl: negative_ttl(&m) }),
     };
     Ok(Response { answer, ttl })

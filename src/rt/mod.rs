@@ -108,6 +108,11 @@ pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::Del
         rate_per_destination: d.rate_per_destination,
         destination_backoff: d.destination_backoff,
         starttls: d.starttls,
+        // Checked when the file was read: a bad ca_file is a config error.
+        mta_sts: d
+            .mta_sts
+            .then(|| crate::rt::transport::verifying_client_config(d.ca_file.as_deref()).ok())
+            .flatten(),
         routes: crate::delivery::route::Routes::new(&config.routes),
         local_domains: local_domains(config),
         mail_dir: config.local.mail_dir.clone(),

@@ -117,6 +117,42 @@ pub fn opportunistic_client_config() -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The system's trust anchors (Debian's bundle).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A TLS client that checks certificates: the system's roots plus
+/// `ca_file`'s (PEM; a file without a certificate is an error).
+pub fn verifying_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut files = vec![std::path::PathBuf::from(SYSTEM_ROOTS)];
+    files.extend(ca_file.map(Path::to_path_buf));
+    for (i, f) in files.iter().enumerate() {
+        let certs = match rustls_pki_types::CertificateDer::pem_file_iter(f) {
+            Ok(it) => it.collect::<Result<Vec<_>, _>>().map_err(|e| format!("{}: {e}", f.display()))?,
+            // No system bundle is fine when a ca_file is given.
+            Err(_) if i == 0 => continue,
+            Err(e) => return Err(format!("{}: {e}", f.display())),
+        };
+        if certs.is_empty() && i > 0 {
+            return Err(format!("{}: no PEM certificate in it", f.display()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!("no trust anchors ({SYSTEM_ROOTS} is missing and no ca_file is set)"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// TLS state over a TCP stream.
 pub struct TlsConn {
     tcp: TcpStream,

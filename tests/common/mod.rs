@@ -496,6 +496,11 @@ impl Dnsmasq {
     /// `alias.test` (the same MX as mx-dom.test) and `hosted-a.test`,
     /// `hosted-b.test` (MX hosts `mx-a.provider.test`, `mx-b.provider.test`).
     pub fn start() -> Dnsmasq {
+        Dnsmasq::start_with(&[])
+    }
+
+    /// The same zone plus `extra` dnsmasq options (records of one test).
+    pub fn start_with(extra: &[&str]) -> Dnsmasq {
         let port = free_port();
         let child = Command::new("dnsmasq")
             .args([
@@ -524,6 +529,7 @@ impl Dnsmasq {
                 "--host-record=mx-b.provider.test,127.0.0.2",
                 "--host-record=mx.v6.test,::1",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

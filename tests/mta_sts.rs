@@ -1,0 +1,177 @@
+//! MTA-STS (RFC 8461) through the SPEC surface: dnsmasq publishes the
+//! `_mta-sts` TXT records and MX hosts, a Python HTTPS server with a
+//! private CA's certificate serves the policies on 127.0.0.22:443, and
+//! scripted receivers play the MX hosts. With `[delivery] mta_sts = true`
+//! and the CA as `ca_file`: mail goes to a matching MX only over TLS with a
+//! valid certificate; a non-matching MX, a server without STARTTLS or a
+//! certificate for another name means a deferral (4.7.5), never plain
+//! text; a domain without a policy is delivered as before.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // reason: tests wait on real time and processes, and fail loudly
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, test_file, wait_until, Dnsmasq, Receiver, Server};
+
+/// A private CA and certificates it signs.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ringpost test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A certificate for `names`: (cert, key) files in `dir`.
+    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// The policy server; killed when dropped.
+struct PolicyServer(Child);
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn policy(mx: &str) -> String {
+    format!("version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+#[test]
+fn enforced_policies_mean_verified_tls_to_a_listed_mx_or_nothing() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca = Ca::new();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+
+    // Policies, served for three domains by one HTTPS server.
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for (domain, mx) in [
+        ("sts.test", "mx.sts.test"),
+        ("badmx.test", "*.elsewhere.test"),
+        ("plain.test", "mx.plain.test"),
+        ("wrongcert.test", "mx.wrongcert.test"),
+    ] {
+        std::fs::write(policies.join(format!("mta-sts.{domain}.txt")), policy(mx)).unwrap();
+    }
+    let names = ["mta-sts.sts.test", "mta-sts.badmx.test", "mta-sts.plain.test", "mta-sts.wrongcert.test"];
+    let (web_cert, web_key) = ca.leaf(&dir, "web", &names);
+    let mut child = Command::new("python3")
+        .arg(test_file("peers/sts_server.py"))
+        .args(["127.0.0.22", "443"])
+        .args([&web_cert, &web_key, &policies])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let _web = PolicyServer(child);
+
+    let dns = Dnsmasq::start_with(&[
+        "--txt-record=_mta-sts.sts.test,v=STSv1; id=20261130",
+        "--txt-record=_mta-sts.badmx.test,v=STSv1; id=1",
+        "--txt-record=_mta-sts.plain.test,v=STSv1; id=1",
+        "--txt-record=_mta-sts.wrongcert.test,v=STSv1; id=1",
+        "--host-record=mta-sts.sts.test,127.0.0.22",
+        "--host-record=mta-sts.badmx.test,127.0.0.22",
+        "--host-record=mta-sts.plain.test,127.0.0.22",
+        "--host-record=mta-sts.wrongcert.test,127.0.0.22",
+        "--mx-host=sts.test,mx.sts.test,10",
+        "--host-record=mx.sts.test,127.0.0.21",
+        "--mx-host=badmx.test,mx.badmx.test,10",
+        "--host-record=mx.badmx.test,127.0.0.21",
+        "--mx-host=plain.test,mx.plain.test,10",
+        "--host-record=mx.plain.test,127.0.0.24",
+        "--mx-host=wrongcert.test,mx.wrongcert.test,10",
+        "--host-record=mx.wrongcert.test,127.0.0.25",
+        "--mx-host=nosts.test,mx.nosts.test,10",
+        "--host-record=mx.nosts.test,127.0.0.24",
+    ]);
+    let port = free_port();
+    let (mx_cert, mx_key) = ca.leaf(&dir, "mx", &["mx.sts.test"]);
+    let (other_cert, other_key) = ca.leaf(&dir, "other", &["not-the-mx.test"]);
+    let (s, k) = (mx_cert.to_str().unwrap(), mx_key.to_str().unwrap());
+    let tls_rx = Receiver::start("127.0.0.21", port, &["--tls", s, k]);
+    let plain_rx = Receiver::start("127.0.0.24", port, &[]);
+    let (s, k) = (other_cert.to_str().unwrap(), other_key.to_str().unwrap());
+    let wrong_rx = Receiver::start("127.0.0.25", port, &["--tls", s, k]);
+
+    let srv = Server::start_in(
+        &dir,
+        &format!(
+            "[delivery]\ndns_servers = [\"127.0.0.1:{}\"]\nport = {port}\nretry = [\"1s\"]\nmta_sts = true\nca_file = \"{}\"\n",
+            dns.port,
+            ca_file.display()
+        ),
+    );
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    for to in ["a@sts.test", "b@badmx.test", "c@plain.test", "d@wrongcert.test", "e@nosts.test"] {
+        c.send_message("s@ours.test", &[to], &format!("Subject: to {to}\r\n\r\nhello\r\n"));
+    }
+    c.cmd("QUIT", "221");
+
+    // The policy's MX, over verified TLS.
+    let got = tls_rx.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("| <a@sts.test>") && got[0].contains("X-TLS: yes"), "{}", got[0]);
+    // No policy: as before (plain text, opportunistic).
+    assert!(wait_until(Duration::from_secs(20), || plain_rx
+        .messages()
+        .iter()
+        .any(|m| m.contains("<e@nosts.test>"))));
+    // The others stay queued with the reason; nothing went in plain text.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!plain_rx.messages().iter().any(|m| m.contains("<c@plain.test>")), "sent in plain text");
+    assert!(wrong_rx.messages().is_empty(), "sent to a certificate for another name");
+    assert_eq!(tls_rx.messages().len(), 1, "badmx.test's MX is not in its policy");
+    let q: serde_json::Value = serde_json::from_str(&srv.http("GET", "/queue").1).unwrap();
+    let error = |d: &str| {
+        q["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["domain"] == d)
+            .map(|x| x["last_error"].to_string())
+    };
+    let bad = error("badmx.test").unwrap();
+    assert!(bad.contains("4.7.5") && bad.contains("MTA-STS") && bad.contains("mx.badmx.test"), "{bad}");
+    // Why the two others failed is in the log (the queue shows the latest
+    // attempt's error, which may be the destination's backoff).
+    assert!(error("plain.test").is_some() && error("wrongcert.test").is_some());
+    let log = srv.stderr();
+    assert!(log.contains("mx.plain.test") && log.contains("does not take STARTTLS"), "{log}");
+    assert!(
+        log.contains("mx.wrongcert.test") && log.contains("certificate valid for mx.wrongcert.test"),
+        "{log}"
+    );
+    assert_eq!(srv.queued_messages(), 3);
+    assert!(srv.metric("ringpost_mta_sts_fetches_total") >= 4.0);
+    assert!(srv.metric("ringpost_mta_sts_refused_total") >= 1.0);
+}
