@@ -73,11 +73,8 @@ fn header(message: &str, name: &str) -> Option<String> {
 fn personalised_messages_are_queued_and_delivered() {
     let Setup { rx, srv, dir, http } = start("", "");
     // One recipient suppressed beforehand, through the admin API.
-    let out = Command::new(common::BIN)
-        .args(["suppress", "add", "gone@isp.test", "--admin", &srv.admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (ok, out) = common::suppress_cli(&srv, &["add", "gone@isp.test"]);
+    assert!(ok, "{out}");
     let request = json!({
         "envelope_sender": "bounces@ours.test",
         "campaign": "spring",

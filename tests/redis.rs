@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, wait_until, Receiver, Redis, Server, BIN};
+use common::{free_port, wait_until, Receiver, Redis, Server};
 
 fn node(rx_port: u16, redis: &Redis) -> Server {
     Server::start(&format!(
@@ -26,13 +25,8 @@ fn health(srv: &Server) -> String {
 }
 
 fn suppress(srv: &Server, args: &[&str]) {
-    let out = Command::new(BIN)
-        .arg("suppress")
-        .args(args)
-        .args(["--admin", &srv.admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (ok, out) = common::suppress_cli(srv, args);
+    assert!(ok, "{out}");
 }
 
 /// The reply code to RCPT TO:<to> from a relay client.

@@ -100,6 +100,10 @@ fn a_slow_down_reply_suspends_one_destination_only() {
     ));
     send(&srv, "r@y.test", 1);
     assert!(wait_until(Duration::from_secs(10), || refused(&y) == 1));
+    // The receiver counts the 421 when it sends it; ringpost reads it a
+    // moment later.
+    assert!(wait_until(Duration::from_secs(5), || srv.queue()["suspensions"][0]["destination"]
+        != serde_json::Value::Null));
     let suspended_at = Instant::now();
     let queue = srv.queue();
     let s = &queue["suspensions"][0];

@@ -8,10 +8,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, read_events, wait_until, Receiver, Server, BIN};
+use common::{free_port, read_events, wait_until, Receiver, Server};
 use serde_json::Value;
 
 fn routed(port: u16, events: &Path, delivery: &str) -> String {
@@ -23,13 +22,7 @@ fn routed(port: u16, events: &Path, delivery: &str) -> String {
 }
 
 fn cli(srv: &Server, args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .arg("suppress")
-        .args(args)
-        .args(["--admin", &srv.admin.to_string()])
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    common::suppress_cli(srv, args)
 }
 
 /// RCPT replies for `to`, in one transaction.

@@ -390,6 +390,17 @@ pub fn test_file(rel: &str) -> PathBuf {
 
 /// A TCP port free on 127.0.0.1 now (the same number is then used on other
 /// 127.x addresses, and by dnsmasq for UDP and TCP).
+/// `ringpost suppress ARGS --admin <srv's>`: (success, stdout).
+pub fn suppress_cli(srv: &Server, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("suppress")
+        .args(args)
+        .args(["--admin", &srv.admin.to_string()])
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `ringpost hash-password` of `secret`.
 pub fn hash_password(secret: &str) -> String {
     use std::io::Write as _;
