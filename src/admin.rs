@@ -665,6 +665,11 @@ impl Admin {
                 "DNS lookups that waited for a query already in flight",
                 load(&self.shared.dns_cache.stats.coalesced),
             ),
+            (
+                "ringpost_dns_cache_stale_total",
+                "DNS lookups answered with an expired answer while another refreshed it",
+                load(&self.shared.dns_cache.stats.stale),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");

@@ -2,6 +2,12 @@
 //! per RFC 2308), the size is bounded, and a name being looked up is looked up
 //! once: other askers, on any worker, wait and are woken when it lands.
 //!
+//! No stampede when many answers expire together: each answer's lifetime is
+//! cut by up to 10% (by a hash of its name), so answers cached in the same
+//! moment do not expire in the same moment; and while one asker refreshes an
+//! expired answer, the others get the old one (for at most [`STALE_FOR`]
+//! past its expiry, RFC 8767's serve-stale) instead of waiting.
+//!
 //! Time is a parameter; the cache never reads the clock.
 
 use std::collections::HashMap;
@@ -23,9 +29,17 @@ pub type Key = (String, Rtype);
 
 const SHARDS: usize = 16;
 
+/// How long past its expiry an answer is still given to other askers while
+/// one of them refreshes it.
+pub const STALE_FOR: Duration = Duration::from_secs(30);
+
 enum Slot {
-    /// Someone is asking the name server; these tasks wait for the answer.
-    Pending(Vec<Waker>),
+    /// Someone is asking the name server; these tasks wait for the answer,
+    /// unless the previous answer (and when it expired) may be served stale.
+    Pending {
+        waiters: Vec<Waker>,
+        stale: Option<(Arc<Lookup>, Instant)>,
+    },
     Ready {
         value: Arc<Lookup>,
         expires: Instant,
@@ -39,6 +53,8 @@ pub struct CacheStats {
     pub misses: AtomicU64,
     /// Lookups that waited for another task's query instead of asking.
     pub coalesced: AtomicU64,
+    /// Lookups answered with an expired answer while it was being refreshed.
+    pub stale: AtomicU64,
 }
 
 /// The shared cache. Cheap to share (`Arc`); each shard has its own lock, held
@@ -90,14 +106,26 @@ impl Cache {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Probe::Hit(value.clone());
             }
-            Some(Slot::Pending(_)) => {
+            Some(Slot::Pending { stale: Some((value, expired)), .. }) if now < *expired + STALE_FOR => {
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                return Probe::Hit(value.clone());
+            }
+            Some(Slot::Pending { .. }) => {
                 self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
                 return Probe::Wait(Wait { cache: self, key, registered: None });
             }
             _ => {}
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        shard.insert(key.clone(), Slot::Pending(Vec::new()));
+        // An answer (not a failure) that expired moments ago is served to
+        // others while this asker refreshes it.
+        let stale = match shard.remove(&key) {
+            Some(Slot::Ready { value, expires }) if value.is_ok() && now < expires + STALE_FOR => {
+                Some((value, expires))
+            }
+            _ => None,
+        };
+        shard.insert(key.clone(), Slot::Pending { waiters: Vec::new(), stale });
         Probe::Fetch(Fetch { cache: self, key: Some(key) })
     }
 
@@ -163,26 +191,34 @@ pub struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
-    /// Stores the answer for `ttl` from `now` and wakes everyone waiting for it.
+    /// Stores the answer for `ttl` from `now` (cut by up to 10%, see the
+    /// module) and wakes everyone waiting for it.
     pub fn finish(mut self, value: Lookup, now: Instant, ttl: Duration) -> Arc<Lookup> {
         let value = Arc::new(value);
         let Some(key) = self.key.take() else { return value };
+        let ttl = jittered(ttl, self.cache.hasher.hash_one(&key));
         let mut shard = self.cache.shard(&key);
         self.cache.evict(&mut shard, now);
         let old = shard.insert(key, Slot::Ready { value: value.clone(), expires: now + ttl });
         drop(shard);
-        if let Some(Slot::Pending(waiters)) = old {
+        if let Some(Slot::Pending { waiters, .. }) = old {
             waiters.into_iter().for_each(Waker::wake);
         }
         value
     }
 }
 
+/// `ttl` less up to 10%, by `hash`: answers of different names cached in
+/// the same moment expire at different moments.
+fn jittered(ttl: Duration, hash: u64) -> Duration {
+    ttl - ttl.mul_f64((hash % 1000) as f64 / 10_000.0)
+}
+
 impl Drop for Fetch<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let mut shard = self.cache.shard(&key);
-            if let Some(Slot::Pending(waiters)) = shard.remove(&key) {
+            if let Some(Slot::Pending { waiters, .. }) = shard.remove(&key) {
                 drop(shard);
                 waiters.into_iter().for_each(Waker::wake);
             }
@@ -207,7 +243,7 @@ impl Future for Wait<'_> {
         let mut shard = this.cache.shard(&this.key);
         match shard.get_mut(&this.key) {
             Some(Slot::Ready { value, .. }) => Poll::Ready(Some(value.clone())),
-            Some(Slot::Pending(waiters)) => {
+            Some(Slot::Pending { waiters, .. }) => {
                 let fresh = this.registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
                 if fresh {
                     waiters.push(cx.waker().clone());
@@ -237,8 +273,56 @@ mod tests {
         let key = ("a.test".to_owned(), Rtype::Mx);
         let Probe::Fetch(f) = c.probe(key.clone(), t0) else { panic!("miss first") };
         f.finish(resp(30), t0, Duration::from_secs(30));
-        assert!(matches!(c.probe(key.clone(), t0 + Duration::from_secs(29)), Probe::Hit(_)));
+        assert!(matches!(c.probe(key.clone(), t0 + Duration::from_secs(26)), Probe::Hit(_)));
         assert!(matches!(c.probe(key, t0 + Duration::from_secs(30)), Probe::Fetch(_)), "expired");
+    }
+
+    #[test]
+    fn expiries_are_spread_by_name() {
+        let c = Cache::new(10_000);
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(100);
+        let mut alive_at_95 = 0;
+        for i in 0..1000 {
+            let key = (format!("n{i}.test"), Rtype::A);
+            let Probe::Fetch(f) = c.probe(key.clone(), t0) else { panic!() };
+            f.finish(resp(100), t0, ttl);
+            assert!(
+                matches!(c.probe(key.clone(), t0 + Duration::from_secs(89)), Probe::Hit(_)),
+                "at least 90%"
+            );
+            if matches!(c.probe(key.clone(), t0 + Duration::from_secs(95)), Probe::Hit(_)) {
+                alive_at_95 += 1;
+            }
+        }
+        assert!((200..800).contains(&alive_at_95), "{alive_at_95} of 1000 still cached at 95%: not spread");
+        for (ttl, hash) in [(100, 0), (100, 999), (100, 123_456_789), (0, 5)] {
+            let j = jittered(Duration::from_secs(ttl), hash);
+            assert!(j <= Duration::from_secs(ttl) && j >= Duration::from_secs(ttl).mul_f64(0.9), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn others_get_the_old_answer_while_one_refreshes_it() {
+        let c = Cache::new(100);
+        let t0 = Instant::now();
+        let key = ("a.test".to_owned(), Rtype::A);
+        let Probe::Fetch(f) = c.probe(key.clone(), t0) else { panic!() };
+        f.finish(resp(10), t0, Duration::from_secs(10));
+        let later = t0 + Duration::from_secs(11);
+        let Probe::Fetch(refresh) = c.probe(key.clone(), later) else { panic!("the first asker refreshes") };
+        assert!(matches!(c.probe(key.clone(), later), Probe::Hit(_)), "others do not wait");
+        assert_eq!(c.stats.stale.load(Ordering::Relaxed), 1);
+        // Too long past its expiry: wait for the refresh like before.
+        assert!(matches!(c.probe(key.clone(), t0 + Duration::from_secs(10) + STALE_FOR), Probe::Wait(_)));
+        refresh.finish(resp(10), later, Duration::from_secs(10));
+        assert!(matches!(c.probe(key.clone(), later), Probe::Hit(_)));
+        // A failure is never served stale.
+        let bad = ("b.test".to_owned(), Rtype::A);
+        let Probe::Fetch(f) = c.probe(bad.clone(), t0) else { panic!() };
+        f.finish(Err("timeout".into()), t0, Duration::from_secs(5));
+        let Probe::Fetch(_refresh) = c.probe(bad.clone(), t0 + Duration::from_secs(6)) else { panic!() };
+        assert!(matches!(c.probe(bad, t0 + Duration::from_secs(6)), Probe::Wait(_)));
     }
 
     #[test]
