@@ -588,3 +588,29 @@ fn delay_warning() {
     let got = rx.wait_for(1, Duration::from_secs(15));
     assert!(got.iter().any(|m| m.contains("Action: delayed")), "{got:?}");
 }
+
+#[test]
+fn mta_sts_and_ca_file() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let srv = Server::start_in(&dir, "");
+    // A ca_file without a certificate refuses the reload, naming the key.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    srv.reload(
+        &format!(
+            "[delivery]\ndns_servers = [\"127.0.0.1:9\"]\nmta_sts = true\nca_file = \"{}\"\n",
+            empty.display()
+        ),
+        true,
+    );
+    assert!(srv.stderr().contains("delivery.ca_file"), "{}", srv.stderr());
+    // A real one is taken (what MTA-STS then does: tests/mta_sts.rs).
+    let (cert, _) = make_cert(&dir);
+    srv.reload(
+        &format!(
+            "[delivery]\ndns_servers = [\"127.0.0.1:9\"]\nmta_sts = true\nca_file = \"{}\"\n",
+            cert.display()
+        ),
+        false,
+    );
+}
