@@ -45,14 +45,6 @@ impl<T> Batch<T> {
         self.messages.push((tag, env, body));
     }
 
-    pub fn len(&self) -> usize {
-        self.messages.len() + self.tickets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Signs the messages and hands them to the spool (no waiting for the
     /// disk). Those that cannot be are reported to `failed` with the reason.
     pub async fn spool(
