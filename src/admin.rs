@@ -208,7 +208,13 @@ impl Admin {
             resp.body.len(),
             resp.body
         );
-        let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(out.into_bytes())).await;
+        let (written, _) = match monoio::time::timeout(IO_TIMEOUT, stream.write_all(out.into_bytes())).await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if written.is_ok() {
+            linger(&mut stream).await;
+        }
     }
 
     /// The names a request may give in `Host` besides `localhost` and IP
@@ -926,6 +932,27 @@ fn no_answer() -> Response {
 }
 
 /// Reads up to the blank line ending the request head.
+/// Closes our side and reads what the client still sends (at most 64 KiB,
+/// 2 s) before the socket goes: closing with unread bytes makes the kernel
+/// send a reset, which can destroy the answer before the client reads it
+/// (a client that sent a stray CRLF after its body, or pipelined more).
+async fn linger(stream: &mut TcpStream) {
+    let _ = monoio::io::AsyncWriteRent::shutdown(stream).await;
+    let drain = async {
+        let mut buf = vec![0u8; 8192];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            let (res, b) = stream.read(buf).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => total += n,
+                _ => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
 async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     loop {

@@ -62,3 +62,25 @@ fn an_admin_address_off_loopback_needs_a_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PHC hash"));
 }
+
+/// A client that sends more than its request (a stray CRLF after the body,
+/// as some old clients do, or a pipelined second request) still reads the
+/// whole answer: the server closes its side and drains what is left rather
+/// than closing with unread bytes, which would make the kernel send a reset
+/// that can destroy the answer (seen as "connection reset" in CI).
+#[test]
+fn extra_bytes_after_a_request_do_not_reset_the_answer() {
+    let srv = Server::start("");
+    for _ in 0..20 {
+        let body = "{\"domain\": \"x.test\", \"forever\": true}";
+        let (status, text) = common::http_body(
+            srv.admin,
+            "POST",
+            "/suspend",
+            &format!("Host: {}\r\nContent-Length: {}\r\n", srv.admin, body.len()),
+            &format!("{body}\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+        );
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("unknown field"), "{text}");
+    }
+}

@@ -535,14 +535,15 @@ fn http_tokens_and_inject_size() {
     let body = "{\"envelope_sender\": \"a@x.test\", \"content\": \"From: a@x.test\\n\\nx\", \
                 \"recipients\": [{\"email\": \"b@y.test\"}]}";
     let post = |secret: &str| {
-        common::http_with(
+        common::http_body(
             ([127, 0, 0, 1], http).into(),
             "POST",
             "/api/inject/v1",
             &format!(
-                "Host: x\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nContent-Length: {}\r\n\r\n{body}",
+                "Host: x\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nContent-Length: {}\r\n",
                 body.len()
             ),
+            body,
         )
         .0
     };
@@ -562,7 +563,7 @@ fn http_tokens_and_inject_size() {
         ([127, 0, 0, 1], http).into(),
         "POST",
         "/api/inject/v1",
-        "Host: x\r\nConnection: close\r\nAuthorization: Bearer second-secret\r\nContent-Length: 2048\r\n\r\n",
+        "Host: x\r\nConnection: close\r\nAuthorization: Bearer second-secret\r\nContent-Length: 2048\r\n",
     );
     assert_eq!(status, 413, "{text}");
 }

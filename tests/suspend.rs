@@ -113,15 +113,16 @@ fn bad_suspensions_are_refused() {
     assert_eq!(code, 1);
     assert!(out.contains("printable"), "{out}");
     let post = |body: &str| {
-        common::http_with(
+        common::http_body(
             srv.admin,
             "POST",
             "/suspend",
             &format!(
-                "Host: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                "Host: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
                 srv.admin,
                 body.len()
             ),
+            body,
         )
     };
     for (body, why) in [

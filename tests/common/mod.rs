@@ -240,9 +240,15 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 
 /// One HTTP/1.1 request with the given header lines (each ending in CRLF).
 pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
+    http_body(addr, method, path, headers, "")
+}
+
+/// One HTTP/1.1 request with header lines (each ending in CRLF) and a body
+/// sent as given (the caller writes its Content-Length); returns (status, body).
+pub fn http_body(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\n{headers}\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\n{headers}\r\n{body}").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
