@@ -5,13 +5,14 @@
 #
 # The tests start the real binary on loopback and drive it with real peers:
 # Python (smtplib, poplib, ssl, dkimpy), swaks, openssl, Postfix's smtp-source and
-# Postfix itself, redis-server and Dovecot (private instances), dnsmasq, curl, strace.
+# Postfix itself, redis-server, Dovecot and unbound (private instances), dnsmasq,
+# ldns-signzone (a DNSSEC-signed zone for DANE), curl, strace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES=(postfix swaks openssl dnsmasq-base python3 ca-certificates strace libnet-ssleay-perl
   libio-socket-ssl-perl python3-dkim python3-nacl redis-server curl
-  dovecot-imapd dovecot-lmtpd)
+  dovecot-imapd dovecot-lmtpd unbound ldnsutils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

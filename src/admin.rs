@@ -767,6 +767,16 @@ impl Admin {
                 &m.mta_sts_refused,
             ),
             (
+                "ringpost_dane_groups_total",
+                "Recipient groups sent to MX hosts with validated TLSA records (DANE: matching certificates only)",
+                &m.dane_groups,
+            ),
+            (
+                "ringpost_dane_refused_hosts_total",
+                "MX hosts not tried because their TLSA lookup failed (DANE)",
+                &m.dane_refused_hosts,
+            ),
+            (
                 "ringpost_inject_refused_total",
                 "Injection API requests refused (400, 401, 413, 503)",
                 &m.inject_refused,

@@ -495,6 +495,9 @@ pub struct DeliveryConfig {
     pub starttls: bool,
     /// Follow recipient domains' MTA-STS policies (RFC 8461).
     pub mta_sts: bool,
+    /// Check MX hosts' TLSA records (DANE, RFC 7672); needs a validating
+    /// resolver on this machine as `dns_servers`.
+    pub dane: bool,
     /// Extra trust anchors (PEM) for verified TLS (MTA-STS policies and
     /// the MX hosts they name), besides the system's.
     pub ca_file: Option<PathBuf>,
@@ -536,6 +539,7 @@ impl Default for DeliveryConfig {
             destination_backoff: Duration::from_secs(30),
             starttls: true,
             mta_sts: false,
+            dane: false,
             ca_file: None,
             dns_timeout: Duration::from_secs(5),
             dns_cache_size: 100_000,

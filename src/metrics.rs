@@ -75,6 +75,10 @@ pub struct Metrics {
     /// because no MX host matched it.
     pub mta_sts_enforced: AtomicU64,
     pub mta_sts_refused: AtomicU64,
+    /// Recipient groups sent to a next hop with validated TLSA records, and
+    /// MX hosts set aside because their TLSA lookup failed.
+    pub dane_groups: AtomicU64,
+    pub dane_refused_hosts: AtomicU64,
     /// Injection API requests answered 200.
     pub inject_requests: AtomicU64,
     /// Injection API requests refused (400, 401, 413, 503).

@@ -15,6 +15,8 @@ const PURE: &[&str] = &[
     "src/delivery/decide.rs",
     "src/delivery/classify.rs",
     "src/delivery/mta_sts.rs",
+    "src/delivery/dane.rs",
+    "src/delivery/holds.rs",
     "src/events/mod.rs",
     "src/suppress/mod.rs",
     "src/feedback",

@@ -19,6 +19,7 @@
 //! A crash in between delivers again (or reports again): duplicates, never loss.
 
 pub mod classify;
+pub mod dane;
 pub mod decide;
 pub mod dest;
 pub mod dsn;
@@ -65,6 +66,8 @@ pub struct DeliveryConfig {
     /// Follow MTA-STS policies; the TLS client that verifies certificates
     /// (system roots plus `ca_file`) when they are followed.
     pub mta_sts: Option<Arc<rustls::ClientConfig>>,
+    /// Check TLSA records of MX hosts whose names were validated (DANE).
+    pub dane: bool,
     pub routes: Routes,
     pub local_domains: HashSet<String>,
     pub mail_dir: PathBuf,

@@ -75,23 +75,58 @@ impl Outbound {
                     ));
                     continue;
                 }
+                // DANE: TLS checked against the host's TLSA records, or nothing.
+                match &host.dane {
+                    super::route::HostDane::Refuse(why) => {
+                        errors.push(format!("{}: {why}", host.name));
+                        break;
+                    }
+                    super::route::HostDane::Verify(dane) => {
+                        match Outbound::open_one(
+                            &host.name,
+                            addr,
+                            source,
+                            cfg,
+                            dane,
+                            true,
+                            hop.lmtp,
+                            Some("DANE"),
+                        )
+                        .await
+                        {
+                            Ok(o) => return Ok(o),
+                            Err((e, _)) => errors.push(format!("{}[{addr}]: {e}", host.name)),
+                        }
+                        continue;
+                    }
+                    super::route::HostDane::None => {}
+                }
                 // An enforced MTA-STS policy: verified TLS or nothing.
                 if let Some(verify) = &hop.verify_tls {
-                    match Outbound::open_one(&host.name, addr, source, cfg, verify, true, hop.lmtp, true)
-                        .await
+                    match Outbound::open_one(
+                        &host.name,
+                        addr,
+                        source,
+                        cfg,
+                        verify,
+                        true,
+                        hop.lmtp,
+                        Some("MTA-STS"),
+                    )
+                    .await
                     {
                         Ok(o) => return Ok(o),
                         Err((e, _)) => errors.push(format!("{}[{addr}]: {e}", host.name)),
                     }
                     continue;
                 }
-                match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls, hop.lmtp, false)
+                match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls, hop.lmtp, None)
                     .await
                 {
                     Ok(o) => return Ok(o),
                     Err((e, true)) => {
                         // TLS failed: opportunistic means plain text is still better than nothing.
-                        match Outbound::open_one(&host.name, addr, source, cfg, tls, false, hop.lmtp, false)
+                        match Outbound::open_one(&host.name, addr, source, cfg, tls, false, hop.lmtp, None)
                             .await
                         {
                             Ok(o) => return Ok(o),
@@ -108,7 +143,9 @@ impl Outbound {
     }
 
     /// One address. The flag in the error says the TLS handshake failed.
-    /// With `require_tls`, a server that does not take STARTTLS is an error.
+    /// With `require` (the policy's name, for errors), a server that does
+    /// not take STARTTLS, or whose certificate the TLS client refuses, is an
+    /// error.
     #[allow(clippy::too_many_arguments)] // reason: one connection attempt's facts, each distinct
     async fn open_one(
         host: &str,
@@ -118,7 +155,7 @@ impl Outbound {
         tls: &Arc<ClientConfig>,
         starttls: bool,
         lmtp: bool,
-        require_tls: bool,
+        require: Option<&'static str>,
     ) -> Result<Outbound, (String, bool)> {
         let connect = async {
             match source {
@@ -142,11 +179,12 @@ impl Outbound {
         };
         loop {
             match o.pump().await {
-                Event::Ready if require_tls && o.tls.is_none() => {
+                Event::Ready if o.tls.is_none() && require.is_some() => {
+                    let policy = require.unwrap_or_default();
                     return Err((
-                        "MTA-STS: the server does not take STARTTLS (a policy requires TLS)".into(),
+                        format!("{policy}: the server does not take STARTTLS (a policy requires TLS)"),
                         false,
-                    ))
+                    ));
                 }
                 Event::Ready => return Ok(o),
                 Event::StartTls => {
@@ -161,11 +199,20 @@ impl Outbound {
                             o.tls = Some(info);
                             o.client.handle_tls_established(instant());
                         }
-                        Ok(Err(e)) if require_tls => {
+                        Ok(Err(e)) if require == Some("DANE") => {
                             return Err((
-                                format!("MTA-STS: TLS with a certificate valid for {host}: {e}"),
+                                format!(
+                                    "DANE: TLS with a certificate matching the TLSA records of {host}: {e}"
+                                ),
                                 true,
                             ))
+                        }
+                        Ok(Err(e)) if require.is_some() => {
+                            let policy = require.unwrap_or_default();
+                            return Err((
+                                format!("{policy}: TLS with a certificate valid for {host}: {e}"),
+                                true,
+                            ));
                         }
                         Ok(Err(e)) => return Err((format!("TLS handshake: {e}"), true)),
                         Err(_) => return Err(("TLS handshake: timed out".into(), true)),

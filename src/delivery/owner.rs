@@ -19,7 +19,7 @@ use super::egress::{self, Pick, Rotation};
 use super::local::{self, LocalError};
 use super::route;
 use super::wheel::Wheel;
-use super::{mta_sts, sts_fetch};
+use super::{dane, mta_sts, sts_fetch};
 use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Via};
 use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
@@ -103,7 +103,17 @@ pub struct Owner {
     /// Messages held by a queue suspension: out of the wheel (unless the
     /// suspension has an end) until a resume plans them again.
     parked: RefCell<std::collections::HashSet<QueueId>>,
+    /// TLS clients for hosts with TLSA records, by host and domain (the
+    /// names a DANE-TA certificate may carry), while the records
+    /// stay the same (bounded: cleared when it grows past DANE_CLIENTS).
+    dane_clients: RefCell<HashMap<String, DaneClient>>,
 }
+
+/// A host's TLSA records and the TLS client that checks them.
+type DaneClient = (Vec<crate::dns::wire::Tlsa>, Arc<rustls::ClientConfig>);
+
+/// Hosts whose DANE client a worker keeps.
+const DANE_CLIENTS: usize = 10_000;
 
 impl std::fmt::Debug for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +156,7 @@ impl Owner {
             events,
             suppression,
             parked: RefCell::new(std::collections::HashSet::new()),
+            dane_clients: RefCell::new(HashMap::new()),
         })
     }
 
@@ -261,6 +272,62 @@ impl Owner {
             self.push(id, None);
         }
         n
+    }
+
+    /// DANE (RFC 7672): looks up the TLSA records of each host whose names
+    /// were validated and marks it (verify against them, or do not connect
+    /// when the lookup failed). True when DANE applies to some host; the
+    /// hop then gets a key of its own, so its connections are not shared
+    /// with opportunistic ones.
+    async fn apply_dane(&self, hop: &mut route::NextHop, domain: &str, port: u16) -> bool {
+        let mut applies = false;
+        for host in hop.hosts.iter_mut().filter(|h| h.secure) {
+            let lookup = self
+                .resolver
+                .query(&format!("_{port}._tcp.{}", host.name), crate::dns::wire::Rtype::Tlsa)
+                .await;
+            host.dane = match dane::decide(&host.name, &lookup) {
+                dane::Decision::None => continue,
+                dane::Decision::Refuse(why) => {
+                    tracing::warn!(target: "delivery", domain = %domain, host = %host.name, reason = %why, "MX host not tried");
+                    self.metrics.dane_refused_hosts.fetch_add(1, Ordering::Relaxed);
+                    route::HostDane::Refuse(why)
+                }
+                dane::Decision::Verify(records) => match self.dane_client(&host.name, domain, records) {
+                    Ok(client) => route::HostDane::Verify(client),
+                    Err(e) => route::HostDane::Refuse(format!("DANE: no TLS client: {e}")),
+                },
+            };
+            applies = true;
+        }
+        if applies {
+            hop.key = format!("dane:{}", hop.key);
+        }
+        applies
+    }
+
+    /// The TLS client for `host` with these TLSA records (kept while the
+    /// records stay the same).
+    fn dane_client(
+        &self,
+        host: &str,
+        domain: &str,
+        records: Vec<crate::dns::wire::Tlsa>,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        let key = format!("{host} {domain}");
+        let mut clients = self.dane_clients.borrow_mut();
+        if let Some((r, c)) = clients.get(&key) {
+            if *r == records {
+                return Ok(c.clone());
+            }
+        }
+        if clients.len() >= DANE_CLIENTS {
+            clients.clear();
+        }
+        let client =
+            crate::rt::transport::dane_client_config(records.clone(), vec![host.into(), domain.into()])?;
+        clients.insert(key, (records, client.clone()));
+        Ok(client)
     }
 
     /// The MTA-STS policy of `domain` (RFC 8461 §5.1): the TXT record's id
@@ -571,8 +638,15 @@ impl Owner {
         };
         match route::resolve(&self.resolver, &cfg.routes, &domain, cfg.port).await {
             Ok(mut hop) => {
-                // MTA-STS: only for MX next hops (a route is the operator's own choice).
-                if let (Some(verify), true) = (&cfg.mta_sts, hop.key.starts_with("mx:")) {
+                // DANE, then MTA-STS (RFC 8461 §2: validated TLSA records
+                // win), only for MX next hops (a route is the operator's own choice).
+                let dane = cfg.dane
+                    && hop.key.starts_with("mx:")
+                    && self.apply_dane(&mut hop, &domain, cfg.port).await;
+                if dane {
+                    self.metrics.dane_groups.fetch_add(1, Ordering::Relaxed);
+                }
+                if let (Some(verify), true, false) = (&cfg.mta_sts, hop.key.starts_with("mx:"), dane) {
                     if let Some(policy) = self.sts_policy(&domain, verify).await {
                         if policy.mode == mta_sts::Mode::Enforce {
                             let names: Vec<&str> = hop.hosts.iter().map(|h| h.name.as_str()).collect();

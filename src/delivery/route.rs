@@ -36,6 +36,44 @@ impl Dns for Resolver {
 pub struct Host {
     pub name: String,
     pub addrs: Vec<SocketAddr>,
+    /// Everything that led to it was validated by the resolver (the MX
+    /// answer, when there is one, and the address answers): a condition
+    /// for looking up its TLSA records (RFC 7672 §2.2).
+    pub secure: bool,
+    /// What DANE decided for it (set by the delivery owner).
+    pub dane: HostDane,
+}
+
+/// DANE's verdict on one host (RFC 7672).
+#[derive(Debug, Clone, Default)]
+pub enum HostDane {
+    /// No usable TLSA records: the hop's usual TLS (opportunistic, or MTA-STS).
+    #[default]
+    None,
+    /// TLS, checked by this configuration against the host's TLSA records;
+    /// never plain text.
+    Verify(Arc<rustls::ClientConfig>),
+    /// Do not connect (the TLSA lookup failed or was not validated): why.
+    Refuse(String),
+}
+
+impl PartialEq for HostDane {
+    fn eq(&self, other: &HostDane) -> bool {
+        match (self, other) {
+            (HostDane::None, HostDane::None) => true,
+            (HostDane::Verify(a), HostDane::Verify(b)) => Arc::ptr_eq(a, b),
+            (HostDane::Refuse(a), HostDane::Refuse(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for HostDane {}
+
+impl Host {
+    fn new(name: &str, addrs: Vec<SocketAddr>, secure: bool) -> Host {
+        Host { name: name.into(), addrs, secure, dane: HostDane::None }
+    }
 }
 
 /// Where a domain's mail goes.
@@ -114,26 +152,34 @@ enum AddrError {
     Temporary(String),
 }
 
-/// Addresses of `host` (A, then AAAA).
-async fn addresses<D: Dns>(dns: &D, host: &str, port: u16) -> Result<Vec<SocketAddr>, AddrError> {
+/// Addresses of `host` (A, then AAAA), and whether every answer was
+/// validated (an address literal is not).
+async fn addresses<D: Dns>(dns: &D, host: &str, port: u16) -> Result<(Vec<SocketAddr>, bool), AddrError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
+        return Ok((vec![SocketAddr::new(ip, port)], false));
     }
     let mut addrs = Vec::new();
     let mut nx = 0;
     let mut temp = None;
+    let mut secure = true;
     for rtype in [Rtype::A, Rtype::Aaaa] {
         match &*dns.lookup(host, rtype).await {
-            Ok(r) => match &r.answer {
-                Answer::Ips(ips) => addrs.extend(ips.iter().map(|ip| SocketAddr::new(*ip, port))),
-                Answer::NxDomain => nx += 1,
-                _ => {}
-            },
-            Err(e) => temp = Some(e.clone()),
+            Ok(r) => {
+                secure &= r.secure;
+                match &r.answer {
+                    Answer::Ips(ips) => addrs.extend(ips.iter().map(|ip| SocketAddr::new(*ip, port))),
+                    Answer::NxDomain => nx += 1,
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                secure = false;
+                temp = Some(e.clone());
+            }
         }
     }
     match (addrs.is_empty(), temp) {
-        (false, _) => Ok(addrs),
+        (false, _) => Ok((addrs, secure)),
         (true, Some(e)) => Err(AddrError::Temporary(format!("DNS lookup of {host} failed: {e}"))),
         (true, None) => Err(AddrError::None { gone: nx == 2, text: format!("{host} has no address") }),
     }
@@ -154,7 +200,7 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
         let addr = SocketAddr::new(ip, port);
         return Ok(NextHop {
             key: format!("literal:{addr}"),
-            hosts: vec![Host { name: domain.into(), addrs: vec![addr] }],
+            hosts: vec![Host::new(domain, vec![addr], false)],
             lmtp: false,
             verify_tls: None,
         });
@@ -164,12 +210,12 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
         Err(e) => Err(HopError::Temporary(format!("DNS lookup of MX for {domain} failed: {e}"))),
         Ok(r) => match &r.answer {
             Answer::NxDomain => Err(HopError::Permanent("5.1.2", format!("domain {domain} does not exist"))),
-            Answer::Mx(records) => resolve_mx(dns, domain, records, port).await,
+            Answer::Mx(records) => resolve_mx(dns, domain, records, port, r.secure).await,
             // No MX: the domain itself is the mail host (implicit MX).
             _ => match addresses(dns, domain, port).await {
-                Ok(addrs) => Ok(NextHop {
+                Ok((addrs, secure)) => Ok(NextHop {
                     key: format!("mx:{domain}:{port}"),
-                    hosts: vec![Host { name: domain.into(), addrs }],
+                    hosts: vec![Host::new(domain, addrs, secure && r.secure)],
                     lmtp: false,
                     verify_tls: None,
                 }),
@@ -190,7 +236,7 @@ async fn resolve_route<D: Dns>(dns: &D, targets: &[(String, u16)], lmtp: bool) -
     let mut last = String::new();
     for (host, port) in targets {
         match addresses(dns, host, *port).await {
-            Ok(addrs) => hosts.push(Host { name: host.clone(), addrs }),
+            Ok((addrs, _)) => hosts.push(Host::new(host, addrs, false)),
             Err(AddrError::None { text, .. } | AddrError::Temporary(text)) => last = text,
         }
     }
@@ -205,6 +251,7 @@ async fn resolve_mx<D: Dns>(
     domain: &str,
     records: &[crate::dns::wire::Mx],
     port: u16,
+    secure_mx: bool,
 ) -> Result<NextHop, HopError> {
     if records.len() == 1 && records[0].exchange.is_empty() {
         return Err(HopError::Permanent(
@@ -223,7 +270,7 @@ async fn resolve_mx<D: Dns>(
     let (mut nx, mut last) = (0, String::new());
     for name in &names {
         match addresses(dns, name, port).await {
-            Ok(addrs) => hosts.push(Host { name: name.clone(), addrs }),
+            Ok((addrs, secure)) => hosts.push(Host::new(name, addrs, secure && secure_mx)),
             Err(AddrError::None { gone, text }) => {
                 nx += usize::from(gone);
                 last = text;
@@ -257,7 +304,10 @@ mod tests {
 
     impl FakeDns {
         fn set(&mut self, name: &str, rtype: Rtype, answer: Answer) {
-            self.answers.insert((name.into(), rtype), Ok(Response { answer, ttl: 60 }));
+            self.answers.insert((name.into(), rtype), Ok(Response { answer, ttl: 60, secure: false }));
+        }
+        fn set_secure(&mut self, name: &str, rtype: Rtype, answer: Answer) {
+            self.answers.insert((name.into(), rtype), Ok(Response { answer, ttl: 60, secure: true }));
         }
         fn fail(&mut self, name: &str, rtype: Rtype) {
             self.answers.insert((name.into(), rtype), Err("SERVFAIL".into()));
@@ -267,12 +317,11 @@ mod tests {
     impl Dns for FakeDns {
         async fn lookup(&self, name: &str, rtype: Rtype) -> Arc<Lookup> {
             self.asked.borrow_mut().push((name.into(), rtype));
-            Arc::new(
-                self.answers
-                    .get(&(name.into(), rtype))
-                    .cloned()
-                    .unwrap_or(Ok(Response { answer: Answer::NxDomain, ttl: 60 })),
-            )
+            Arc::new(self.answers.get(&(name.into(), rtype)).cloned().unwrap_or(Ok(Response {
+                answer: Answer::NxDomain,
+                ttl: 60,
+                secure: false,
+            })))
         }
     }
 
@@ -302,6 +351,32 @@ mod tests {
         assert_eq!(hop.hosts[0].addrs, vec!["127.0.0.2:2525".parse().unwrap()]);
         assert_eq!(hop.hosts[1].addrs.len(), 2);
         assert_eq!(hop.key, "mx:mx1.a.test,mx2.a.test:2525");
+    }
+
+    /// A host is secure (DANE may apply) only when the MX answer and both
+    /// address answers were validated.
+    #[test]
+    fn hosts_are_secure_only_when_every_answer_was_validated() {
+        let mut d = FakeDns::default();
+        d.set_secure("s.test", Rtype::Mx, mx(&[(10, "mx1.s.test"), (20, "mx2.s.test"), (30, "mx3.s.test")]));
+        d.set_secure("mx1.s.test", Rtype::A, ip("127.0.0.2"));
+        d.set_secure("mx1.s.test", Rtype::Aaaa, Answer::NoData);
+        d.set_secure("mx2.s.test", Rtype::A, ip("127.0.0.3"));
+        d.set("mx2.s.test", Rtype::Aaaa, Answer::NoData);
+        d.set_secure("mx3.s.test", Rtype::A, ip("127.0.0.4"));
+        d.fail("mx3.s.test", Rtype::Aaaa);
+        let hop = run(resolve(&d, &Routes::default(), "s.test", 25)).unwrap();
+        let secure: Vec<(&str, bool)> = hop.hosts.iter().map(|h| (h.name.as_str(), h.secure)).collect();
+        assert_eq!(secure, [("mx1.s.test", true), ("mx2.s.test", false), ("mx3.s.test", false)]);
+        // The same hosts under an MX answer that was not validated.
+        d.set("s.test", Rtype::Mx, mx(&[(10, "mx1.s.test")]));
+        let hop = run(resolve(&d, &Routes::default(), "s.test", 25)).unwrap();
+        assert!(!hop.hosts[0].secure);
+        // Implicit MX: the domain's own validated addresses.
+        d.set_secure("i.test", Rtype::Mx, Answer::NoData);
+        d.set_secure("i.test", Rtype::A, ip("127.0.0.5"));
+        d.set_secure("i.test", Rtype::Aaaa, Answer::NoData);
+        assert!(run(resolve(&d, &Routes::default(), "i.test", 25)).unwrap().hosts[0].secure);
     }
 
     #[test]

@@ -263,7 +263,7 @@ mod tests {
     use crate::dns::wire::{Answer, Response};
 
     fn resp(ttl: u32) -> Lookup {
-        Ok(Response { answer: Answer::NoData, ttl })
+        Ok(Response { answer: Answer::NoData, ttl, secure: false })
     }
 
     #[test]

@@ -1,5 +1,11 @@
-//! DNS messages for the three questions an MTA asks (MX, A, AAAA), built and
-//! parsed with hickory-proto. Pure: no sockets, no clock.
+//! DNS messages for the questions an MTA asks (MX, A, AAAA; TXT for MTA-STS,
+//! TLSA for DANE), built and parsed with hickory-proto. Pure: no sockets, no
+//! clock.
+//!
+//! Every query sets the AD bit (RFC 6840 §5.7): a validating resolver then
+//! says in its answer whether it validated it (AD), without our asking for
+//! the signatures (DO). Whether an answer is "secure" is only as true as the
+//! path to that resolver: DANE needs it on the same machine (docs/tls-policy.md).
 
 use std::net::IpAddr;
 
@@ -16,6 +22,8 @@ pub enum Rtype {
     Aaaa,
     /// For MTA-STS (`_mta-sts.<domain>`).
     Txt,
+    /// For DANE (`_25._tcp.<mx host>`).
+    Tlsa,
 }
 
 impl Rtype {
@@ -25,6 +33,7 @@ impl Rtype {
             Rtype::A => RecordType::A,
             Rtype::Aaaa => RecordType::AAAA,
             Rtype::Txt => RecordType::TXT,
+            Rtype::Tlsa => RecordType::TLSA,
         }
     }
 }
@@ -44,10 +53,20 @@ pub enum Answer {
     Ips(Vec<IpAddr>),
     /// Each TXT record's strings joined (RFC 7208 §3.3), lossy UTF-8.
     Txt(Vec<String>),
+    Tlsa(Vec<Tlsa>),
     /// The name exists but has no record of this type.
     NoData,
     /// The name does not exist.
     NxDomain,
+}
+
+/// One TLSA record (RFC 6698 §2.1), as numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tlsa {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
 }
 
 /// An answer and how long it may be cached, in seconds.
@@ -55,6 +74,8 @@ pub enum Answer {
 pub struct Response {
     pub answer: Answer,
     pub ttl: u32,
+    /// The resolver validated it (the AD bit of its answer).
+    pub secure: bool,
 }
 
 /// Why a datagram is not a usable answer.
@@ -86,6 +107,7 @@ pub fn build_query(id: u16, name: &str, rtype: Rtype) -> Result<Vec<u8>, WireErr
     qname.set_fqdn(true);
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
+    m.metadata.authentic_data = true;
     m.add_query(Query::query(qname, rtype.record_type()));
     let mut edns = Edns::new();
     edns.set_max_payload(1232);
@@ -119,9 +141,12 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
     if m.metadata.truncation {
         return Err(WireError::Truncated);
     }
+    let secure = m.metadata.authentic_data;
     match m.metadata.response_code {
         ResponseCode::NoError => {}
-        ResponseCode::NXDomain => return Ok(Response { answer: Answer::NxDomain, ttl: negative_ttl(&m) }),
+        ResponseCode::NXDomain => {
+            return Ok(Response { answer: Answer::NxDomain, ttl: negative_ttl(&m), secure })
+        }
         other => return Err(WireError::ServerFailure(format!("{other:?}"))),
     }
     let mut ttl = MAX_TTL;
@@ -129,6 +154,7 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
     let mut mx = Vec::new();
     let mut ips = Vec::new();
     let mut txt = Vec::new();
+    let mut tlsa = Vec::new();
     for r in &m.answers {
         match &r.data {
             RData::MX(rec) if rtype == Rtype::Mx => {
@@ -151,6 +177,12 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
                 let joined: Vec<u8> = t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
                 txt.push(String::from_utf8_lossy(&joined).into_owned());
             }
+            RData::TLSA(t) if rtype == Rtype::Tlsa => tlsa.push(Tlsa {
+                usage: t.cert_usage.into(),
+                selector: t.selector.into(),
+                matching: t.matching.into(),
+                data: t.cert_data.clone(),
+            }),
             // CNAMEs on the way to the answer also bound its lifetime.
             RData::CNAME(_) => {}
             _ => continue,
@@ -166,9 +198,10 @@ pub fn parse_response(bytes: &[u8], id: u16, name: &str, rtype: Rtype) -> Result
         Rtype::Mx if !mx.is_empty() => Answer::Mx(mx),
         Rtype::A | Rtype::Aaaa if !ips.is_empty() => Answer::Ips(ips),
         Rtype::Txt if !txt.is_empty() => Answer::Txt(txt),
-        _ => return Ok(Response { answer: Answer::NoData, ttl: negative_ttl(&m) }),
+        Rtype::Tlsa if !tlsa.is_empty() => Answer::Tlsa(tlsa),
+        _ => return Ok(Response { answer: Answer::NoData, ttl: negative_ttl(&m), secure }),
     };
-    Ok(Response { answer, ttl })
+    Ok(Response { answer, ttl, secure })
 }
 
 /// RFC 2308 §5: the negative TTL is the smaller of the SOA's TTL and its MINIMUM.
@@ -249,6 +282,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tlsa_answers_and_the_ad_bit() {
+        use hickory_proto::rr::rdata::TLSA;
+        let q = build_query(9, "_25._tcp.mx.test", Rtype::Tlsa).unwrap();
+        assert!(Message::from_vec(&q).unwrap().metadata.authentic_data, "queries ask for AD");
+        let rec = TLSA::new(3.into(), 1.into(), 1.into(), vec![0xab; 32]);
+        let answers = vec![Record::from_rdata(name("_25._tcp.mx.test."), 60, RData::TLSA(rec))];
+        let mut bytes = respond(&q, ResponseCode::NoError, answers, None);
+        let r = parse_response(&bytes, 9, "_25._tcp.mx.test", Rtype::Tlsa).unwrap();
+        assert_eq!(
+            r.answer,
+            Answer::Tlsa(vec![Tlsa { usage: 3, selector: 1, matching: 1, data: vec![0xab; 32] }])
+        );
+        assert!(!r.secure);
+        bytes[3] |= 0x20; // AD
+        assert!(parse_response(&bytes, 9, "_25._tcp.mx.test", Rtype::Tlsa).unwrap().secure);
+    }
+
+    #[test]
     fn addresses_and_negative_answers() {
         let q = build_query(2, "h.test", Rtype::A).unwrap();
         let answers = vec![Record::from_rdata(name("h.test."), 30, RData::A(A::new(127, 0, 0, 3)))];
@@ -269,7 +320,7 @@ pub(crate) mod tests {
             Rtype::A,
         )
         .unwrap();
-        assert_eq!(r, Response { answer: Answer::NoData, ttl: 120 });
+        assert_eq!(r, Response { answer: Answer::NoData, ttl: 120, secure: false });
         let r = parse_response(
             &respond(&q, ResponseCode::NXDomain, vec![], Some((30, 600))),
             2,
@@ -277,7 +328,7 @@ pub(crate) mod tests {
             Rtype::A,
         )
         .unwrap();
-        assert_eq!(r, Response { answer: Answer::NxDomain, ttl: 30 });
+        assert_eq!(r, Response { answer: Answer::NxDomain, ttl: 30, secure: false });
         let r = parse_response(&respond(&q, ResponseCode::NXDomain, vec![], None), 2, "h.test", Rtype::A)
             .unwrap();
         assert_eq!(r.ttl, DEFAULT_NEGATIVE_TTL);

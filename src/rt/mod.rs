@@ -113,6 +113,7 @@ pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::Del
             .mta_sts
             .then(|| crate::rt::transport::verifying_client_config(d.ca_file.as_deref()).ok())
             .flatten(),
+        dane: d.dane,
         routes: crate::delivery::route::Routes::new(&config.routes),
         local_domains: local_domains(config),
         mail_dir: config.local.mail_dir.clone(),
