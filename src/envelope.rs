@@ -161,6 +161,9 @@ pub struct Envelope {
     pub tenant: Option<String>,
     /// The campaign, from `X-Campaign` or the injection API (for events).
     pub campaign: Option<String>,
+    /// REQUIRETLS (RFC 8689): onward only over TLS with a verified
+    /// certificate, to next hops that take REQUIRETLS.
+    pub requiretls: bool,
 }
 
 #[cfg(test)]

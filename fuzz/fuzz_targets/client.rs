@@ -46,6 +46,7 @@ fn message() -> Outgoing {
         smtputf8: false,
         ret: None,
         envid: Some("E".into()),
+        requiretls: false,
     }
 }
 

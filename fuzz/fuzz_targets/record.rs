@@ -53,6 +53,7 @@ fn envelope(u: &mut Unstructured<'_>) -> arbitrary::Result<Envelope> {
         auth_user: opt_text(u)?,
         tenant: opt_text(u)?,
         campaign: opt_text(u)?,
+        requiretls: u.arbitrary()?,
     })
 }
 

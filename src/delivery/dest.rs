@@ -360,14 +360,25 @@ impl Destinations {
         };
         match opened {
             Err(None) => {}
+            Err(Some(e)) if hop.requiretls && e.tls_only => {
+                // Reachable, but not over the TLS REQUIRETLS mail needs
+                // (RFC 8689 §4.2.1): such mail is returned, not retried.
+                tracing::warn!(target: "delivery", destination = %key, error = %e.text, "no verified TLS for REQUIRETLS mail");
+                let text = format!("no next hop with verified TLS: {}", e.text);
+                let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
+                for job in jobs {
+                    let outcomes = RcptOutcome::all(&job.rcpts, Outcome::Permanent, "5.7.10", &text);
+                    (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
+                }
+            }
             Err(Some(e)) => {
-                tracing::warn!(target: "delivery", destination = %key, error = %e, "destination unreachable");
+                tracing::warn!(target: "delivery", destination = %key, error = %e.text, "destination unreachable");
                 // A greeting like 421 4.7.0 [TSS04] is a reply too.
-                self.react(&budget, &e, None);
+                self.react(&budget, &e.text, None);
                 dest.backoff_until.set(Some(instant() + cfg.destination_backoff));
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
-                    self.fail(job, "4.4.1", &e);
+                    self.fail(job, "4.4.1", &e.text);
                 }
             }
             Ok(mut conn) => {

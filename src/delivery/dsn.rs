@@ -98,18 +98,26 @@ This is a MIME-encapsulated message.\r\n\r\n",
         },
         format_rfc5322_date(now),
     );
-    human_part(&mut b, hostname, &boundary, &wanted, failed, delayed);
+    human_part(&mut b, hostname, &boundary, &wanted, failed, delayed, env.requiretls);
     status_part(&mut b, hostname, &boundary, env, &wanted, now);
-    // A delay notice returns the headers only: the message is still on its way.
-    let (returned, eight_bit) = returned_part(env, original, delayed);
     let mut body = b.into_bytes();
-    let kind = if returned.len() < original.len() { "text/rfc822-headers" } else { "message/rfc822" };
-    body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {kind}\r\n\r\n").as_bytes());
-    body.extend_from_slice(returned);
-    if !returned.ends_with(b"\r\n") {
+    let mut eight_bit = false;
+    // REQUIRETLS mail (RFC 8689 §5): nothing of it is returned, so the
+    // report can go back without the requirement (its third part is
+    // optional, RFC 6522).
+    if !env.requiretls {
+        // A delay notice returns the headers only: the message is still on its way.
+        let (returned, returned_8bit) = returned_part(env, original, delayed);
+        eight_bit = returned_8bit;
+        let kind = if returned.len() < original.len() { "text/rfc822-headers" } else { "message/rfc822" };
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {kind}\r\n\r\n").as_bytes());
+        body.extend_from_slice(returned);
+        if !returned.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
         body.extend_from_slice(b"\r\n");
     }
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     Some(Dsn { to: sender.clone(), body, eight_bit: eight_bit || !body_is_ascii(&wanted) })
 }
 
@@ -124,13 +132,19 @@ fn human_part(
     reports: &[&Report],
     failed: bool,
     delayed: bool,
+    requiretls: bool,
 ) {
     let _ = write!(
         b,
         "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
 This is the mail system at host {hostname}.\r\n\r\n"
     );
-    if failed {
+    if failed && requiretls {
+        b.push_str(
+            "Your message could not be delivered to one or more recipients.\r\nIt was sent with \
+             REQUIRETLS, so it is not attached.\r\n\r\n",
+        );
+    } else if failed {
         b.push_str(
             "Your message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n",
         );
@@ -245,6 +259,26 @@ mod tests {
     }
 
     const ORIGINAL: &[u8] = b"Received: x\r\nSubject: hello\r\n\r\nthe body\r\n";
+
+    /// REQUIRETLS mail: the report quotes nothing of it (RFC 8689 §5).
+    #[test]
+    fn requiretls_reports_return_no_content() {
+        let mut e = env(Some(Ret::Full), "FAILURE");
+        e.requiretls = true;
+        let dsn =
+            build("mx.test", &e, ORIGINAL, &[report(&e, Action::Failed)], QueueId(5), 1_800_000_000).unwrap();
+        let text = String::from_utf8(dsn.body).unwrap();
+        assert!(text.contains("Status: 5.1.1") && text.contains("Content-Type: message/delivery-status"));
+        assert!(text.contains("not attached") && !text.contains("attached below"), "{text}");
+        assert!(
+            !text.contains("hello") && !text.contains("the body") && !text.contains("rfc822-headers"),
+            "{text}"
+        );
+        assert!(!text.contains("message/rfc822"), "{text}");
+        let parsed = mail_parser::MessageParser::default().parse(text.as_bytes()).unwrap();
+        assert_eq!(parsed.parts.len(), 3, "multipart/report with two parts");
+        assert!(text.trim_end().ends_with("--"), "closed: {text}");
+    }
 
     #[test]
     fn failure_report_has_the_rfc3464_parts() {

@@ -68,6 +68,9 @@ pub struct DeliveryConfig {
     pub mta_sts: Option<Arc<rustls::ClientConfig>>,
     /// Check TLSA records of MX hosts whose names were validated (DANE).
     pub dane: bool,
+    /// A TLS client that verifies certificates (system roots plus
+    /// `ca_file`), for REQUIRETLS mail; None when no trust anchors load.
+    pub verified_tls: Option<Arc<rustls::ClientConfig>>,
     pub routes: Routes,
     pub local_domains: HashSet<String>,
     pub mail_dir: PathBuf,

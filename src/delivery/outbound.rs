@@ -21,6 +21,27 @@ use crate::smtp::client::{
 };
 use crate::smtp::session::TlsInfo;
 
+/// Why no connection could be opened.
+#[derive(Debug)]
+pub struct OpenError {
+    /// What went wrong at each address tried.
+    pub text: String,
+    /// Every attempt failed on the TLS a policy requires (no STARTTLS, a
+    /// certificate that does not verify), none on the network.
+    pub tls_only: bool,
+}
+
+/// How one connection attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// Connecting or greeting (network, timeouts, 421).
+    Connect,
+    /// The opportunistic TLS handshake (plain text may be tried).
+    Handshake,
+    /// The TLS a policy requires.
+    Policy,
+}
+
 /// An open, greeted connection.
 pub struct Outbound {
     conn: Conn,
@@ -64,59 +85,47 @@ impl Outbound {
         source: Option<&Source>,
         cfg: &DeliveryConfig,
         tls: &Arc<ClientConfig>,
-    ) -> Result<Outbound, String> {
+    ) -> Result<Outbound, OpenError> {
         let mut errors = Vec::new();
+        // Every attempt failed on the TLS a policy requires (not on the
+        // network): for REQUIRETLS mail, a reason to bounce.
+        let mut tls_only = true;
+        let mut fail = |text: String, kind: Failed| {
+            tls_only &= kind == Failed::Policy;
+            errors.push(text);
+        };
+        let required = if hop.requiretls { "REQUIRETLS" } else { "MTA-STS" };
         for host in &hop.hosts {
             for &addr in &host.addrs {
                 if let Some(s) = source.filter(|s| s.address.is_ipv4() != addr.is_ipv4()) {
-                    errors.push(format!(
-                        "{}[{addr}]: not reachable from source {} ({})",
-                        host.name, s.name, s.address
-                    ));
+                    fail(
+                        format!(
+                            "{}[{addr}]: not reachable from source {} ({})",
+                            host.name, s.name, s.address
+                        ),
+                        Failed::Connect,
+                    );
                     continue;
                 }
-                // DANE: TLS checked against the host's TLSA records, or nothing.
-                match &host.dane {
+                // DANE: TLS checked against the host's TLSA records, or
+                // nothing; then a policy's verified TLS, or nothing.
+                let (client, policy) = match &host.dane {
                     super::route::HostDane::Refuse(why) => {
-                        errors.push(format!("{}: {why}", host.name));
+                        fail(format!("{}: {why}", host.name), Failed::Connect);
                         break;
                     }
-                    super::route::HostDane::Verify(dane) => {
-                        match Outbound::open_one(
-                            &host.name,
-                            addr,
-                            source,
-                            cfg,
-                            dane,
-                            true,
-                            hop.lmtp,
-                            Some("DANE"),
-                        )
+                    super::route::HostDane::Verify(dane) => (dane, Some("DANE")),
+                    super::route::HostDane::None => match &hop.verify_tls {
+                        Some(verify) => (verify, Some(required)),
+                        None => (tls, None),
+                    },
+                };
+                if policy.is_some() {
+                    match Outbound::open_one(&host.name, addr, source, cfg, client, true, hop.lmtp, policy)
                         .await
-                        {
-                            Ok(o) => return Ok(o),
-                            Err((e, _)) => errors.push(format!("{}[{addr}]: {e}", host.name)),
-                        }
-                        continue;
-                    }
-                    super::route::HostDane::None => {}
-                }
-                // An enforced MTA-STS policy: verified TLS or nothing.
-                if let Some(verify) = &hop.verify_tls {
-                    match Outbound::open_one(
-                        &host.name,
-                        addr,
-                        source,
-                        cfg,
-                        verify,
-                        true,
-                        hop.lmtp,
-                        Some("MTA-STS"),
-                    )
-                    .await
                     {
                         Ok(o) => return Ok(o),
-                        Err((e, _)) => errors.push(format!("{}[{addr}]: {e}", host.name)),
+                        Err((e, kind)) => fail(format!("{}[{addr}]: {e}", host.name), kind),
                     }
                     continue;
                 }
@@ -124,28 +133,30 @@ impl Outbound {
                     .await
                 {
                     Ok(o) => return Ok(o),
-                    Err((e, true)) => {
+                    Err((e, Failed::Handshake)) => {
                         // TLS failed: opportunistic means plain text is still better than nothing.
                         match Outbound::open_one(&host.name, addr, source, cfg, tls, false, hop.lmtp, None)
                             .await
                         {
                             Ok(o) => return Ok(o),
-                            Err((e2, _)) => {
-                                errors.push(format!("{}[{addr}]: {e}; without TLS: {e2}", host.name))
+                            Err((e2, kind)) => {
+                                fail(format!("{}[{addr}]: {e}; without TLS: {e2}", host.name), kind)
                             }
                         }
                     }
-                    Err((e, false)) => errors.push(format!("{}[{addr}]: {e}", host.name)),
+                    Err((e, kind)) => fail(format!("{}[{addr}]: {e}", host.name), kind),
                 }
             }
         }
-        Err(if errors.is_empty() { "no address to connect to".into() } else { errors.join("; ") })
+        if errors.is_empty() {
+            return Err(OpenError { text: "no address to connect to".into(), tls_only: false });
+        }
+        Err(OpenError { text: errors.join("; "), tls_only })
     }
 
-    /// One address. The flag in the error says the TLS handshake failed.
-    /// With `require` (the policy's name, for errors), a server that does
-    /// not take STARTTLS, or whose certificate the TLS client refuses, is an
-    /// error.
+    /// One address; the error says what failed. With `require` (the
+    /// policy's name, for errors), a server that does not take STARTTLS, or
+    /// whose certificate the TLS client refuses, is an error (`Policy`).
     #[allow(clippy::too_many_arguments)] // reason: one connection attempt's facts, each distinct
     async fn open_one(
         host: &str,
@@ -156,7 +167,7 @@ impl Outbound {
         starttls: bool,
         lmtp: bool,
         require: Option<&'static str>,
-    ) -> Result<Outbound, (String, bool)> {
+    ) -> Result<Outbound, (String, Failed)> {
         let connect = async {
             match source {
                 None => TcpStream::connect_addr(addr).await,
@@ -165,8 +176,8 @@ impl Outbound {
         };
         let stream = match monoio::time::timeout(cfg.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err((format!("connect: {e}"), false)),
-            Err(_) => return Err(("connect: timed out".into(), false)),
+            Ok(Err(e)) => return Err((format!("connect: {e}"), Failed::Connect)),
+            Err(_) => return Err(("connect: timed out".into(), Failed::Connect)),
         };
         let _ = stream.set_nodelay(true);
         let mut o = Outbound {
@@ -181,45 +192,35 @@ impl Outbound {
             match o.pump().await {
                 Event::Ready if o.tls.is_none() && require.is_some() => {
                     let policy = require.unwrap_or_default();
-                    return Err((
-                        format!("{policy}: the server does not take STARTTLS (a policy requires TLS)"),
-                        false,
-                    ));
+                    let text = format!("{policy}: the server does not take STARTTLS (a policy requires TLS)");
+                    return Err((text, Failed::Policy));
                 }
                 Event::Ready => return Ok(o),
                 Event::StartTls => {
                     o.conn.discard_input();
-                    match monoio::time::timeout(
-                        cfg.command_timeout,
-                        o.conn.transport.upgrade_tls_client(tls.clone(), host),
-                    )
-                    .await
-                    {
+                    let handshake = o.conn.transport.upgrade_tls_client(tls.clone(), host);
+                    match monoio::time::timeout(cfg.command_timeout, handshake).await {
                         Ok(Ok(info)) => {
                             o.tls = Some(info);
                             o.client.handle_tls_established(instant());
                         }
                         Ok(Err(e)) if require == Some("DANE") => {
-                            return Err((
-                                format!(
-                                    "DANE: TLS with a certificate matching the TLSA records of {host}: {e}"
-                                ),
-                                true,
-                            ))
+                            let text = format!(
+                                "DANE: TLS with a certificate matching the TLSA records of {host}: {e}"
+                            );
+                            return Err((text, Failed::Policy));
                         }
                         Ok(Err(e)) if require.is_some() => {
                             let policy = require.unwrap_or_default();
-                            return Err((
-                                format!("{policy}: TLS with a certificate valid for {host}: {e}"),
-                                true,
-                            ));
+                            let text = format!("{policy}: TLS with a certificate valid for {host}: {e}");
+                            return Err((text, Failed::Policy));
                         }
-                        Ok(Err(e)) => return Err((format!("TLS handshake: {e}"), true)),
-                        Err(_) => return Err(("TLS handshake: timed out".into(), true)),
+                        Ok(Err(e)) => return Err((format!("TLS handshake: {e}"), Failed::Handshake)),
+                        Err(_) => return Err(("TLS handshake: timed out".into(), Failed::Handshake)),
                     }
                 }
-                Event::Failed(f) => return Err((f.to_string(), false)),
-                other => return Err((format!("unexpected {other:?} while connecting"), false)),
+                Event::Failed(f) => return Err((f.to_string(), Failed::Connect)),
+                other => return Err((format!("unexpected {other:?} while connecting"), Failed::Connect)),
             }
         }
     }
@@ -308,6 +309,7 @@ pub fn outgoing(env: &Envelope, rcpts: &[u32], content: &[u8]) -> Outgoing {
         smtputf8: env.smtputf8 || non_ascii,
         ret: env.ret,
         envid: env.envid.clone(),
+        requiretls: env.requiretls,
     }
 }
 

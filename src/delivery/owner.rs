@@ -582,12 +582,7 @@ impl Owner {
                 Way::Local => {
                     monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
                 }
-                Way::Remote => {
-                    // A DSN (null sender) goes back to the tenant's own
-                    // systems: a hold on the tenant does not stop it.
-                    let holdable = !matches!(env.reverse_path, ReversePath::Null);
-                    self.route_group(id, loc, domain, rcpts, env.tenant.as_deref(), holdable).await
-                }
+                Way::Remote => self.route_group(id, loc, domain, rcpts, &env).await,
                 Way::Feedback => {
                     monoio::spawn(self.clone().read_reports(id, loc, domain, rcpts));
                 }
@@ -601,10 +596,13 @@ impl Owner {
         loc: Location,
         domain: String,
         rcpts: Vec<u32>,
-        tenant: Option<&str>,
-        holdable: bool,
+        env: &Envelope,
     ) {
         let cfg = self.cfg();
+        let (tenant, requiretls) = (env.tenant.as_deref(), env.requiretls);
+        // A DSN (null sender) goes back to the tenant's own systems: a hold
+        // on the tenant does not stop it.
+        let holdable = !matches!(env.reverse_path, ReversePath::Null);
         // A tenant held by automation sends nothing until the hold ends.
         let held = tenant.filter(|_| holdable).and_then(|t| self.metrics.tenant_holds.held(t, unix_secs()));
         if let Some((until, why)) = held {
@@ -672,6 +670,24 @@ impl Owner {
                                         RcptOutcome::all(&rcpts, Outcome::Temporary, "4.7.5", &text);
                                     return self.job_done(JobResult { id, domain, outcomes });
                                 }
+                            }
+                        }
+                    }
+                }
+                if requiretls {
+                    // RFC 8689: verified TLS to every host (DANE's where it
+                    // applies, else a certificate valid for the host name),
+                    // on connections of their own.
+                    hop.requiretls = true;
+                    hop.key = format!("requiretls:{}", hop.key);
+                    if hop.verify_tls.is_none() {
+                        match &cfg.verified_tls {
+                            Some(v) => hop.verify_tls = Some(v.clone()),
+                            None => {
+                                let text =
+                                    "REQUIRETLS: no trust anchors to verify a certificate with".to_string();
+                                let outcomes = RcptOutcome::all(&rcpts, Outcome::Permanent, "5.7.10", &text);
+                                return self.job_done(JobResult { id, domain, outcomes });
                             }
                         }
                     }
@@ -1009,6 +1025,9 @@ impl Owner {
             // Out through the sender's pool; a DSN is no campaign's mail.
             tenant: env.tenant.clone(),
             campaign: None,
+            // The report about REQUIRETLS mail quotes none of it (dsn::build),
+            // so it can reach the sender without the requirement.
+            requiretls: false,
         };
         match self.spool.append_message(&dsn_env, b"", &dsn.body).await {
             Ok(Ok(_)) => {

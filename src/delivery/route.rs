@@ -88,6 +88,9 @@ pub struct NextHop {
     /// Only over TLS with a certificate valid for the host name, checked
     /// by this client (an enforced MTA-STS policy); never in plain text.
     pub verify_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Carries REQUIRETLS mail (RFC 8689): every host only over verified
+    /// TLS (DANE, or `verify_tls`), and the next hop must take REQUIRETLS.
+    pub requiretls: bool,
 }
 
 /// Why there is no next hop.
@@ -203,6 +206,7 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
             hosts: vec![Host::new(domain, vec![addr], false)],
             lmtp: false,
             verify_tls: None,
+            requiretls: false,
         });
     }
     let mx = dns.lookup(domain, Rtype::Mx).await;
@@ -218,6 +222,7 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
                     hosts: vec![Host::new(domain, addrs, secure && r.secure)],
                     lmtp: false,
                     verify_tls: None,
+                    requiretls: false,
                 }),
                 Err(AddrError::None { .. }) => {
                     Err(HopError::Permanent("5.1.2", format!("domain {domain} has no MX and no address")))
@@ -243,7 +248,7 @@ async fn resolve_route<D: Dns>(dns: &D, targets: &[(String, u16)], lmtp: bool) -
     if hosts.is_empty() {
         return Err(HopError::Temporary(format!("no route target resolves: {last}")));
     }
-    Ok(NextHop { key, hosts, lmtp, verify_tls: None })
+    Ok(NextHop { key, hosts, lmtp, verify_tls: None, requiretls: false })
 }
 
 async fn resolve_mx<D: Dns>(
@@ -287,7 +292,13 @@ async fn resolve_mx<D: Dns>(
     }
     let mut key_names = names.clone();
     key_names.sort();
-    Ok(NextHop { key: format!("mx:{}:{port}", key_names.join(",")), hosts, lmtp: false, verify_tls: None })
+    Ok(NextHop {
+        key: format!("mx:{}:{port}", key_names.join(",")),
+        hosts,
+        lmtp: false,
+        verify_tls: None,
+        requiretls: false,
+    })
 }
 
 #[cfg(test)]

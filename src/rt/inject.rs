@@ -116,6 +116,7 @@ async fn run(req: Request<'_>, listener: &ListenerCtx, worker: &WorkerCtx) -> An
                 auth_user: Some(token.name.clone()),
                 tenant: plan.tenant.clone(),
                 campaign: plan.campaign.clone(),
+                requiretls: false,
             };
             // RFC 8058 headers, before signing, as for SMTP.
             let body = match &snapshot.unsubscribe {

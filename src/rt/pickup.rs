@@ -113,6 +113,7 @@ async fn round(w: &WorkerCtx, dir: &Path, live: &super::live::Live) -> usize {
             auth_user: Some(format!("uid {uid}")),
             tenant,
             campaign,
+            requiretls: false,
         };
         let message = match (&snapshot.unsubscribe, envelope.recipients.as_slice()) {
             (Some(u), [one]) => {

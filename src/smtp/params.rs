@@ -1,5 +1,6 @@
 //! ESMTP parameters of MAIL and RCPT: SIZE (RFC 1870), BODY (RFC 6152, 3030),
-//! SMTPUTF8 (RFC 6531), RET/ENVID/NOTIFY/ORCPT (RFC 3461), AUTH (RFC 4954).
+//! SMTPUTF8 (RFC 6531), RET/ENVID/NOTIFY/ORCPT (RFC 3461), AUTH (RFC 4954),
+//! REQUIRETLS (RFC 8689).
 
 use crate::envelope::{BodyType, Notify, Ret};
 
@@ -23,6 +24,8 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// ENVID, still xtext-encoded as received.
     pub envid: Option<String>,
+    /// REQUIRETLS: onward only over verified TLS.
+    pub requiretls: bool,
 }
 
 /// Parameters of RCPT TO.
@@ -116,6 +119,7 @@ impl MailParams {
                 }
                 // A repeat cannot conflict (no value); smtplib sends it twice.
                 ("SMTPUTF8", None) => p.smtputf8 = true,
+                ("REQUIRETLS", None) => p.requiretls = true,
                 ("RET", Some(v)) if p.ret.is_none() => {
                     p.ret = Some(match v.to_ascii_uppercase().as_str() {
                         "FULL" => Ret::Full,
@@ -132,7 +136,9 @@ impl MailParams {
                 // RFC 4954 §5: accepted and not trusted; we record nothing from it.
                 ("AUTH", Some(_)) => {}
                 ("SIZE" | "BODY" | "RET" | "ENVID", Some(_)) => return Err(ParamError::Duplicate),
-                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID", _) => return Err(ParamError::Syntax),
+                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID" | "REQUIRETLS", _) => {
+                    return Err(ParamError::Syntax)
+                }
                 _ => return Err(ParamError::Unsupported),
             }
         }

@@ -138,6 +138,8 @@ pub mod canned {
     pub const TOO_BIG: Reply = Reply::new(552, S(5, 3, 4), "Message size exceeds fixed limit");
     pub const NEED_SMTPUTF8: Reply =
         Reply::new(553, S(5, 6, 7), "Non-ASCII address requires the SMTPUTF8 parameter");
+    pub const REQUIRETLS_NEEDS_TLS: Reply =
+        Reply::new(530, S(5, 7, 10), "REQUIRETLS needs a TLS session (RFC 8689)");
     pub const NOT_IMPLEMENTED: Reply = Reply::new(502, S(5, 5, 1), "Command not implemented");
 }
 

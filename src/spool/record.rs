@@ -389,7 +389,13 @@ fn encode_envelope(p: &mut Vec<u8>, env: &Envelope) {
         Some(Ret::Headers) => 2,
     };
     let extended = env.tenant.is_some() || env.campaign.is_some();
-    p.push(u8::from(env.smtputf8) | body << 1 | ret << 3 | u8::from(extended) << EXTENDED_BIT);
+    p.push(
+        u8::from(env.smtputf8)
+            | body << 1
+            | ret << 3
+            | u8::from(extended) << EXTENDED_BIT
+            | u8::from(env.requiretls) << REQUIRETLS_BIT,
+    );
     put_str(p, &env.reverse_path.to_string());
     put_opt(p, env.envid.as_deref());
     put_str(p, &env.helo);
@@ -426,6 +432,8 @@ fn encode_envelope(p: &mut Vec<u8>, env: &Envelope) {
 
 /// Flag bit: the envelope ends with tagged fields (tenant, campaign, ...).
 const EXTENDED_BIT: u8 = 5;
+/// Flag bit: REQUIRETLS.
+const REQUIRETLS_BIT: u8 = 6;
 const EXT_TENANT: u8 = 1;
 const EXT_CAMPAIGN: u8 = 2;
 
@@ -536,6 +544,7 @@ pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> 
         auth_user,
         tenant,
         campaign,
+        requiretls: flags & (1 << REQUIRETLS_BIT) != 0,
     };
     Ok((env, body_offset))
 }
@@ -600,6 +609,22 @@ pub(crate) mod tests {
             auth_user: Some("alice@example.test".into()),
             tenant: None,
             campaign: None,
+            requiretls: false,
+        }
+    }
+
+    #[test]
+    fn requiretls_round_trips_in_the_flags() {
+        for on in [false, true] {
+            let mut env = sample_envelope(3);
+            env.requiretls = on;
+            env.tenant = on.then(|| "t".to_string());
+            let mut buf = Vec::new();
+            let len = append_message(&mut buf, &env, b"", b"x\r\n");
+            check_message(&buf[..len], &env).unwrap();
+            let (decoded, _) = decode_message(&buf[HEADER_LEN..len]).unwrap();
+            assert_eq!(decoded.requiretls, on);
+            assert_eq!(decoded, env);
         }
     }
 

@@ -2,7 +2,7 @@
 """A scriptable SMTP receiver for ringpost's delivery tests (loopback only).
 
 usage: receiver.py HOST PORT OUTDIR [--mode MODE] [--arg ARG] [--tls CERT KEY]
-                   [--no-dsn] [--no-8bit] [--no-pipelining]
+                   [--no-dsn] [--no-8bit] [--no-pipelining] [--requiretls]
 
 Every accepted message is written to OUTDIR/<n>.eml with first lines
 `X-Envelope: MAIL-params | rcpt1 params, rcpt2 params` (the envelope as sent),
@@ -88,6 +88,8 @@ class Handler(socketserver.StreamRequestHandler):
             lines.append("250-DSN")
         if args.tls and not tls_active:
             lines.append("250-STARTTLS")
+        if args.requiretls and tls_active:
+            lines.append("250-REQUIRETLS")
         lines.append("250 ENHANCEDSTATUSCODES")
         return "\r\n".join(lines) + "\r\n"
 
@@ -245,6 +247,7 @@ if __name__ == "__main__":
     p.add_argument("--mode", default="accept")
     p.add_argument("--arg", default="0")
     p.add_argument("--tls", nargs=2)
+    p.add_argument("--requiretls", action="store_true", help="advertise REQUIRETLS (RFC 8689) over TLS")
     p.add_argument("--no-dsn", action="store_true")
     p.add_argument("--no-8bit", action="store_true")
     p.add_argument("--no-pipelining", action="store_true")

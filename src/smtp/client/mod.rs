@@ -59,6 +59,7 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub dsn: bool,
     pub starttls: bool,
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -74,6 +75,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "DSN" => caps.dsn = true,
                 "STARTTLS" => caps.starttls = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 _ => {}
             }
         }
@@ -104,6 +106,9 @@ pub struct Outgoing {
     pub smtputf8: bool,
     pub ret: Option<Ret>,
     pub envid: Option<String>,
+    /// REQUIRETLS (RFC 8689): only to a server that advertises it (which
+    /// it does over TLS only); the shell makes sure the TLS was verified.
+    pub requiretls: bool,
 }
 
 /// The result for one recipient: the reply that decided it.
@@ -345,7 +350,9 @@ impl Client {
 
     /// A message this server cannot take, as a synthetic permanent reply.
     fn refusal(&self, m: &Outgoing) -> Option<ServerReply> {
-        let text = if m.smtputf8 && !self.caps.smtputf8 {
+        let text = if m.requiretls && !self.caps.requiretls {
+            "5.7.10 REQUIRETLS: the receiving server does not support REQUIRETLS"
+        } else if m.smtputf8 && !self.caps.smtputf8 {
             "5.6.7 the message needs SMTPUTF8, which the receiving server does not support"
         } else if m.body_type == BodyType::BinaryMime {
             "5.6.3 binary content cannot be sent to this server"
@@ -372,6 +379,9 @@ impl Client {
         }
         if m.smtputf8 {
             cmd += " SMTPUTF8";
+        }
+        if m.requiretls {
+            cmd += " REQUIRETLS";
         }
         if self.caps.dsn {
             match m.ret {

@@ -36,6 +36,7 @@ fn outgoing(rcpts: &[&str]) -> Outgoing {
         smtputf8: false,
         ret: None,
         envid: None,
+        requiretls: false,
     }
 }
 
@@ -161,6 +162,28 @@ RCPT TO:<b@x.test>\r\nDATA\r\n",
     assert_eq!((r[0].reply.code, r[1].reply.code), (250, 550));
     assert_eq!(r[1].reply.enhanced(), Some("5.1.1"));
     assert_eq!(s.sent(), "", "no RSET after a clean transaction");
+}
+
+/// REQUIRETLS: sent as a MAIL parameter to a server that advertises it;
+/// a server that does not gets nothing, and the message fails with 5.7.10.
+#[test]
+fn requiretls_goes_only_to_a_server_that_advertises_it() {
+    for (ehlo, taken) in [(EHLO_FULL, false), ("250-mx\r\n250-PIPELINING\r\n250 REQUIRETLS\r\n", true)] {
+        let mut s = Script::new(false);
+        s.reply("220 mx\r\n");
+        s.reply(ehlo);
+        s.sent();
+        let mut m = outgoing(&["a@x.test"]);
+        m.requiretls = true;
+        s.client.send_message(m, s.now);
+        if taken {
+            assert_eq!(s.sent(), "MAIL FROM:<s@x.test> REQUIRETLS\r\nRCPT TO:<a@x.test>\r\nDATA\r\n");
+        } else {
+            let Some(Event::MessageDone(r)) = s.client.poll_event() else { panic!() };
+            assert_eq!((r[0].reply.code, r[0].reply.enhanced()), (554, Some("5.7.10")));
+            assert_eq!(s.sent(), "", "nothing sent");
+        }
+    }
 }
 
 #[test]

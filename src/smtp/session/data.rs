@@ -242,6 +242,7 @@ impl Session {
             auth_user: self.auth_user.clone(),
             tenant: None,
             campaign: None,
+            requiretls: tx.params.requiretls,
         }
     }
 

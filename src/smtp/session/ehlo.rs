@@ -34,6 +34,9 @@ impl Session {
         if self.starttls_offered() {
             lines.push("STARTTLS");
         }
+        if self.conn.tls.is_some() {
+            lines.push("REQUIRETLS");
+        }
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN");
         }

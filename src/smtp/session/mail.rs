@@ -46,6 +46,10 @@ impl Session {
             // hop that lacks it), so not accepted (RFC 3030 §3).
             return self.error(&canned::NO_BINARYMIME);
         }
+        if params.requiretls && self.conn.tls.is_none() {
+            // Advertised on TLS sessions only (RFC 8689 §4.1).
+            return self.error(&canned::REQUIRETLS_NEEDS_TLS);
+        }
         if params.size.is_some_and(|s| s > self.config.max_message_size) {
             return self.error(&canned::TOO_BIG);
         }

@@ -768,3 +768,29 @@ fn suppressed_recipients_are_refused_for_our_senders_only() {
     assert_eq!(codes(&h.send("RCPT TO:<alice@example.test>\r\n")), ["250"]);
     assert!(h.session.take_suppressed().is_empty());
 }
+
+/// REQUIRETLS (RFC 8689): advertised on TLS sessions only, refused without
+/// TLS (5.7.10), and kept in the envelope when taken.
+#[test]
+fn requiretls_only_over_tls_and_into_the_envelope() {
+    let mut h = Harness::mx();
+    h.greet();
+    assert!(!h.send("EHLO c\r\n").contains("REQUIRETLS"));
+    assert!(h.send("MAIL FROM:<a@b.test> REQUIRETLS\r\n").starts_with("530 5.7.10 "));
+    assert!(h.send("MAIL FROM:<a@b.test> REQUIRETLS=YES\r\n").starts_with("501 5.5.4"));
+    h.send("STARTTLS\r\n");
+    assert_eq!(h.session.poll_event(), Some(Event::StartTls));
+    let info = TlsInfo { version: "TLSv1_3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() };
+    h.session.handle_tls_established(info, h.now);
+    let ehlo = h.send("EHLO c\r\n");
+    assert!(ehlo.contains("250-REQUIRETLS\r\n") || ehlo.contains("250 REQUIRETLS\r\n"), "{ehlo}");
+    for (params, want) in [(" REQUIRETLS", true), ("", false)] {
+        assert!(h.send(&format!("MAIL FROM:<a@b.test>{params}\r\n")).starts_with("250"), "{params}");
+        h.send("RCPT TO:<alice@example.test>\r\nDATA\r\n");
+        h.session.handle_input(b"x\r\n.\r\n", h.now);
+        assert_eq!(h.session.message().unwrap().envelope.requiretls, want, "{params}");
+        assert_eq!(h.session.poll_event(), Some(Event::Store));
+        h.session.handle_stored(Ok(()), h.now);
+        assert!(h.send("").starts_with("250"));
+    }
+}
