@@ -747,6 +747,22 @@ impl Admin {
             load(&m.feedback_accepted),
             load(&m.feedback_rejected)
         );
+        let name = "ringpost_tls_reports_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} TLS reports (RFC 8460) sent to the domains that ask for them (queued as mail, or posted), and those that failed\n\
+             # TYPE {name} counter\n{name}{{result=\"sent\"}} {}\n{name}{{result=\"failed\"}} {}",
+            load(&m.tls_reports_sent),
+            load(&m.tls_reports_failed)
+        );
+        let (domains, dropped) = {
+            let agg = m.tls_report.lock().unwrap_or_else(|p| p.into_inner());
+            (agg.domains.len(), agg.dropped)
+        };
+        let name = "ringpost_tls_report_domains";
+        let _ = writeln!(out, "# HELP {name} Domains with TLS sessions counted for the next reports\n# TYPE {name} gauge\n{name} {domains}");
+        let name = "ringpost_tls_report_dropped";
+        let _ = writeln!(out, "# HELP {name} TLS sessions not counted in this period (too many domains or policies)\n# TYPE {name} gauge\n{name} {dropped}");
         for (name, help, v) in [
             ("ringpost_unsubscribes_total", "One-click unsubscribes carried out", &m.unsubscribes),
             ("ringpost_inject_requests_total", "Injection API requests answered 200", &m.inject_requests),

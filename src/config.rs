@@ -498,6 +498,10 @@ pub struct DeliveryConfig {
     /// Check MX hosts' TLSA records (DANE, RFC 7672); needs a validating
     /// resolver on this machine as `dns_servers`.
     pub dane: bool,
+    /// How often TLS reports (RFC 8460) go out, when `mta_sts` or `dane`
+    /// is on; 0 = never.
+    #[serde(deserialize_with = "de_duration")]
+    pub tls_report_interval: Duration,
     /// Extra trust anchors (PEM) for verified TLS (MTA-STS policies and
     /// the MX hosts they name), besides the system's.
     pub ca_file: Option<PathBuf>,
@@ -540,6 +544,7 @@ impl Default for DeliveryConfig {
             starttls: true,
             mta_sts: false,
             dane: false,
+            tls_report_interval: Duration::from_secs(86_400),
             ca_file: None,
             dns_timeout: Duration::from_secs(5),
             dns_cache_size: 100_000,

@@ -79,6 +79,11 @@ pub struct Metrics {
     /// MX hosts set aside because their TLSA lookup failed.
     pub dane_groups: AtomicU64,
     pub dane_refused_hosts: AtomicU64,
+    /// TLS report sessions counted since the last report (RFC 8460).
+    pub tls_report: std::sync::Mutex<crate::delivery::tlsrpt::Aggregate>,
+    /// TLS reports sent (queued as mail, or posted) and those that failed.
+    pub tls_reports_sent: AtomicU64,
+    pub tls_reports_failed: AtomicU64,
     /// Injection API requests answered 200.
     pub inject_requests: AtomicU64,
     /// Injection API requests refused (400, 401, 413, 503).

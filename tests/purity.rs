@@ -16,6 +16,7 @@ const PURE: &[&str] = &[
     "src/delivery/classify.rs",
     "src/delivery/mta_sts.rs",
     "src/delivery/dane.rs",
+    "src/delivery/tlsrpt.rs",
     "src/delivery/holds.rs",
     "src/events/mod.rs",
     "src/suppress/mod.rs",

@@ -614,4 +614,14 @@ fn mta_sts_and_ca_file() {
         ),
         false,
     );
+    // dane and tls_report_interval (what they do: tests/dane.rs, tests/tls_rpt.rs).
+    srv.reload(
+        "[delivery]\ndns_servers = [\"127.0.0.1:9\"]\ndane = true\ntls_report_interval = \"soon\"\n",
+        true,
+    );
+    assert!(srv.stderr().contains("tls_report_interval"), "{}", srv.stderr());
+    srv.reload(
+        "[delivery]\ndns_servers = [\"127.0.0.1:9\"]\ndane = true\ntls_report_interval = \"1h\"\n",
+        false,
+    );
 }

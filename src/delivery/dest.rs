@@ -353,10 +353,26 @@ impl Destinations {
         let cfg = self.live.delivery();
         let budget = dest.budget.clone();
         let lease = self.lease(&budget).await;
+        let mut sessions = Vec::new();
         let opened = match &lease {
             // Shutting down while waiting for a lease.
             Err(()) => Err(None),
-            Ok(_) => Outbound::open(&hop, dest.source.as_deref(), &cfg, &self.tls).await.map_err(Some),
+            Ok(_) => Outbound::open(&hop, dest.source.as_deref(), &cfg, &self.tls, &mut sessions)
+                .await
+                .map_err(Some),
+        };
+        // TLS report sessions count for each recipient domain this
+        // connection served (or failed to).
+        let mut reported: Vec<String> = Vec::new();
+        let mut report_for = |domain: &str| {
+            if sessions.is_empty() || reported.iter().any(|d| d == domain) {
+                return;
+            }
+            reported.push(domain.to_string());
+            let mut agg = self.metrics.tls_report.lock().unwrap_or_else(|p| p.into_inner());
+            for (policy, session) in &sessions {
+                agg.record(domain, policy, session);
+            }
         };
         match opened {
             Err(None) => {}
@@ -367,6 +383,7 @@ impl Destinations {
                 let text = format!("no next hop with verified TLS: {}", e.text);
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
+                    report_for(&job.domain);
                     let outcomes = RcptOutcome::all(&job.rcpts, Outcome::Permanent, "5.7.10", &text);
                     (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
                 }
@@ -378,6 +395,7 @@ impl Destinations {
                 dest.backoff_until.set(Some(instant() + cfg.destination_backoff));
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
+                    report_for(&job.domain);
                     self.fail(job, "4.4.1", &e.text);
                 }
             }
@@ -396,6 +414,7 @@ impl Destinations {
                         }
                     }
                     self.pace(&budget).await;
+                    report_for(&job.domain);
                     alive = self.deliver(&mut conn, &budget, job).await;
                     sent += 1;
                     if !alive {

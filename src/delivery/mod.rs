@@ -32,6 +32,7 @@ pub mod owner;
 pub mod route;
 pub mod shaping;
 pub mod sts_fetch;
+pub mod tlsrpt;
 pub mod wheel;
 
 use std::collections::HashSet;
@@ -68,6 +69,8 @@ pub struct DeliveryConfig {
     pub mta_sts: Option<Arc<rustls::ClientConfig>>,
     /// Check TLSA records of MX hosts whose names were validated (DANE).
     pub dane: bool,
+    /// TLS reports (RFC 8460) every this long; zero: none.
+    pub tls_report_interval: Duration,
     /// A TLS client that verifies certificates (system roots plus
     /// `ca_file`), for REQUIRETLS mail; None when no trust anchors load.
     pub verified_tls: Option<Arc<rustls::ClientConfig>>,

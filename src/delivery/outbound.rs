@@ -12,6 +12,7 @@ use rustls::ClientConfig;
 use super::egress::Source;
 use super::route::NextHop;
 use super::DeliveryConfig;
+use super::{mta_sts, tlsrpt};
 use crate::envelope::Envelope;
 use crate::rt::clock::instant;
 use crate::rt::driver::{Conn, Filled};
@@ -79,12 +80,15 @@ impl Outbound {
     /// Connects to the first host/address of `hop` that greets us, from
     /// `source` if given (bound to its address, EHLO with its name; the
     /// hop's addresses of the other IP family are skipped). The error lists
-    /// what went wrong with each address tried.
+    /// what went wrong with each address tried. With TLS reporting on
+    /// (`hop.report`), each TLS session tried is added to `sessions` with
+    /// the policy it counts under.
     pub async fn open(
         hop: &NextHop,
         source: Option<&Source>,
         cfg: &DeliveryConfig,
         tls: &Arc<ClientConfig>,
+        sessions: &mut Vec<(Arc<tlsrpt::Policy>, tlsrpt::Session)>,
     ) -> Result<Outbound, OpenError> {
         let mut errors = Vec::new();
         // Every attempt failed on the TLS a policy requires (not on the
@@ -94,6 +98,19 @@ impl Outbound {
             tls_only &= kind == Failed::Policy;
             errors.push(text);
         };
+        let mut report = |policy: &Arc<tlsrpt::Policy>, mx: &str, addr: Option<SocketAddr>, result| {
+            if hop.report.is_some() {
+                let session = tlsrpt::Session {
+                    mx: mx.to_string(),
+                    sending_ip: source.map(|s| s.address),
+                    receiving_ip: addr.map(|a| a.ip()),
+                    result,
+                };
+                sessions.push((policy.clone(), session));
+            }
+        };
+        let hop_policy = hop.report.clone().unwrap_or_else(|| Arc::new(tlsrpt::Policy::NONE));
+        let failure = |e: &str| Err((tlsrpt::ResultType::of(e), e.to_string()));
         let required = if hop.requiretls { "REQUIRETLS" } else { "MTA-STS" };
         for host in &hop.hosts {
             for &addr in &host.addrs {
@@ -109,31 +126,99 @@ impl Outbound {
                 }
                 // DANE: TLS checked against the host's TLSA records, or
                 // nothing; then a policy's verified TLS, or nothing.
-                let (client, policy) = match &host.dane {
+                let (client, policy, counted) = match &host.dane {
                     super::route::HostDane::Refuse(why) => {
+                        let policy = Arc::new(tlsrpt::Policy {
+                            kind: tlsrpt::PolicyType::Tlsa,
+                            mx_hosts: vec![host.name.clone()],
+                            ..tlsrpt::Policy::NONE
+                        });
+                        report(&policy, &host.name, None, failure(why));
                         fail(format!("{}: {why}", host.name), Failed::Connect);
                         break;
                     }
-                    super::route::HostDane::Verify(dane) => (dane, Some("DANE")),
+                    super::route::HostDane::Verify(dane, policy) => (dane, Some("DANE"), policy),
                     super::route::HostDane::None => match &hop.verify_tls {
-                        Some(verify) => (verify, Some(required)),
-                        None => (tls, None),
+                        Some(verify) => (verify, Some(required), &hop_policy),
+                        None => (tls, None, &hop_policy),
                     },
                 };
                 if policy.is_some() {
                     match Outbound::open_one(&host.name, addr, source, cfg, client, true, hop.lmtp, policy)
                         .await
                     {
-                        Ok(o) => return Ok(o),
-                        Err((e, kind)) => fail(format!("{}[{addr}]: {e}", host.name), kind),
+                        Ok(o) => {
+                            report(counted, &host.name, Some(addr), Ok(()));
+                            return Ok(o);
+                        }
+                        Err((e, kind)) => {
+                            if kind == Failed::Policy {
+                                report(counted, &host.name, Some(addr), failure(&e));
+                            }
+                            fail(format!("{}[{addr}]: {e}", host.name), kind)
+                        }
                     }
                     continue;
                 }
+                // An MTA-STS policy in testing mode: what enforcing it would
+                // do is tried first and reported; delivery goes on as without.
+                if let Some((verify, sts)) = &hop.sts_testing {
+                    if mta_sts::allowed(sts, &[host.name.as_str()]).is_err() {
+                        let why = format!("MX host {} is not in the MTA-STS policy", host.name);
+                        report(
+                            &hop_policy,
+                            &host.name,
+                            Some(addr),
+                            Err((tlsrpt::ResultType::ValidationFailure, why)),
+                        );
+                    } else {
+                        match Outbound::open_one(
+                            &host.name,
+                            addr,
+                            source,
+                            cfg,
+                            verify,
+                            true,
+                            hop.lmtp,
+                            Some("MTA-STS"),
+                        )
+                        .await
+                        {
+                            Ok(o) => {
+                                report(&hop_policy, &host.name, Some(addr), Ok(()));
+                                return Ok(o);
+                            }
+                            Err((e, Failed::Policy)) => {
+                                report(&hop_policy, &host.name, Some(addr), failure(&e))
+                            }
+                            Err((e, kind)) => {
+                                fail(format!("{}[{addr}]: {e}", host.name), kind);
+                                continue;
+                            }
+                        }
+                    }
+                }
+                let testing = hop.sts_testing.is_some();
                 match Outbound::open_one(&host.name, addr, source, cfg, tls, cfg.starttls, hop.lmtp, None)
                     .await
                 {
-                    Ok(o) => return Ok(o),
+                    Ok(o) => {
+                        if !testing && cfg.starttls {
+                            let result = match o.tls {
+                                Some(_) => Ok(()),
+                                None => Err((
+                                    tlsrpt::ResultType::StarttlsNotSupported,
+                                    "the server does not offer STARTTLS".to_string(),
+                                )),
+                            };
+                            report(&hop_policy, &host.name, Some(addr), result);
+                        }
+                        return Ok(o);
+                    }
                     Err((e, Failed::Handshake)) => {
+                        if !testing {
+                            report(&hop_policy, &host.name, Some(addr), failure(&e));
+                        }
                         // TLS failed: opportunistic means plain text is still better than nothing.
                         match Outbound::open_one(&host.name, addr, source, cfg, tls, false, hop.lmtp, None)
                             .await

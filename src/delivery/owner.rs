@@ -19,7 +19,9 @@ use super::egress::{self, Pick, Rotation};
 use super::local::{self, LocalError};
 use super::route;
 use super::wheel::Wheel;
-use super::{dane, mta_sts, sts_fetch};
+use super::{dane, mta_sts, sts_fetch, tlsrpt};
+
+mod tls_reports;
 use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Via};
 use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
@@ -216,6 +218,9 @@ impl Owner {
             monoio::spawn(self.clone().planner());
         }
         monoio::spawn(self.clone().ticker());
+        if self.index == 0 {
+            monoio::spawn(self.clone().tls_reporter());
+        }
         // Compaction is the spool's; a message with an attempt in flight
         // is not moved meanwhile.
         let owner = Rc::downgrade(self);
@@ -293,10 +298,13 @@ impl Owner {
                     self.metrics.dane_refused_hosts.fetch_add(1, Ordering::Relaxed);
                     route::HostDane::Refuse(why)
                 }
-                dane::Decision::Verify(records) => match self.dane_client(&host.name, domain, records) {
-                    Ok(client) => route::HostDane::Verify(client),
-                    Err(e) => route::HostDane::Refuse(format!("DANE: no TLS client: {e}")),
-                },
+                dane::Decision::Verify(records) => {
+                    let policy = Arc::new(tlsrpt::Policy::tlsa(&host.name, &records));
+                    match self.dane_client(&host.name, domain, records) {
+                        Ok(client) => route::HostDane::Verify(client, policy),
+                        Err(e) => route::HostDane::Refuse(format!("DANE: no TLS client: {e}")),
+                    }
+                }
             };
             applies = true;
         }
@@ -330,6 +338,13 @@ impl Owner {
         Ok(client)
     }
 
+    /// Whether sessions are counted for TLS reports (RFC 8460): with a TLS
+    /// policy on (MTA-STS or DANE) and a report interval.
+    fn reporting(&self) -> bool {
+        let cfg = self.cfg();
+        (cfg.mta_sts.is_some() || cfg.dane) && !cfg.tls_report_interval.is_zero()
+    }
+
     /// The MTA-STS policy of `domain` (RFC 8461 §5.1): the TXT record's id
     /// through the DNS cache, the cached policy while it is valid and the id
     /// has not changed, else a fetch (whose failure leaves the cached
@@ -351,9 +366,12 @@ impl Owner {
             mta_sts::Step::NoPolicy => None,
             mta_sts::Step::Fetch => {
                 self.metrics.mta_sts_fetches.fetch_add(1, Ordering::Relaxed);
-                let fetched = sts_fetch::fetch(&self.resolver, domain, verify.clone(), STS_FETCH_TIMEOUT)
-                    .await
-                    .and_then(|text| mta_sts::parse_policy(&text));
+                let fetched =
+                    match sts_fetch::fetch(&self.resolver, domain, verify.clone(), STS_FETCH_TIMEOUT).await {
+                        Ok(text) => mta_sts::parse_policy(&text)
+                            .map_err(|e| (tlsrpt::ResultType::StsPolicyInvalid, e)),
+                        Err(e) => Err((tlsrpt::ResultType::StsPolicyFetchError, e)),
+                    };
                 match (fetched, id) {
                     (Ok(policy), Some(id)) => {
                         tracing::info!(target: "delivery", %domain, mode = ?policy.mode, max_age = policy.max_age,
@@ -372,8 +390,23 @@ impl Owner {
                         );
                         Some(policy)
                     }
-                    (Err(e), _) => {
+                    (Err((result, e)), _) => {
                         self.metrics.mta_sts_fetch_failures.fetch_add(1, Ordering::Relaxed);
+                        if self.reporting() {
+                            let policy =
+                                tlsrpt::Policy { kind: tlsrpt::PolicyType::Sts, ..tlsrpt::Policy::NONE };
+                            let session = tlsrpt::Session {
+                                mx: String::new(),
+                                sending_ip: None,
+                                receiving_ip: None,
+                                result: Err((result, e.clone())),
+                            };
+                            self.metrics
+                                .tls_report
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .record(domain, &policy, &session);
+                        }
                         tracing::warn!(target: "delivery", %domain, error = %e,
                             "MTA-STS policy could not be fetched; the cached one (if any) stays in force");
                         valid
@@ -638,14 +671,23 @@ impl Owner {
             Ok(mut hop) => {
                 // DANE, then MTA-STS (RFC 8461 §2: validated TLSA records
                 // win), only for MX next hops (a route is the operator's own choice).
-                let dane = cfg.dane
-                    && hop.key.starts_with("mx:")
-                    && self.apply_dane(&mut hop, &domain, cfg.port).await;
+                let mx = hop.key.starts_with("mx:");
+                if mx && self.reporting() {
+                    hop.report = Some(Arc::new(tlsrpt::Policy::NONE));
+                }
+                let dane = cfg.dane && mx && self.apply_dane(&mut hop, &domain, cfg.port).await;
                 if dane {
                     self.metrics.dane_groups.fetch_add(1, Ordering::Relaxed);
                 }
                 if let (Some(verify), true, false) = (&cfg.mta_sts, hop.key.starts_with("mx:"), dane) {
                     if let Some(policy) = self.sts_policy(&domain, verify).await {
+                        if policy.mode == mta_sts::Mode::Testing && hop.report.is_some() {
+                            // Delivered as without a policy; what enforcing
+                            // it would have done is only reported.
+                            hop.key = format!("sts-testing:{}", hop.key);
+                            hop.report = Some(Arc::new(tlsrpt::Policy::sts(&policy)));
+                            hop.sts_testing = Some((verify.clone(), Arc::new(policy.clone())));
+                        }
                         if policy.mode == mta_sts::Mode::Enforce {
                             let names: Vec<&str> = hop.hosts.iter().map(|h| h.name.as_str()).collect();
                             match mta_sts::allowed(&policy, &names) {
@@ -659,10 +701,28 @@ impl Owner {
                                         .collect();
                                     hop.key = format!("sts:{}", hop.key);
                                     hop.verify_tls = Some(verify.clone());
+                                    if hop.report.is_some() {
+                                        hop.report = Some(Arc::new(tlsrpt::Policy::sts(&policy)));
+                                    }
                                     self.metrics.mta_sts_enforced.fetch_add(1, Ordering::Relaxed);
                                 }
                                 Err(text) => {
                                     let text = format!("MTA-STS policy of {domain}: {text}");
+                                    if hop.report.is_some() {
+                                        // No session: the MX hosts were not tried.
+                                        let session = tlsrpt::Session {
+                                            mx: names.join(","),
+                                            sending_ip: None,
+                                            receiving_ip: None,
+                                            result: Err((
+                                                tlsrpt::ResultType::ValidationFailure,
+                                                text.clone(),
+                                            )),
+                                        };
+                                        let mut report =
+                                            self.metrics.tls_report.lock().unwrap_or_else(|p| p.into_inner());
+                                        report.record(&domain, &tlsrpt::Policy::sts(&policy), &session);
+                                    }
                                     tracing::warn!(target: "delivery", %id, domain = %domain, reason = %text, "deferred");
                                     self.metrics.mta_sts_refused.fetch_add(1, Ordering::Relaxed);
                                     self.metrics.deferred.fetch_add(rcpts.len() as u64, Ordering::Relaxed);

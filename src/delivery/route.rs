@@ -50,9 +50,9 @@ pub enum HostDane {
     /// No usable TLSA records: the hop's usual TLS (opportunistic, or MTA-STS).
     #[default]
     None,
-    /// TLS, checked by this configuration against the host's TLSA records;
-    /// never plain text.
-    Verify(Arc<rustls::ClientConfig>),
+    /// TLS, checked by this configuration against the host's TLSA records
+    /// (the policy, as TLS reports show it); never plain text.
+    Verify(Arc<rustls::ClientConfig>, Arc<super::tlsrpt::Policy>),
     /// Do not connect (the TLSA lookup failed or was not validated): why.
     Refuse(String),
 }
@@ -61,7 +61,7 @@ impl PartialEq for HostDane {
     fn eq(&self, other: &HostDane) -> bool {
         match (self, other) {
             (HostDane::None, HostDane::None) => true,
-            (HostDane::Verify(a), HostDane::Verify(b)) => Arc::ptr_eq(a, b),
+            (HostDane::Verify(a, p), HostDane::Verify(b, q)) => Arc::ptr_eq(a, b) && p == q,
             (HostDane::Refuse(a), HostDane::Refuse(b)) => a == b,
             _ => false,
         }
@@ -91,6 +91,13 @@ pub struct NextHop {
     /// Carries REQUIRETLS mail (RFC 8689): every host only over verified
     /// TLS (DANE, or `verify_tls`), and the next hop must take REQUIRETLS.
     pub requiretls: bool,
+    /// TLS reporting is on: the policy sessions count under (MTA-STS, or
+    /// none; DANE hosts have their own).
+    pub report: Option<Arc<super::tlsrpt::Policy>>,
+    /// An MTA-STS policy in `testing` mode: its hosts are tried with this
+    /// verifying client first, and with opportunistic TLS when that fails
+    /// (the failure is only reported).
+    pub sts_testing: Option<(Arc<rustls::ClientConfig>, Arc<super::mta_sts::Policy>)>,
 }
 
 /// Why there is no next hop.
@@ -207,6 +214,8 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
             lmtp: false,
             verify_tls: None,
             requiretls: false,
+            report: None,
+            sts_testing: None,
         });
     }
     let mx = dns.lookup(domain, Rtype::Mx).await;
@@ -223,6 +232,8 @@ pub async fn resolve<D: Dns>(dns: &D, routes: &Routes, domain: &str, port: u16) 
                     lmtp: false,
                     verify_tls: None,
                     requiretls: false,
+                    report: None,
+                    sts_testing: None,
                 }),
                 Err(AddrError::None { .. }) => {
                     Err(HopError::Permanent("5.1.2", format!("domain {domain} has no MX and no address")))
@@ -248,7 +259,7 @@ async fn resolve_route<D: Dns>(dns: &D, targets: &[(String, u16)], lmtp: bool) -
     if hosts.is_empty() {
         return Err(HopError::Temporary(format!("no route target resolves: {last}")));
     }
-    Ok(NextHop { key, hosts, lmtp, verify_tls: None, requiretls: false })
+    Ok(NextHop { key, hosts, lmtp, verify_tls: None, requiretls: false, report: None, sts_testing: None })
 }
 
 async fn resolve_mx<D: Dns>(
@@ -298,6 +309,8 @@ async fn resolve_mx<D: Dns>(
         lmtp: false,
         verify_tls: None,
         requiretls: false,
+        report: None,
+        sts_testing: None,
     })
 }
 

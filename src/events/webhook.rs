@@ -258,7 +258,7 @@ impl Sender {
         }
         body.push(b']');
         while !self.stop.load(Ordering::Acquire) {
-            match post(&self.settings, self.tls.as_ref(), &body) {
+            match post(&self.settings, self.tls.as_ref(), "application/json", &body) {
                 Ok(()) => {
                     self.count(|c| {
                         c.posts += 1;
@@ -348,8 +348,14 @@ impl Sender {
     }
 }
 
-/// One POST; Ok on a 2xx answer.
-fn post(s: &WebhookSettings, tls: Option<&Arc<rustls::ClientConfig>>, body: &[u8]) -> Result<(), String> {
+/// One POST of `body` as `content_type`; Ok on a 2xx answer. Blocking:
+/// for a thread of its own or the blocking pool.
+pub fn post(
+    s: &WebhookSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(), String> {
     let url = &s.url;
     let host = url.host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<_> =
@@ -384,7 +390,7 @@ fn post(s: &WebhookSettings, tls: Option<&Arc<rustls::ClientConfig>>, body: &[u8
         format!("{}:{}", url.host, url.port)
     };
     let mut head = format!(
-        "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: ringpost/{}\r\nContent-Type: application/json\r\n\
+        "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: ringpost/{}\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n",
         url.path,
         env!("CARGO_PKG_VERSION"),

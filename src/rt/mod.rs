@@ -114,6 +114,7 @@ pub fn delivery_config(config: &Config, file_key: &[u8]) -> crate::delivery::Del
             .then(|| crate::rt::transport::verifying_client_config(d.ca_file.as_deref()).ok())
             .flatten(),
         dane: d.dane,
+        tls_report_interval: d.tls_report_interval,
         verified_tls: crate::rt::transport::verifying_client_config(d.ca_file.as_deref()).ok(),
         routes: crate::delivery::route::Routes::new(&config.routes),
         local_domains: local_domains(config),

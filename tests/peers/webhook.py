@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """A webhook endpoint for ringpost's event tests (loopback only).
 
-usage: webhook.py HOST PORT OUTDIR [--fail N] [--slow S] [--tls CERT KEY]
+usage: webhook.py HOST PORT OUTDIR [--fail N] [--slow S] [--tls CERT KEY] [--raw]
 
 Each POST must be a JSON array of event objects; they are appended, one per
 line, to OUTDIR/events.jsonl, and OUTDIR/posts counts the accepted POSTs.
 --fail N answers the first N POSTs with 503 (nothing recorded); --slow S
 waits S seconds before answering each. Anything that is not a JSON array
 of objects gets 400 (and is counted in OUTDIR/bad). --tls serves https.
+--raw takes any body: each is saved as OUTDIR/post-<n> and its Content-Type
+as OUTDIR/post-<n>.type (TLS reports).
 Prints "ready" once
 listening; one request at a time, so the file is in arrival order.
 """
@@ -44,6 +46,14 @@ class Handler(BaseHTTPRequestHandler):
         if state["failed"] < args.fail:
             bump("failed")
             return self.answer(503)
+        if args.raw:
+            n = state["posts"] + 1
+            with open(os.path.join(args.outdir, "post-%d.type" % n), "w") as f:
+                f.write(self.headers.get("Content-Type", ""))
+            with open(os.path.join(args.outdir, "post-%d" % n), "wb") as f:
+                f.write(body)
+            bump("posts")
+            return self.answer(200)
         try:
             events = json.loads(body)
             if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
@@ -69,6 +79,7 @@ if __name__ == "__main__":
     p.add_argument("--fail", type=int, default=0)
     p.add_argument("--slow", type=float, default=0)
     p.add_argument("--tls", nargs=2)
+    p.add_argument("--raw", action="store_true")
     args = p.parse_args()
     server = HTTPServer((args.host, args.port), Handler)
     if args.tls:
