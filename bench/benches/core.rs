@@ -89,7 +89,11 @@ fn dns_cache(c: &mut Criterion) {
     let t0 = Instant::now();
     for i in 0..50_000 {
         if let Probe::Fetch(f) = cache.probe((format!("mx{i}.example.test"), Rtype::Mx), t0) {
-            f.finish(Ok(Response { answer: Answer::NoData, ttl: 300 }), t0, Duration::from_secs(300));
+            f.finish(
+                Ok(Response { answer: Answer::NoData, ttl: 300, secure: false }),
+                t0,
+                Duration::from_secs(300),
+            );
         }
     }
     let key = ("mx4242.example.test".to_owned(), Rtype::Mx);

@@ -63,6 +63,7 @@ fn main() {
         auth_user: None,
         tenant: None,
         campaign: None,
+        requiretls: false,
     };
     let per_domain: Vec<Mailbox> =
         domains.iter().map(|d| Mailbox::parse(&format!("user@{d}")).unwrap()).collect();
