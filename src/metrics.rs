@@ -68,6 +68,9 @@ pub struct Metrics {
     pub held_messages: AtomicU64,
     /// MTA-STS policies by recipient domain (bounded).
     pub mta_sts: std::sync::Mutex<std::collections::HashMap<String, crate::delivery::mta_sts::Cached>>,
+    /// Policies fetched or dropped: the saved copy is behind until this
+    /// number is saved.
+    pub mta_sts_changes: AtomicU64,
     /// MTA-STS policy fetches, and those that failed.
     pub mta_sts_fetches: AtomicU64,
     pub mta_sts_fetch_failures: AtomicU64,

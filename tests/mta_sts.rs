@@ -175,3 +175,76 @@ fn enforced_policies_mean_verified_tls_to_a_listed_mx_or_nothing() {
     assert!(srv.metric("ringpost_mta_sts_fetches_total") >= 4.0);
     assert!(srv.metric("ringpost_mta_sts_refused_total") >= 1.0);
 }
+
+/// Policies are fetched once per domain even when many deliveries need it
+/// at the same moment, and kept across a restart (RFC 8461 §5.1): with the
+/// policy server gone, an enforced policy read back from the spool still
+/// keeps mail away from an MX host it does not list.
+#[test]
+fn policies_are_fetched_once_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca = Ca::new();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("mta-sts.keep.test.txt"), policy("*.elsewhere.test")).unwrap();
+    let (web_cert, web_key) = ca.leaf(&dir, "web", &["mta-sts.keep.test"]);
+    let mut child = Command::new("python3")
+        .arg(test_file("peers/sts_server.py"))
+        .args(["127.0.0.23", "443"])
+        .args([&web_cert, &web_key, &policies])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let web = PolicyServer(child);
+    let dns = Dnsmasq::start_with(&[
+        "--txt-record=_mta-sts.keep.test,v=STSv1; id=7",
+        "--host-record=mta-sts.keep.test,127.0.0.23",
+        "--mx-host=keep.test,mx.keep.test,10",
+        "--host-record=mx.keep.test,127.0.0.27",
+    ]);
+    let port = free_port();
+    // The MX takes anything in plain text: only the policy keeps mail away.
+    let rx = Receiver::start("127.0.0.27", port, &[]);
+    let config = format!(
+        "[delivery]\ndns_servers = [\"127.0.0.1:{}\"]\nport = {port}\nretry = [\"1s\"]\nmta_sts = true\nca_file = \"{}\"\n",
+        dns.port,
+        ca_file.display()
+    );
+    let srv = Server::start_in(&dir, &config);
+    // Ten deliveries to the domain at once, over ten connections.
+    let clients: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = srv.addr();
+            std::thread::spawn(move || {
+                let mut c = common::Client::connect(addr);
+                c.expect("220");
+                c.cmd("EHLO client.test", "250");
+                c.send_message("s@ours.test", &[&format!("u{i}@keep.test")], "Subject: x\r\n\r\nhello\r\n");
+                c.cmd("QUIT", "221");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || srv.metric("ringpost_mta_sts_refused_total") >= 10.0));
+    // One fetch per worker at most (two workers), not one per delivery.
+    let fetches = srv.metric("ringpost_mta_sts_fetches_total");
+    assert!((1.0..=2.0).contains(&fetches), "{fetches} fetches");
+    assert!(wait_until(Duration::from_secs(10), || dir.join("spool").join("mta-sts.json").exists()));
+    drop(srv);
+    drop(web);
+
+    // Restarted, with the policy server gone: the saved policy holds.
+    let srv = Server::start_in(&dir, &config);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rx.messages().is_empty(), "the MX the policy does not list got mail after the restart");
+    assert_eq!(srv.metric("ringpost_mta_sts_fetches_total"), 0.0, "no fetch: the saved policy is in force");
+    assert!(srv.metric("ringpost_mta_sts_refused_total") >= 10.0);
+    assert_eq!(srv.queued_messages(), 10);
+}

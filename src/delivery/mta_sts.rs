@@ -11,7 +11,7 @@ pub const MAX_AGE: u64 = 31_557_600;
 pub const MAX_CACHED: usize = 100_000;
 
 /// What a policy asks of senders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// Only the listed MX hosts, only over TLS with a valid certificate.
     Enforce,
@@ -22,7 +22,7 @@ pub enum Mode {
 }
 
 /// A policy file, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub mode: Mode,
     /// MX patterns: `mail.example.com` or `*.example.com` (lower case).
@@ -116,7 +116,7 @@ pub fn mx_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// A policy kept for a domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cached {
     pub id: String,
     pub policy: Policy,

@@ -22,6 +22,7 @@ use super::wheel::Wheel;
 use super::{dane, mta_sts, sts_fetch, tlsrpt};
 
 mod tls_reports;
+
 use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Via};
 use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
@@ -36,6 +37,7 @@ use crate::spool::index::Location;
 use crate::spool::record::{bounded_text, ProgressRecord, MAX_LAST_ERROR};
 use crate::spool::Spool;
 use crate::suppress::{Reason, Store};
+pub use tls_reports::load_sts_policies;
 
 /// Unusable feedback reports kept for inspection, at most.
 const MAX_REJECTED_REPORTS: usize = 1000;
@@ -109,6 +111,32 @@ pub struct Owner {
     /// names a DANE-TA certificate may carry), while the records
     /// stay the same (bounded: cleared when it grows past DANE_CLIENTS).
     dane_clients: RefCell<HashMap<String, DaneClient>>,
+    /// Domains whose MTA-STS policy this worker is fetching, and the tasks
+    /// waiting for that fetch (one fetch per domain at a time).
+    sts_fetching: RefCell<HashMap<String, Vec<Waker>>>,
+}
+
+/// A policy fetch in progress: ends (and wakes those waiting for it) when
+/// dropped, also when the fetching task is cancelled.
+struct StsFetching<'a> {
+    map: &'a RefCell<HashMap<String, Vec<Waker>>>,
+    domain: String,
+}
+
+impl<'a> StsFetching<'a> {
+    fn start(map: &'a RefCell<HashMap<String, Vec<Waker>>>, domain: &str) -> StsFetching<'a> {
+        map.borrow_mut().insert(domain.to_owned(), Vec::new());
+        StsFetching { map, domain: domain.to_owned() }
+    }
+}
+
+impl Drop for StsFetching<'_> {
+    fn drop(&mut self) {
+        let waiters = self.map.borrow_mut().remove(&self.domain).unwrap_or_default();
+        for w in waiters {
+            w.wake();
+        }
+    }
 }
 
 /// A host's TLSA records and the TLS client that checks them.
@@ -159,6 +187,7 @@ impl Owner {
             suppression,
             parked: RefCell::new(std::collections::HashSet::new()),
             dane_clients: RefCell::new(HashMap::new()),
+            sts_fetching: RefCell::new(HashMap::new()),
         })
     }
 
@@ -365,6 +394,14 @@ impl Owner {
             mta_sts::Step::UseCached => valid,
             mta_sts::Step::NoPolicy => None,
             mta_sts::Step::Fetch => {
+                // Another task is fetching it: its result (or, if it failed,
+                // what was cached) is the answer.
+                if self.sts_fetching.borrow().contains_key(domain) {
+                    self.sts_fetched(domain).await;
+                    let cache = self.metrics.mta_sts.lock().unwrap_or_else(|p| p.into_inner());
+                    return cache.get(domain).filter(|c| c.expires > now).map(|c| c.policy.clone());
+                }
+                let _fetching = StsFetching::start(&self.sts_fetching, domain);
                 self.metrics.mta_sts_fetches.fetch_add(1, Ordering::Relaxed);
                 let fetched =
                     match sts_fetch::fetch(&self.resolver, domain, verify.clone(), STS_FETCH_TIMEOUT).await {
@@ -388,6 +425,7 @@ impl Owner {
                             domain.to_owned(),
                             mta_sts::Cached { id, policy: policy.clone(), expires },
                         );
+                        self.metrics.mta_sts_changes.fetch_add(1, Ordering::Relaxed);
                         Some(policy)
                     }
                     (Err((result, e)), _) => {
@@ -415,6 +453,18 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// Waits until the fetch of `domain`'s policy by another task is over.
+    async fn sts_fetched(&self, domain: &str) {
+        poll_fn(|cx| match self.sts_fetching.borrow_mut().get_mut(domain) {
+            Some(waiters) => {
+                waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        })
+        .await
     }
 
     /// A queue suspension ended: plans every parked message again (those

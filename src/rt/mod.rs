@@ -377,6 +377,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     }
     let client_tls = transport::opportunistic_client_config().map_err(ServeError::Runtime)?;
     let metrics = Arc::new(Metrics::default());
+    // Known MTA-STS policies, before any worker delivers.
+    *metrics.mta_sts.lock().unwrap_or_else(|p| p.into_inner()) =
+        crate::delivery::owner::load_sts_policies(&dir, crate::rt::clock::unix_secs());
     *metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner()) =
         crate::admin::load_holds(&dir).map_err(|e| ServeError::Runtime(format!("queue suspensions: {e}")))?;
     let events = crate::events::log::EventLog::start(&dir, config.event_settings(), metrics.clone())

@@ -1,4 +1,12 @@
-//! Sending TLS reports (RFC 8460), on worker 0's owner: the sessions the
+//! Sending TLS reports (RFC 8460), and keeping MTA-STS policies across
+//! restarts (RFC 8461 §5.1: a restart must not forget an enforced policy),
+//! on worker 0's owner.
+//!
+//! MTA-STS: the policy cache (`Metrics::mta_sts`, shared by the workers)
+//! is saved in `<spool>/mta-sts.json` within seconds of a change and read
+//! back before delivery starts.
+//!
+//! TLS reports: the sessions the
 //! workers count (`Metrics::tls_report`, pure `delivery::tlsrpt`) are saved
 //! in `<spool>/tls-report.json` every few seconds when they changed (read
 //! back and merged at start, so a restart loses at most that much), and at
@@ -14,6 +22,7 @@ use crate::delivery::tlsrpt::{self, Aggregate, Rua, Submitter};
 /// How often the counts are saved (when they changed) and the period checked.
 const TICK: Duration = Duration::from_secs(5);
 const FILE: &str = "tls-report.json";
+const STS_FILE: &str = "mta-sts.json";
 
 impl Owner {
     pub(super) async fn tls_reporter(self: Rc<Self>) {
@@ -34,7 +43,18 @@ impl Owner {
             }
         }
         let mut saved = u64::MAX;
+        let mut sts_saved = self.metrics.mta_sts_changes.load(Ordering::Relaxed);
         loop {
+            let sts_changes = self.metrics.mta_sts_changes.load(Ordering::Relaxed);
+            if sts_changes != sts_saved {
+                let policies = self.metrics.mta_sts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let to = self.spool_root().join(STS_FILE);
+                match monoio::spawn_blocking(move || write_json(&to, &policies)).await {
+                    Ok(Ok(())) => sts_saved = sts_changes,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "MTA-STS policies not saved"),
+                    Err(_) => {}
+                }
+            }
             let stop = self.draining.get();
             let cfg = self.cfg();
             let reporting = (cfg.mta_sts.is_some() || cfg.dane) && !cfg.tls_report_interval.is_zero();
@@ -49,7 +69,7 @@ impl Owner {
             if changes != saved {
                 let snapshot = self.lock_report().clone();
                 let to = path.clone();
-                match monoio::spawn_blocking(move || write(&to, &snapshot)).await {
+                match monoio::spawn_blocking(move || write_json(&to, &snapshot)).await {
                     Ok(Ok(())) => saved = changes,
                     Ok(Err(e)) => {
                         tracing::warn!(file = %path.display(), error = %e, "TLS report counts not saved")
@@ -225,12 +245,45 @@ fn read(path: &Path) -> Result<Option<Aggregate>, String> {
     }
 }
 
-/// Saves the counts: tmp, fsync, rename.
-fn write(path: &Path, agg: &Aggregate) -> std::io::Result<()> {
+/// The MTA-STS policies saved in the spool that have not expired (read at
+/// start, before any worker delivers; a file that does not parse is set
+/// aside).
+pub fn load_sts_policies(spool: &Path, now: u64) -> HashMap<String, mta_sts::Cached> {
+    let path = spool.join(STS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "MTA-STS policies not read");
+            return HashMap::new();
+        }
+    };
+    match serde_json::from_slice::<HashMap<String, mta_sts::Cached>>(&bytes) {
+        Ok(mut policies) => {
+            policies.retain(|_, c| c.expires > now && c.policy.max_age <= mta_sts::MAX_AGE);
+            let excess = policies.len().saturating_sub(mta_sts::MAX_CACHED);
+            if excess > 0 {
+                let drop: Vec<String> = policies.keys().take(excess).cloned().collect();
+                for d in drop {
+                    policies.remove(&d);
+                }
+            }
+            policies
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "MTA-STS policies file unreadable; set aside");
+            let _ = std::fs::rename(&path, path.with_extension("json.bad"));
+            HashMap::new()
+        }
+    }
+}
+
+/// Saves `value` as JSON: tmp, fsync, rename.
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(agg).map_err(std::io::Error::other)?)?;
+    f.write_all(&serde_json::to_vec(value).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
