@@ -5,10 +5,13 @@
 # corpus size and result (the crashing input, if any, is under
 # fuzz/artifacts/<target>). Exits non-zero if a target fails.
 #
-# usage: fuzz/long.sh [RUNS]
+# usage: fuzz/long.sh [RUNS] [TARGET...]   (no targets: all of them; with
+# targets, the report is <date>-fuzz-<targets>.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${1:-10000000}
+shift || true
+TARGETS=("$@")
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version 0.13.2
 fi
@@ -37,15 +40,21 @@ one() {
 }
 export -f one
 export RUNS LOGS
-cargo fuzz list | xargs -P 2 -I{} bash -c 'one {}'
+if [ ${#TARGETS[@]} -eq 0 ]; then
+  cargo fuzz list | xargs -P 2 -I{} bash -c 'one {}'
+  SUFFIX=""
+else
+  printf '%s\n' "${TARGETS[@]}" | xargs -P 2 -I{} bash -c 'one {}'
+  SUFFIX=-$(IFS=-; echo "${TARGETS[*]}")
+fi
 DATE=$(date -u +%Y-%m-%d)
-OUT=../tuning/results/$DATE-fuzz.md
+OUT=../tuning/results/$DATE-fuzz$SUFFIX.md
 {
   echo "# Fuzzing, $RUNS executions per target ($DATE)"
   echo
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r)"
   echo "- commit: $(git rev-parse --short HEAD)"
-  echo "- command: \`fuzz/long.sh $RUNS\` (cargo fuzz, stable toolchain, no sanitizer: \`-s none\`; two targets at a time)"
+  echo "- command: \`fuzz/long.sh $RUNS ${TARGETS[*]}\` (cargo fuzz, stable toolchain, no sanitizer: \`-s none\`; two targets at a time)"
   echo
   echo "| target | executions | seconds | corpus files | result |"
   echo "| --- | --- | --- | --- | --- |"
