@@ -42,6 +42,10 @@ pub struct Load {
     pub from: String,
     #[arg(long, default_value = "sink@example.test")]
     pub to: String,
+    /// Spread recipients over this many domains: message n goes to
+    /// `<local>@d<n mod N>.<domain of --to>` (0: always --to).
+    #[arg(long, default_value_t = 0)]
+    pub domains: u64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -408,7 +412,8 @@ impl Conn {
     async fn transaction(&mut self, load: &Load, id: usize, n: u64) -> anyhow::Result<Option<Instant>> {
         let content = message(load, id, n);
         let size = if self.size_ok { format!(" SIZE={}", content.len() - 3) } else { String::new() };
-        let envelope = format!("MAIL FROM:<{}>{size}\r\nRCPT TO:<{}>\r\nDATA\r\n", load.from, load.to);
+        let to = recipient(load, n);
+        let envelope = format!("MAIL FROM:<{}>{size}\r\nRCPT TO:<{to}>\r\nDATA\r\n", load.from);
         if load.pipelining {
             self.send(envelope.into_bytes()).await?;
             let codes = [self.reply().await?, self.reply().await?, self.reply().await?];
@@ -437,12 +442,21 @@ impl Conn {
     }
 }
 
+/// The recipient of message `n` (see `--domains`).
+fn recipient(load: &Load, n: u64) -> String {
+    match (load.domains, load.to.split_once('@')) {
+        (0, _) | (_, None) => load.to.clone(),
+        (d, Some((local, domain))) => format!("{local}@d{}.{domain}", n % d),
+    }
+}
+
 /// A message of about `load.size` bytes, ending with the `.` line.
 fn message(load: &Load, id: usize, n: u64) -> Vec<u8> {
     let sent_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
     let mut m = format!(
         "From: <{}>\r\nTo: <{}>\r\nSubject: bench {id}-{n}\r\nMessage-ID: <{id}.{n}.{sent_us}@bench.test>\r\n{SENT_HEADER}: {sent_us}\r\n\r\n",
-        load.from, load.to
+        load.from,
+        recipient(load, n)
     )
     .into_bytes();
     let line = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklm\r\n";

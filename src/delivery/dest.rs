@@ -229,6 +229,8 @@ impl Destinations {
     }
 
     fn fail(&self, job: Job, status: &str, text: &str) {
+        // Attempts that failed temporarily, as counted for replies.
+        self.metrics.deferred.fetch_add(job.rcpts.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let outcomes = RcptOutcome::all(&job.rcpts, Outcome::Temporary, status, text);
         (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
     }
@@ -384,6 +386,9 @@ impl Destinations {
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
                     report_for(&job.domain);
+                    self.metrics
+                        .bounced
+                        .fetch_add(job.rcpts.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let outcomes = RcptOutcome::all(&job.rcpts, Outcome::Permanent, "5.7.10", &text);
                     (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
                 }
