@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, wait_until, Receiver, Server};
+use common::{free_port, wait_until, Ca, Receiver, Server};
 
 /// unbound on 127.0.0.1:`port`; killed when dropped.
 struct Unbound {
@@ -80,37 +80,6 @@ impl Unbound {
     }
 }
 
-/// A private CA and certificates it signs (leaf files carry the chain).
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    der: Vec<u8>,
-    pem: String,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "ringpost DANE test CA");
-        let cert = params.self_signed(&key).unwrap();
-        Ca { der: cert.der().to_vec(), pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
-    }
-
-    /// A certificate for `names` (files in `dir`: leaf then CA, and the
-    /// key) and the SHA-256 of its public key (SPKI).
-    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
-        std::fs::write(&c, format!("{}{}", cert.pem(), self.pem)).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k, sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(&key)))
-    }
-}
-
 fn sha256_hex(b: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, b).as_ref().iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -152,9 +121,11 @@ fn tlsa_records_decide_the_tls_of_mx_hosts_with_validated_names() {
     let dir = tempfile::tempdir().unwrap().keep();
     let port = free_port();
     let ca = Ca::new();
-    let (ee_cert, ee_key, ee_spki) = ca.leaf(&dir, "ee", &["not-the-mx-name.test"]);
-    let (ta_cert, ta_key, _) = ca.leaf(&dir, "ta", &["mx-ta.dane.test"]);
-    let (bad_cert, bad_key, _) = ca.leaf(&dir, "bad", &["mx-bad.dane.test"]);
+    let ee = ca.leaf(&dir, "ee", &["not-the-mx-name.test"]);
+    let ee_spki = ee.spki_sha256.clone();
+    let (ee_cert, ee_key) = ee.files();
+    let (ta_cert, ta_key) = ca.leaf(&dir, "ta", &["mx-ta.dane.test"]).files();
+    let (bad_cert, bad_key) = ca.leaf(&dir, "bad", &["mx-bad.dane.test"]).files();
     let ca_hash = sha256_hex(&ca.der);
     let zone = format!(
         "$ORIGIN dane.test.\n$TTL 300\n\

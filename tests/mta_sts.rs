@@ -10,51 +10,9 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, test_file, wait_until, Dnsmasq, Receiver, Server};
-
-/// A private CA and certificates it signs.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "ringpost test CA");
-        let cert = params.self_signed(&key).unwrap();
-        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
-    }
-
-    /// A certificate for `names`: (cert, key) files in `dir`.
-    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-}
-
-/// The policy server; killed when dropped.
-struct PolicyServer(Child);
-
-impl Drop for PolicyServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_port, wait_until, Ca, Dnsmasq, Receiver, Server, StsServer};
 
 fn policy(mx: &str) -> String {
     format!("version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 86400\r\n")
@@ -64,8 +22,7 @@ fn policy(mx: &str) -> String {
 fn enforced_policies_mean_verified_tls_to_a_listed_mx_or_nothing() {
     let dir = tempfile::tempdir().unwrap().keep();
     let ca = Ca::new();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.file(&dir);
 
     // Policies, served for three domains by one HTTPS server.
     let policies = dir.join("policies");
@@ -79,18 +36,8 @@ fn enforced_policies_mean_verified_tls_to_a_listed_mx_or_nothing() {
         std::fs::write(policies.join(format!("mta-sts.{domain}.txt")), policy(mx)).unwrap();
     }
     let names = ["mta-sts.sts.test", "mta-sts.badmx.test", "mta-sts.plain.test", "mta-sts.wrongcert.test"];
-    let (web_cert, web_key) = ca.leaf(&dir, "web", &names);
-    let mut child = Command::new("python3")
-        .arg(test_file("peers/sts_server.py"))
-        .args(["127.0.0.22", "443"])
-        .args([&web_cert, &web_key, &policies])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    assert_eq!(ready.trim(), "ready");
-    let _web = PolicyServer(child);
+    let (web_cert, web_key) = ca.leaf(&dir, "web", &names).files();
+    let _web = StsServer::start("127.0.0.22", &web_cert, &web_key, &policies);
 
     let dns = Dnsmasq::start_with(&[
         "--txt-record=_mta-sts.sts.test,v=STSv1; id=20261130",
@@ -113,8 +60,8 @@ fn enforced_policies_mean_verified_tls_to_a_listed_mx_or_nothing() {
         "--host-record=mx.nosts.test,127.0.0.24",
     ]);
     let port = free_port();
-    let (mx_cert, mx_key) = ca.leaf(&dir, "mx", &["mx.sts.test"]);
-    let (other_cert, other_key) = ca.leaf(&dir, "other", &["not-the-mx.test"]);
+    let (mx_cert, mx_key) = ca.leaf(&dir, "mx", &["mx.sts.test"]).files();
+    let (other_cert, other_key) = ca.leaf(&dir, "other", &["not-the-mx.test"]).files();
     let (s, k) = (mx_cert.to_str().unwrap(), mx_key.to_str().unwrap());
     let tls_rx = Receiver::start("127.0.0.21", port, &["--tls", s, k]);
     let plain_rx = Receiver::start("127.0.0.24", port, &[]);
@@ -184,23 +131,12 @@ fn enforced_policies_mean_verified_tls_to_a_listed_mx_or_nothing() {
 fn policies_are_fetched_once_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap().keep();
     let ca = Ca::new();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.file(&dir);
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(policies.join("mta-sts.keep.test.txt"), policy("*.elsewhere.test")).unwrap();
-    let (web_cert, web_key) = ca.leaf(&dir, "web", &["mta-sts.keep.test"]);
-    let mut child = Command::new("python3")
-        .arg(test_file("peers/sts_server.py"))
-        .args(["127.0.0.23", "443"])
-        .args([&web_cert, &web_key, &policies])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    assert_eq!(ready.trim(), "ready");
-    let web = PolicyServer(child);
+    let (web_cert, web_key) = ca.leaf(&dir, "web", &["mta-sts.keep.test"]).files();
+    let web = StsServer::start("127.0.0.23", &web_cert, &web_key, &policies);
     let dns = Dnsmasq::start_with(&[
         "--txt-record=_mta-sts.keep.test,v=STSv1; id=7",
         "--host-record=mta-sts.keep.test,127.0.0.23",

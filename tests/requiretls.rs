@@ -10,40 +10,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, make_cert, wait_until, Dnsmasq, Receiver, Server};
-
-/// A private CA and certificates it signs.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "ringpost REQUIRETLS test CA");
-        let cert = params.self_signed(&key).unwrap();
-        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
-    }
-
-    fn leaf(&self, dir: &Path, file: &str, name: &str) -> [String; 2] {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        let (c, k): (PathBuf, PathBuf) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        [c.to_str().unwrap().to_string(), k.to_str().unwrap().to_string()]
-    }
-}
+use common::{free_port, make_cert, wait_until, Ca, Dnsmasq, Receiver, Server};
 
 /// Python's smtplib: REQUIRETLS refused before STARTTLS, advertised and
 /// taken after it.
@@ -75,12 +45,11 @@ print("ok")
 fn requiretls_mail_goes_only_over_verified_tls_to_servers_that_take_it() {
     let dir = tempfile::tempdir().unwrap().keep();
     let ca = Ca::new();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.file(&dir);
     let port = free_port();
-    let good = ca.leaf(&dir, "good", "mx.good.test");
-    let noreq = ca.leaf(&dir, "noreq", "mx.noreq.test");
-    let wrong = ca.leaf(&dir, "wrong", "someone-else.test");
+    let good = ca.leaf(&dir, "good", &["mx.good.test"]).paths();
+    let noreq = ca.leaf(&dir, "noreq", &["mx.noreq.test"]).paths();
+    let wrong = ca.leaf(&dir, "wrong", &["someone-else.test"]).paths();
     let good_rx = Receiver::start("127.0.0.51", port, &["--tls", &good[0], &good[1], "--requiretls"]);
     let noreq_rx = Receiver::start("127.0.0.52", port, &["--tls", &noreq[0], &noreq[1]]);
     let wrong_rx = Receiver::start("127.0.0.53", port, &["--tls", &wrong[0], &wrong[1], "--requiretls"]);

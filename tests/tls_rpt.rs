@@ -14,38 +14,11 @@ mod common;
 use std::io::{BufRead, Read};
 
 use mail_parser::MimeHeaders;
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, test_file, wait_until, Dnsmasq, Receiver, Server};
-
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "ringpost TLS-RPT test CA");
-        let cert = params.self_signed(&key).unwrap();
-        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
-    }
-
-    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-}
+use common::{free_port, test_file, wait_until, Ca, Dnsmasq, Receiver, Server, StsServer};
 
 /// A child process killed when dropped.
 struct Peer(Child);
@@ -93,8 +66,7 @@ fn policy(mode: &str, mx: &str) -> String {
 fn domains_that_ask_get_aggregate_tls_reports_by_mail_and_https() {
     let dir = tempfile::tempdir().unwrap().keep();
     let ca = Ca::new();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.file(&dir);
 
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
@@ -106,20 +78,12 @@ fn domains_that_ask_get_aggregate_tls_reports_by_mail_and_https() {
         std::fs::write(policies.join(format!("mta-sts.{domain}.txt")), policy(mode, mx)).unwrap();
     }
     let names = ["mta-sts.sts.test", "mta-sts.wrongcert.test", "mta-sts.testing.test"];
-    let (web_cert, web_key) = ca.leaf(&dir, "web", &names);
-    let _web = started(
-        Command::new("python3")
-            .arg(test_file("peers/sts_server.py"))
-            .args(["127.0.0.22", "443"])
-            .args([&web_cert, &web_key, &policies])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (web_cert, web_key) = ca.leaf(&dir, "web", &names).files();
+    let _web = StsServer::start("127.0.0.22", &web_cert, &web_key, &policies);
     let post_port = free_port();
     let posts = dir.join("posts");
     std::fs::create_dir_all(&posts).unwrap();
-    let (hook_cert, hook_key) = ca.leaf(&dir, "hook", &["localhost"]);
+    let (hook_cert, hook_key) = ca.leaf(&dir, "hook", &["localhost"]).files();
     let _hook = started(
         Command::new("python3")
             .arg(test_file("peers/webhook.py"))
@@ -167,8 +131,8 @@ fn domains_that_ask_get_aggregate_tls_reports_by_mail_and_https() {
         "--host-record=mx.reports.test,127.0.0.26",
     ]);
     let port = free_port();
-    let (mx_cert, mx_key) = ca.leaf(&dir, "mx", &["mx.sts.test"]);
-    let (other_cert, other_key) = ca.leaf(&dir, "other", &["not-the-mx.test"]);
+    let (mx_cert, mx_key) = ca.leaf(&dir, "mx", &["mx.sts.test"]).files();
+    let (other_cert, other_key) = ca.leaf(&dir, "other", &["not-the-mx.test"]).files();
     let (s, k) = (mx_cert.to_str().unwrap(), mx_key.to_str().unwrap());
     let good_rx = Receiver::start("127.0.0.21", port, &["--tls", s, k]);
     let (s, k) = (other_cert.to_str().unwrap(), other_key.to_str().unwrap());

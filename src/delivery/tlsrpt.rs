@@ -302,7 +302,7 @@ pub fn parse_record(records: &[String]) -> Result<Vec<Rua>, String> {
     let mut out = Vec::new();
     for uri in rua.split(',').map(str::trim) {
         if let Some(addr) = uri.strip_prefix("mailto:") {
-            let addr = percent_decode(addr);
+            let addr = crate::smtp::params::decode_hex_escapes(addr, b'%');
             if let Ok(m) = crate::smtp::address::Mailbox::parse(&addr) {
                 out.push(Rua::Mailto(m));
             }
@@ -315,24 +315,6 @@ pub fn parse_record(records: &[String]) -> Result<Vec<Rua>, String> {
     }
     out.truncate(8);
     Ok(out)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unix seconds as RFC 3339 in UTC, without fractions.

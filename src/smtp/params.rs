@@ -81,11 +81,17 @@ pub fn is_xtext(s: &str) -> bool {
 
 /// Decodes xtext (`+2B` to `+`). Invalid escapes are kept literally.
 pub fn decode_xtext(s: &str) -> String {
+    decode_hex_escapes(s, b'+')
+}
+
+/// Decodes `<marker>XX` hex escapes (`+` for xtext, `%` for URIs); invalid
+/// escapes are kept literally, bytes that are not UTF-8 replaced.
+pub fn decode_hex_escapes(s: &str, marker: u8) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'+' && i + 2 < b.len() {
+        if b[i] == marker && i + 2 < b.len() {
             if let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;

@@ -363,6 +363,104 @@ pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A private CA and the certificates it signs (TLS policy tests).
+#[allow(dead_code)] // reason: each test binary uses part of the harness
+pub struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM and DER.
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
+/// A certificate the [`Ca`] signed: its file (the certificate, then the
+/// CA's: the chain a server sends), its key file, and the SHA-256 of its
+/// public key (SubjectPublicKeyInfo) in hex, for TLSA records.
+#[allow(dead_code)] // reason: each test binary uses part of the harness
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub spki_sha256: String,
+}
+
+#[allow(dead_code)] // reason: each test binary uses part of the harness
+impl Leaf {
+    /// The certificate and key files.
+    pub fn files(self) -> (PathBuf, PathBuf) {
+        (self.cert, self.key)
+    }
+
+    /// The certificate and key files as strings (arguments of a peer).
+    pub fn paths(&self) -> [String; 2] {
+        [self.cert.display().to_string(), self.key.display().to_string()]
+    }
+}
+
+#[allow(dead_code)] // reason: each test binary uses part of the harness
+impl Ca {
+    pub fn new() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ringpost test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Ca { pem: cert.pem(), der: cert.der().to_vec(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// The CA certificate as a file in `dir` (for `ca_file`).
+    pub fn file(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.pem).unwrap();
+        path
+    }
+
+    /// A certificate for `names`, files `<file>.crt` and `<file>.key` in `dir`.
+    pub fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
+        std::fs::write(&c, format!("{}{}", cert.pem(), self.pem)).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let spki_sha256 = ring::digest::digest(&ring::digest::SHA256, &spki)
+            .as_ref()
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        Leaf { cert: c, key: k, spki_sha256 }
+    }
+}
+
+/// tests/peers/sts_server.py: MTA-STS policies from `dir` over HTTPS on
+/// `ip`:443 with a [`Ca`] certificate; stopped when dropped.
+#[allow(dead_code)] // reason: each test binary uses part of the harness
+pub struct StsServer(Child);
+
+#[allow(dead_code)] // reason: each test binary uses part of the harness
+impl StsServer {
+    pub fn start(ip: &str, cert: &Path, key: &Path, dir: &Path) -> StsServer {
+        let mut child = Command::new("python3")
+            .arg(test_file("peers/sts_server.py"))
+            .args([ip, "443"])
+            .args([cert, key, dir])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "policy server on {ip}:443");
+        StsServer(child)
+    }
+}
+
+impl Drop for StsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a program, failing the test with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
