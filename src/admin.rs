@@ -493,7 +493,12 @@ impl Admin {
         Response::json(200, json!({"resumed": scope, "released": released}))
     }
 
+    /// An operator's "go now": also to destinations that failed moments
+    /// ago, so their backoffs are cleared everywhere first.
     async fn flush(&self) -> Response {
+        if self.ask(Control::ClearBackoff).await.is_none() {
+            return no_answer();
+        }
         match self.ask(Control::Flush).await {
             Some(counts) => Response::json(200, json!({"flushed": counts.iter().sum::<usize>()})),
             None => no_answer(),

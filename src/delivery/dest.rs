@@ -148,13 +148,16 @@ impl Destinations {
 
     /// Forgets every destination's backoff (an admin flush: the operator
     /// says the receiver is back). Destinations with queued jobs start.
-    pub fn clear_backoff(self: &Rc<Self>) {
+    /// Returns how many were backing off.
+    pub fn clear_backoff(self: &Rc<Self>) -> usize {
         let dests: Vec<(String, Rc<Dest>)> =
             self.map.borrow().iter().map(|(k, d)| (k.clone(), d.clone())).collect();
+        let mut cleared = 0;
         for (key, dest) in dests {
-            dest.backoff_until.set(None);
+            cleared += usize::from(dest.backoff_until.take().is_some());
             self.maybe_start(&key, &dest);
         }
+        cleared
     }
 
     /// The budget of `job`, made if new; its limits and rules follow the

@@ -41,6 +41,10 @@ pub enum Control {
     JobDone(Box<JobResult>),
     /// Retry every deferred message now; reply how many.
     Flush(Arc<Inbox<usize>>),
+    /// Forget destination backoffs (first step of a flush, on every worker
+    /// before any retries: a retried job may go to another worker's
+    /// destination). Answers how many were cleared.
+    ClearBackoff(Arc<Inbox<usize>>),
     /// Queue suspensions changed (a resume): plan parked messages again;
     /// reply with how many.
     Release(Arc<Inbox<usize>>),

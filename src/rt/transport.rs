@@ -63,60 +63,29 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
     Ok(Arc::new(config))
 }
 
-/// Outbound TLS without certificate verification: opportunistic STARTTLS
-/// (RFC 7435) protects against passive eavesdroppers only, as in Postfix's
-/// default `smtp_tls_security_level = may`. Handshake signatures are still
-/// checked, so the peer must hold the key of the certificate it shows.
+/// Outbound TLS with a certificate check of our own: none (opportunistic
+/// STARTTLS, RFC 7435, which protects against passive eavesdroppers only,
+/// as Postfix's default `smtp_tls_security_level = may`), or DANE (the
+/// chain must match the host's TLSA records, `delivery::dane`). Handshake
+/// signatures are checked either way, so the peer must hold the key of the
+/// certificate it shows.
 #[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Outbound TLS to a host with validated TLSA records: the certificate
-/// chain must match them (`delivery::dane`); handshake signatures are
-/// checked as always.
-#[derive(Debug)]
-struct Dane {
+struct OurCheck {
     provider: Arc<rustls::crypto::CryptoProvider>,
-    records: Vec<crate::dns::wire::Tlsa>,
-    /// Reference identities for DANE-TA: the MX host, the next-hop domain.
-    names: Vec<String>,
+    check: CertCheck,
 }
 
-impl ServerCertVerifier for Dane {
+#[derive(Debug)]
+enum CertCheck {
+    None,
+    Dane {
+        records: Vec<crate::dns::wire::Tlsa>,
+        /// Reference identities for DANE-TA: the MX host, the next-hop domain.
+        names: Vec<String>,
+    },
+}
+
+impl ServerCertVerifier for OurCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -125,12 +94,15 @@ impl ServerCertVerifier for Dane {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let CertCheck::Dane { records, names } = &self.check else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let algs = self.provider.signature_verification_algorithms.all;
-        crate::delivery::dane::verify(&self.records, &chain, &names, now, algs)
+        crate::delivery::dane::verify(records, &chain, &names, now, algs)
             .map(|()| ServerCertVerified::assertion())
             .map_err(rustls::Error::General)
     }
@@ -168,32 +140,29 @@ impl ServerCertVerifier for Dane {
     }
 }
 
+fn our_check_config(check: CertCheck) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(OurCheck { provider, check }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The client configuration for one host with TLSA records (usable ones;
 /// none: any certificate, but TLS all the same).
 pub fn dane_client_config(
     records: Vec<crate::dns::wire::Tlsa>,
     names: Vec<String>,
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Dane { provider, records, names }))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    our_check_config(CertCheck::Dane { records, names })
 }
 
 /// The client configuration for opportunistic outbound STARTTLS.
 pub fn opportunistic_client_config() -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    our_check_config(CertCheck::None)
 }
 
 /// The system's trust anchors (Debian's bundle).

@@ -232,12 +232,8 @@ async fn control_loop(w: Rc<WorkerCtx>, inbox: Arc<Inbox<Control>>) {
             }
             Control::Deliver(job) => w.dests.submit(*job),
             Control::JobDone(result) => w.owner.job_done(*result),
-            Control::Flush(reply) => {
-                // An operator's "go now": also to destinations that failed
-                // moments ago.
-                w.dests.clear_backoff();
-                reply.send(w.owner.flush());
-            }
+            Control::ClearBackoff(reply) => reply.send(w.dests.clear_backoff()),
+            Control::Flush(reply) => reply.send(w.owner.flush()),
             Control::Release(reply) => reply.send(w.owner.release_parked()),
             Control::Bounce(id, reply) => {
                 let owner = w.owner.clone();
