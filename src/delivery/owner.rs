@@ -1176,7 +1176,7 @@ impl Owner {
 
     /// Up to `limit` queued messages, oldest first, read from the spool.
     pub async fn list(&self, limit: usize) -> Vec<Listed> {
-        type Row = (QueueId, Location, u64, Option<(u32, u64, String)>);
+        type Row = (QueueId, Location, u64, Option<(u32, u64, Arc<str>)>);
         let mut entries: Vec<Row> = Vec::new();
         self.spool.for_each_entry(|id, e| {
             let p = e.progress.as_ref().map(|p| (p.attempts, p.next_attempt, p.last_error.clone()));
@@ -1201,7 +1201,7 @@ impl Owner {
                     .collect(),
                 attempts: p.as_ref().map_or(0, |p| p.0),
                 next_attempt: p.as_ref().map(|p| p.1),
-                last_error: p.map(|p| p.2).filter(|e| !e.is_empty()),
+                last_error: p.map(|p| p.2.to_string()).filter(|e| !e.is_empty()),
             });
         }
         out

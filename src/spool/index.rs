@@ -11,6 +11,7 @@
 //! from coming back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::record::ProgressRecord;
 use crate::envelope::{Envelope, QueueId};
@@ -35,7 +36,9 @@ pub struct Progress {
     pub attempts: u32,
     /// Unix seconds.
     pub next_attempt: u64,
-    pub last_error: String,
+    /// Shared by every message with the same text (a destination that is
+    /// down gives thousands of messages one reason).
+    pub last_error: Arc<str>,
     /// Recipients finished (delivered or bounced), sorted.
     pub done: Vec<u32>,
     /// A delay DSN went out (sticky).
@@ -118,9 +121,28 @@ pub struct Index {
     domain_counts: Vec<DomainCount>,
     /// Recipients not finished, over all live messages.
     recipients: u64,
+    /// The distinct last errors (see [`Progress::last_error`]), and how
+    /// many there were after the last sweep of unused ones.
+    errors: std::collections::HashSet<Arc<str>>,
+    errors_swept: usize,
 }
 
 impl Index {
+    /// The shared copy of an error text; texts no message uses any more are
+    /// dropped whenever the set has doubled since the last sweep.
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(t) = self.errors.get(text) {
+            return t.clone();
+        }
+        if self.errors.len() >= 2 * self.errors_swept + 1024 {
+            self.errors.retain(|t| Arc::strong_count(t) > 1);
+            self.errors_swept = self.errors.len();
+        }
+        let t: Arc<str> = Arc::from(text);
+        self.errors.insert(t.clone());
+        t
+    }
+
     /// Registers a segment file (so it is considered for deletion even if it
     /// never holds a live message).
     pub fn add_segment(&mut self, seq: u64) {
@@ -273,7 +295,7 @@ impl Index {
                     id: *id,
                     attempts: p.attempts,
                     next_attempt: p.next_attempt,
-                    last_error: p.last_error.clone(),
+                    last_error: p.last_error.to_string(),
                     done: p.done.clone(),
                     delay_notified: p.delay_notified,
                 });
@@ -293,7 +315,9 @@ impl Index {
         p.seq = seq;
         p.attempts = r.attempts;
         p.next_attempt = r.next_attempt;
-        p.last_error.clone_from(&r.last_error);
+        if *p.last_error != *r.last_error {
+            p.last_error = self.intern(&r.last_error);
+        }
         p.delay_notified |= r.delay_notified;
         p.done.extend(r.done.iter().copied().filter(|&i| i < recipients));
         p.done.sort_unstable();
@@ -405,6 +429,30 @@ mod tests {
             done: done.to_vec(),
             delay_notified: false,
         }
+    }
+
+    /// Messages deferred for the same reason share one copy of its text;
+    /// texts nobody uses any more go at a sweep.
+    #[test]
+    fn last_errors_are_shared_and_swept() {
+        let mut ix = Index::default();
+        for id in 1..=3 {
+            ix.insert(&sample_envelope(id), loc(1));
+            assert!(ix.apply_progress(&progress(id, &[]), 1));
+        }
+        let text =
+            |ix: &Index, id: u64| ix.get(QueueId(id)).unwrap().progress.as_ref().unwrap().last_error.clone();
+        assert!(Arc::ptr_eq(&text(&ix, 1), &text(&ix, 3)));
+        assert_eq!(&*text(&ix, 2), "451 later");
+        // Unique texts, one after another on one message: the old ones go.
+        for i in 0..5000 {
+            let mut p = progress(1, &[]);
+            p.last_error = format!("451 try {i}");
+            ix.apply_progress(&p, 1);
+        }
+        assert!(ix.errors.len() < 3000, "{} texts kept", ix.errors.len());
+        assert_eq!(&*text(&ix, 1), "451 try 4999");
+        assert!(ix.errors.contains("451 later"), "still used by messages 2 and 3");
     }
 
     #[test]

@@ -489,7 +489,7 @@ fn adopt(dir: &Path, old: Family, target: &mut Family) -> Result<usize, SpoolErr
                     id: env.id,
                     attempts: p.attempts,
                     next_attempt: p.next_attempt,
-                    last_error: p.last_error.clone(),
+                    last_error: p.last_error.to_string(),
                     done: p.done.clone(),
                     delay_notified: p.delay_notified,
                 };
