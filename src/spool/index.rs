@@ -45,6 +45,40 @@ pub struct Progress {
     pub delay_notified: bool,
 }
 
+/// The domain ids of a message's recipients, by recipient index: inline
+/// for one recipient (bulk mail's usual case, no allocation of its own:
+/// the allocator would round four bytes up to a 32-byte chunk), boxed for
+/// more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptDomains {
+    One(u32),
+    Many(Box<[u32]>),
+}
+
+impl RcptDomains {
+    fn new(ids: Vec<u32>) -> RcptDomains {
+        match ids.as_slice() {
+            [one] => RcptDomains::One(*one),
+            _ => RcptDomains::Many(ids.into_boxed_slice()),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        match self {
+            RcptDomains::One(d) => std::slice::from_ref(d),
+            RcptDomains::Many(ds) => ds,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What the index keeps per live message: small on purpose (the envelope
 /// stays on disk).
 #[derive(Debug, Clone)]
@@ -52,7 +86,7 @@ pub struct Entry {
     pub loc: Location,
     pub received_at: u64,
     /// Domain id of each recipient, by recipient index.
-    pub rcpt_domains: Box<[u32]>,
+    pub rcpt_domains: RcptDomains,
     /// Delivery progress, once there has been an attempt.
     pub progress: Option<Box<Progress>>,
 }
@@ -76,7 +110,7 @@ impl Entry {
 #[derive(Debug)]
 pub struct Prepared {
     received_at: u64,
-    rcpt_domains: Box<[u32]>,
+    rcpt_domains: RcptDomains,
 }
 
 impl Prepared {
@@ -209,9 +243,9 @@ impl Index {
     /// The part of an entry that does not depend on where it is written, so it
     /// can be computed before the write and applied after it is durable.
     pub fn prepare(&mut self, env: &Envelope) -> Prepared {
-        let rcpt_domains =
+        let ids: Vec<u32> =
             env.recipients.iter().map(|r| self.domain_id(&r.address.domain().to_lowercase())).collect();
-        Prepared { received_at: env.received_at, rcpt_domains }
+        Prepared { received_at: env.received_at, rcpt_domains: RcptDomains::new(ids) }
     }
 
     /// Adds a prepared entry once its record is durable at `loc`.
@@ -369,7 +403,7 @@ impl Index {
     fn count(&mut self, e: &Entry, add: bool) {
         let mut seen: Vec<u32> = Vec::new();
         for i in e.remaining() {
-            let d = e.rcpt_domains[i as usize];
+            let Some(&d) = e.rcpt_domains.as_slice().get(i as usize) else { continue };
             let Some(c) = self.domain_counts.get_mut(d as usize) else { continue };
             let first = !seen.contains(&d);
             if first {
@@ -429,6 +463,14 @@ mod tests {
             done: done.to_vec(),
             delay_notified: false,
         }
+    }
+
+    #[test]
+    fn one_recipient_needs_no_allocation_of_its_own() {
+        assert_eq!(std::mem::size_of::<RcptDomains>(), 16);
+        assert_eq!(RcptDomains::new(vec![7]), RcptDomains::One(7));
+        assert_eq!(RcptDomains::new(vec![7, 8]).as_slice(), &[7, 8]);
+        assert!(RcptDomains::new(vec![]).is_empty());
     }
 
     /// Messages deferred for the same reason share one copy of its text;
