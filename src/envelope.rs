@@ -164,6 +164,10 @@ pub struct Envelope {
     /// REQUIRETLS (RFC 8689): onward only over TLS with a verified
     /// certificate, to next hops that take REQUIRETLS.
     pub requiretls: bool,
+    /// The message says `TLS-Required: No` (RFC 8689 §5): the recipient
+    /// domain's TLS policies (MTA-STS, DANE) are not enforced for it, unless
+    /// it also has REQUIRETLS.
+    pub tls_not_required: bool,
 }
 
 #[cfg(test)]

@@ -102,6 +102,17 @@ pub fn take_tenant_fields(message: &[u8]) -> Option<(Option<String>, Option<Stri
     Some((tenant, campaign, without(message, &fields, ours)))
 }
 
+/// Whether the message says `TLS-Required: No` (RFC 8689 §5: its sender
+/// prefers delivery to the recipient domain's TLS policies). The first such
+/// field counts.
+pub fn tls_not_required(message: &[u8]) -> bool {
+    let (fields, _) = fields(message);
+    fields
+        .iter()
+        .find(|f| f.is(message, "tls-required"))
+        .is_some_and(|f| f.value(message).trim_ascii().eq_ignore_ascii_case(b"no"))
+}
+
 /// Whether `v` may be a tenant or campaign name: 1 to [`MAX_NAME`]
 /// printable ASCII characters.
 pub fn is_name(v: &str) -> bool {
@@ -137,6 +148,20 @@ mod tests {
     fn names(m: &[u8]) -> (Vec<String>, usize) {
         let (f, body) = fields(m);
         (f.iter().map(|f| String::from_utf8_lossy(f.name(m)).into_owned()).collect(), body)
+    }
+
+    #[test]
+    fn tls_required_no() {
+        for (m, want) in [
+            (&b"Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n"[..], true),
+            (b"tls-required:  no \r\n\r\n", true),
+            (b"TLS-Required: yes\r\n\r\n", false),
+            (b"TLS-Required: Nope\r\n\r\n", false),
+            (b"Subject: x\r\n\r\nTLS-Required: No\r\n", false),
+            (b"TLS-Required: yes\r\nTLS-Required: No\r\n\r\n", false),
+        ] {
+            assert_eq!(tls_not_required(m), want, "{}", String::from_utf8_lossy(m));
+        }
     }
 
     #[test]

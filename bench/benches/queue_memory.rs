@@ -66,6 +66,7 @@ fn main() {
         tenant: None,
         campaign: None,
         requiretls: false,
+        tls_not_required: false,
     };
     let per_domain: Vec<Mailbox> =
         domains.iter().map(|d| Mailbox::parse(&format!("user@{d}")).unwrap()).collect();

@@ -54,6 +54,7 @@ fn envelope(u: &mut Unstructured<'_>) -> arbitrary::Result<Envelope> {
         tenant: opt_text(u)?,
         campaign: opt_text(u)?,
         requiretls: u.arbitrary()?,
+        tls_not_required: u.arbitrary()?,
     })
 }
 

@@ -721,7 +721,10 @@ impl Owner {
             Ok(mut hop) => {
                 // DANE, then MTA-STS (RFC 8461 §2: validated TLSA records
                 // win), only for MX next hops (a route is the operator's own choice).
-                let mx = hop.key.starts_with("mx:");
+                // `TLS-Required: No` (RFC 8689 §5) lifts the domain's
+                // policies, unless the message also has REQUIRETLS.
+                let policies = requiretls || !env.tls_not_required;
+                let mx = hop.key.starts_with("mx:") && policies;
                 if mx && self.reporting() {
                     hop.report = Some(Arc::new(tlsrpt::Policy::NONE));
                 }
@@ -729,7 +732,7 @@ impl Owner {
                 if dane {
                     self.metrics.dane_groups.fetch_add(1, Ordering::Relaxed);
                 }
-                if let (Some(verify), true, false) = (&cfg.mta_sts, hop.key.starts_with("mx:"), dane) {
+                if let (Some(verify), true, false) = (&cfg.mta_sts, mx, dane) {
                     if let Some(policy) = self.sts_policy(&domain, verify).await {
                         if policy.mode == mta_sts::Mode::Testing && hop.report.is_some() {
                             // Delivered as without a policy; what enforcing
@@ -1138,6 +1141,7 @@ impl Owner {
             // The report about REQUIRETLS mail quotes none of it (dsn::build),
             // so it can reach the sender without the requirement.
             requiretls: false,
+            tls_not_required: false,
         };
         match self.spool.append_message(&dsn_env, b"", &dsn.body).await {
             Ok(Ok(_)) => {

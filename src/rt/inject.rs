@@ -117,6 +117,7 @@ async fn run(req: Request<'_>, listener: &ListenerCtx, worker: &WorkerCtx) -> An
                 tenant: plan.tenant.clone(),
                 campaign: plan.campaign.clone(),
                 requiretls: false,
+                tls_not_required: crate::mail::tls_not_required(&body),
             };
             // RFC 8058 headers, before signing, as for SMTP.
             let body = match &snapshot.unsubscribe {

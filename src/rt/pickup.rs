@@ -114,6 +114,7 @@ async fn round(w: &WorkerCtx, dir: &Path, live: &super::live::Live) -> usize {
             tenant,
             campaign,
             requiretls: false,
+            tls_not_required: crate::mail::tls_not_required(&message),
         };
         let message = match (&snapshot.unsubscribe, envelope.recipients.as_slice()) {
             (Some(u), [one]) => {

@@ -394,7 +394,8 @@ fn encode_envelope(p: &mut Vec<u8>, env: &Envelope) {
             | body << 1
             | ret << 3
             | u8::from(extended) << EXTENDED_BIT
-            | u8::from(env.requiretls) << REQUIRETLS_BIT,
+            | u8::from(env.requiretls) << REQUIRETLS_BIT
+            | u8::from(env.tls_not_required) << TLS_NOT_REQUIRED_BIT,
     );
     put_str(p, &env.reverse_path.to_string());
     put_opt(p, env.envid.as_deref());
@@ -434,6 +435,8 @@ fn encode_envelope(p: &mut Vec<u8>, env: &Envelope) {
 const EXTENDED_BIT: u8 = 5;
 /// Flag bit: REQUIRETLS.
 const REQUIRETLS_BIT: u8 = 6;
+/// Flag bit: `TLS-Required: No`.
+const TLS_NOT_REQUIRED_BIT: u8 = 7;
 const EXT_TENANT: u8 = 1;
 const EXT_CAMPAIGN: u8 = 2;
 
@@ -545,6 +548,7 @@ pub fn decode_message(payload: &[u8]) -> Result<(Envelope, usize), DecodeError> 
         tenant,
         campaign,
         requiretls: flags & (1 << REQUIRETLS_BIT) != 0,
+        tls_not_required: flags & (1 << TLS_NOT_REQUIRED_BIT) != 0,
     };
     Ok((env, body_offset))
 }
@@ -610,6 +614,7 @@ pub(crate) mod tests {
             tenant: None,
             campaign: None,
             requiretls: false,
+            tls_not_required: false,
         }
     }
 
@@ -618,6 +623,7 @@ pub(crate) mod tests {
         for on in [false, true] {
             let mut env = sample_envelope(3);
             env.requiretls = on;
+            env.tls_not_required = !on;
             env.tenant = on.then(|| "t".to_string());
             let mut buf = Vec::new();
             let len = append_message(&mut buf, &env, b"", b"x\r\n");

@@ -180,6 +180,7 @@ impl Owner {
             tenant: None,
             campaign: None,
             requiretls: false,
+            tls_not_required: false,
         };
         match self.spool.append_message(&env, b"", &body).await {
             Ok(Ok(_)) => {

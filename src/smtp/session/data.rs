@@ -210,6 +210,9 @@ impl Session {
                     if let Some((tenant, campaign, rest)) = crate::mail::take_tenant_fields(&body) {
                         (envelope.tenant, envelope.campaign, body) = (tenant, campaign, rest);
                     }
+                    // RFC 8689 §5, for mail we relay: a stranger's mail only
+                    // comes to our own domains.
+                    envelope.tls_not_required = crate::mail::tls_not_required(&body);
                     let user = self.auth_user.as_deref().and_then(|u| self.config.policy.user_tenant(u));
                     if let Some(t) = user {
                         envelope.tenant = Some(t.to_owned());
@@ -243,6 +246,7 @@ impl Session {
             tenant: None,
             campaign: None,
             requiretls: tx.params.requiretls,
+            tls_not_required: false,
         }
     }
 
