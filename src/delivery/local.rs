@@ -6,6 +6,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use crate::spool::recover::create_dir_durable;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a local delivery failed: permanent (bounce) or temporary (retry).
@@ -96,7 +98,7 @@ pub fn deliver(
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(LocalError::Temporary(format!("{} is not a directory", domain_dir.display()))),
         Err(_) => {
-            fs::create_dir_all(&domain_dir).map_err(|e| temp(e, "cannot create", &domain_dir))?;
+            create_dir_durable(&domain_dir).map_err(|e| temp(e, "cannot create", &domain_dir))?;
             std::os::unix::fs::chown(&domain_dir, Some(uid), Some(gid))
                 .map_err(|e| temp(e, "cannot chown", &domain_dir))?;
         }
@@ -149,7 +151,9 @@ fn write_maildir(
 ) -> Result<PathBuf, LocalError> {
     for sub in ["tmp", "new", "cur"] {
         let p = dir.join(sub);
-        fs::create_dir_all(&p).map_err(|e| temp(e, "cannot create", &p))?;
+        // Durable too: a message made durable in new/ must not vanish with
+        // a directory a power cut forgot.
+        create_dir_durable(&p).map_err(|e| temp(e, "cannot create", &p))?;
     }
     let mut content = Vec::with_capacity(body.len() + 128);
     // The mailbox's own name, as the directory is named.

@@ -48,6 +48,13 @@ const PLANNERS: usize = 64;
 const STS_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts in flight per worker before planning pauses.
 const MAX_IN_FLIGHT: usize = 100_000;
+/// Local deliveries (Maildir writes on the blocking pool) per worker at
+/// once. Each holds its message in memory from the spool read until the
+/// write is done, so the bound is on memory too: without it every local
+/// message planned at once (up to MAX_IN_FLIGHT) would be read in before
+/// the pool's threads got to any of them. Postfix's local and virtual
+/// agents default to a concurrency of 2 per mailbox and 20-100 processes.
+const LOCAL_CONCURRENCY: usize = 8;
 
 /// Sends a job to the worker that owns its destination.
 pub type Dispatcher = Rc<dyn Fn(Job)>;
@@ -114,6 +121,8 @@ pub struct Owner {
     /// Domains whose MTA-STS policy this worker is fetching, and the tasks
     /// waiting for that fetch (one fetch per domain at a time).
     sts_fetching: RefCell<HashMap<String, Vec<Waker>>>,
+    /// Permits for local deliveries (LOCAL_CONCURRENCY).
+    local_slots: Rc<local_sync::semaphore::Semaphore>,
 }
 
 /// A policy fetch in progress: ends (and wakes those waiting for it) when
@@ -188,6 +197,7 @@ impl Owner {
             parked: RefCell::new(std::collections::HashSet::new()),
             dane_clients: RefCell::new(HashMap::new()),
             sts_fetching: RefCell::new(HashMap::new()),
+            local_slots: Rc::new(local_sync::semaphore::Semaphore::new(LOCAL_CONCURRENCY)),
         })
     }
 
@@ -836,6 +846,9 @@ impl Owner {
         rcpts: Vec<u32>,
         env: Rc<Envelope>,
     ) {
+        // Never closed, so acquiring cannot fail; held until the outcomes
+        // are handed over.
+        let _permit = self.local_slots.clone().acquire_owned().await;
         let cfg = self.cfg();
         let (dir, family) = self.spool.family();
         let outcomes = match crate::spool::read::read_message(&dir, family, loc).await {

@@ -236,7 +236,7 @@ impl EventLog {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<EventLog>, String> {
         let dir = spool_dir.join("events");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::spool::recover::create_dir_durable(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut writer = Writer {
             dir,
             file: None,

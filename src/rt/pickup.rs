@@ -32,7 +32,7 @@ const MAX_BAD: usize = 1000;
 pub fn prepare(spool: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = spool.join("maildrop");
-    std::fs::create_dir_all(dir.join("bad"))?;
+    crate::spool::recover::create_dir_durable(&dir.join("bad"))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1733))?;
     std::fs::set_permissions(dir.join("bad"), std::fs::Permissions::from_mode(0o700))?;
     Ok(())

@@ -63,7 +63,7 @@ fn io_err(path: &Path, e: io::Error) -> SpoolError {
 
 /// Creates the spool directory if needed and takes its exclusive lock.
 pub fn lock(dir: &Path) -> Result<SpoolLock, SpoolError> {
-    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    create_dir_durable(dir).map_err(|e| io_err(dir, e))?;
     let path = dir.join("lock");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -77,6 +77,26 @@ pub fn lock(dir: &Path) -> Result<SpoolLock, SpoolError> {
         return Err(SpoolError::Locked(dir.to_path_buf()));
     }
     Ok(SpoolLock { _file: file })
+}
+
+/// Creates `dir` and whatever parents it lacks, each made durable: POSIX
+/// puts a new directory's name on disk only once the directory holding it
+/// is fsynced (a power cut may otherwise take the directory, and every file
+/// later made durable inside it, away).
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_durable(p)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    File::open(parent.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
 }
 
 /// Fsyncs a directory, so entries created or removed in it are durable.
