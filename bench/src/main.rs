@@ -5,6 +5,7 @@
 mod blast;
 mod compare;
 mod inject;
+mod lazyfs;
 mod sink;
 
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ enum Command {
     Inject(inject::Args),
     /// The same load against several servers, interleaved, with ratios and a chart.
     Compare(compare::Args),
+    /// A FUSE filesystem that loses unsynced writes on command (power cuts).
+    Lazyfs(lazyfs::Args),
     /// Receive messages and count them (and their end-to-end latency).
     Sink {
         /// Address to listen on.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Blast(args) => blast::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Inject(args) => inject::run(&args),
+        Command::Lazyfs(args) => lazyfs::run(&args),
         Command::Sink { listen, json, expect, timeout, count_file } => {
             sink::run(listen, json, expect, timeout, count_file)
         }

@@ -1,0 +1,50 @@
+//! Power cuts under load, briefly (the full run is `bench/powercut.py`,
+//! issue 15): ringpost's spool on `ringpost-bench lazyfs`, four cuts at
+//! random moments under SMTP load, and every acknowledged message must be
+//! delivered in the end. Needs /dev/fuse and root (mount(2)).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: tests
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_ringpost-bench");
+
+/// The server binary beside ours (built by `cargo test --workspace`; built
+/// here when this crate's tests run alone).
+fn ringpost() -> PathBuf {
+    let bin = Path::new(BENCH).with_file_name("ringpost");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "ringpost", "--bin", "ringpost"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    bin
+}
+
+#[test]
+fn acknowledged_mail_survives_power_cuts() {
+    assert!(Path::new("/dev/fuse").exists(), "this test needs FUSE (/dev/fuse)");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("powercut.md");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("powercut.py");
+    let run = Command::new("python3")
+        .arg(&script)
+        .args(["--cuts", "4", "--min-acked", "0", "--threads", "4", "--max-duplicate-rate", "1"])
+        .arg("--ringpost")
+        .arg(ringpost())
+        .args(["--bench", BENCH, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "powercut.py failed:\n{stdout}\n{stderr}");
+    let summary = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON summary");
+    let v: serde_json::Value = serde_json::from_str(summary).unwrap();
+    assert_eq!(v["lost"], 0, "{summary}");
+    assert_eq!(v["cuts"], 4, "{summary}");
+    assert!(v["acked_messages"].as_u64().unwrap() > 100, "too little load to mean anything: {summary}");
+    assert_eq!(v["queue_left"], 0.0, "{summary}");
+}
