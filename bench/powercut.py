@@ -13,8 +13,13 @@ journal), fails every later request. The next round restarts on what remains. At
 with no load until its queue is empty, and every Maildir file is read.
 
 Checks: every (message, recipient) that got `250` was delivered (0 lost);
-deliveries of the same one more than once are duplicates (target <= 0.1%);
-messages that got no `250` may or may not arrive. Loopback only.
+Maildir files of the same one more than once are duplicates (target <=
+0.1%); messages that got no `250` may or may not arrive. Local delivery
+names each file by queue id and recipient, so a delivery repeated after a
+cut (done before it, not yet recorded in the spool) finds its copy and
+writes no second one: `repeated_deliveries` (from
+ringpost_local_already_delivered_total, scraped before each cut) counts
+those, which a remote next hop would have received twice. Loopback only.
 
 usage: bench/powercut.py [--cuts 20] [--min-acked 10000] [--seed N]
                          [--mode mixed|drop|partial] [--out FILE]
@@ -267,6 +272,7 @@ def main():
     print(f"powercut: seed {seed}, work {work}, log {raw}", flush=True)
     rounds = []
     acked = []
+    repeated = 0
     lazy = None
     rp = None
     try:
@@ -282,6 +288,11 @@ def main():
             load = Load(rp.port, i, args.threads)
             run_s = rng.uniform(0.5, 3.0)
             time.sleep(run_s)
+            try:
+                found = rp.metric("ringpost_local_already_delivered_total") or 0
+            except OSError:
+                found = 0
+            repeated += found
             # The machine stops at once: ringpost first (nothing it does after
             # this instant reaches any disk, the Maildirs included), then
             # the spool's disk loses what was not synced.
@@ -305,6 +316,7 @@ def main():
                 break
             time.sleep(0.5)
         queue_left = rp.metric("ringpost_queue_messages")
+        repeated += rp.metric("ringpost_local_already_delivered_total") or 0
         corrupt = rp.metric("ringpost_spool_recovery_corrupt_total")
         undecodable = rp.metric("ringpost_spool_recovery_undecodable_total")
         rp.kill()
@@ -327,7 +339,8 @@ def main():
     result = {
         "seed": seed, "cuts": len(rounds), "acked_messages": len(acked), "acked_deliveries": pairs,
         "lost": len(lost), "duplicates": dups, "duplicate_rate": dups / pairs if pairs else 0,
-        "duplicates_per_cut": round(dups / len(rounds), 1) if rounds else 0, "unacked_delivered": extra, "queue_left": queue_left,
+        "duplicates_per_cut": round(dups / len(rounds), 1) if rounds else 0,
+        "repeated_deliveries": int(repeated), "unacked_delivered": extra, "queue_left": queue_left,
         "recovery_corrupt_total_last_start": corrupt, "recovery_undecodable_total_last_start": undecodable,
     }
     print(json.dumps(result), flush=True)

@@ -648,6 +648,11 @@ impl Admin {
             ),
             ("ringpost_delivered_total", "Recipients delivered", load(&m.delivered)),
             (
+                "ringpost_local_already_delivered_total",
+                "Local deliveries that found their copy in the Maildir from before a crash and wrote no second one",
+                load(&m.local_found),
+            ),
+            (
                 "ringpost_deferred_total",
                 "Recipient delivery attempts that failed temporarily",
                 load(&m.deferred),

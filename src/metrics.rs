@@ -22,6 +22,10 @@ pub struct Metrics {
     pub auth_throttled: AtomicU64,
     /// Recipients delivered (remote 2xx or into a local mailbox).
     pub delivered: AtomicU64,
+    /// Of `delivered`: local deliveries whose copy was already in the
+    /// Maildir (written before a crash the spool did not record), so not
+    /// written again.
+    pub local_found: AtomicU64,
     /// Recipient attempts that failed temporarily.
     pub deferred: AtomicU64,
     /// Recipients that failed permanently.

@@ -72,6 +72,13 @@ fn temp(e: io::Error, what: &str, path: &Path) -> LocalError {
 /// with `Return-Path` and `Delivered-To` headers first. Returns the file path.
 /// With `owner` (`[local] user`: uid, gid), the directories it makes and
 /// the file belong to that user.
+///
+/// `key` (queue id and recipient) names the file, so that delivering the
+/// same recipient of the same message again finds the copy a crash left
+/// in `new/` before the spool recorded it (same name, same bytes) and
+/// writes no second one; a different file of that name (another spool's
+/// ids) is left alone and the message gets a name of its own. The `bool`
+/// says the copy was found, not written.
 #[allow(clippy::too_many_arguments)] // reason: one delivery's facts, each distinct
 pub fn deliver(
     mail_dir: &Path,
@@ -81,11 +88,12 @@ pub fn deliver(
     return_path: &str,
     body: &[u8],
     unix: u64,
+    key: Option<&str>,
     owner: Option<(u32, u32)>,
-) -> Result<PathBuf, LocalError> {
+) -> Result<(PathBuf, bool), LocalError> {
     let dir = mailbox_dir(mail_dir, domain, local)?;
     let Some((uid, gid)) = owner else {
-        return write_maildir(&dir, hostname, domain, local, return_path, body, unix, None);
+        return write_maildir(&dir, hostname, domain, local, return_path, body, unix, key, None);
     };
     // The domain directory is made here (in mail_dir, which the mail user
     // cannot write, so nothing in the path can be a link it planted) and
@@ -104,7 +112,7 @@ pub fn deliver(
         }
     }
     let _as_user = FsIdentity::become_user(uid, gid);
-    write_maildir(&dir, hostname, domain, local, return_path, body, unix, Some((uid, gid)))
+    write_maildir(&dir, hostname, domain, local, return_path, body, unix, key, Some((uid, gid)))
 }
 
 /// This thread's file-system identity switched to a user until dropped
@@ -147,8 +155,9 @@ fn write_maildir(
     return_path: &str,
     body: &[u8],
     unix: u64,
+    key: Option<&str>,
     owner: Option<(u32, u32)>,
-) -> Result<PathBuf, LocalError> {
+) -> Result<(PathBuf, bool), LocalError> {
     for sub in ["tmp", "new", "cur"] {
         let p = dir.join(sub);
         // Durable too: a message made durable in new/ must not vanish with
@@ -172,7 +181,21 @@ fn write_maildir(
     // Sizes in the name, as Dovecot writes them: S= on disk, W= with CRLF
     // line ends (what POP3 lists), so readers need not open the file.
     let wire = crate::pop3::wire_size(&content);
-    let name = format!("{},S={},W={wire}", unique_name(hostname, unix), content.len());
+    let sizes = format!(",S={},W={wire}", content.len());
+    let host = hostname.replace(['/', ':'], "_");
+    let mut final_name = None;
+    if let Some(key) = key {
+        let name = format!("{unix}.R{key}.{host}{sizes}");
+        let new = dir.join("new").join(&name);
+        match fs::read(&new) {
+            // Delivered before a crash; the spool never heard of it.
+            Ok(existing) if existing == content => return Ok((new, true)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => final_name = Some(name),
+            Err(e) => return Err(temp(e, "cannot read", &new)),
+        }
+    }
+    let name = format!("{}{sizes}", unique_name(hostname, unix));
     let tmp = dir.join("tmp").join(&name);
     let mut f = OpenOptions::new()
         .write(true)
@@ -190,10 +213,10 @@ fn write_maildir(
         temp(e, "cannot write", &tmp)
     })?;
     drop(f);
-    let new = dir.join("new").join(&name);
+    let new = dir.join("new").join(final_name.as_deref().unwrap_or(&name));
     fs::rename(&tmp, &new).map_err(|e| temp(e, "cannot rename into", &new))?;
     File::open(dir.join("new")).and_then(|d| d.sync_all()).map_err(|e| temp(e, "cannot sync", dir))?;
-    Ok(new)
+    Ok((new, false))
 }
 
 #[cfg(test)]
@@ -201,12 +224,64 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_second_delivery_of_the_same_recipient_finds_the_first() {
+        let root = tempfile::tempdir().unwrap();
+        let body = b"Subject: once\r\n\r\nbody\r\n";
+        let key = Some("00000000AB000001_0");
+        let (first, found) =
+            deliver(root.path(), "mx.test", "example.test", "al", "s@x.test", body, 7, key, None).unwrap();
+        assert!(!found);
+        let again =
+            deliver(root.path(), "mx.test", "example.test", "al", "s@x.test", body, 7, key, None).unwrap();
+        assert_eq!(again, (first.clone(), true));
+        let new = root.path().join("example.test/al/new");
+        assert_eq!(std::fs::read_dir(&new).unwrap().count(), 1);
+        assert!(first.file_name().unwrap().to_str().unwrap().starts_with("7.R00000000AB000001_0.mx.test,S="));
+        // Another recipient of the same message is another file.
+        deliver(
+            root.path(),
+            "mx.test",
+            "example.test",
+            "al",
+            "s@x.test",
+            body,
+            7,
+            Some("00000000AB000001_1"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_dir(&new).unwrap().count(), 2);
+        // The same name with other bytes (another spool's ids): not ours,
+        // so the message is written under a name of its own.
+        let other = b"Subject: ONCE\r\n\r\nbody\r\n";
+        let (third, found) =
+            deliver(root.path(), "mx.test", "example.test", "al", "s@x.test", other, 7, key, None).unwrap();
+        assert!(!found);
+        assert_ne!(third, first);
+        assert!(!third.file_name().unwrap().to_str().unwrap().contains(".R00000000AB000001_0."));
+        assert_eq!(std::fs::read_dir(&new).unwrap().count(), 3);
+        assert_eq!(
+            std::fs::read(&first).unwrap(),
+            b"Return-Path: <s@x.test>\nDelivered-To: al@example.test\nSubject: once\n\nbody\n"
+        );
+    }
+
+    #[test]
     fn delivers_into_new_with_lf_lines() {
         let root = tempfile::tempdir().unwrap();
         let body = b"Received: x\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n";
-        let path =
-            deliver(root.path(), "mx.test", "Example.Test", "Alice", "s@x.test", body, 1_800_000_000, None)
-                .unwrap();
+        let (path, _) = deliver(
+            root.path(),
+            "mx.test",
+            "Example.Test",
+            "Alice",
+            "s@x.test",
+            body,
+            1_800_000_000,
+            None,
+            None,
+        )
+        .unwrap();
         assert!(path.starts_with(root.path().join("example.test/alice/new")));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "Return-Path: <s@x.test>\nDelivered-To: alice@example.test\nReceived: x\nSubject: hi\n\nline one\nline two\n");
@@ -236,7 +311,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let file = root.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let r = deliver(&file, "mx.test", "example.test", "bob", "", b"x\r\n", 0, None);
+        let r = deliver(&file, "mx.test", "example.test", "bob", "", b"x\r\n", 0, None, None);
         assert!(matches!(r, Err(LocalError::Temporary(_))), "{r:?}");
     }
 
@@ -255,14 +330,15 @@ mod tests {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
         let mail = root.path().join("mail");
         // alice's delivery makes the domain directory, owned by the user.
-        let path =
-            deliver(&mail, "mx.test", "example.test", "alice", "", b"x\r\n", 0, Some((uid, gid))).unwrap();
+        let (path, _) =
+            deliver(&mail, "mx.test", "example.test", "alice", "", b"x\r\n", 0, None, Some((uid, gid)))
+                .unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().uid(), uid);
         assert_eq!(std::fs::metadata(mail.join("example.test")).unwrap().uid(), uid);
         assert_eq!(std::fs::metadata(mail.join("example.test/alice/new")).unwrap().uid(), uid);
         // The mail user replaces bob's Maildir by a link to a place only root may write.
         std::os::unix::fs::symlink(&secret, mail.join("example.test/bob")).unwrap();
-        let r = deliver(&mail, "mx.test", "example.test", "bob", "", b"x\r\n", 0, Some((uid, gid)));
+        let r = deliver(&mail, "mx.test", "example.test", "bob", "", b"x\r\n", 0, None, Some((uid, gid)));
         assert!(matches!(r, Err(LocalError::Temporary(_))), "{r:?}");
         assert_eq!(std::fs::read_dir(&secret).unwrap().count(), 0, "nothing written through the link");
         // And the thread is root again afterwards.

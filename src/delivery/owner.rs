@@ -866,18 +866,36 @@ impl Owner {
                     let (mail_dir, host, local) =
                         (cfg.mail_dir.clone(), cfg.hostname.clone(), r.address.local_part().to_owned());
                     let (dom, sender, body) = (domain.clone(), env.reverse_path.to_string(), body.clone());
-                    let now = unix_secs();
+                    // Named by reception time, queue id and recipient: the
+                    // same name again after a crash (see local::deliver).
+                    let (when, key) = (env.received_at, format!("{id}_{i}"));
                     let owner = cfg.mail_owner;
                     let res = monoio::spawn_blocking(move || {
-                        local::deliver(&mail_dir, &host, &dom, &local, &sender, &body, now, owner)
+                        local::deliver(
+                            &mail_dir,
+                            &host,
+                            &dom,
+                            &local,
+                            &sender,
+                            &body,
+                            when,
+                            Some(&key),
+                            owner,
+                        )
                     })
                     .await;
                     let (outcome, status, text) = match res {
-                        Ok(Ok(path)) => (
-                            Outcome::Delivered,
-                            "2.0.0".to_owned(),
-                            format!("delivered to maildir {}", path.display()),
-                        ),
+                        Ok(Ok((path, found))) => {
+                            if found {
+                                inc(&self.metrics.local_found);
+                            }
+                            let how = if found {
+                                "already in maildir (delivered before a crash)"
+                            } else {
+                                "delivered to maildir"
+                            };
+                            (Outcome::Delivered, "2.0.0".to_owned(), format!("{how} {}", path.display()))
+                        }
                         Ok(Err(LocalError::Permanent(s, t))) => (Outcome::Permanent, s.to_owned(), t),
                         Ok(Err(LocalError::Temporary(t))) => (Outcome::Temporary, "4.3.0".to_owned(), t),
                         Err(_) => {
