@@ -365,7 +365,7 @@ def write_report(out, args, result, rounds, lost):
         f"- commit: {commit}{' (dirty)' if dirty else ''}",
         f"- command: `bench/powercut.py --cuts {args.cuts} --min-acked {args.min_acked} --mode {args.mode} "
         f"--seed {result['seed']}{' --fsync false' if args.fsync == 'false' else ''}`",
-        "- setup: ringpost (2 workers, fsync on, 1 MiB segments) with its spool on `ringpost-bench lazyfs`; "
+        f"- setup: ringpost (2 workers, {'fsync on' if args.fsync == 'true' else 'fsync OFF (the control run)'}, 1 MiB segments) with its spool on `ringpost-bench lazyfs`; "
         f"{args.threads} smtplib connections; local delivery into Maildirs on the real disk; "
         "each round runs 0.5-3 s of load, then the power is cut (`drop`: every unsynced write and name "
         "operation is lost; `partial`: a random part of them reached the disk), at the instant ringpost gets SIGKILL.",
