@@ -33,9 +33,18 @@ enum Command {
     Lazyfs(lazyfs::Args),
     /// Receive messages and count them (and their end-to-end latency).
     Sink {
-        /// Address to listen on.
+        /// Address to listen on (repeat for several: one process plays many
+        /// receivers).
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        /// Listeners that wait this long before every reply, as `ADDR=MS`
+        /// (a slow receiver). Their messages are counted apart (`slow`).
+        #[arg(long, value_parser = parse_slow)]
+        slow: Vec<(SocketAddr, u64)>,
+        /// Listeners that greet with `421 4.7.0` and hang up (a throttling
+        /// receiver).
         #[arg(long)]
-        listen: SocketAddr,
+        throttle: Vec<SocketAddr>,
         /// Write a JSON summary here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -59,8 +68,12 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Inject(args) => inject::run(&args),
         Command::Lazyfs(args) => lazyfs::run(&args),
-        Command::Sink { listen, json, expect, timeout, count_file } => {
-            sink::run(listen, json, expect, timeout, count_file)
+        Command::Sink { listen, slow, throttle, json, expect, timeout, count_file } => {
+            let behaviour = sink::Behaviours {
+                slow: slow.into_iter().collect(),
+                throttle: throttle.into_iter().collect(),
+            };
+            sink::run(&listen, &behaviour, json, expect, timeout, count_file)
         }
     };
     match result {
@@ -70,6 +83,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn parse_slow(s: &str) -> Result<(SocketAddr, u64), String> {
+    let (addr, ms) = s.split_once('=').ok_or("expected ADDR=MS")?;
+    Ok((addr.parse().map_err(|e| format!("{addr}: {e}"))?, ms.parse().map_err(|e| format!("{ms}: {e}"))?))
 }
 
 /// Percentiles of a latency histogram in microseconds, as JSON.

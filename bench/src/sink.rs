@@ -15,21 +15,49 @@ use crate::blast::SENT_HEADER;
 
 type Hist = Arc<Mutex<hdrhistogram::Histogram<u64>>>;
 
+/// How some listeners misbehave (the rest answer at once).
+#[derive(Debug, Default)]
+pub struct Behaviours {
+    /// Delay before every reply, in milliseconds.
+    pub slow: std::collections::HashMap<SocketAddr, u64>,
+    /// Greet with 421 and hang up.
+    pub throttle: std::collections::HashSet<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Normal,
+    Slow(Duration),
+    Throttle,
+}
+
 pub fn run(
-    listen: SocketAddr,
+    listen: &[SocketAddr],
+    behaviours: &Behaviours,
     json: Option<PathBuf>,
     expect: Option<u64>,
     timeout: u64,
     count_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    // Messages taken by normal listeners (what --expect and --count-file
+    // count), and by slow ones.
     let count = Arc::new(AtomicU64::new(0));
+    let slow_count = Arc::new(AtomicU64::new(0));
     let threads = crate::threads();
     let mut hists = Vec::new();
     for _ in 0..threads {
-        let std_listener = bind(listen).with_context(|| format!("listen on {listen}"))?;
+        let mut listeners = Vec::new();
+        for &addr in listen {
+            let mode = match (behaviours.slow.get(&addr), behaviours.throttle.contains(&addr)) {
+                (_, true) => Mode::Throttle,
+                (Some(&ms), false) => Mode::Slow(Duration::from_millis(ms)),
+                (None, false) => Mode::Normal,
+            };
+            listeners.push((bind(addr).with_context(|| format!("listen on {addr}"))?, mode));
+        }
         let hist: Hist = Arc::new(Mutex::new(crate::new_histogram()));
         hists.push(hist.clone());
-        let count = count.clone();
+        let (count, slow_count) = (count.clone(), slow_count.clone());
         std::thread::spawn(move || {
             let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build();
             let Ok(mut rt) = rt else {
@@ -37,14 +65,28 @@ pub fn run(
                 std::process::exit(1);
             };
             rt.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(std_listener) else { return };
-                while let Ok((stream, _)) = listener.accept().await {
-                    monoio::spawn(serve(stream, count.clone(), hist.clone()));
+                let mut tasks = Vec::new();
+                for (std_listener, mode) in listeners {
+                    let Ok(listener) = TcpListener::from_std(std_listener) else { return };
+                    let count =
+                        if matches!(mode, Mode::Slow(_)) { slow_count.clone() } else { count.clone() };
+                    let hist = hist.clone();
+                    tasks.push(monoio::spawn(async move {
+                        while let Ok((stream, _)) = listener.accept().await {
+                            monoio::spawn(serve(stream, count.clone(), hist.clone(), mode));
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await;
                 }
             });
         });
     }
-    println!("ringpost-bench sink: listening on {listen}");
+    match listen {
+        [one] => println!("ringpost-bench sink: listening on {one}"),
+        many => println!("ringpost-bench sink: listening on {} addresses", many.len()),
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(timeout);
     let mut published = None;
@@ -71,6 +113,7 @@ pub fn run(
     let elapsed = started.elapsed().as_secs_f64();
     let summary = serde_json::json!({
         "received": n,
+        "received_slow": slow_count.load(Ordering::Relaxed),
         "elapsed_s": elapsed,
         "rate": n as f64 / elapsed,
         "end_to_end_us": crate::latency_json(&all),
@@ -113,8 +156,19 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-async fn serve(mut stream: TcpStream, count: Arc<AtomicU64>, hist: Hist) {
+async fn serve(mut stream: TcpStream, count: Arc<AtomicU64>, hist: Hist, mode: Mode) {
     let _ = stream.set_nodelay(true);
+    let delay = match mode {
+        Mode::Throttle => {
+            let _ = write(&mut stream, b"421 4.7.0 sink.test Too many connections, slow down\r\n").await;
+            return;
+        }
+        Mode::Slow(d) => Some(d),
+        Mode::Normal => None,
+    };
+    if let Some(d) = delay {
+        monoio::time::sleep(d).await;
+    }
     if write(&mut stream, b"220 sink.test ESMTP ringpost-bench\r\n").await.is_err() {
         return;
     }
@@ -166,6 +220,9 @@ async fn serve(mut stream: TcpStream, count: Arc<AtomicU64>, hist: Hist) {
             pos = 0;
         }
         if !out.is_empty() {
+            if let Some(d) = delay {
+                monoio::time::sleep(d).await;
+            }
             if write(&mut stream, &out).await.is_err() {
                 return;
             }
