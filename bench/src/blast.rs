@@ -297,9 +297,11 @@ fn thread_main(thread: usize, conns: usize, shared: Shared) -> anyhow::Result<()
     Ok(())
 }
 
-/// Claims one message from the shared budget.
-fn claim(left: &AtomicU64) -> bool {
-    left.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+/// Claims one message from the shared budget: its number in the whole run
+/// (0, 1, ...), so `--domains` spreads the run, not each connection, over
+/// the domains.
+fn claim(left: &AtomicU64, total: u64) -> Option<u64> {
+    left.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1)).ok().map(|before| total - before)
 }
 
 /// A client connection: greeting, EHLO, (STARTTLS, EHLO), messages, QUIT.
@@ -326,13 +328,11 @@ async fn connection(id: usize, shared: &Shared, hists: &std::cell::RefCell<Hists
     }
     let mut sent = 0u64;
     while load.per_connection == 0 || sent < load.per_connection {
-        if !claim(&shared.left) {
-            break;
-        }
+        let Some(n) = claim(&shared.left, load.messages) else { break };
         shared.pace.wait_turn().await;
         sent += 1;
         let t0 = Instant::now();
-        if let Some(data_sent) = c.transaction(load, id, sent).await? {
+        if let Some(data_sent) = c.transaction(load, id, n).await? {
             totals.accepted.fetch_add(1, Ordering::Relaxed);
             let mut h = hists.borrow_mut();
             let _ = h.whole.record(t0.elapsed().as_micros().max(1) as u64);
