@@ -236,6 +236,12 @@ def run_scenario(args, scenario, base):
             sys.exit(f"blast failed: {blast.stderr}")
         accept_s = time.time() - t
         before = rp.metrics()
+        perf = None
+        if args.perf:
+            data = Path(args.perf) / f"perf-{scenario}.data"
+            perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(rp.proc.pid), "-o", str(data)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         t0 = time.time()
         rp.release()
         deadline = t0 + args.timeout
@@ -247,6 +253,9 @@ def run_scenario(args, scenario, base):
             time.sleep(0.01)
         after = rp.metrics()
         got = read_count(count_file)
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
         elapsed = (done or time.time()) - t0
         sink_json = {}
         result = {
@@ -293,6 +302,7 @@ def main():
     ap.add_argument("--timeout", type=int, default=600, help="longest wait for one scenario's delivery")
     ap.add_argument("--scenarios", default="single,many,slow,hostile")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--perf", default=None, help="a directory: perf record ringpost during each delivery phase")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (dnsmasq, many loopback addresses)")
