@@ -242,6 +242,7 @@ def run_scenario(args, scenario, base):
             perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(rp.proc.pid), "-o", str(data)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
+        cpu0 = (cpu_s(rp.proc.pid), cpu_s(sink.pid))
         t0 = time.time()
         rp.release()
         deadline = t0 + args.timeout
@@ -251,6 +252,7 @@ def run_scenario(args, scenario, base):
                 done = time.time()
                 break
             time.sleep(0.01)
+        cpu1 = (cpu_s(rp.proc.pid), cpu_s(sink.pid))
         after = rp.metrics()
         got = read_count(count_file)
         if perf:
@@ -265,6 +267,10 @@ def run_scenario(args, scenario, base):
             "slow_messages": slow_expected,
             "hosts": {k: sum(1 for v in role.values() if v == k) for k in ("ok", "slow", "throttle", "dead")},
             "rss_kib": rss_kib(rp.proc.pid),
+            # Share of one CPU each used while delivering: which side is the
+            # bottleneck.
+            "ringpost_cpu": round((cpu1[0] - cpu0[0]) / elapsed, 2) if elapsed > 0 else 0,
+            "sink_cpu": round((cpu1[1] - cpu0[1]) / elapsed, 2) if elapsed > 0 else 0,
         }
         # DNS: the whole run (a held message is planned, and its MX looked
         # up, while it is being accepted); outcomes: after the release.
@@ -279,6 +285,15 @@ def run_scenario(args, scenario, base):
         sink.kill()
         sink.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def cpu_s(pid):
+    """User + system CPU seconds of a process so far."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def rss_kib(pid):
@@ -356,8 +371,8 @@ def write_report(out, args, results):
         "got divided by the seconds from the release until they had all of theirs. Scenarios ran interleaved, "
         "one of each per round; figures are medians over rounds.",
         "",
-        "| scenario | hosts ok/slow/421/dead | healthy messages | median rate (msg/s) | rates per round | DNS hits / misses / coalesced / stale (whole run, last round) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| scenario | hosts ok/slow/421/dead | healthy messages | median rate (msg/s) | rates per round | CPU ringpost / sink (median) | DNS hits / misses / coalesced / stale (whole run, last round) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for sc in args.scenarios.split(","):
         rs = [r for r in results if r["scenario"] == sc]
@@ -369,6 +384,7 @@ def write_report(out, args, results):
         lines.append(
             f"| {sc} | {hosts} | {last['healthy_messages']} | {med[sc]:.0f} | "
             f"{', '.join(str(round(r['healthy_rate'])) + ('' if r['complete'] else ' (incomplete)') for r in rs)} | "
+            f"{statistics.median(r['ringpost_cpu'] for r in rs):.2f} / {statistics.median(r['sink_cpu'] for r in rs):.2f} | "
             f"{last['dns_cache_hits']:.0f} / {last['dns_cache_misses']:.0f} / {last['dns_cache_coalesced']:.0f} / "
             f"{last['dns_cache_stale']:.0f} |")
     lines += ["", "| target | ratio | holds |", "| --- | --- | --- |"]
