@@ -301,7 +301,9 @@ fn thread_main(thread: usize, conns: usize, shared: Shared) -> anyhow::Result<()
 /// (0, 1, ...), so `--domains` spreads the run, not each connection, over
 /// the domains.
 fn claim(left: &AtomicU64, total: u64) -> Option<u64> {
-    left.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1)).ok().map(|before| total - before)
+    left.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1))
+        .ok()
+        .map(|before| total - before)
 }
 
 /// A client connection: greeting, EHLO, (STARTTLS, EHLO), messages, QUIT.
