@@ -226,7 +226,7 @@ impl Owner {
         let now = unix_secs();
         let mut due = Vec::new();
         let mut later = Vec::new();
-        self.spool.for_each_entry(|id, e| match e.progress.as_ref().map(|p| p.next_attempt) {
+        self.spool.for_each_entry(|id, e| match e.progress.as_ref().map(|p| p.next_attempt()) {
             Some(t) if t > now => later.push((t, id)),
             _ => due.push(id),
         });
@@ -559,7 +559,7 @@ impl Owner {
                 e.loc,
                 e.received_at,
                 e.remaining().collect::<Vec<u32>>(),
-                e.progress.as_ref().map_or(0, |p| p.attempts),
+                e.progress.as_ref().map_or(0, |p| p.attempts()),
             )
         }) else {
             return; // finished or deleted meanwhile
@@ -580,7 +580,7 @@ impl Owner {
         };
         let cfg = self.cfg();
         let last_error =
-            self.spool.with_entry(id, |e| e.progress.as_ref().map(|p| p.last_error.clone())).flatten();
+            self.spool.with_entry(id, |e| e.progress.as_ref().map(|p| p.last_error_shared())).flatten();
         let rules = Rules {
             max_age: cfg.max_age,
             retry: &cfg.retry,
@@ -1102,7 +1102,7 @@ impl Owner {
                 // `[delivery] delay_warning`: the sender hears once that it is late.
                 let mut delay_notified = self
                     .spool
-                    .with_entry(id, |e| e.progress.as_ref().is_some_and(|p| p.delay_notified))
+                    .with_entry(id, |e| e.progress.as_ref().is_some_and(|p| p.delay_notified()))
                     .unwrap_or(false);
                 let due = decide::delay_reports(
                     &a.env,
@@ -1191,7 +1191,7 @@ impl Owner {
     /// Bounces every remaining recipient of `id` now (admin). False if unknown.
     pub async fn bounce(self: &Rc<Self>, id: QueueId) -> Result<bool, String> {
         let Some((loc, remaining, attempts_before)) = self.spool.with_entry(id, |e| {
-            (e.loc, e.remaining().collect::<Vec<u32>>(), e.progress.as_ref().map_or(0, |p| p.attempts))
+            (e.loc, e.remaining().collect::<Vec<u32>>(), e.progress.as_ref().map_or(0, |p| p.attempts()))
         }) else {
             return Ok(false);
         };
@@ -1211,10 +1211,10 @@ impl Owner {
 
     /// Up to `limit` queued messages, oldest first, read from the spool.
     pub async fn list(&self, limit: usize) -> Vec<Listed> {
-        type Row = (QueueId, Location, u64, Option<(u32, u64, Arc<str>)>);
+        type Row = (QueueId, Location, u64, Option<(u32, u64, crate::spool::index::ErrorText)>);
         let mut entries: Vec<Row> = Vec::new();
         self.spool.for_each_entry(|id, e| {
-            let p = e.progress.as_ref().map(|p| (p.attempts, p.next_attempt, p.last_error.clone()));
+            let p = e.progress.as_ref().map(|p| (p.attempts(), p.next_attempt(), p.last_error_shared()));
             entries.push((id, e.loc, e.received_at, p));
         });
         entries.sort_unstable_by_key(|e| e.0);

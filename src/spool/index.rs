@@ -29,20 +29,89 @@ pub struct Location {
 }
 
 /// Where delivery of a message stands (from its Progress records).
+///
+/// Every message that has had an attempt has one, boxed, so its size is
+/// memory per queued message: 32 bytes (a pointer-sized error text shared
+/// by all messages with the same one, a pointer to the finished recipients
+/// that stays empty for the one-recipient messages bulk mail is made of,
+/// seconds in 32 bits until 2106, the delay flag in the attempts word),
+/// where the plain layout took 64.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Segment of the latest Progress record.
     pub seq: u64,
-    pub attempts: u32,
-    /// Unix seconds.
-    pub next_attempt: u64,
     /// Shared by every message with the same text (a destination that is
     /// down gives thousands of messages one reason).
-    pub last_error: Arc<str>,
-    /// Recipients finished (delivered or bounced), sorted.
-    pub done: Vec<u32>,
-    /// A delay DSN went out (sticky).
-    pub delay_notified: bool,
+    last_error: ErrorText,
+    /// Recipients finished (delivered or bounced), sorted; none: empty.
+    #[allow(clippy::box_collection)] // reason: a thin pointer (8 bytes, a Vec is 24), None for most messages
+    done: Option<Box<Vec<u32>>>,
+    /// Unix seconds (saturated at u32::MAX).
+    next_attempt: u32,
+    /// Attempts (low 31 bits, saturated) and whether a delay DSN went out
+    /// (the top bit, sticky).
+    attempts: u32,
+}
+
+const DELAY_NOTIFIED: u32 = 1 << 31;
+
+/// An error text shared by the messages that have it (thin: one pointer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ErrorText(Arc<Box<str>>);
+
+impl std::ops::Deref for ErrorText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ErrorText {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Progress {
+    pub fn attempts(&self) -> u32 {
+        self.attempts & !DELAY_NOTIFIED
+    }
+
+    /// Unix seconds.
+    pub fn next_attempt(&self) -> u64 {
+        u64::from(self.next_attempt)
+    }
+
+    pub fn last_error(&self) -> &str {
+        &self.last_error
+    }
+
+    /// The shared text itself (cheap to keep).
+    pub fn last_error_shared(&self) -> ErrorText {
+        self.last_error.clone()
+    }
+
+    /// Recipients finished, sorted.
+    pub fn done(&self) -> &[u32] {
+        self.done.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// A delay DSN went out.
+    pub fn delay_notified(&self) -> bool {
+        self.attempts & DELAY_NOTIFIED != 0
+    }
+
+    /// The record that says this again (compaction, adoption).
+    pub fn record(&self, id: QueueId) -> ProgressRecord {
+        ProgressRecord {
+            id,
+            attempts: self.attempts(),
+            next_attempt: self.next_attempt(),
+            last_error: self.last_error.to_string(),
+            done: self.done().to_vec(),
+            delay_notified: self.delay_notified(),
+        }
+    }
 }
 
 /// The domain ids of a message's recipients, by recipient index: inline
@@ -97,7 +166,7 @@ impl Entry {
     }
 
     fn is_done(&self, i: u32) -> bool {
-        self.progress.as_ref().is_some_and(|p| p.done.binary_search(&i).is_ok())
+        self.progress.as_ref().is_some_and(|p| p.done().binary_search(&i).is_ok())
     }
 
     /// Indexes of the recipients not finished yet.
@@ -157,22 +226,22 @@ pub struct Index {
     recipients: u64,
     /// The distinct last errors (see [`Progress::last_error`]), and how
     /// many there were after the last sweep of unused ones.
-    errors: std::collections::HashSet<Arc<str>>,
+    errors: std::collections::HashSet<ErrorText>,
     errors_swept: usize,
 }
 
 impl Index {
     /// The shared copy of an error text; texts no message uses any more are
     /// dropped whenever the set has doubled since the last sweep.
-    fn intern(&mut self, text: &str) -> Arc<str> {
+    fn intern(&mut self, text: &str) -> ErrorText {
         if let Some(t) = self.errors.get(text) {
             return t.clone();
         }
         if self.errors.len() >= 2 * self.errors_swept + 1024 {
-            self.errors.retain(|t| Arc::strong_count(t) > 1);
+            self.errors.retain(|t| Arc::strong_count(&t.0) > 1);
             self.errors_swept = self.errors.len();
         }
-        let t: Arc<str> = Arc::from(text);
+        let t = ErrorText(Arc::new(Box::from(text)));
         self.errors.insert(t.clone());
         t
     }
@@ -325,14 +394,7 @@ impl Index {
                 seqs.contains(&e.loc.seq) || e.progress.as_ref().is_some_and(|p| seqs.contains(&p.seq))
             })
             .map(|(id, e)| {
-                let p = e.progress.as_ref().map(|p| ProgressRecord {
-                    id: *id,
-                    attempts: p.attempts,
-                    next_attempt: p.next_attempt,
-                    last_error: p.last_error.to_string(),
-                    done: p.done.clone(),
-                    delay_notified: p.delay_notified,
-                });
+                let p = e.progress.as_ref().map(|p| p.record(*id));
                 (*id, e.loc, p)
             })
             .collect()
@@ -347,15 +409,18 @@ impl Index {
         let previous = entry.progress.as_ref().map(|p| p.seq);
         let p = entry.progress.get_or_insert_with(Box::default);
         p.seq = seq;
-        p.attempts = r.attempts;
-        p.next_attempt = r.next_attempt;
+        let delay = p.delay_notified() || r.delay_notified;
+        p.attempts = r.attempts.min(!DELAY_NOTIFIED) | if delay { DELAY_NOTIFIED } else { 0 };
+        p.next_attempt = u32::try_from(r.next_attempt).unwrap_or(u32::MAX);
         if *p.last_error != *r.last_error {
             p.last_error = self.intern(&r.last_error);
         }
-        p.delay_notified |= r.delay_notified;
-        p.done.extend(r.done.iter().copied().filter(|&i| i < recipients));
-        p.done.sort_unstable();
-        p.done.dedup();
+        if r.done.iter().any(|&i| i < recipients) {
+            let done = p.done.get_or_insert_with(Box::default);
+            done.extend(r.done.iter().copied().filter(|&i| i < recipients));
+            done.sort_unstable();
+            done.dedup();
+        }
         if previous != Some(seq) {
             self.reference(seq, 1);
             if let Some(old) = previous {
@@ -473,6 +538,34 @@ mod tests {
         assert!(RcptDomains::new(vec![]).is_empty());
     }
 
+    #[test]
+    fn progress_is_32_bytes() {
+        // One boxed per attempted message: memory per queued message.
+        assert_eq!(std::mem::size_of::<Progress>(), 32);
+    }
+
+    #[test]
+    fn progress_saturates_and_keeps_the_delay_flag() {
+        let mut ix = Index::default();
+        ix.insert(&sample_envelope(1), loc(1));
+        let mut r = progress(1, &[]);
+        r.attempts = u32::MAX;
+        r.next_attempt = u64::MAX;
+        r.delay_notified = true;
+        ix.apply_progress(&r, 1);
+        let p = ix.get(QueueId(1)).unwrap().progress.clone().unwrap();
+        assert_eq!(
+            (p.attempts(), p.next_attempt(), p.delay_notified()),
+            ((1 << 31) - 1, u64::from(u32::MAX), true)
+        );
+        // Sticky: a later record without the flag keeps it.
+        ix.apply_progress(&progress(1, &[]), 2);
+        let p = ix.get(QueueId(1)).unwrap().progress.clone().unwrap();
+        assert_eq!((p.attempts(), p.delay_notified()), (1, true));
+        assert!(p.record(QueueId(1)).delay_notified);
+        assert!(p.done().is_empty());
+    }
+
     /// Messages deferred for the same reason share one copy of its text;
     /// texts nobody uses any more go at a sweep.
     #[test]
@@ -483,8 +576,8 @@ mod tests {
             assert!(ix.apply_progress(&progress(id, &[]), 1));
         }
         let text =
-            |ix: &Index, id: u64| ix.get(QueueId(id)).unwrap().progress.as_ref().unwrap().last_error.clone();
-        assert!(Arc::ptr_eq(&text(&ix, 1), &text(&ix, 3)));
+            |ix: &Index, id: u64| ix.get(QueueId(id)).unwrap().progress.as_ref().unwrap().last_error_shared();
+        assert!(Arc::ptr_eq(&text(&ix, 1).0, &text(&ix, 3).0));
         assert_eq!(&*text(&ix, 2), "451 later");
         // Unique texts, one after another on one message: the old ones go.
         for i in 0..5000 {
@@ -523,7 +616,7 @@ mod tests {
         assert_eq!(d["x.test"], DomainCount { messages: 1, recipients: 1 });
         let e = ix.get(QueueId(1)).unwrap();
         assert_eq!(e.remaining().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(e.progress.as_ref().unwrap().attempts, 1);
+        assert_eq!(e.progress.as_ref().unwrap().attempts(), 1);
         assert!(!ix.apply_progress(&progress(99, &[0]), 2), "unknown message");
     }
 

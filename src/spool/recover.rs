@@ -505,14 +505,7 @@ fn adopt(dir: &Path, old: Family, target: &mut Family) -> Result<usize, SpoolErr
             pos += u64::from(loc.len);
             // Carry the delivery progress along, so done recipients stay done.
             if let Some(p) = old.index.get(env.id).and_then(|e| e.progress.as_ref()) {
-                let rec = record::ProgressRecord {
-                    id: env.id,
-                    attempts: p.attempts,
-                    next_attempt: p.next_attempt,
-                    last_error: p.last_error.to_string(),
-                    done: p.done.clone(),
-                    delay_notified: p.delay_notified,
-                };
+                let rec = p.record(env.id);
                 let mut pbuf = Vec::new();
                 pos += record::append_progress(&mut pbuf, &rec) as u64;
                 record::seal(&mut pbuf, tag);
