@@ -557,7 +557,7 @@ impl Owner {
         let Some((loc, received_at, remaining, attempts_before)) = self.spool.with_entry(id, |e| {
             (
                 e.loc,
-                e.received_at,
+                e.received_at(),
                 e.remaining().collect::<Vec<u32>>(),
                 e.progress.as_ref().map_or(0, |p| p.attempts()),
             )
@@ -1215,7 +1215,7 @@ impl Owner {
         let mut entries: Vec<Row> = Vec::new();
         self.spool.for_each_entry(|id, e| {
             let p = e.progress.as_ref().map(|p| (p.attempts(), p.next_attempt(), p.last_error_shared()));
-            entries.push((id, e.loc, e.received_at, p));
+            entries.push((id, e.loc, e.received_at(), p));
         });
         entries.sort_unstable_by_key(|e| e.0);
         entries.truncate(limit);

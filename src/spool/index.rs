@@ -44,7 +44,8 @@ pub struct Progress {
     /// down gives thousands of messages one reason).
     last_error: ErrorText,
     /// Recipients finished (delivered or bounced), sorted; none: empty.
-    #[allow(clippy::box_collection)] // reason: a thin pointer (8 bytes, a Vec is 24), None for most messages
+    #[allow(clippy::box_collection)]
+    // reason: a thin pointer (8 bytes, a Vec is 24), None for most messages
     done: Option<Box<Vec<u32>>>,
     /// Unix seconds (saturated at u32::MAX).
     next_attempt: u32,
@@ -149,20 +150,49 @@ impl RcptDomains {
 }
 
 /// What the index keeps per live message: small on purpose (the envelope
-/// stays on disk).
+/// stays on disk). 48 bytes, so a hash table slot with its key is 56: the
+/// reception time in 32 bits beside the one recipient's domain id (bulk
+/// mail's usual case, no allocation of its own), the domains of a message
+/// with more recipients behind one thin pointer.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub loc: Location,
-    pub received_at: u64,
-    /// Domain id of each recipient, by recipient index.
-    pub rcpt_domains: RcptDomains,
+    /// Unix seconds (saturated at u32::MAX, the year 2106).
+    received_at: u32,
+    /// The domain id of the only recipient (unused when `more` is set).
+    first_domain: u32,
+    /// The domain ids of every recipient, for a message with other than one.
+    #[allow(clippy::box_collection)] // reason: a thin pointer (8 bytes; a boxed slice is 16)
+    more_domains: Option<Box<Vec<u32>>>,
     /// Delivery progress, once there has been an attempt.
     pub progress: Option<Box<Progress>>,
 }
 
 impl Entry {
+    fn new(loc: Location, received_at: u64, domains: RcptDomains) -> Entry {
+        let (first_domain, more_domains) = match domains {
+            RcptDomains::One(d) => (d, None),
+            RcptDomains::Many(ds) => (0, Some(Box::new(ds.into_vec()))),
+        };
+        let received_at = u32::try_from(received_at).unwrap_or(u32::MAX);
+        Entry { loc, received_at, first_domain, more_domains, progress: None }
+    }
+
+    /// Unix seconds.
+    pub fn received_at(&self) -> u64 {
+        u64::from(self.received_at)
+    }
+
+    /// Domain id of each recipient, by recipient index.
+    pub fn rcpt_domains(&self) -> &[u32] {
+        match &self.more_domains {
+            Some(ds) => ds,
+            None => std::slice::from_ref(&self.first_domain),
+        }
+    }
+
     pub fn recipients(&self) -> u32 {
-        self.rcpt_domains.len() as u32
+        self.rcpt_domains().len() as u32
     }
 
     fn is_done(&self, i: u32) -> bool {
@@ -320,7 +350,7 @@ impl Index {
     /// Adds a prepared entry once its record is durable at `loc`.
     pub fn insert_prepared(&mut self, id: QueueId, p: Prepared, loc: Location) {
         self.remove_at(id, loc.seq);
-        let entry = Entry { loc, received_at: p.received_at, rcpt_domains: p.rcpt_domains, progress: None };
+        let entry = Entry::new(loc, p.received_at, p.rcpt_domains);
         self.count(&entry, true);
         self.reference(loc.seq, 1);
         self.live_bytes(loc, true);
@@ -468,7 +498,7 @@ impl Index {
     fn count(&mut self, e: &Entry, add: bool) {
         let mut seen: Vec<u32> = Vec::new();
         for i in e.remaining() {
-            let Some(&d) = e.rcpt_domains.as_slice().get(i as usize) else { continue };
+            let Some(&d) = e.rcpt_domains().get(i as usize) else { continue };
             let Some(c) = self.domain_counts.get_mut(d as usize) else { continue };
             let first = !seen.contains(&d);
             if first {
@@ -536,6 +566,21 @@ mod tests {
         assert_eq!(RcptDomains::new(vec![7]), RcptDomains::One(7));
         assert_eq!(RcptDomains::new(vec![7, 8]).as_slice(), &[7, 8]);
         assert!(RcptDomains::new(vec![]).is_empty());
+    }
+
+    #[test]
+    fn an_entry_is_48_bytes() {
+        // Per queued message, in the hash table beside its 8-byte key.
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        let e = Entry::new(loc(1), 1_800_000_000, RcptDomains::One(7));
+        assert_eq!((e.received_at(), e.rcpt_domains(), e.recipients()), (1_800_000_000, &[7][..], 1));
+        let e = Entry::new(loc(1), u64::MAX, RcptDomains::new(vec![3, 4, 3]));
+        assert_eq!(
+            (e.received_at(), e.rcpt_domains(), e.recipients()),
+            (u64::from(u32::MAX), &[3, 4, 3][..], 3)
+        );
+        let e = Entry::new(loc(1), 0, RcptDomains::new(vec![]));
+        assert_eq!(e.recipients(), 0);
     }
 
     #[test]

@@ -320,7 +320,7 @@ impl Spool {
         let i = self.inner.borrow();
         let e = i.index.get(id)?;
         Some(super::MessageSummary {
-            received_at: e.received_at,
+            received_at: e.received_at(),
             recipients: e.recipients(),
             size: e.loc.len,
         })
