@@ -4,9 +4,11 @@
 //!
 //! No stampede when many answers expire together: each answer's lifetime is
 //! cut by up to 10% (by a hash of its name), so answers cached in the same
-//! moment do not expire in the same moment; and while one asker refreshes an
-//! expired answer, the others get the old one (for at most [`STALE_FOR`]
-//! past its expiry, RFC 8767's serve-stale) instead of waiting.
+//! moment do not expire in the same moment; and an answer that expired at
+//! most [`STALE_FOR`] ago is still given out (RFC 8767's serve-stale), to
+//! the asker who finds it expired (who refreshes it behind the answer:
+//! [`Probe::Stale`]) and to everyone asking while that refresh runs, so
+//! nobody waits for a name that had an answer moments ago.
 //!
 //! Time is a parameter; the cache never reads the clock.
 
@@ -77,9 +79,12 @@ impl std::fmt::Debug for Cache {
 pub enum Probe<'a> {
     Hit(Arc<Lookup>),
     /// Nobody is asking: the caller must fetch and call [`Fetch::finish`].
-    Fetch(Fetch<'a>),
+    Fetch(Fetch<&'a Cache>),
     /// Someone else is asking: await this.
     Wait(Wait<'a>),
+    /// An answer that expired moments ago: use it, and refresh it (the
+    /// fetch may outlive the asker: [`Fetch::owned`]).
+    Stale(Arc<Lookup>, Fetch<&'a Cache>),
 }
 
 impl Cache {
@@ -118,15 +123,22 @@ impl Cache {
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         // An answer (not a failure) that expired moments ago is served to
-        // others while this asker refreshes it.
+        // this asker and to others while it is refreshed.
         let stale = match shard.remove(&key) {
             Some(Slot::Ready { value, expires }) if value.is_ok() && now < expires + STALE_FOR => {
                 Some((value, expires))
             }
             _ => None,
         };
-        shard.insert(key.clone(), Slot::Pending { waiters: Vec::new(), stale });
-        Probe::Fetch(Fetch { cache: self, key: Some(key) })
+        shard.insert(key.clone(), Slot::Pending { waiters: Vec::new(), stale: stale.clone() });
+        let fetch = Fetch { cache: self, key: Some(key) };
+        match stale {
+            Some((value, _)) => {
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                Probe::Stale(value, fetch)
+            }
+            None => Probe::Fetch(fetch),
+        }
     }
 
     /// The cached value or a fresh one: `fetch` runs at most once per key at a
@@ -145,7 +157,10 @@ impl Cache {
                     }
                     // The fetcher gave up: try again (perhaps as the fetcher).
                 }
-                Probe::Fetch(f) => {
+                // Here the caller refreshes before answering (one that can
+                // answer first and refresh in the background, as the
+                // resolver does, handles Probe::Stale itself).
+                Probe::Fetch(f) | Probe::Stale(_, f) => {
                     let (value, ttl) = fetch().await;
                     return f.finish(value, now(), ttl);
                 }
@@ -183,14 +198,24 @@ impl Cache {
 }
 
 /// The duty to fetch one key. Dropping it unfinished releases the waiters,
-/// who then retry.
+/// who then retry. `C` is how it reaches the cache: borrowed, or shared
+/// (`Arc`) for a refresh that runs on its own.
 #[derive(Debug)]
-pub struct Fetch<'a> {
-    cache: &'a Cache,
+pub struct Fetch<C: std::ops::Deref<Target = Cache>> {
+    cache: C,
     key: Option<Key>,
 }
 
-impl Fetch<'_> {
+impl Fetch<&Cache> {
+    /// The same duty, holding the cache itself: `cache` must be the cache
+    /// this came from.
+    pub fn owned(mut self, cache: Arc<Cache>) -> Fetch<Arc<Cache>> {
+        debug_assert!(std::ptr::eq(self.cache, &*cache), "a fetch moved to another cache");
+        Fetch { cache, key: self.key.take() }
+    }
+}
+
+impl<C: std::ops::Deref<Target = Cache>> Fetch<C> {
     /// Stores the answer for `ttl` from `now` (cut by up to 10%, see the
     /// module) and wakes everyone waiting for it.
     pub fn finish(mut self, value: Lookup, now: Instant, ttl: Duration) -> Arc<Lookup> {
@@ -214,7 +239,7 @@ fn jittered(ttl: Duration, hash: u64) -> Duration {
     ttl - ttl.mul_f64((hash % 1000) as f64 / 10_000.0)
 }
 
-impl Drop for Fetch<'_> {
+impl<C: std::ops::Deref<Target = Cache>> Drop for Fetch<C> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let mut shard = self.cache.shard(&key);
@@ -274,7 +299,12 @@ mod tests {
         let Probe::Fetch(f) = c.probe(key.clone(), t0) else { panic!("miss first") };
         f.finish(resp(30), t0, Duration::from_secs(30));
         assert!(matches!(c.probe(key.clone(), t0 + Duration::from_secs(26)), Probe::Hit(_)));
-        assert!(matches!(c.probe(key, t0 + Duration::from_secs(30)), Probe::Fetch(_)), "expired");
+        assert!(matches!(c.probe(key.clone(), t0 + Duration::from_secs(30)), Probe::Stale(..)), "expired");
+        // Long expired: nothing to give, fetch and wait.
+        let other = ("b.test".to_owned(), Rtype::Mx);
+        let Probe::Fetch(f) = c.probe(other.clone(), t0) else { panic!() };
+        f.finish(resp(30), t0, Duration::from_secs(30));
+        assert!(matches!(c.probe(other, t0 + Duration::from_secs(30) + STALE_FOR), Probe::Fetch(_)));
     }
 
     #[test]
@@ -310,9 +340,12 @@ mod tests {
         let Probe::Fetch(f) = c.probe(key.clone(), t0) else { panic!() };
         f.finish(resp(10), t0, Duration::from_secs(10));
         let later = t0 + Duration::from_secs(11);
-        let Probe::Fetch(refresh) = c.probe(key.clone(), later) else { panic!("the first asker refreshes") };
+        let Probe::Stale(old, refresh) = c.probe(key.clone(), later) else {
+            panic!("the first asker gets the old answer and refreshes it")
+        };
+        assert_eq!(old.as_ref().as_ref().map(|r| r.ttl), Ok(10));
         assert!(matches!(c.probe(key.clone(), later), Probe::Hit(_)), "others do not wait");
-        assert_eq!(c.stats.stale.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.stale.load(Ordering::Relaxed), 2);
         // Too long past its expiry: wait for the refresh like before.
         assert!(matches!(c.probe(key.clone(), t0 + Duration::from_secs(10) + STALE_FOR), Probe::Wait(_)));
         refresh.finish(resp(10), later, Duration::from_secs(10));

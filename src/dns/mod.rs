@@ -19,7 +19,7 @@ use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::udp::UdpSocket;
 use monoio::net::TcpStream;
 
-use cache::{Cache, Lookup};
+use cache::{Cache, Lookup, Probe};
 use wire::{Response, Rtype, WireError};
 
 /// Temporary failures are cached this long, so a dead name server is not
@@ -56,10 +56,36 @@ impl Resolver {
         &self.cache
     }
 
-    /// The (possibly cached) answer for `name`/`rtype`.
+    /// The (possibly cached) answer for `name`/`rtype`. An answer that
+    /// expired moments ago comes back at once while a task on this worker
+    /// asks again (RFC 8767): 10,000 domains whose answers expire during a
+    /// run do not make 10,000 deliveries wait for the name server.
     pub async fn query(&self, name: &str, rtype: Rtype) -> Arc<Lookup> {
         let key = (name.to_lowercase(), rtype);
-        self.cache.get_or_fetch(key, crate::rt::clock::instant, || self.ask(name, rtype)).await
+        loop {
+            match self.cache.probe(key.clone(), crate::rt::clock::instant()) {
+                Probe::Hit(v) => return v,
+                Probe::Stale(v, fetch) => {
+                    let fetch = fetch.owned(self.cache.clone());
+                    let (me, name) = (self.clone(), name.to_owned());
+                    monoio::spawn(async move {
+                        let (value, ttl) = me.ask(&name, rtype).await;
+                        fetch.finish(value, crate::rt::clock::instant(), ttl);
+                    });
+                    return v;
+                }
+                Probe::Wait(w) => {
+                    if let Some(v) = w.await {
+                        return v;
+                    }
+                    // The fetcher gave up: try again (perhaps as the fetcher).
+                }
+                Probe::Fetch(f) => {
+                    let (value, ttl) = self.ask(name, rtype).await;
+                    return f.finish(value, crate::rt::clock::instant(), ttl);
+                }
+            }
+        }
     }
 
     /// Asks the servers in turn; returns the lookup and how long to cache it.
@@ -155,6 +181,60 @@ mod tests {
             servers_from_resolv_conf(&p),
             vec!["10.0.0.1:53".parse().unwrap(), SocketAddr::new("fe80::1".parse().unwrap(), 53)]
         );
+    }
+
+    /// An answer that just expired comes back at once, and the next query
+    /// (after the refresh a task made behind it) has the new one.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // reason: a real name server, real time
+    fn an_expired_answer_is_served_while_it_is_refreshed() {
+        use hickory_proto::op::ResponseCode;
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{Name, RData, Record};
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = udp.local_addr().unwrap();
+        let fake = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            // Each query gets the next address, with a TTL of one second.
+            for last in 1..=2u8 {
+                let (n, from) = udp.recv_from(&mut buf).unwrap();
+                let rec = Record::from_rdata(
+                    Name::from_ascii("h.test.").unwrap(),
+                    1,
+                    RData::A(A::new(127, 0, 0, last)),
+                );
+                udp.send_to(&wire::tests::respond(&buf[..n], ResponseCode::NoError, vec![rec], None), from)
+                    .unwrap();
+            }
+        });
+        let ip = |r: &Arc<Lookup>| match &(**r).as_ref().unwrap().answer {
+            wire::Answer::Ips(ips) => ips[0],
+            other => panic!("{other:?}"),
+        };
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap();
+        let cache = Arc::new(Cache::new(16));
+        let resolver = Resolver::new(cache.clone(), vec![server], Duration::from_secs(5), 1);
+        let seen = rt.block_on(async {
+            let first = ip(&resolver.query("h.test", Rtype::A).await);
+            monoio::time::sleep(Duration::from_millis(1100)).await;
+            let stale = ip(&resolver.query("h.test", Rtype::A).await);
+            // The refresh runs on this runtime; meanwhile the old answer
+            // is what everyone gets.
+            let mut fresh = stale;
+            for _ in 0..100 {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                fresh = ip(&resolver.query("h.test", Rtype::A).await);
+                if fresh != stale {
+                    break;
+                }
+            }
+            [first, stale, fresh]
+        });
+        let [a, b, c]: [IpAddr; 3] = ["127.0.0.1", "127.0.0.1", "127.0.0.2"].map(|s| s.parse().unwrap());
+        assert_eq!(seen, [a, b, c]);
+        assert!(cache.stats.stale.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        assert_eq!(cache.stats.misses.load(std::sync::atomic::Ordering::Relaxed), 2, "two queries in all");
+        fake.join().unwrap();
     }
 
     /// A fake name server on loopback: it first sends a spoofed datagram
