@@ -36,6 +36,12 @@ pub fn servers_from_resolv_conf(path: &Path) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Refreshes of just-expired answers running behind their askers, per
+/// worker. Past this the asker refreshes before answering, as for a miss:
+/// 10,000 answers expiring in the same second must not become 10,000
+/// queries (and sockets) at once.
+const BACKGROUND_REFRESHES: usize = 32;
+
 /// A worker's resolver. Cheap to clone; the cache is shared by all workers.
 #[derive(Debug, Clone)]
 pub struct Resolver {
@@ -45,11 +51,19 @@ pub struct Resolver {
     timeout: Duration,
     /// Rounds over all servers.
     rounds: usize,
+    /// Background refreshes running (this worker's clones share it).
+    refreshing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Resolver {
     pub fn new(cache: Arc<Cache>, servers: Vec<SocketAddr>, timeout: Duration, rounds: usize) -> Resolver {
-        Resolver { cache, servers: Arc::new(servers), timeout, rounds: rounds.max(1) }
+        Resolver {
+            cache,
+            servers: Arc::new(servers),
+            timeout,
+            rounds: rounds.max(1),
+            refreshing: Arc::default(),
+        }
     }
 
     pub fn cache(&self) -> &Cache {
@@ -66,9 +80,24 @@ impl Resolver {
             match self.cache.probe(key.clone(), crate::rt::clock::instant()) {
                 Probe::Hit(v) => return v,
                 Probe::Stale(v, fetch) => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    if self.refreshing.fetch_add(1, Relaxed) >= BACKGROUND_REFRESHES {
+                        self.refreshing.fetch_sub(1, Relaxed);
+                        let (value, ttl) = self.ask(name, rtype).await;
+                        return fetch.finish(value, crate::rt::clock::instant(), ttl);
+                    }
+                    // Counted down however the task ends.
+                    struct Running(Arc<std::sync::atomic::AtomicUsize>);
+                    impl Drop for Running {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Relaxed);
+                        }
+                    }
+                    let running = Running(self.refreshing.clone());
                     let fetch = fetch.owned(self.cache.clone());
                     let (me, name) = (self.clone(), name.to_owned());
                     monoio::spawn(async move {
+                        let _running = running;
                         let (value, ttl) = me.ask(&name, rtype).await;
                         fetch.finish(value, crate::rt::clock::instant(), ttl);
                     });
