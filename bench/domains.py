@@ -46,6 +46,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchlib import commit, free_port, machine, ringpost_config
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/ringpost"
 BENCH = ROOT / "target/release/ringpost-bench"
@@ -56,13 +58,6 @@ DNS_PORT = 5354
 def host_addr(h):
     return f"127.1.{h // 250}.{h % 250 + 1}"
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_port(port, proc, what, timeout=30):
@@ -168,17 +163,7 @@ class Ringpost:
         wait_port(self.port, self.proc, "ringpost")
 
     def write(self, hold):
-        self.config.write_text(f"""hostname = "mx.bench.test"
-threads = 1
-[admin]
-address = "127.0.0.1:{self.admin}"
-[log]
-level = "warn"
-[[listener]]
-address = "127.0.0.1:{self.port}"
-[spool]
-dir = "{self.work / 'spool'}"
-[limits]
+        self.config.write_text(ringpost_config("mx.bench.test", 1, self.admin, self.port, self.work / "spool") + f"""[limits]
 connections = 10000
 [delivery]
 hold = {"true" if hold else "false"}
@@ -349,10 +334,6 @@ def main():
 
 
 def write_report(out, args, results):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "--", ".", ":!tuning/results"], cwd=ROOT).returncode != 0
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     med = {}
     for sc in args.scenarios.split(","):
         rates = [r["healthy_rate"] for r in results if r["scenario"] == sc]
@@ -360,8 +341,8 @@ def write_report(out, args, results):
     lines = [
         f"# Many destinations ({datetime.date.today()})",
         "",
-        f"- machine: {os.cpu_count()} CPUs ({cpu}), {os.uname().release}",
-        f"- commit: {commit}{' (dirty)' if dirty else ''}",
+        f"- machine: {machine()}",
+        f"- commit: {commit()}",
         f"- command: `bench/domains.py --messages {args.messages} --domains {args.domains} --hosts {args.hosts} "
         f"--slow-ms {args.slow_ms} --rounds {args.rounds} --ttl {args.ttl}`",
         "- setup: ringpost (1 worker on CPU 0, fsync on, default delivery settings: 20 connections and 100 "

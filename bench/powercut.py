@@ -44,19 +44,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchlib import commit, free_port, machine, ringpost_config
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/ringpost"
 BENCH = ROOT / "target/release/ringpost-bench"
 DOMAIN = "local.test"
 USERS = 20
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def control(path, command, timeout=10):
@@ -116,18 +111,7 @@ class Ringpost:
         self.port = free_port()
         self.admin = free_port()
         config = work / "ringpost.toml"
-        config.write_text(f"""hostname = "mx.test"
-threads = 2
-[admin]
-address = "127.0.0.1:{self.admin}"
-[log]
-level = "warn"
-[[listener]]
-address = "127.0.0.1:{self.port}"
-kind = "mx"
-[spool]
-dir = "{spool}"
-segment_size = 1048576
+        config.write_text(ringpost_config("mx.test", 2, self.admin, self.port, spool) + f"""segment_size = 1048576
 fsync = {"true" if fsync else "false"}
 [relay]
 local_domains = ["{DOMAIN}"]
@@ -353,16 +337,12 @@ def main():
 
 
 def write_report(out, args, result, rounds, lost):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "--", ".", ":!tuning/results"], cwd=ROOT).returncode != 0
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [
         f"# Power cuts under load ({datetime.date.today()})",
         "",
-        f"- machine: {os.cpu_count()} CPUs ({cpu}), {os.uname().release}; backing directory on "
+        f"- machine: {machine()}; backing directory on "
         f"{subprocess.run(['df', '-T', '/tmp'], capture_output=True, text=True).stdout.split()[9]}",
-        f"- commit: {commit}{' (dirty)' if dirty else ''}",
+        f"- commit: {commit()}",
         f"- command: `bench/powercut.py --cuts {args.cuts} --min-acked {args.min_acked} --mode {args.mode} "
         f"--seed {result['seed']}{' --fsync false' if args.fsync == 'false' else ''}`",
         f"- setup: ringpost (2 workers, {'fsync on' if args.fsync == 'true' else 'fsync OFF (the control run)'}, 1 MiB segments) with its spool on `ringpost-bench lazyfs`; "
