@@ -557,6 +557,14 @@ mod tests {
         fs::read(d.abs(Path::new(rel))).ok()
     }
 
+    /// `f`, created and its name made durable, empty: (path, inode).
+    fn durable_empty_file(d: &mut Disk) -> (&'static Path, u64) {
+        let f = Path::new("f");
+        d.create(f, true).unwrap();
+        d.sync_dir(Path::new("")).unwrap();
+        (f, ino(d, "f"))
+    }
+
     fn drop_all(d: &mut Disk) -> CutReport {
         d.cut(&mut || false, &mut |_| 0)
     }
@@ -564,10 +572,7 @@ mod tests {
     #[test]
     fn synced_data_survives_and_the_rest_is_lost() {
         let (_t, mut d) = disk();
-        let f = Path::new("f");
-        d.create(f, true).unwrap();
-        d.sync_dir(Path::new("")).unwrap();
-        let i = ino(&d, "f");
+        let (f, i) = durable_empty_file(&mut d);
         d.write(i, f, 0, b"hello").unwrap();
         assert_eq!(d.read(i, f, 0, 100).unwrap(), b"hello");
         assert_eq!(d.size(i).unwrap(), Some(5));
@@ -647,10 +652,7 @@ mod tests {
     #[test]
     fn truncation_is_pending_until_synced() {
         let (_t, mut d) = disk();
-        let f = Path::new("f");
-        d.create(f, true).unwrap();
-        d.sync_dir(Path::new("")).unwrap();
-        let i = ino(&d, "f");
+        let (f, i) = durable_empty_file(&mut d);
         let big: Vec<u8> = (0..10_000u32).map(|n| n as u8).collect();
         d.write(i, f, 0, &big).unwrap();
         d.sync_file(i).unwrap();
@@ -672,10 +674,7 @@ mod tests {
     #[test]
     fn a_partial_cut_keeps_some_pages_inside_the_synced_size_only() {
         let (_t, mut d) = disk();
-        let f = Path::new("f");
-        d.create(f, true).unwrap();
-        d.sync_dir(Path::new("")).unwrap();
-        let i = ino(&d, "f");
+        let (f, i) = durable_empty_file(&mut d);
         d.write(i, f, 0, &vec![1u8; 3 * PAGE as usize]).unwrap();
         d.sync_file(i).unwrap();
         d.write(i, f, 0, &vec![2u8; 5 * PAGE as usize]).unwrap();
