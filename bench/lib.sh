@@ -23,8 +23,8 @@ machine_line() {
   machine_facts | python3 -c '
 import sys
 f = dict(l.rstrip("\n").split(": ", 1) for l in sys.stdin)
-print(f"- machine: {f[\"cpus\"]} CPUs ({f[\"cpu\"]}), {f[\"memory_gib\"]} GiB, {f[\"kernel\"]}, spool on {f[\"spool_fs\"]}")
-print(f"- commit: {f[\"commit\"]}")'
+print("- machine: %s CPUs (%s), %s GiB, %s, spool on %s" % (f["cpus"], f["cpu"], f["memory_gib"], f["kernel"], f["spool_fs"]))
+print("- commit: " + f["commit"])'
 }
 
 # postfix_private SMTPD_PORT [main.cf lines...]: a private Postfix instance
