@@ -134,6 +134,52 @@ fn one_click_unsubscribe_suppresses_for_the_tenant() {
     assert!(!all[1].contains("X-Tenant"));
 }
 
+#[test]
+fn several_recipients_get_a_copy_each_with_its_own_unsubscribe() {
+    let Setup { rx, srv, ev, .. } = Setup::start();
+    let to = ["one@isp.test", "two@isp.test", "three@other.test"];
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    let reply = c.send_message(
+        "bounces@ours.test",
+        &to,
+        "X-Tenant: acme\r\nFrom: news@ours.test\r\nTo: list@ours.test\r\nSubject: news\r\n\r\nhello\r\n",
+    );
+    c.cmd("QUIT", "221");
+    let id = common::queue_id(&reply).unwrap().to_owned();
+    let got = rx.wait_for(3, Duration::from_secs(15));
+    assert_eq!(got.len(), 3, "one copy per recipient");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.messages().len(), 3, "and no more");
+
+    // Each copy: one recipient in its envelope, named by its own token and reference.
+    let mut urls = std::collections::HashMap::new();
+    let mut refs = std::collections::HashSet::new();
+    for m in &got {
+        let envelope = field(m, "X-Envelope").unwrap();
+        let rcpt = envelope.split(" | ").nth(1).unwrap().trim_matches(['<', '>']).to_owned();
+        assert!(to.contains(&rcpt.as_str()) && !rcpt.contains(','), "{envelope}");
+        let url = field(m, "List-Unsubscribe").unwrap().trim_matches(['<', '>']).to_owned();
+        assert!(urls.insert(rcpt, url).is_none(), "every recipient once");
+        assert!(refs.insert(field(m, "X-Ringpost-Ref").unwrap()), "every copy its own reference");
+        assert_eq!(field(m, "List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"));
+    }
+    let ids: std::collections::HashSet<String> = read_events(&ev)
+        .iter()
+        .filter(|e| e["type"] == "Reception")
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "a Reception event per copy, each its own queue id");
+    assert!(ids.contains(&id), "the first copy keeps the id the 250 named");
+
+    // Unsubscribing the second recipient suppresses that one only.
+    assert_eq!(one_click(&urls["two@isp.test"], "List-Unsubscribe=One-Click"), 200);
+    let (_, list) = srv.http("GET", "/suppression");
+    assert!(list.contains("two@isp.test"), "{list}");
+    assert!(!list.contains("one@isp.test") && !list.contains("three@other.test"), "{list}");
+}
+
 /// GET over a raw socket: (status, body).
 fn get(port: u16, url: &str) -> (u16, String) {
     use std::io::{Read, Write};

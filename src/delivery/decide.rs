@@ -91,9 +91,14 @@ pub fn plan(
         rcpts: reports,
         way: Way::Feedback,
     });
+    // With [feedback], each copy sent carries a reference naming its
+    // recipient only if the copy has one: tenant (bulk) mail goes one
+    // recipient per transaction, so a complaint about any copy can be
+    // tied to its recipient.
+    let one_each = rules.feedback.is_some() && env.tenant.is_some();
     groups
         .into_iter()
-        .map(|(domain, rcpts)| {
+        .flat_map(|(domain, rcpts)| {
             let way = if expired {
                 Way::Expired(format!(
                     "message expired after {} days in the queue; last error: {}",
@@ -105,7 +110,12 @@ pub fn plan(
             } else {
                 Way::Remote
             };
-            Group { domain, rcpts, way }
+            if one_each && way == Way::Remote && rcpts.len() > 1 {
+                let each =
+                    rcpts.iter().map(|&r| Group { domain: domain.clone(), rcpts: vec![r], way: Way::Remote });
+                return each.collect::<Vec<_>>();
+            }
+            vec![Group { domain, rcpts, way }]
         })
         .chain(reports)
         .collect()
@@ -356,6 +366,33 @@ mod tests {
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1], Group { domain: "feedback".into(), rcpts: vec![1], way: Way::Feedback });
         assert!(matches!(groups[0].way, Way::Expired(_)));
+    }
+
+    #[test]
+    fn plan_sends_tenant_mail_one_recipient_each_when_copies_carry_references() {
+        let mut e =
+            env(&[("a@remote.test", ""), ("b@remote.test", ""), ("c@local.test", ""), ("d@local.test", "")]);
+        let local: HashSet<String> = ["local.test".to_owned()].into();
+        let retry = [Duration::from_secs(M)];
+        let fbl: HashSet<String> = ["fbl@local.test".to_owned()].into();
+        let t0 = 1_800_000_000;
+        let shapes = |e: &Envelope, feedback| {
+            let r = Rules { feedback, ..rules(&retry, &local) };
+            plan(e, &[0, 1, 2, 3], t0, None, t0, false, r).into_iter().map(|g| g.rcpts).collect::<Vec<_>>()
+        };
+        // (tenant, [feedback]) -> recipients of each group
+        type Case<'a> = (Option<&'a str>, bool, Vec<Vec<u32>>);
+        let cases: [Case; 4] = [
+            (None, false, vec![vec![2, 3], vec![0, 1]]),
+            (None, true, vec![vec![2, 3], vec![0, 1]]),
+            (Some("acme"), false, vec![vec![2, 3], vec![0, 1]]),
+            // Remote copies one by one; local delivery carries no reference.
+            (Some("acme"), true, vec![vec![2, 3], vec![0], vec![1]]),
+        ];
+        for (tenant, feedback, want) in cases {
+            e.tenant = tenant.map(str::to_owned);
+            assert_eq!(shapes(&e, feedback.then_some(&fbl)), want, "tenant {tenant:?}, feedback {feedback}");
+        }
     }
 
     #[test]

@@ -165,6 +165,19 @@ impl Driver {
         let Some(msg) = self.session.message() else { return };
         let started = instant();
         let snapshot = self.listener.live.get();
+        // Our mail to several recipients that gets RFC 8058 headers: one
+        // copy per recipient, as each token names one recipient.
+        if let Some(u) =
+            snapshot.unsubscribe.as_deref().filter(|_| msg.ours && msg.envelope.recipients.len() > 1)
+        {
+            let copies = unsubscribe_copies(u, msg, &mut self.worker.ids.borrow_mut(), unix_secs());
+            if let Some(copies) = copies {
+                let result = store_copies(&self.worker, &snapshot.dkim, copies, started).await;
+                self.session.handle_stored(result, now());
+                self.bookkeeping();
+                return;
+            }
+        }
         // RFC 8058 headers for tenant mail that has none: before signing,
         // so they are signed.
         let with_unsubscribe = match (&snapshot.unsubscribe, msg.ours, msg.envelope.recipients.as_slice()) {
@@ -256,6 +269,121 @@ impl Driver {
             None => false,
         }
     }
+}
+
+/// One copy of `msg` per recipient, each with `List-Unsubscribe` naming
+/// that recipient; the first keeps the message's queue id (the one the
+/// `250` names), the others get new ones. None if the message has a
+/// `List-Unsubscribe` of its own (it is stored as it is).
+fn unsubscribe_copies(
+    u: &crate::feedback::unsubscribe::Unsubscribe,
+    msg: &crate::smtp::session::Message,
+    ids: &mut crate::envelope::QueueIdGen,
+    unix: u64,
+) -> Option<Vec<(crate::envelope::Envelope, Vec<u8>)>> {
+    let env = &msg.envelope;
+    let mut copies = Vec::with_capacity(env.recipients.len());
+    for (i, rcpt) in env.recipients.iter().enumerate() {
+        let id = if i == 0 { env.id } else { ids.next(unix) };
+        let r = crate::feedback::token::Ref {
+            id: id.to_string(),
+            recipient: Some(rcpt.address.to_string()),
+            tenant: env.tenant.clone(),
+            campaign: env.campaign.clone(),
+        };
+        let body = crate::feedback::unsubscribe::add_headers(u, &msg.body, &r)?;
+        let copy = crate::envelope::Envelope { id, recipients: vec![rcpt.clone()], ..env.clone() };
+        copies.push((copy, body));
+    }
+    Some(copies)
+}
+
+/// Stores the copies [`unsubscribe_copies`] made, all or none: each signed
+/// and appended, then, once every one is durable, queued with its
+/// `Reception` event. If any cannot be stored, those that were are removed
+/// again (a Done record) and the client gets the failure, so a retry does
+/// not send anyone a second copy.
+async fn store_copies(
+    worker: &WorkerCtx,
+    dkim: &Arc<Signers>,
+    copies: Vec<(crate::envelope::Envelope, Vec<u8>)>,
+    started: std::time::Instant,
+) -> Result<(), StoreError> {
+    // The copies and their signatures, beyond the content the session holds.
+    let charge: usize = copies.iter().map(|(_, b)| b.len() + 1024).sum();
+    if !worker.memory.try_charge(charge) {
+        tracing::warn!(copies = copies.len(), "message memory budget spent; message refused for now");
+        return Err(StoreError::Temporary);
+    }
+    let result = store_copies_charged(worker, dkim, copies, started).await;
+    worker.memory.release(charge);
+    result
+}
+
+async fn store_copies_charged(
+    worker: &WorkerCtx,
+    dkim: &Arc<Signers>,
+    copies: Vec<(crate::envelope::Envelope, Vec<u8>)>,
+    started: std::time::Instant,
+) -> Result<(), StoreError> {
+    let n = copies.len();
+    let (copies, signatures) = sign_each(dkim, copies).await;
+    if copies.len() != n || signatures.iter().any(Result::is_err) {
+        tracing::error!(copies = n, "DKIM signing failed; message not stored; replied 451");
+        return Err(StoreError::Local);
+    }
+    let mut tickets = Vec::with_capacity(n);
+    for ((env, body), sig) in copies.into_iter().zip(signatures) {
+        let sig = sig.unwrap_or_default();
+        let size = (sig.len() + body.len()) as u64;
+        let ticket = worker.spool.append_message(&env, &sig, &body);
+        tickets.push((env, size, ticket));
+    }
+    let mut stored = Vec::with_capacity(n);
+    let mut failure = None;
+    for (env, size, ticket) in tickets {
+        match ticket.await {
+            Ok(Ok(_)) => stored.push((env, size)),
+            Ok(Err(AppendError::Unstorable(_))) => failure = failure.or(Some(StoreError::Local)),
+            Ok(Err(AppendError::TooBig)) => failure = failure.or(Some(StoreError::TooBig)),
+            Ok(Err(e)) => {
+                inc(&worker.metrics.spool_failures);
+                tracing::warn!(error = %e, "message copy not stored");
+                failure = failure.or(Some(StoreError::Temporary));
+            }
+            Err(_) => failure = failure.or(Some(StoreError::Temporary)),
+        }
+    }
+    if let Some(e) = failure {
+        for (env, _) in &stored {
+            // Not queued yet: no delivery can have started.
+            let _ = worker.spool.finish(env.id).await;
+        }
+        tracing::warn!(
+            copies = n,
+            stored = stored.len(),
+            "not every copy of a message was stored; none kept"
+        );
+        return Err(e);
+    }
+    let m = &worker.metrics;
+    let log = worker.owner.events();
+    let mut received = Vec::new();
+    for (env, size) in &stored {
+        inc(&m.messages_accepted);
+        m.bytes_accepted.fetch_add(*size, Ordering::Relaxed);
+        m.store_latency.observe_us(started.elapsed().as_micros() as u64);
+        tracing::info!(id = %env.id, from = %env.reverse_path, rcpts = 1, size,
+            client = %env.client_ip.map(|i| i.to_string()).unwrap_or_default(), "queued (one copy per recipient)");
+        if log.enabled() {
+            let mut e = events::Event::about(EventType::Reception, env, *size, unix_millis());
+            e.recipients = env.recipients.iter().map(|r| r.address.to_string()).collect();
+            received.push(e);
+        }
+        worker.owner.enqueue_new(env);
+    }
+    log.emit(received);
+    Ok(())
 }
 
 /// The DKIM-Signature fields for `msg`, one per `[[dkim]]` entry of its
