@@ -101,6 +101,8 @@ pub struct Metrics {
     pub inject_failed_recipients: AtomicU64,
     /// Tenants held by `scope = "tenant"` shaping automation.
     pub tenant_holds: crate::delivery::shaping::TenantHolds,
+    /// Automation state saved across restarts (`<spool>/automation.json`).
+    pub automation: crate::delivery::shaping::SavedAutomation,
 }
 
 /// One webhook's counters.

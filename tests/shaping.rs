@@ -230,3 +230,73 @@ fn tenant_scoped_suspension_stops_that_tenant_only() {
         .to_owned();
     assert!(err.contains("tenant acme is suspended"), "{err}");
 }
+
+/// What automation had in force survives kill -9 and a restart: the
+/// suspended destination still gets no connection and the suspended
+/// tenant's mail still waits, until their ends; /queue shows both again.
+#[test]
+fn automation_state_survives_a_restart() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let map = dir.join("replies");
+    std::fs::write(
+        &map,
+        "auth@g.test|550 5.7.26 This mail has been blocked because the sender is unauthenticated.\n\
+         busy@y.test|421 4.7.28 unusual rate of mail\n",
+    )
+    .unwrap();
+    let rx = Receiver::start("127.0.0.1", port, &["--mode", "rcpt-map", "--arg", map.to_str().unwrap()]);
+    let config = format!(
+        "[[shaping]]\ndomain = \"g.test\"\n\
+         [[shaping.automation]]\nreply = '5\\.7\\.26'\naction = \"suspend\"\nduration = \"1h\"\nscope = \"tenant\"\n\
+         [[shaping]]\ndomain = \"y.test\"\n\
+         [[shaping.automation]]\nreply = '4\\.7\\.28'\naction = \"suspend\"\nduration = \"1h\"\n\
+         [[tenant]]\nname = \"acme\"\n\
+         [[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{port}\"]\n\
+         [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
+    );
+    let send = |srv: &Server, to: &str, headers: &str| {
+        let mut c = srv.client();
+        c.expect("220");
+        c.cmd("EHLO c.test", "250");
+        c.send_message("s@x.test", &[to], &format!("{headers}Subject: s\r\n\r\nbody\r\n"));
+        c.cmd("QUIT", "221");
+    };
+    let srv = Server::start_in(&dir, &config);
+    send(&srv, "auth@g.test", "X-Tenant: acme\r\n");
+    send(&srv, "busy@y.test", "");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let q = srv.queue();
+        q["tenant_suspensions"][0]["tenant"] == "acme"
+            && q["suspensions"][0]["destination"] == "domain:y.test"
+    }));
+    // Saved within a second of the change.
+    assert!(wait_until(Duration::from_secs(5), || std::fs::read_to_string(
+        dir.join("spool/automation.json")
+    )
+    .is_ok_and(|t| t.contains("acme") && t.contains("domain:y.test"))));
+    srv.kill9();
+    let connections = rx.connections().0;
+
+    let srv = Server::start_in(&dir, &config);
+    let q = srv.queue();
+    assert_eq!(q["tenant_suspensions"][0]["tenant"], "acme", "{q}");
+    assert!(q["tenant_suspensions"][0]["reason"].as_str().unwrap().contains("5.7.26"), "{q}");
+    assert_eq!(q["suspensions"][0]["destination"], "domain:y.test", "{q}");
+    assert!(q["suspensions"][0]["reason"].as_str().unwrap().contains("4.7.28"), "{q}");
+    // Mail the suspensions hold waits; other mail goes.
+    send(&srv, "r@elsewhere.test", "X-Tenant: acme\r\n");
+    send(&srv, "other@y.test", "");
+    send(&srv, "r@elsewhere.test", "");
+    assert!(wait_until(Duration::from_secs(10), || rx
+        .messages()
+        .iter()
+        .any(|m| m.contains("r@elsewhere.test") && !m.contains("X-Tenant"))));
+    std::thread::sleep(Duration::from_millis(2500));
+    let got = rx.messages();
+    assert!(!got.iter().any(|m| m.contains("<other@y.test>")), "y.test is still suspended: {got:?}");
+    assert_eq!(got.iter().filter(|m| m.contains("<r@elsewhere.test>")).count(), 1, "acme's waits: {got:?}");
+    assert_eq!(rx.connections().0, connections + 1, "one connection, for the other sender's message only");
+    // busy@y.test (retried after the restart? no: still suspended), other@y.test, acme's message.
+    assert_eq!(srv.queued_messages(), 3);
+}

@@ -168,13 +168,19 @@ impl Destinations {
             .borrow_mut()
             .entry(job.budget())
             .or_insert_with(|| {
+                let source = job.source.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                // What automation had in force before a restart.
+                let auto = match self.metrics.automation.get(&source, &job.shape.key) {
+                    Some(saved) => AutoState::restore(&saved, now, unix_secs()),
+                    None => AutoState::default(),
+                };
                 Rc::new(Budget {
-                    source: job.source.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                    source,
                     shape_key: job.shape.key.clone(),
                     ruled: Cell::new(false),
                     limits: RefCell::new(job.shape.limits.clone()),
                     automation: RefCell::new(Vec::new()),
-                    auto: RefCell::new(AutoState::default()),
+                    auto: RefCell::new(auto),
                     active: Cell::new(0),
                     next_send: Cell::new(now),
                     dests: RefCell::new(Vec::new()),
@@ -325,6 +331,7 @@ impl Destinations {
                 Some(t) => {
                     let until = unix_secs() + duration.as_secs();
                     self.metrics.tenant_holds.hold(t, until, &why, unix_secs());
+                    self.metrics.automation.touch();
                     tracing::warn!(target: "delivery", tenant = %t, seconds = duration.as_secs(), reason = %why,
                         "shaping automation: tenant suspended");
                 }
@@ -338,6 +345,8 @@ impl Destinations {
             }
         }
         if !reaction.started.is_empty() {
+            let saved = budget.auto.borrow().save(now, unix_secs());
+            self.metrics.automation.put(&budget.source, &budget.shape_key, saved);
             let (source, dest) = budget.label();
             tracing::warn!(target: "delivery", source = %source, destination = %budget.shape_key,
                 action = %reaction.started.join(", "), reply = %reply, "shaping automation");

@@ -385,6 +385,191 @@ impl AutoState {
     }
 }
 
+/// What of one budget's automation outlives a restart: the suspension and
+/// the lowered rate in force, their ends in Unix seconds (an `Instant`
+/// means nothing to the next process). Match counts toward thresholds are
+/// not kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SavedAuto {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_until: Option<u64>,
+    /// The lowered rate: messages per `rate_per_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_secs: Option<u64>,
+}
+
+impl SavedAuto {
+    pub fn is_empty(&self) -> bool {
+        self.suspended_until.is_none() && self.rate_until.is_none()
+    }
+}
+
+impl AutoState {
+    /// What is in force at `now` (`unix` is the same moment in Unix seconds).
+    pub fn save(&self, now: Instant, unix: u64) -> SavedAuto {
+        let at = |t: Instant| unix + t.saturating_duration_since(now).as_secs().max(1);
+        let mut out = SavedAuto::default();
+        if let Some((t, why)) = self.suspended.as_ref().filter(|(t, _)| *t > now) {
+            out.suspended_until = Some(at(*t));
+            out.why = why.clone();
+        }
+        if let Some((t, r)) = self.rate.filter(|(t, _)| *t > now) {
+            out.rate_until = Some(at(t));
+            out.rate_count = Some(r.count);
+            out.rate_per_secs = Some(r.per.as_secs());
+        }
+        out
+    }
+
+    /// The state `saved` describes, as of `now` (`unix`): what has ended
+    /// since is dropped; a rate that cannot be one (zero count or period)
+    /// is ignored.
+    pub fn restore(saved: &SavedAuto, now: Instant, unix: u64) -> AutoState {
+        let until = |t: u64| (t > unix).then(|| now + Duration::from_secs(t - unix));
+        let suspended = saved.suspended_until.and_then(until).map(|t| (t, saved.why.clone()));
+        let rate = match (saved.rate_until.and_then(until), saved.rate_count, saved.rate_per_secs) {
+            (Some(t), Some(count), Some(per)) if count > 0 && per > 0 => {
+                Some((t, Rate { count, per: Duration::from_secs(per) }))
+            }
+            _ => None,
+        };
+        AutoState { matches: Vec::new(), suspended, rate }
+    }
+}
+
+/// Automation state kept across restarts (`<spool>/automation.json`): the
+/// tenant holds and every budget's [`SavedAuto`], by source name ("" for
+/// the default address) and shaping key. The shell writes it when
+/// [`SavedAutomation::take_dirty`] says so; this is the data and its JSON form.
+#[derive(Debug, Default)]
+pub struct SavedAutomation {
+    inner: std::sync::Mutex<SavedInner>,
+}
+
+#[derive(Debug, Default)]
+struct SavedInner {
+    budgets: std::collections::BTreeMap<(String, String), SavedAuto>,
+    dirty: bool,
+}
+
+/// Most budgets kept (budgets come from config: sources x rules).
+pub const MAX_SAVED_BUDGETS: usize = 100_000;
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedFile {
+    #[serde(default)]
+    tenants: Vec<SavedTenant>,
+    #[serde(default)]
+    budgets: Vec<SavedBudget>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedTenant {
+    tenant: String,
+    until: u64,
+    why: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedBudget {
+    source: String,
+    key: String,
+    #[serde(flatten)]
+    state: SavedAuto,
+}
+
+impl SavedAutomation {
+    /// Records a budget's state (none left: forgotten); marks it to save.
+    pub fn put(&self, source: &str, key: &str, state: SavedAuto) {
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let k = (source.to_owned(), key.to_owned());
+        if state.is_empty() {
+            i.budgets.remove(&k);
+        } else if i.budgets.len() < MAX_SAVED_BUDGETS || i.budgets.contains_key(&k) {
+            i.budgets.insert(k, state);
+        }
+        i.dirty = true;
+    }
+
+    /// The saved state of a budget, if any.
+    pub fn get(&self, source: &str, key: &str) -> Option<SavedAuto> {
+        let i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        i.budgets.get(&(source.to_owned(), key.to_owned())).cloned()
+    }
+
+    /// Something changed that is saved (a tenant hold): save it.
+    pub fn touch(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+    }
+
+    /// The JSON to save, if anything changed since the last call: what is
+    /// in force at `unix` (ended suspensions are dropped from the map too).
+    pub fn take_dirty(&self, tenants: &TenantHolds, unix: u64) -> Option<String> {
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !std::mem::take(&mut i.dirty) {
+            return None;
+        }
+        let live = |t: Option<u64>| t.is_some_and(|t| t > unix);
+        i.budgets.retain(|_, s| live(s.suspended_until) || live(s.rate_until));
+        let file = SavedFile {
+            tenants: tenants
+                .all(unix)
+                .into_iter()
+                .map(|(tenant, until, why)| SavedTenant { tenant, until, why })
+                .collect(),
+            budgets: i
+                .budgets
+                .iter()
+                .map(|((source, key), state)| SavedBudget {
+                    source: source.clone(),
+                    key: key.clone(),
+                    state: state.clone(),
+                })
+                .collect(),
+        };
+        serde_json::to_string_pretty(&file).ok()
+    }
+
+    /// Loads a saved file: tenant holds into `tenants`, budgets kept for
+    /// [`SavedAutomation::get`]; what ended before `unix` is dropped.
+    /// Returns the budget suspensions in force (source, key, until, why)
+    /// for `/queue`.
+    pub fn load(
+        &self,
+        json: &str,
+        tenants: &TenantHolds,
+        unix: u64,
+    ) -> Result<Vec<(String, String, u64, String)>, String> {
+        let file: SavedFile = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for t in file.tenants.into_iter().take(MAX_TENANT_HOLDS) {
+            if t.until > unix {
+                tenants.hold(&t.tenant, t.until, &t.why, unix);
+            }
+        }
+        let mut suspended = Vec::new();
+        for b in file.budgets.into_iter().take(MAX_SAVED_BUDGETS) {
+            let live = |t: Option<u64>| t.is_some_and(|t| t > unix);
+            if !(live(b.state.suspended_until) || live(b.state.rate_until)) {
+                continue;
+            }
+            if let Some(until) = b.state.suspended_until.filter(|&t| t > unix) {
+                suspended.push((b.source.clone(), b.key.clone(), until, b.state.why.clone()));
+            }
+            i.budgets.insert((b.source, b.key), b.state);
+        }
+        Ok(suspended)
+    }
+}
+
 /// A reply cut to a length fit for a log line or `/queue`.
 fn short(reply: &str) -> String {
     let mut end = reply.len().min(200);

@@ -382,6 +382,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
         crate::delivery::owner::load_sts_policies(&dir, crate::rt::clock::unix_secs());
     *metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner()) =
         crate::admin::load_holds(&dir).map_err(|e| ServeError::Runtime(format!("queue suspensions: {e}")))?;
+    load_automation(&dir, &metrics).map_err(ServeError::Runtime)?;
+    start_automation_saver(&dir, &metrics).map_err(ServeError::Runtime)?;
     let events = crate::events::log::EventLog::start(&dir, config.event_settings(), metrics.clone())
         .map_err(|e| ServeError::Config(format!("[events]: {e}")))?;
     let shared = Arc::new(Shared {
@@ -494,9 +496,81 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     }
     // Events handed over during the drain reach the disk before we exit.
     shared.events.flush(Duration::from_secs(5));
+    // Automation state changed in the last second is kept too.
+    let m = &shared.metrics;
+    if let Some(json) = m.automation.take_dirty(&m.tenant_holds, crate::rt::clock::unix_secs()) {
+        if let Err(e) = write_durably(&dir, AUTOMATION_FILE, json.as_bytes()) {
+            tracing::error!(error = %e, "cannot save shaping automation state");
+        }
+    }
     drop(lock);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Where shaping automation's state is kept across restarts.
+const AUTOMATION_FILE: &str = "automation.json";
+
+/// Loads what shaping automation had in force before the last stop: tenant
+/// holds, budget suspensions and lowered rates that have not ended yet. A
+/// file that cannot be read is a startup error naming it.
+fn load_automation(spool: &Path, metrics: &Metrics) -> Result<(), String> {
+    let path = spool.join(AUTOMATION_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let now = crate::rt::clock::unix_secs();
+    let suspended = metrics.automation.load(&text, &metrics.tenant_holds, now).map_err(|e| {
+        format!(
+            "{}: {e} (fix it, or remove it to forget what shaping automation had in force)",
+            path.display()
+        )
+    })?;
+    let mut s = metrics.suspensions.lock().unwrap_or_else(|p| p.into_inner());
+    for (source, key, until, why) in suspended {
+        let source = if source.is_empty() { "default".to_owned() } else { source };
+        s.insert((source, key), (until, why));
+    }
+    let tenants = metrics.tenant_holds.all(now).len();
+    tracing::info!(budgets = s.len(), tenants, "shaping automation state restored");
+    Ok(())
+}
+
+/// A thread that writes `automation.json` (temporary file, fsync, rename,
+/// directory fsync) within a second of a change automation made.
+fn start_automation_saver(spool: &Path, metrics: &Arc<Metrics>) -> Result<(), String> {
+    let (spool, metrics) = (spool.to_path_buf(), metrics.clone());
+    std::thread::Builder::new()
+        .name("ringpost-autosave".into())
+        .spawn(move || loop {
+            #[allow(clippy::disallowed_methods)] // reason: its own thread, not a worker's event loop
+            std::thread::sleep(Duration::from_secs(1));
+            let Some(json) =
+                metrics.automation.take_dirty(&metrics.tenant_holds, crate::rt::clock::unix_secs())
+            else {
+                continue;
+            };
+            if let Err(e) = write_durably(&spool, AUTOMATION_FILE, json.as_bytes()) {
+                tracing::error!(error = %e, "cannot save shaping automation state; trying again");
+                metrics.automation.touch();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the automation saver thread: {e}"))
+}
+
+/// Writes `dir/name` so that a crash leaves the old file or the new one:
+/// a temporary file, fsync, rename, the directory fsynced.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// What SIGHUP may change.

@@ -295,3 +295,82 @@ fn tenant_scope() {
     assert_eq!(holds.all(0).len(), MAX_TENANT_HOLDS, "bounded");
     assert!(holds.held(&format!("t{}", MAX_TENANT_HOLDS + 9), 0).is_some(), "the newest kept");
 }
+
+/// What automation had in force comes back after a restart, in simulated
+/// time: suspensions and lowered rates keep their Unix ends, what ended
+/// meanwhile is gone, match counts start over, bad rates are ignored.
+#[test]
+fn saved_state_outlives_a_restart() {
+    let a = automation(
+        "[[shaping.automation]]\nreply = '4\\.7\\.28'\naction = \"suspend\"\nduration = \"1h\"\n\
+         [[shaping.automation]]\nreply = '4\\.7\\.0 slow'\naction = { rate = \"10/min\" }\nduration = \"10m\"\n",
+    );
+    let (t0, unix0) = (Instant::now(), 1_800_000_000u64);
+    let mut state = AutoState::default();
+    state.on_reply(&a, "421 4.7.28 unusual rate", t0);
+    state.on_reply(&a, "451 4.7.0 slow down", t0);
+    let saved = state.save(t0 + Duration::from_secs(60), unix0 + 60);
+    assert_eq!(saved.suspended_until, Some(unix0 + 3600));
+    assert!(saved.why.contains("4.7.28"));
+    assert_eq!(
+        (saved.rate_until, saved.rate_count, saved.rate_per_secs),
+        (Some(unix0 + 600), Some(10), Some(60))
+    );
+
+    // The next process: its own Instants, the same Unix clock.
+    let t1 = Instant::now() + Duration::from_secs(7);
+    // (seconds after the save, suspended?, the lowered rate in force?);
+    // the rate ends 540 s after the save, the suspension 3,540 s after.
+    let cases =
+        [(0, true, true), (539, true, true), (540, true, false), (3539, true, false), (3540, false, false)];
+    for (after, suspended, slowed) in cases {
+        let unix = unix0 + 60 + after;
+        let back = AutoState::restore(&saved, t1, unix);
+        assert_eq!(back.suspended(t1).is_some(), suspended, "{after}s after");
+        assert_eq!(back.rate(t1, None).is_some(), slowed, "{after}s after");
+        if let Some((until, why)) = back.suspended(t1) {
+            assert_eq!(until.duration_since(t1).as_secs(), unix0 + 3600 - unix);
+            assert!(why.contains("4.7.28"));
+        }
+        assert!(back.suspended(t1 + Duration::from_secs(unix0 + 3600 - unix)).is_none(), "ends on time");
+    }
+    let nonsense =
+        SavedAuto { rate_until: Some(unix0 + 600), rate_count: Some(0), rate_per_secs: Some(60), ..saved };
+    assert!(AutoState::restore(&nonsense, t1, unix0).rate(t1, None).is_none(), "a zero rate is no rate");
+    assert!(AutoState::default().save(t0, unix0).is_empty());
+}
+
+/// The saved file: written only after a change, round-trips tenant holds
+/// and budgets, drops what ended, refuses what it cannot read.
+#[test]
+fn saved_file_round_trips() {
+    let unix = 1_800_000_000u64;
+    let (saved, holds) = (SavedAutomation::default(), TenantHolds::default());
+    assert_eq!(saved.take_dirty(&holds, unix), None, "nothing changed");
+    holds.hold("acme", unix + 3600, "550 5.7.26", unix);
+    saved.touch();
+    let busy = SavedAuto { suspended_until: Some(unix + 60), why: "421 4.7.28".into(), ..Default::default() };
+    saved.put("ip1", "mx:*.google.com", busy.clone());
+    let ended = SavedAuto { suspended_until: Some(unix - 1), why: "old".into(), ..Default::default() };
+    saved.put("", "domain:old.test", ended);
+    let json = saved.take_dirty(&holds, unix).unwrap();
+    assert_eq!(saved.take_dirty(&holds, unix), None, "saved once per change");
+    assert!(!json.contains("old.test"), "what ended is not saved: {json}");
+
+    let (back, back_holds) = (SavedAutomation::default(), TenantHolds::default());
+    let suspended = back.load(&json, &back_holds, unix + 10).unwrap();
+    assert_eq!(suspended, vec![("ip1".into(), "mx:*.google.com".into(), unix + 60, "421 4.7.28".into())]);
+    assert_eq!(back.get("ip1", "mx:*.google.com"), Some(busy));
+    assert_eq!(back_holds.held("acme", unix + 10), Some((unix + 3600, "550 5.7.26".into())));
+    // Loaded after everything ended: nothing comes back.
+    let (late, late_holds) = (SavedAutomation::default(), TenantHolds::default());
+    assert!(late.load(&json, &late_holds, unix + 4000).unwrap().is_empty());
+    assert!(late.get("ip1", "mx:*.google.com").is_none() && late_holds.all(unix + 4000).is_empty());
+    // Forgetting a budget (nothing left in force) is a change too.
+    back.put("ip1", "mx:*.google.com", SavedAuto::default());
+    assert!(!back.take_dirty(&back_holds, unix + 10).unwrap().contains("google"));
+
+    for bad in ["", "{", "{\"tenants\": 5}", "{\"budgets\": [{\"source\": \"a\"}]}", "{\"other\": []}"] {
+        assert!(SavedAutomation::default().load(bad, &TenantHolds::default(), unix).is_err(), "{bad:?}");
+    }
+}
