@@ -306,10 +306,10 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (dnsmasq, many loopback addresses)")
-    for b in (BIN, BENCH):
-        if not b.exists():
-            subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringpost", "-p", "ringpost-bench"],
-                           cwd=ROOT, check=True)
+    # Always (a no-op when up to date): a stale binary would be measured
+    # under this checkout's commit.
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringpost", "-p", "ringpost-bench"],
+                   cwd=ROOT, check=True)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out) if args.out else ROOT / f"tuning/results/{date}-domains.md"
     base = Path(tempfile.mkdtemp(prefix="ringpost-domains."))

@@ -247,10 +247,11 @@ def main():
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out) if args.out else ROOT / f"tuning/results/{date}-powercut.md"
     raw = out.with_suffix(".log")
-    for b in (BIN, BENCH):
-        if not b.exists() and not (args.ringpost or args.bench):
-            subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringpost", "-p", "ringpost-bench"],
-                           cwd=ROOT, check=True)
+    # Always (a no-op when up to date): a stale binary would be measured
+    # under this checkout's commit.
+    if not (args.ringpost or args.bench):
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringpost", "-p", "ringpost-bench"],
+                       cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="ringpost-powercut."))
     log = open(raw, "w")
     print(f"powercut: seed {seed}, work {work}, log {raw}", flush=True)

@@ -201,3 +201,43 @@ fn links_in_the_maildrop_are_not_followed() {
     assert!(outside.exists());
     drop(srv);
 }
+
+/// Tenant mail to several recipients with `[unsubscribe]`: a copy each,
+/// each with a one-click URL naming its recipient, as over SMTP.
+#[test]
+fn tenant_mail_to_several_recipients_gets_a_copy_each_with_unsubscribe() {
+    let port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let extra = format!(
+        "[unsubscribe]\nbase_url = \"https://unsub.example.test\"\nsecret = \"a long enough unsubscribe secret\"\n\
+         [[tenant]]\nname = \"acme\"\n\
+         [[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{port}\"]\n\
+         [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
+    );
+    let cfg = dir.join("ringpost.toml");
+    std::fs::write(&cfg, config_text(&dir, &extra)).unwrap();
+    let c = cfg.to_str().unwrap();
+    let (code, err) = sendmail(
+        Path::new(BIN),
+        &["sendmail", "-C", c, "-i", "-f", "news@example.test", "a@example.test", "b@example.test"],
+        b"From: news@example.test\nX-Tenant: acme\nSubject: news\n\nhello\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let _srv = Server::start_with_config(&dir, &cfg);
+    let got = rx.wait_for(2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(wait_until(Duration::from_secs(5), || drops(&dir) == 0), "picked-up file removed");
+    let mut urls: Vec<String> = got
+        .iter()
+        .map(|m| {
+            let envelope = m.lines().find(|l| l.starts_with("X-Envelope:")).unwrap();
+            assert_eq!(envelope.matches('@').count(), 2, "one sender, one recipient: {envelope}");
+            let line = m.lines().skip_while(|l| !l.starts_with("List-Unsubscribe:")).nth(1).unwrap();
+            line.trim().to_owned()
+        })
+        .collect();
+    urls.dedup();
+    assert_eq!(urls.len(), 2, "each copy its own token: {urls:?}");
+    assert!(urls.iter().all(|u| u.starts_with("<https://unsub.example.test/unsubscribe/v1.")), "{urls:?}");
+}

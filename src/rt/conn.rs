@@ -275,7 +275,7 @@ impl Driver {
 /// that recipient; the first keeps the message's queue id (the one the
 /// `250` names), the others get new ones. None if the message has a
 /// `List-Unsubscribe` of its own (it is stored as it is).
-fn unsubscribe_copies(
+pub(super) fn unsubscribe_copies(
     u: &crate::feedback::unsubscribe::Unsubscribe,
     msg: &crate::smtp::session::Message,
     ids: &mut crate::envelope::QueueIdGen,
@@ -303,7 +303,7 @@ fn unsubscribe_copies(
 /// `Reception` event. If any cannot be stored, those that were are removed
 /// again (a Done record) and the client gets the failure, so a retry does
 /// not send anyone a second copy.
-async fn store_copies(
+pub(super) async fn store_copies(
     worker: &WorkerCtx,
     dkim: &Arc<Signers>,
     copies: Vec<(crate::envelope::Envelope, Vec<u8>)>,

@@ -72,6 +72,8 @@ async fn round(w: &WorkerCtx, dir: &Path, live: &super::live::Live) -> usize {
         .unwrap_or_default();
     let mut batch = Batch::default();
     let mut bad = Vec::new();
+    // Files stored as a copy per recipient (all or none each).
+    let mut split = Vec::new();
     let unix = unix_secs();
     for (path, file) in files {
         let (bytes, uid) = match file {
@@ -98,7 +100,7 @@ async fn round(w: &WorkerCtx, dir: &Path, live: &super::live::Live) -> usize {
         if let Some((t, c, rest)) = crate::mail::take_tenant_fields(&message) {
             (tenant, campaign, message) = (t, c, rest);
         }
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             id,
             received_at: unix,
             smtputf8: !p.recipients.iter().all(|r| r.address.is_ascii())
@@ -116,6 +118,18 @@ async fn round(w: &WorkerCtx, dir: &Path, live: &super::live::Live) -> usize {
             requiretls: false,
             tls_not_required: crate::mail::tls_not_required(&message),
         };
+        // Tenant mail to several recipients: a copy each, as over SMTP.
+        if let Some(u) = snapshot.unsubscribe.as_deref().filter(|_| envelope.recipients.len() > 1) {
+            let msg = crate::smtp::session::Message { envelope, body: message, ours: true };
+            let copies = super::conn::unsubscribe_copies(u, &msg, &mut w.ids.borrow_mut(), unix);
+            match copies {
+                Some(copies) => {
+                    split.push((path, copies));
+                    continue;
+                }
+                None => (envelope, message) = (msg.envelope, msg.body),
+            }
+        }
         let message = match (&snapshot.unsubscribe, envelope.recipients.as_slice()) {
             (Some(u), [one]) => {
                 let r = crate::feedback::token::Ref {
@@ -132,6 +146,14 @@ async fn round(w: &WorkerCtx, dir: &Path, live: &super::live::Live) -> usize {
         batch.push(path, envelope, message);
     }
     let mut done = Vec::new();
+    for (path, copies) in split {
+        match super::conn::store_copies(w, &snapshot.dkim, copies, crate::rt::clock::instant()).await {
+            Ok(()) => done.push(path),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), why = ?e, "maildrop file left for the next round")
+            }
+        }
+    }
     batch
         .spool(
             &snapshot.dkim,
