@@ -25,6 +25,26 @@ fn refused(rx: &Receiver) -> u32 {
     std::fs::read_to_string(rx.dir.join("refused")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
+/// A receiver answering RCPT TO per `replies` (lines `ADDR|REPLY`), its
+/// port, and the directory the server's files will live in.
+fn mapped_receiver(replies: &str) -> (Receiver, u16, std::path::PathBuf) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let map = dir.join("replies");
+    std::fs::write(&map, replies).unwrap();
+    let rx = Receiver::start("127.0.0.1", port, &["--mode", "rcpt-map", "--arg", map.to_str().unwrap()]);
+    (rx, port, dir)
+}
+
+/// One message from a relay client to `to`, with `headers` on top.
+fn send_with(srv: &Server, to: &str, headers: &str) {
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO c.test", "250");
+    c.send_message("s@x.test", &[to], &format!("{headers}Subject: s\r\n\r\nbody\r\n"));
+    c.cmd("QUIT", "221");
+}
+
 /// Two domains on different MX hosts of one provider share one budget
 /// (`mx` glob): one connection at a time and 5 messages a second between
 /// them, where without the rule each would have its own.
@@ -177,15 +197,9 @@ fn rules_follow_reloads() {
 /// /metrics; other senders' mail to the same places keeps flowing.
 #[test]
 fn tenant_scoped_suspension_stops_that_tenant_only() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let map = dir.join("replies");
-    std::fs::write(
-        &map,
+    let (rx, port, dir) = mapped_receiver(
         "auth@g.test|550 5.7.26 This mail has been blocked because the sender is unauthenticated.\n",
-    )
-    .unwrap();
-    let rx = Receiver::start("127.0.0.1", port, &["--mode", "rcpt-map", "--arg", map.to_str().unwrap()]);
+    );
     let srv = Server::start_in(
         &dir,
         &format!(
@@ -196,13 +210,7 @@ fn tenant_scoped_suspension_stops_that_tenant_only() {
              [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
         ),
     );
-    let send = |to: &str, headers: &str| {
-        let mut c = srv.client();
-        c.expect("220");
-        c.cmd("EHLO c.test", "250");
-        c.send_message("s@x.test", &[to], &format!("{headers}Subject: s\r\n\r\nbody\r\n"));
-        c.cmd("QUIT", "221");
-    };
+    let send = |to: &str, headers: &str| send_with(&srv, to, headers);
     send("auth@g.test", "X-Tenant: acme\r\n");
     assert!(wait_until(Duration::from_secs(10), || srv
         .http("GET", "/metrics")
@@ -236,16 +244,10 @@ fn tenant_scoped_suspension_stops_that_tenant_only() {
 /// tenant's mail still waits, until their ends; /queue shows both again.
 #[test]
 fn automation_state_survives_a_restart() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let map = dir.join("replies");
-    std::fs::write(
-        &map,
+    let (rx, port, dir) = mapped_receiver(
         "auth@g.test|550 5.7.26 This mail has been blocked because the sender is unauthenticated.\n\
          busy@y.test|421 4.7.28 unusual rate of mail\n",
-    )
-    .unwrap();
-    let rx = Receiver::start("127.0.0.1", port, &["--mode", "rcpt-map", "--arg", map.to_str().unwrap()]);
+    );
     let config = format!(
         "[[shaping]]\ndomain = \"g.test\"\n\
          [[shaping.automation]]\nreply = '5\\.7\\.26'\naction = \"suspend\"\nduration = \"1h\"\nscope = \"tenant\"\n\
@@ -255,13 +257,7 @@ fn automation_state_survives_a_restart() {
          [[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{port}\"]\n\
          [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\n"
     );
-    let send = |srv: &Server, to: &str, headers: &str| {
-        let mut c = srv.client();
-        c.expect("220");
-        c.cmd("EHLO c.test", "250");
-        c.send_message("s@x.test", &[to], &format!("{headers}Subject: s\r\n\r\nbody\r\n"));
-        c.cmd("QUIT", "221");
-    };
+    let send = send_with;
     let srv = Server::start_in(&dir, &config);
     send(&srv, "auth@g.test", "X-Tenant: acme\r\n");
     send(&srv, "busy@y.test", "");
