@@ -271,10 +271,16 @@ impl Driver {
     }
 }
 
+/// Most bytes the copies of one message may take together; past it the
+/// message is stored once, without `List-Unsubscribe` (a copy per
+/// recipient would never fit the memory budget, and mail must still go).
+const MAX_COPIES_BYTES: usize = 64 << 20;
+
 /// One copy of `msg` per recipient, each with `List-Unsubscribe` naming
 /// that recipient; the first keeps the message's queue id (the one the
 /// `250` names), the others get new ones. None if the message has a
-/// `List-Unsubscribe` of its own (it is stored as it is).
+/// `List-Unsubscribe` of its own, or the copies would pass
+/// [`MAX_COPIES_BYTES`] (it is stored as it is).
 pub(super) fn unsubscribe_copies(
     u: &crate::feedback::unsubscribe::Unsubscribe,
     msg: &crate::smtp::session::Message,
@@ -282,6 +288,11 @@ pub(super) fn unsubscribe_copies(
     unix: u64,
 ) -> Option<Vec<(crate::envelope::Envelope, Vec<u8>)>> {
     let env = &msg.envelope;
+    if (msg.body.len() + 512).saturating_mul(env.recipients.len()) > MAX_COPIES_BYTES {
+        tracing::warn!(id = %env.id, recipients = env.recipients.len(), size = msg.body.len(),
+            "too big to store a copy per recipient: stored once, without List-Unsubscribe");
+        return None;
+    }
     let mut copies = Vec::with_capacity(env.recipients.len());
     for (i, rcpt) in env.recipients.iter().enumerate() {
         let id = if i == 0 { env.id } else { ids.next(unix) };
@@ -488,5 +499,57 @@ pub(super) fn suppressed_event(s: crate::smtp::session::SuppressedRcpt) -> event
         peer: None,
         feedback_type: None,
         reason: Some(s.reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Notify, QueueId, QueueIdGen, Recipient};
+    use crate::smtp::address::Mailbox;
+
+    fn message(recipients: usize, size: usize, own_header: bool) -> crate::smtp::session::Message {
+        let mut envelope = crate::spool::record::tests::sample_envelope(7);
+        envelope.tenant = Some("acme".into());
+        envelope.recipients = (0..recipients)
+            .map(|i| Recipient {
+                address: Mailbox::parse(&format!("r{i}@example.test")).unwrap(),
+                notify: Notify::default(),
+                orcpt: None,
+            })
+            .collect();
+        let mut body = b"Received: by mx.test\r\n".to_vec();
+        if own_header {
+            body.extend_from_slice(b"List-Unsubscribe: <mailto:u@example.test>\r\n");
+        }
+        body.extend_from_slice(b"Subject: s\r\n\r\n");
+        body.resize(body.len() + size, b'a');
+        crate::smtp::session::Message { envelope, body, ours: true }
+    }
+
+    #[test]
+    fn copies_per_recipient_within_bounds() {
+        let u = crate::feedback::unsubscribe::Unsubscribe::new("https://u.test", "a long enough secret here");
+        let mut ids = QueueIdGen::new(0, QueueId(0));
+        // (recipients, body bytes, has its own List-Unsubscribe) -> copies made
+        let cases = [
+            (3, 100, false, Some(3)),
+            (3, 100, true, None),
+            (2, MAX_COPIES_BYTES / 4, false, Some(2)),
+            (1000, MAX_COPIES_BYTES / 500, false, None),
+        ];
+        for (rcpts, size, own, want) in cases {
+            let msg = message(rcpts, size, own);
+            let copies = unsubscribe_copies(&u, &msg, &mut ids, 1_800_000_000);
+            assert_eq!(copies.as_ref().map(Vec::len), want, "{rcpts} x {size}, own header {own}");
+            let Some(copies) = copies else { continue };
+            assert_eq!(copies[0].0.id, msg.envelope.id, "the first keeps the id the 250 names");
+            let mut seen = std::collections::HashSet::new();
+            for (i, (env, body)) in copies.iter().enumerate() {
+                assert!(seen.insert(env.id), "ids differ");
+                assert_eq!(env.recipients, vec![msg.envelope.recipients[i].clone()]);
+                assert!(body.windows(17).any(|w| w == b"List-Unsubscribe:"));
+            }
+        }
     }
 }
