@@ -130,13 +130,7 @@ fn scope_of(
 /// Writes the suspensions durably: a temporary file, fsync, rename, the
 /// directory fsynced.
 pub fn save_holds(spool: &std::path::Path, holds: &crate::delivery::holds::Holds) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = spool.join("holds.json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(holds.to_json().as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, spool.join("holds.json"))?;
-    std::fs::File::open(spool)?.sync_all()
+    crate::spool::recover::replace_file_durable(&spool.join("holds.json"), holds.to_json().as_bytes())
 }
 
 /// The suspensions saved by [`save_holds`]; none if there is no file.

@@ -133,12 +133,7 @@ fn read_cursor(path: &Path) -> Option<Cursor> {
 /// the new one, and a power cut does not bring back an older one (which
 /// would post events again).
 fn write_cursor(path: &Path, c: Cursor) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{} {}\n", c.seq, c.offset).as_bytes())?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    crate::spool::recover::replace_file_durable(path, format!("{} {}\n", c.seq, c.offset).as_bytes())
 }
 
 /// Starts the thread of one webhook.

@@ -499,7 +499,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     // Automation state changed in the last second is kept too.
     let m = &shared.metrics;
     if let Some(json) = m.automation.take_dirty(&m.tenant_holds, crate::rt::clock::unix_secs()) {
-        if let Err(e) = write_durably(&dir, AUTOMATION_FILE, json.as_bytes()) {
+        if let Err(e) = spool::recover::replace_file_durable(&dir.join(AUTOMATION_FILE), json.as_bytes()) {
             tracing::error!(error = %e, "cannot save shaping automation state");
         }
     }
@@ -538,8 +538,9 @@ fn load_automation(spool: &Path, metrics: &Metrics) -> Result<(), String> {
     Ok(())
 }
 
-/// A thread that writes `automation.json` (temporary file, fsync, rename,
-/// directory fsync) within a second of a change automation made.
+/// A thread that writes `automation.json` durably
+/// ([`spool::recover::replace_file_durable`]) within a second of a change
+/// automation made.
 fn start_automation_saver(spool: &Path, metrics: &Arc<Metrics>) -> Result<(), String> {
     let (spool, metrics) = (spool.to_path_buf(), metrics.clone());
     std::thread::Builder::new()
@@ -552,25 +553,15 @@ fn start_automation_saver(spool: &Path, metrics: &Arc<Metrics>) -> Result<(), St
             else {
                 continue;
             };
-            if let Err(e) = write_durably(&spool, AUTOMATION_FILE, json.as_bytes()) {
+            if let Err(e) =
+                spool::recover::replace_file_durable(&spool.join(AUTOMATION_FILE), json.as_bytes())
+            {
                 tracing::error!(error = %e, "cannot save shaping automation state; trying again");
                 metrics.automation.touch();
             }
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the automation saver thread: {e}"))
-}
-
-/// Writes `dir/name` so that a crash leaves the old file or the new one:
-/// a temporary file, fsync, rename, the directory fsynced.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// What SIGHUP may change.

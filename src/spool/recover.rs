@@ -99,6 +99,22 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     File::open(parent.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
 }
 
+/// Replaces the file at `path` with `bytes` so that a crash or power cut
+/// leaves the old content or the new, never a mix and never an older one:
+/// written to `<path>.tmp`, fsynced, renamed over `path`, the directory
+/// fsynced (the rename is durable only then).
+pub fn replace_file_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    File::open(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// Fsyncs a directory, so entries created or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))

@@ -281,11 +281,6 @@ pub fn load_sts_policies(spool: &Path, now: u64) -> HashMap<String, mta_sts::Cac
 
 /// Saves `value` as JSON: tmp, fsync, rename, the directory fsynced.
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(value).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    crate::spool::recover::replace_file_durable(path, &bytes)
 }

@@ -319,3 +319,18 @@ fn a_segment_number_out_of_range_is_refused() {
     std::fs::write(segment::segment_path(dir.path(), 0, seq), &file).unwrap();
     assert!(scan(dir.path()).is_ok());
 }
+
+#[test]
+fn replacing_a_file_leaves_the_new_content_and_no_temporary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    replace_file_durable(&path, b"old").unwrap();
+    replace_file_durable(&path, b"new").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("state.json")], "no temporary file left");
+    assert!(
+        replace_file_durable(&dir.path().join("missing/state.json"), b"x").is_err(),
+        "no directory: an error"
+    );
+}
