@@ -288,6 +288,8 @@ pub(super) fn unsubscribe_copies(
     unix: u64,
 ) -> Option<Vec<(crate::envelope::Envelope, Vec<u8>)>> {
     let env = &msg.envelope;
+    // Only tenant mail gets the header (`add_headers`).
+    env.tenant.as_ref()?;
     if (msg.body.len() + 512).saturating_mul(env.recipients.len()) > MAX_COPIES_BYTES {
         tracing::warn!(id = %env.id, recipients = env.recipients.len(), size = msg.body.len(),
             "too big to store a copy per recipient: stored once, without List-Unsubscribe");
@@ -539,7 +541,10 @@ mod tests {
             (1000, MAX_COPIES_BYTES / 500, false, None),
         ];
         for (rcpts, size, own, want) in cases {
-            let msg = message(rcpts, size, own);
+            let mut msg = message(rcpts, size, own);
+            msg.envelope.tenant = None;
+            assert!(unsubscribe_copies(&u, &msg, &mut ids, 1_800_000_000).is_none(), "no tenant, no copies");
+            msg.envelope.tenant = Some("acme".into());
             let copies = unsubscribe_copies(&u, &msg, &mut ids, 1_800_000_000);
             assert_eq!(copies.as_ref().map(Vec::len), want, "{rcpts} x {size}, own header {own}");
             let Some(copies) = copies else { continue };
