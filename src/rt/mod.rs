@@ -497,12 +497,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>, notify: &dyn Notify) 
     // Events handed over during the drain reach the disk before we exit.
     shared.events.flush(Duration::from_secs(5));
     // Automation state changed in the last second is kept too.
-    let m = &shared.metrics;
-    if let Some(json) = m.automation.take_dirty(&m.tenant_holds, crate::rt::clock::unix_secs()) {
-        if let Err(e) = spool::recover::replace_file_durable(&dir.join(AUTOMATION_FILE), json.as_bytes()) {
-            tracing::error!(error = %e, "cannot save shaping automation state");
-        }
-    }
+    save_automation(&dir, &shared.metrics);
     drop(lock);
     tracing::info!("stopped cleanly");
     Ok(())
@@ -548,20 +543,23 @@ fn start_automation_saver(spool: &Path, metrics: &Arc<Metrics>) -> Result<(), St
         .spawn(move || loop {
             #[allow(clippy::disallowed_methods)] // reason: its own thread, not a worker's event loop
             std::thread::sleep(Duration::from_secs(1));
-            let Some(json) =
-                metrics.automation.take_dirty(&metrics.tenant_holds, crate::rt::clock::unix_secs())
-            else {
-                continue;
-            };
-            if let Err(e) =
-                spool::recover::replace_file_durable(&spool.join(AUTOMATION_FILE), json.as_bytes())
-            {
-                tracing::error!(error = %e, "cannot save shaping automation state; trying again");
-                metrics.automation.touch();
-            }
+            save_automation(&spool, &metrics);
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the automation saver thread: {e}"))
+}
+
+/// Writes `automation.json` if automation changed something since the last
+/// save; a failed write is logged and tried again at the next save.
+fn save_automation(spool: &Path, metrics: &Metrics) {
+    let Some(json) = metrics.automation.take_dirty(&metrics.tenant_holds, crate::rt::clock::unix_secs())
+    else {
+        return;
+    };
+    if let Err(e) = spool::recover::replace_file_durable(&spool.join(AUTOMATION_FILE), json.as_bytes()) {
+        tracing::error!(error = %e, "cannot save shaping automation state; trying again");
+        metrics.automation.touch();
+    }
 }
 
 /// What SIGHUP may change.
