@@ -360,6 +360,58 @@ fn flush_clears_a_destination_backoff() {
     assert!(queue_empty(&srv));
 }
 
+/// A destination that cannot be reached costs one attempt per backoff, not
+/// one per message: mail due meanwhile is parked on its domain, one message
+/// probes when the backoff ends, and once a probe gets through everything
+/// parked goes at once (not at its retry an hour later).
+#[test]
+fn a_down_destination_parks_its_mail_until_a_probe_gets_through() {
+    let dns = Dnsmasq::start();
+    let port = free_port();
+    // One worker: each worker learns by itself which domains are down.
+    let srv = Server::start(&format!(
+        "threads = 1\n{}",
+        delivery(&dns, port, "retry = [\"1h\"]\n")
+            .replace("retry = [\"1s\"]\n", "")
+            .replace("destination_backoff = \"1s\"", "destination_backoff = \"3s\"")
+    ));
+    // Nobody listens on mx-dom.test's MX: the first attempt fails.
+    send(&srv, "s@x.test", &["r0@mx-dom.test"], "Subject: first\r\n\r\nx\r\n");
+    assert!(wait_until(Duration::from_secs(10), || srv.queue()["deferred"].as_u64() == Some(1)));
+    assert_eq!(srv.metric("ringpost_deferred_total"), 1.0);
+    // Ten more while it is down: parked, no attempt each.
+    let down_since = std::time::Instant::now();
+    for i in 1..=10 {
+        send(&srv, "s@x.test", &[&format!("r{i}@mx-dom.test")], &format!("Subject: m{i}\r\n\r\nx\r\n"));
+    }
+    assert!(wait_until(Duration::from_secs(5), || srv.queue()["deferred"].as_u64() == Some(11)));
+    // When the backoff ends (not before), one probe: it fails too (one
+    // more attempt).
+    assert!(wait_until(Duration::from_secs(10), || srv.metric("ringpost_deferred_total") == 2.0));
+    assert!(
+        down_since.elapsed() >= Duration::from_secs(2),
+        "probed after {:?}: {}",
+        down_since.elapsed(),
+        srv.stderr()
+    );
+    assert_eq!(srv.queued_messages(), 11);
+    // The receiver is back: the next probe gets through and the other
+    // eight parked go with it; the two that had an attempt keep their
+    // retry (an hour).
+    let mx1 = Receiver::start("127.0.0.2", port, &[]);
+    let got = mx1.wait_for(9, Duration::from_secs(20));
+    assert_eq!(
+        got.len(),
+        9,
+        "deferred {} queue {} {}",
+        srv.metric("ringpost_deferred_total"),
+        srv.queue(),
+        srv.stderr()
+    );
+    assert!(wait_until(Duration::from_secs(5), || srv.queued_messages() == 2));
+    assert_eq!(srv.metric("ringpost_deferred_total"), 2.0, "no attempt per parked message");
+}
+
 #[test]
 fn flush_and_bounce_from_the_admin_api() {
     let dns = Dnsmasq::start();

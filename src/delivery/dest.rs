@@ -21,9 +21,9 @@ use super::egress::Source;
 use super::outbound::{outgoing, Outbound};
 use super::route::NextHop;
 use super::shaping::{self, AutoState, Automation, Limits};
-use super::{outcome_of, status_of, Cause, Job, JobResult, Outcome, RcptOutcome, Via};
+use super::{outcome_of, status_of, Cause, Job, JobResult, Outcome, RcptOutcome, Reach, Via};
 use crate::metrics::{inc, Metrics};
-use crate::rt::clock::{instant, unix_secs};
+use crate::rt::clock::{instant, unix_millis, unix_secs};
 use crate::rt::live::Live;
 
 /// How long an idle connection waits for another job before QUIT.
@@ -225,10 +225,10 @@ impl Destinations {
         if let Some((until, why)) = budget.suspended(now) {
             return self.fail_held(job, &budget, until, &why);
         }
-        if dest.backoff_until.get().is_some_and(|t| t > now) {
-            return self.fail(
+        if let Some(until) = dest.backoff_until.get().filter(|&t| t > now) {
+            return self.fail_down(
                 job,
-                "4.4.1",
+                until,
                 &format!("{key} was unreachable moments ago; not trying again yet"),
             );
         }
@@ -238,10 +238,23 @@ impl Destinations {
     }
 
     fn fail(&self, job: Job, status: &str, text: &str) {
+        self.fail_with(job, status, text, Reach::Unknown);
+    }
+
+    /// Defers a job whose destination cannot be reached before `until`:
+    /// its owner parks the domain's other mail meanwhile.
+    fn fail_down(&self, job: Job, until: Instant, text: &str) {
+        let left = until.saturating_duration_since(instant()).as_millis() as u64;
+        // In whole seconds, rounded up: not tried again before the backoff ends.
+        let until = (unix_millis() + left).div_ceil(1000);
+        self.fail_with(job, "4.4.1", text, Reach::Down { until });
+    }
+
+    fn fail_with(&self, job: Job, status: &str, text: &str, reach: Reach) {
         // Attempts that failed temporarily, as counted for replies.
         self.metrics.deferred.fetch_add(job.rcpts.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let outcomes = RcptOutcome::all(&job.rcpts, Outcome::Temporary, status, text);
-        (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
+        (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes, reach });
     }
 
     /// Defers a job of a suspended budget: not to be tried before the
@@ -259,7 +272,7 @@ impl Destinations {
         for o in &mut outcomes {
             o.not_before = Some(not_before);
         }
-        (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
+        (self.report)(job.owner, JobResult::new(job.id, job.domain, outcomes));
     }
 
     /// Defers every queued job of a budget that was just suspended.
@@ -402,18 +415,19 @@ impl Destinations {
                         .bounced
                         .fetch_add(job.rcpts.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let outcomes = RcptOutcome::all(&job.rcpts, Outcome::Permanent, "5.7.10", &text);
-                    (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
+                    (self.report)(job.owner, JobResult::new(job.id, job.domain, outcomes));
                 }
             }
             Err(Some(e)) => {
                 tracing::warn!(target: "delivery", destination = %key, error = %e.text, "destination unreachable");
                 // A greeting like 421 4.7.0 [TSS04] is a reply too.
                 self.react(&budget, &e.text, None);
-                dest.backoff_until.set(Some(instant() + cfg.destination_backoff));
+                let until = instant() + cfg.destination_backoff;
+                dest.backoff_until.set(Some(until));
                 let jobs: Vec<Job> = dest.queue.borrow_mut().drain(..).collect();
                 for job in jobs {
                     report_for(&job.domain);
-                    self.fail(job, "4.4.1", &e.text);
+                    self.fail_down(job, until, &e.text);
                 }
             }
             Ok(mut conn) => {
@@ -573,7 +587,7 @@ impl Destinations {
         for o in &mut outcomes {
             o.not_before = Some(until + 1);
         }
-        (self.report)(job.owner, JobResult { id: job.id, domain: job.domain.clone(), outcomes });
+        (self.report)(job.owner, JobResult::new(job.id, job.domain.clone(), outcomes));
         true
     }
 
@@ -676,7 +690,10 @@ impl Destinations {
                 Outcome::Permanent => &self.metrics.bounced,
             });
         }
-        (self.report)(job.owner, JobResult { id: job.id, domain: job.domain, outcomes });
+        (self.report)(
+            job.owner,
+            JobResult { id: job.id, domain: job.domain, outcomes, reach: Reach::Reached },
+        );
         alive
     }
 

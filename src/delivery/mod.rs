@@ -22,6 +22,7 @@ pub mod classify;
 pub mod dane;
 pub mod decide;
 pub mod dest;
+pub mod down;
 pub mod dsn;
 pub mod egress;
 pub mod holds;
@@ -228,6 +229,27 @@ pub struct JobResult {
     pub id: QueueId,
     pub domain: String,
     pub outcomes: Vec<RcptOutcome>,
+    /// What the job learned about its destination.
+    pub reach: Reach,
+}
+
+impl JobResult {
+    /// A result that says nothing about the destination.
+    pub fn new(id: QueueId, domain: String, outcomes: Vec<RcptOutcome>) -> JobResult {
+        JobResult { id, domain, outcomes, reach: Reach::Unknown }
+    }
+}
+
+/// What a job learned about its destination (see [`down`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reach {
+    /// Nothing: it was not tried (shutting down, suspended, local...).
+    #[default]
+    Unknown,
+    /// A connection was made (whatever the replies were).
+    Reached,
+    /// It could not be reached; not to be tried before `until` (Unix seconds).
+    Down { until: u64 },
 }
 
 /// The enhanced status of a reply: its own, or one derived from the code.

@@ -23,7 +23,8 @@ use super::{dane, mta_sts, sts_fetch, tlsrpt};
 
 mod tls_reports;
 
-use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Via};
+use super::down::{Admit, Down, Keep};
+use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Reach, Via};
 use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
 use crate::events::log::EventLog;
@@ -114,6 +115,9 @@ pub struct Owner {
     /// Messages held by a queue suspension: out of the wheel (unless the
     /// suspension has an end) until a resume plans them again.
     parked: RefCell<std::collections::HashSet<QueueId>>,
+    /// Domains whose destination could not be reached, and the messages
+    /// waiting for it (see `down`).
+    down: RefCell<Down>,
     /// TLS clients for hosts with TLSA records, by host and domain (the
     /// names a DANE-TA certificate may carry), while the records
     /// stay the same (bounded: cleared when it grows past DANE_CLIENTS).
@@ -195,6 +199,7 @@ impl Owner {
             events,
             suppression,
             parked: RefCell::new(std::collections::HashSet::new()),
+            down: RefCell::new(Down::default()),
             dane_clients: RefCell::new(HashMap::new()),
             sts_fetching: RefCell::new(HashMap::new()),
             local_slots: Rc::new(local_sync::semaphore::Semaphore::new(LOCAL_CONCURRENCY)),
@@ -297,7 +302,7 @@ impl Owner {
 
     /// Messages waiting for a retry, and attempts in flight.
     pub fn counts(&self) -> (usize, usize) {
-        (self.wheel.borrow().len(), self.attempts.borrow().len())
+        (self.wheel.borrow().len() + self.down.borrow().parked(), self.attempts.borrow().len())
     }
 
     /// Per-domain next attempt and last error.
@@ -310,7 +315,8 @@ impl Owner {
         if self.cfg().hold {
             return 0;
         }
-        let ids = self.wheel.borrow_mut().drain();
+        let mut ids = self.wheel.borrow_mut().drain();
+        ids.extend(self.down.borrow_mut().clear());
         let n = ids.len();
         for id in ids {
             self.push(id, None);
@@ -540,12 +546,59 @@ impl Owner {
     /// Moves due retries to the planners, once a second.
     async fn ticker(self: Rc<Self>) {
         while !self.draining.get() {
-            let due = self.wheel.borrow_mut().poll(unix_secs());
+            let now = unix_secs();
+            let due = self.wheel.borrow_mut().poll(now);
             for id in due {
                 self.push(id, None);
             }
+            // Down domains whose backoff is over: a probe each (and the
+            // parked messages that expired meanwhile).
+            if !self.down.borrow().is_empty() {
+                let cfg = self.cfg();
+                let max_age = cfg.max_age.as_secs();
+                let wait = cfg.destination_backoff.as_secs();
+                let go = self.down.borrow_mut().tick(now, wait, |id| {
+                    match self.spool.with_entry(id, |e| e.received_at()) {
+                        None => Keep::Drop,
+                        Some(at) if now.saturating_sub(at) > max_age => Keep::Release,
+                        Some(_) => Keep::Keep,
+                    }
+                });
+                for id in go {
+                    self.push(id, None);
+                }
+            }
             monoio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// Parks a due message whose remaining recipients are all in one
+    /// domain that is down (see `down`): no read, no plan, no record.
+    /// Each worker learns which domains are down from its own attempts.
+    fn park_if_down(&self, id: QueueId, remaining: &[u32], received_at: u64) -> bool {
+        if self.down.borrow().is_empty() || remaining.is_empty() || self.parked.borrow().contains(&id) {
+            return false;
+        }
+        let cfg = self.cfg();
+        let now = unix_secs();
+        // One that is due to expire goes to be expired.
+        if now.saturating_sub(received_at) > cfg.max_age.as_secs() {
+            return false;
+        }
+        let Some(domain) = self
+            .spool
+            .with_entry(id, |e| {
+                let ids = e.rcpt_domains();
+                let first = ids.get(*remaining.first()? as usize).copied()?;
+                remaining.iter().all(|&i| ids.get(i as usize) == Some(&first)).then_some(first)
+            })
+            .flatten()
+            .and_then(|d| self.spool.domain_name(d))
+        else {
+            return false;
+        };
+        let wait = cfg.destination_backoff.as_secs();
+        self.down.borrow_mut().admit(id, &domain, now, wait) == Admit::Parked
     }
 
     /// One attempt for a message: group its remaining recipients by domain
@@ -564,6 +617,9 @@ impl Owner {
         }) else {
             return; // finished or deleted meanwhile
         };
+        if self.park_if_down(id, &remaining, received_at) {
+            return;
+        }
         let env = match env {
             Some(env) => env,
             None => {
@@ -657,7 +713,7 @@ impl Owner {
         );
         if !suppressed.is_empty() {
             tracing::info!(target: "delivery", %id, recipients = suppressed.len(), "suppressed recipients dropped");
-            self.job_done(JobResult { id, domain: String::new(), outcomes: suppressed });
+            self.job_done(JobResult::new(id, String::new(), suppressed));
         }
         for Group { domain, rcpts, way } in groups {
             match way {
@@ -670,7 +726,7 @@ impl Owner {
                     for o in &mut outcomes {
                         o.cause = Cause::Expired;
                     }
-                    self.job_done(JobResult { id, domain, outcomes })
+                    self.job_done(JobResult::new(id, domain, outcomes))
                 }
                 Way::Local => {
                     monoio::spawn(self.clone().deliver_local(id, loc, domain, rcpts, env.clone()));
@@ -708,7 +764,7 @@ impl Owner {
             for o in &mut outcomes {
                 o.not_before = Some(until + 1);
             }
-            return self.job_done(JobResult { id, domain, outcomes });
+            return self.job_done(JobResult::new(id, domain, outcomes));
         }
         let source = match cfg.egress.pool_for(tenant) {
             None => None,
@@ -722,7 +778,7 @@ impl Owner {
                         tracing::info!(target: "delivery", %id, domain = %domain, reason = %text, "deferred");
                         self.metrics.deferred.fetch_add(rcpts.len() as u64, Ordering::Relaxed);
                         let outcomes = RcptOutcome::all(&rcpts, Outcome::Temporary, "4.7.0", &text);
-                        return self.job_done(JobResult { id, domain, outcomes });
+                        return self.job_done(JobResult::new(id, domain, outcomes));
                     }
                 }
             }
@@ -791,7 +847,7 @@ impl Owner {
                                     self.metrics.deferred.fetch_add(rcpts.len() as u64, Ordering::Relaxed);
                                     let outcomes =
                                         RcptOutcome::all(&rcpts, Outcome::Temporary, "4.7.5", &text);
-                                    return self.job_done(JobResult { id, domain, outcomes });
+                                    return self.job_done(JobResult::new(id, domain, outcomes));
                                 }
                             }
                         }
@@ -810,7 +866,7 @@ impl Owner {
                                 let text =
                                     "REQUIRETLS: no trust anchors to verify a certificate with".to_string();
                                 let outcomes = RcptOutcome::all(&rcpts, Outcome::Permanent, "5.7.10", &text);
-                                return self.job_done(JobResult { id, domain, outcomes });
+                                return self.job_done(JobResult::new(id, domain, outcomes));
                             }
                         }
                     }
@@ -833,7 +889,7 @@ impl Owner {
             }
             Err(e) => {
                 tracing::info!(target: "delivery", %id, domain = %domain, reason = %e, "no next hop");
-                self.job_done(JobResult { id, domain, outcomes: decide::no_hop(&rcpts, &e) });
+                self.job_done(JobResult::new(id, domain, decide::no_hop(&rcpts, &e)));
             }
         }
     }
@@ -925,7 +981,7 @@ impl Owner {
                 outcomes
             }
         };
-        self.job_done(JobResult { id, domain, outcomes });
+        self.job_done(JobResult::new(id, domain, outcomes));
     }
 
     /// A message to a `[feedback]` address: an ARF complaint report. One
@@ -942,13 +998,13 @@ impl Owner {
                 (_, Err(e)) => {
                     let text = format!("cannot read the spooled report: {e}");
                     let outcomes = RcptOutcome::all(&rcpts, Outcome::Temporary, "4.3.0", &text);
-                    return self.job_done(JobResult { id, domain, outcomes });
+                    return self.job_done(JobResult::new(id, domain, outcomes));
                 }
                 (None, Ok(_)) => {
                     // [feedback] was removed by a reload meanwhile: plan again.
                     let text = "[feedback] is no longer configured";
                     let outcomes = RcptOutcome::all(&rcpts, Outcome::Temporary, "4.3.0", text);
-                    return self.job_done(JobResult { id, domain, outcomes });
+                    return self.job_done(JobResult::new(id, domain, outcomes));
                 }
             };
         let reject_dir = dir.join("feedback-rejected");
@@ -993,12 +1049,27 @@ impl Owner {
         for o in &mut outcomes {
             o.via = Some(Arc::new(Via { source: None, next_hop: "feedback".into(), tls: None }));
         }
-        self.job_done(JobResult { id, domain, outcomes });
+        self.job_done(JobResult::new(id, domain, outcomes));
     }
 
     /// A destination (or local delivery) reports on one group.
     pub fn job_done(self: &Rc<Self>, r: JobResult) {
         let now = unix_secs();
+        match r.reach {
+            Reach::Unknown => {}
+            Reach::Down { until } => self.down.borrow_mut().failed(&r.domain, until, now),
+            Reach::Reached => {
+                if !self.down.borrow().is_empty() {
+                    let released = self.down.borrow_mut().reached(&r.domain);
+                    if !released.is_empty() {
+                        tracing::info!(target: "delivery", domain = %r.domain, messages = released.len(), "destination reachable again: parked mail released");
+                    }
+                    for id in released {
+                        self.push(id, None);
+                    }
+                }
+            }
+        }
         {
             let mut domains = self.domains.borrow_mut();
             let st = domains.entry(r.domain.clone()).or_default();
