@@ -5,7 +5,8 @@
 # (`ringpost-bench blast --domains 10000`, 50 connections) on the other
 # CPUs. Measures:
 # - the server's resident memory growth per queued message, once every
-#   message has had its first attempt and waits for its retry;
+#   message has had its first attempt and waits for its retry (or waits,
+#   without one, for its domain's down destination to be probed again);
 # - kill -9 with everything queued, then a restart: seconds until SMTP
 #   answers (220) and /health says 200, the spool's size and how fast it
 #   was read back (MB/s, against `cat` reading the same segment files,
@@ -56,9 +57,17 @@ t0=$(now)
 taskset -c "$CLIENT_CPUS" $BENCH blast --target "127.0.0.1:$PORT" --messages "$COUNT" --connections 50 \
   --size 1024 --pipelining --domains 10000 --timeout 3600 --json "$RAW/blast.json" > "$RAW/blast.log" 2>&1
 t1=$(now)
-# Every message tried once (the next hop refuses) and waiting for its retry.
+# Every message tried once (the next hop refuses) and waiting for its retry,
+# or waiting without an attempt for its domain's destination, found down,
+# to be probed again (`delivery::down`): none in flight.
+waiting() {
+  curl -s "http://$RP_ADMIN/queue" | python3 -c '
+import json, sys
+q = json.load(sys.stdin)
+print(q["deferred"] if q["in_flight"] == 0 else 0)'
+}
 for _ in $(seq 600); do
-  d=$(metric ringpost_deferred_total)
+  d=$(waiting)
   [ "${d:-0}" -ge "$COUNT" ] && break
   sleep 1
 done
@@ -70,6 +79,7 @@ queued=$(metric ringpost_queue_messages)
   echo "accept_seconds: $(echo "$t1 - $t0" | bc)"
   echo "first_attempts_done_seconds: $(echo "$t2 - $t0" | bc)"
   echo "deferred: $(metric ringpost_deferred_total)"
+  echo "parked: $(metric ringpost_queue_parked_messages)"
   echo "queued: $queued"
   echo "rss_queued_kib: $rss"
   echo "rss_growth_bytes_per_message: $(( (rss - base) * 1024 / COUNT ))"
@@ -131,7 +141,7 @@ print(f"- command: `{f['command'] or 'bench/million.sh'}` (one worker on CPU 0, 
 print("| what | value |\n| --- | --- |")
 print(f"| messages queued (1 KiB, 10,000 domains, next hop down) | {count:,} accepted, {int(float(f['queued'])):,} queued |")
 print(f"| accepted at | {b.get('rate', 0):,.0f} msg/s ({float(f['accept_seconds']):.1f} s) |")
-print(f"| every message tried once after | {float(f['first_attempts_done_seconds']):.1f} s |")
+print(f"| every message tried once, or waiting on its down domain ({int(float(f.get('parked', 0))):,} of them), after | {float(f['first_attempts_done_seconds']):.1f} s |")
 print(f"| resident memory growth per queued message | {f['rss_growth_bytes_per_message']} bytes ({int(f['rss_queued_kib']) - int(f['rss_start_kib']):,} KiB for {count:,}) |")
 print(f"| spool on disk | {mb(f['spool_bytes']):,.0f} MB |")
 print(f"| kill -9, restart: SMTP answers after | {float(f['restart_smtp_seconds']):.2f} s |")

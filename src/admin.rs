@@ -401,6 +401,7 @@ impl Admin {
                 "queue_suspensions": self.shared.metrics.queue_holds.lock().unwrap_or_else(|p| p.into_inner())
                     .active(crate::rt::clock::unix_secs()).cloned().collect::<Vec<_>>(),
                 "held_messages": self.shared.metrics.held_messages.load(Ordering::Relaxed),
+                "parked_messages": self.shared.metrics.parked_messages.load(Ordering::Relaxed),
             }),
         )
     }
@@ -830,6 +831,11 @@ impl Admin {
                     "ringpost_queue_held_messages",
                     "Messages a queue suspension holds",
                     load(&self.shared.metrics.held_messages),
+                ),
+                (
+                    "ringpost_queue_parked_messages",
+                    "Messages waiting without an attempt until their domain's destination, found down, is probed again",
+                    load(&self.shared.metrics.parked_messages),
                 ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

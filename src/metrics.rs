@@ -70,6 +70,9 @@ pub struct Metrics {
     pub queue_holds: std::sync::Mutex<crate::delivery::holds::Holds>,
     /// Messages parked by a queue suspension (not tried until it ends).
     pub held_messages: AtomicU64,
+    /// Messages waiting without an attempt for a domain whose destination
+    /// is down (`delivery::down`).
+    pub parked_messages: AtomicU64,
     /// MTA-STS policies by recipient domain (bounded).
     pub mta_sts: std::sync::Mutex<std::collections::HashMap<String, crate::delivery::mta_sts::Cached>>,
     /// Policies fetched or dropped: the saved copy is behind until this

@@ -385,6 +385,7 @@ fn a_down_destination_parks_its_mail_until_a_probe_gets_through() {
         send(&srv, "s@x.test", &[&format!("r{i}@mx-dom.test")], &format!("Subject: m{i}\r\n\r\nx\r\n"));
     }
     assert!(wait_until(Duration::from_secs(5), || srv.queue()["deferred"].as_u64() == Some(11)));
+    assert_eq!(srv.metric("ringpost_queue_parked_messages"), 10.0);
     // When the backoff ends (not before), one probe: it fails too (one
     // more attempt).
     assert!(wait_until(Duration::from_secs(10), || srv.metric("ringpost_deferred_total") == 2.0));
@@ -410,6 +411,7 @@ fn a_down_destination_parks_its_mail_until_a_probe_gets_through() {
     );
     assert!(wait_until(Duration::from_secs(5), || srv.queued_messages() == 2));
     assert_eq!(srv.metric("ringpost_deferred_total"), 2.0, "no attempt per parked message");
+    assert_eq!(srv.queue()["parked_messages"].as_u64(), Some(0));
 }
 
 #[test]

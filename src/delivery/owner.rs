@@ -316,7 +316,7 @@ impl Owner {
             return 0;
         }
         let mut ids = self.wheel.borrow_mut().drain();
-        ids.extend(self.down.borrow_mut().clear());
+        ids.extend(self.with_down(|d| d.clear()));
         let n = ids.len();
         for id in ids {
             self.push(id, None);
@@ -557,12 +557,12 @@ impl Owner {
                 let cfg = self.cfg();
                 let max_age = cfg.max_age.as_secs();
                 let wait = cfg.destination_backoff.as_secs();
-                let go = self.down.borrow_mut().tick(now, wait, |id| {
-                    match self.spool.with_entry(id, |e| e.received_at()) {
+                let go = self.with_down(|d| {
+                    d.tick(now, wait, |id| match self.spool.with_entry(id, |e| e.received_at()) {
                         None => Keep::Drop,
                         Some(at) if now.saturating_sub(at) > max_age => Keep::Release,
                         Some(_) => Keep::Keep,
-                    }
+                    })
                 });
                 for id in go {
                     self.push(id, None);
@@ -570,6 +570,20 @@ impl Owner {
             }
             monoio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// Changes the down domains, keeping the parked-messages gauge true.
+    fn with_down<R>(&self, f: impl FnOnce(&mut Down) -> R) -> R {
+        let mut down = self.down.borrow_mut();
+        let before = down.parked();
+        let r = f(&mut down);
+        let after = down.parked();
+        if after >= before {
+            self.metrics.parked_messages.fetch_add((after - before) as u64, Ordering::Relaxed);
+        } else {
+            self.metrics.parked_messages.fetch_sub((before - after) as u64, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Parks a due message whose remaining recipients are all in one
@@ -598,7 +612,7 @@ impl Owner {
             return false;
         };
         let wait = cfg.destination_backoff.as_secs();
-        self.down.borrow_mut().admit(id, &domain, now, wait) == Admit::Parked
+        self.with_down(|d| d.admit(id, &domain, now, wait)) == Admit::Parked
     }
 
     /// One attempt for a message: group its remaining recipients by domain
@@ -1057,10 +1071,10 @@ impl Owner {
         let now = unix_secs();
         match r.reach {
             Reach::Unknown => {}
-            Reach::Down { until } => self.down.borrow_mut().failed(&r.domain, until, now),
+            Reach::Down { until } => self.with_down(|d| d.failed(&r.domain, until, now)),
             Reach::Reached => {
                 if !self.down.borrow().is_empty() {
-                    let released = self.down.borrow_mut().reached(&r.domain);
+                    let released = self.with_down(|d| d.reached(&r.domain));
                     if !released.is_empty() {
                         tracing::info!(target: "delivery", domain = %r.domain, messages = released.len(), "destination reachable again: parked mail released");
                     }
