@@ -285,12 +285,14 @@ fn metric_with_prefix(srv: &Server, name: &str) -> f64 {
 fn admin_bounces_and_expiry_are_events() {
     let dir = tempfile::tempdir().unwrap().keep();
     let ev = dir.join("events.jsonl");
-    // Nothing answers on port 9: every attempt fails; max_age 1s expires the second message.
+    // Nothing answers on port 9: every attempt fails; max_age 2s expires the
+    // second message (found when its domain is probed again, every second).
     let srv = Server::start_in(
         &dir,
         &format!(
             "[events]\nfile = \"{}\"\n[[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:9\"]\n\
-             [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\nmax_age = \"2s\"\nhold = true\n",
+             [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1s\"]\nmax_age = \"2s\"\nhold = true\n\
+             destination_backoff = \"1s\"\n",
             ev.display()
         ),
     );
