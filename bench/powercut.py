@@ -275,8 +275,10 @@ def main():
             time.sleep(run_s)
             try:
                 found = rp.metric("ringpost_local_already_delivered_total") or 0
+                overlapped = int(rp.metric("ringpost_spool_commits_overlapped_total") or 0)
+                commits = int(rp.metric("ringpost_spool_commits_total") or 0)
             except OSError:
-                found = 0
+                found, overlapped, commits = 0, 0, 0
             repeated += found
             # The machine stops at once: ringpost first (nothing it does after
             # this instant reaches any disk, the Maildirs included), then
@@ -288,7 +290,8 @@ def main():
             rp = lazy = None
             acked.extend(load.acked)
             rounds.append({"round": i, "mode": mode, "start_s": round(start_s, 2), "load_s": round(run_s, 2),
-                           "acked": len(load.acked), "cut": report})
+                           "acked": len(load.acked), "commits": f"{commits} ({overlapped} overlapped)",
+                           "cut": report})
             print(f"round {i}: {mode}, restart {start_s:.2f} s, {len(load.acked)} acked in {run_s:.2f} s; {report}",
                   flush=True)
             i += 1
@@ -356,9 +359,11 @@ def write_report(out, args, result, rounds, lost):
     ]
     for k, v in result.items():
         lines.append(f"| {k} | {v} |")
-    lines += ["", "| round | mode | restart s | load s | acked | what the cut did |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| round | mode | restart s | load s | acked | spool commits before the cut | what the cut did |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rounds:
-        lines.append(f"| {r['round']} | {r['mode']} | {r['start_s']} | {r['load_s']} | {r['acked']} | {r['cut']} |")
+        lines.append(f"| {r['round']} | {r['mode']} | {r['start_s']} | {r['load_s']} | {r['acked']} | "
+                     f"{r.get('commits', '')} | {r['cut']} |")
     if lost:
         lines += ["", "Lost (first 50): " + ", ".join(f"{t} {r}" for t, r in lost[:50])]
     out.write_text("\n".join(lines) + "\n")

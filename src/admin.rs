@@ -608,6 +608,11 @@ impl Admin {
             ("ringpost_spool_commits_total", "Group commits (write + fdatasync)", load(&s.commits)),
             ("ringpost_spool_records_total", "Records made durable", load(&s.committed_records)),
             (
+                "ringpost_spool_commits_overlapped_total",
+                "Group commits written while the previous one's fdatasync was still running",
+                load(&s.commits_overlapped),
+            ),
+            (
                 "ringpost_spool_segments_created_total",
                 "Spool segment files created",
                 load(&s.segments_created),

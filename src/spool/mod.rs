@@ -25,6 +25,10 @@
 //!    KiB (no io-wq round trip), io_uring above. The next batch overwrites the
 //!    end mark.
 //! 6. One fdatasync of the segment (io_uring). Steps 5-6 are the group commit.
+//!    When that fdatasync has run for 1 ms and more messages wait, the next
+//!    batch goes through steps 3-6 beside it (two at most): a slow sync then
+//!    delays a message by about one sync, not two. Answers still go in batch
+//!    order, and a later batch of a segment whose sync failed fails too.
 //! 7. Only now are the messages added to the queue index, and each waiting
 //!    session replies `250`.
 //!

@@ -32,6 +32,9 @@ pub struct SpoolStats {
     pub messages: AtomicU64,
     pub recipients: AtomicU64,
     pub commits: AtomicU64,
+    /// Commits written while the previous one's fdatasync ran (see
+    /// `committer::IN_FLIGHT`).
+    pub commits_overlapped: AtomicU64,
     pub committed_records: AtomicU64,
     pub commit_failures: AtomicU64,
     pub segments_created: AtomicU64,
