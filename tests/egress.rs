@@ -185,3 +185,27 @@ fn pools_follow_reloads() {
     send_all(&srv, 1, "X-Tenant: t\r\n");
     assert_eq!(origin(&rx.wait_for(3, Duration::from_secs(20))[2]).0, "127.0.0.3", "the old pools stay");
 }
+
+/// With several sources a destination may refuse one and take another, so
+/// mail to a destination found down is not parked on its domain (as it is
+/// with one address, tests/delivery.rs): each message keeps its own
+/// attempts.
+#[test]
+fn with_several_sources_no_mail_waits_on_a_down_domain() {
+    let port = free_port(); // nobody listens: every attempt is refused
+    let srv = Server::start(&format!(
+        "{}[[pool]]\nname = \"p\"\nsources = [\"ip2\", \"ip3\"]\n",
+        routed(port, "")
+            .replace("[delivery]\n", "[delivery]\npool = \"p\"\nretry = [\"1h\"]\n")
+            .replace("retry = [\"1s\"]\n", "destination_backoff = \"1h\"\n")
+    ));
+    send_all(&srv, 6, "");
+    // Every one of them tried (refused, or failed at once while its
+    // source's destination backs off), none parked.
+    assert!(
+        wait_until(Duration::from_secs(10), || srv.metric("ringpost_deferred_total") == 6.0),
+        "deferred {}",
+        srv.metric("ringpost_deferred_total")
+    );
+    assert_eq!(srv.metric("ringpost_queue_parked_messages"), 0.0);
+}

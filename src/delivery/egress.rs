@@ -77,6 +77,17 @@ impl Egress {
 
     /// The pool for a tenant's mail (or mail with no tenant): the tenant's,
     /// else the default one. An unknown tenant is treated as none.
+    /// Whether all mail leaves from one address (the host's default, or
+    /// one source every pool uses): then a destination found down is down
+    /// for every message to it (see `delivery::down`).
+    pub fn one_path(&self) -> bool {
+        let mut used = self.pools.values().flat_map(|p| p.members.iter().map(|&(i, _)| i));
+        match used.next() {
+            None => true,
+            Some(first) => self.default_pool.is_some() && used.all(|i| i == first),
+        }
+    }
+
     pub fn pool_for(&self, tenant: Option<&str>) -> Option<&Pool> {
         let own = tenant.and_then(|t| self.tenants.get(t)).and_then(Option::as_deref);
         own.or(self.default_pool.as_deref()).and_then(|p| self.pools.get(p))
@@ -208,6 +219,30 @@ mod tests {
         }
         let none = egress(SOURCES);
         assert!(none.pool_for(None).is_none() && none.pool_for(Some("t")).is_none());
+    }
+
+    #[test]
+    fn one_path_only_when_every_message_leaves_from_one_address() {
+        let pool =
+            |name: &str, sources: &str| format!("[[pool]]\nname = \"{name}\"\nsources = [{sources}]\n");
+        let cases = [
+            (String::new(), true, "no sources used: the host's address"),
+            (format!("{}[delivery]\npool = \"p\"\n", pool("p", "\"b\"")), true, "one source for all"),
+            (format!("{}[delivery]\npool = \"p\"\n", pool("p", "\"a\", \"b\"")), false, "two in rotation"),
+            (
+                format!("{}[[tenant]]\nname = \"t\"\npool = \"p\"\n", pool("p", "\"b\"")),
+                false,
+                "a tenant's source and the host's address",
+            ),
+            (
+                format!("{}{}[delivery]\npool = \"p\"\n", pool("p", "\"b\""), pool("q", "\"a\"")),
+                false,
+                "two pools, two sources",
+            ),
+        ];
+        for (text, want, why) in cases {
+            assert_eq!(egress(&format!("{SOURCES}{text}")).one_path(), want, "{why}");
+        }
     }
 
     #[test]

@@ -557,13 +557,18 @@ impl Owner {
                 let cfg = self.cfg();
                 let max_age = cfg.max_age.as_secs();
                 let wait = cfg.destination_backoff.as_secs();
-                let go = self.with_down(|d| {
-                    d.tick(now, wait, |id| match self.spool.with_entry(id, |e| e.received_at()) {
-                        None => Keep::Drop,
-                        Some(at) if now.saturating_sub(at) > max_age => Keep::Release,
-                        Some(_) => Keep::Keep,
+                let go = if cfg.egress.one_path() {
+                    self.with_down(|d| {
+                        d.tick(now, wait, |id| match self.spool.with_entry(id, |e| e.received_at()) {
+                            None => Keep::Drop,
+                            Some(at) if now.saturating_sub(at) > max_age => Keep::Release,
+                            Some(_) => Keep::Keep,
+                        })
                     })
-                });
+                } else {
+                    // Sources were added (a reload): no more parking.
+                    self.with_down(Down::clear)
+                };
                 for id in go {
                     self.push(id, None);
                 }
@@ -594,6 +599,9 @@ impl Owner {
             return false;
         }
         let cfg = self.cfg();
+        if !cfg.egress.one_path() {
+            return false;
+        }
         let now = unix_secs();
         // One that is due to expire goes to be expired.
         if now.saturating_sub(received_at) > cfg.max_age.as_secs() {
@@ -1071,7 +1079,12 @@ impl Owner {
         let now = unix_secs();
         match r.reach {
             Reach::Unknown => {}
-            Reach::Down { until } => self.with_down(|d| d.failed(&r.domain, until, now)),
+            // Parking by domain is right only when every message to it
+            // leaves from the same address.
+            Reach::Down { until } if self.cfg().egress.one_path() => {
+                self.with_down(|d| d.failed(&r.domain, until, now))
+            }
+            Reach::Down { .. } => {}
             Reach::Reached => {
                 if !self.down.borrow().is_empty() {
                     let released = self.with_down(|d| d.reached(&r.domain));
