@@ -62,3 +62,52 @@ fn one_delayed_dsn_per_message() {
     assert_eq!(rx.messages().len(), 1, "one delayed DSN per message");
     assert_eq!(srv.queued_messages(), 1);
 }
+
+/// Mail waiting on a destination found down (`delivery::down`) is not
+/// forgotten: when its domain is probed again, messages due a delay warning
+/// are tried (all of them, not one probe), and their senders warned.
+#[test]
+fn mail_waiting_on_a_down_destination_still_gets_its_delay_warning() {
+    let (dead, home) = (free_port(), free_port());
+    let rx = Receiver::start("127.0.0.1", home, &[]);
+    let srv = Server::start(&format!(
+        "threads = 1\n[[route]]\ndomain = \"down.test\"\nto = [\"127.0.0.1:{dead}\"]\n\
+         [[route]]\ndomain = \"*\"\nto = [\"127.0.0.1:{home}\"]\n\
+         [delivery]\ndns_servers = [\"127.0.0.1:9\"]\nretry = [\"1h\"]\ndelay_warning = \"1s\"\n\
+         destination_backoff = \"4s\"\n"
+    ));
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    // The first finds the destination down (too young for a warning; its
+    // retry is an hour away); the next three wait on it.
+    for i in 0..4 {
+        c.send_message(
+            "alice@home.test",
+            &[&format!("r{i}@down.test")],
+            &format!("Subject: m{i}\r\n\r\nx\r\n"),
+        );
+        if i == 0 {
+            assert!(
+                common::wait_until(Duration::from_secs(5), || srv.metric("ringpost_deferred_total") == 1.0)
+            );
+        }
+    }
+    c.cmd("QUIT", "221");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || srv.metric("ringpost_queue_parked_messages") == 3.0)
+    );
+    // When the backoff ends all three are past the warning's second: all
+    // tried together (one probe per backoff would warn one every 4 s), all
+    // warned.
+    assert!(!rx.wait_for(1, Duration::from_secs(15)).is_empty());
+    let got = rx.wait_for(3, Duration::from_secs(2));
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (i, warned) in (1..4).map(|i| (i, got.iter().any(|d| d.contains(&format!("<r{i}@down.test>"))))) {
+        assert!(warned, "r{i}: {got:?}");
+    }
+    assert!(got.iter().all(|d| d.contains("Subject: Delayed Mail (still being retried)")), "{got:?}");
+    assert_eq!(srv.metric("ringpost_queue_parked_messages"), 0.0);
+    assert_eq!(srv.metric("ringpost_deferred_total"), 4.0);
+    assert_eq!(srv.queued_messages(), 4);
+}

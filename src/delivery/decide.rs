@@ -175,6 +175,20 @@ pub fn reports(env: &Envelope, outcomes: &[RcptOutcome]) -> Vec<Report> {
 /// `None` while none is due (too young, off, or already sent), else one
 /// per recipient that failed temporarily, with the time the message
 /// expires. Once per message: the caller records that it was sent.
+/// Whether a message must be tried even though its domain is down (see
+/// `down`): it expired (the attempt bounces it), or its sender is due a
+/// delay warning (`delay_warning`, once), which an attempt sends.
+pub fn must_try(
+    received_at: u64,
+    now: u64,
+    max_age: Duration,
+    delay_warning: Duration,
+    notified: bool,
+) -> bool {
+    let age = now.saturating_sub(received_at);
+    age > max_age.as_secs() || (!notified && !delay_warning.is_zero() && age >= delay_warning.as_secs())
+}
+
 pub fn delay_reports(
     env: &Envelope,
     outcomes: &[RcptOutcome],
@@ -286,6 +300,29 @@ pub fn settle(
 /// that was not a delivery.
 pub fn group_error(outcomes: &[RcptOutcome]) -> Option<String> {
     outcomes.iter().find(|o| o.outcome != Outcome::Delivered).map(|o| format!("{} {}", o.status, o.text))
+}
+
+#[cfg(test)]
+mod must_try_tests {
+    use super::*;
+
+    #[test]
+    fn expired_or_due_a_delay_warning() {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        // (age in hours, max_age, delay_warning, notified, must try)
+        let cases = [
+            (1, h(120), Duration::ZERO, false, false),
+            (121, h(120), Duration::ZERO, false, true),
+            (3, h(120), h(4), false, false),
+            (4, h(120), h(4), false, true),
+            (5, h(120), h(4), true, false),
+            (121, h(120), h(4), true, true),
+        ];
+        for (age, max_age, warn, notified, want) in cases {
+            let now = 1_000_000;
+            assert_eq!(must_try(now - age * 3600, now, max_age, warn, notified), want, "{age}h {notified}");
+        }
+    }
 }
 
 #[cfg(test)]

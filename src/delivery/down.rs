@@ -15,8 +15,9 @@
 //!
 //! Parking counts no attempt and does not move a message's own retry
 //! schedule: the probe and the released messages are planned as usual
-//! (DSNs, expiry, events). A parked message past `max_age` is released to
-//! expire when its domain's next probe goes. Nothing here is durable: after
+//! (DSNs, expiry, events). A parked message past `max_age`, or due a delay
+//! warning, is released (to expire, or to be tried and warn its sender)
+//! when its domain's next probe goes. Nothing here is durable: after
 //! a restart every message is planned by its spool record again, and the
 //! first failure marks its domain down again.
 //!
@@ -40,7 +41,7 @@ pub enum Admit {
 pub enum Keep {
     /// Still queued and not expired: stays parked.
     Keep,
-    /// Expired: release it to be planned (it expires there).
+    /// Expired or due a delay warning: release it to be planned.
     Release,
     /// Gone from the queue (delivered elsewhere, deleted): forget it.
     Drop,

@@ -555,14 +555,15 @@ impl Owner {
             // parked messages that expired meanwhile).
             if !self.down.borrow().is_empty() {
                 let cfg = self.cfg();
-                let max_age = cfg.max_age.as_secs();
                 let wait = cfg.destination_backoff.as_secs();
                 let go = if cfg.egress.one_path() {
                     self.with_down(|d| {
-                        d.tick(now, wait, |id| match self.spool.with_entry(id, |e| e.received_at()) {
-                            None => Keep::Drop,
-                            Some(at) if now.saturating_sub(at) > max_age => Keep::Release,
-                            Some(_) => Keep::Keep,
+                        d.tick(now, wait, |id| {
+                            match self.spool.with_entry(id, |e| self.must_try(e, now, &cfg)) {
+                                None => Keep::Drop,
+                                Some(true) => Keep::Release,
+                                Some(false) => Keep::Keep,
+                            }
                         })
                     })
                 } else {
@@ -591,10 +592,16 @@ impl Owner {
         r
     }
 
+    /// See `decide::must_try`.
+    fn must_try(&self, e: &crate::spool::index::Entry, now: u64, cfg: &DeliveryConfig) -> bool {
+        let notified = e.progress.as_ref().is_some_and(|p| p.delay_notified());
+        decide::must_try(e.received_at(), now, cfg.max_age, cfg.delay_warning, notified)
+    }
+
     /// Parks a due message whose remaining recipients are all in one
     /// domain that is down (see `down`): no read, no plan, no record.
     /// Each worker learns which domains are down from its own attempts.
-    fn park_if_down(&self, id: QueueId, remaining: &[u32], received_at: u64) -> bool {
+    fn park_if_down(&self, id: QueueId, remaining: &[u32]) -> bool {
         if self.down.borrow().is_empty() || remaining.is_empty() || self.parked.borrow().contains(&id) {
             return false;
         }
@@ -603,13 +610,13 @@ impl Owner {
             return false;
         }
         let now = unix_secs();
-        // One that is due to expire goes to be expired.
-        if now.saturating_sub(received_at) > cfg.max_age.as_secs() {
-            return false;
-        }
         let Some(domain) = self
             .spool
             .with_entry(id, |e| {
+                // One that expired or is due a delay warning is tried.
+                if self.must_try(e, now, &cfg) {
+                    return None;
+                }
                 let ids = e.rcpt_domains();
                 let first = ids.get(*remaining.first()? as usize).copied()?;
                 remaining.iter().all(|&i| ids.get(i as usize) == Some(&first)).then_some(first)
@@ -639,7 +646,7 @@ impl Owner {
         }) else {
             return; // finished or deleted meanwhile
         };
-        if self.park_if_down(id, &remaining, received_at) {
+        if self.park_if_down(id, &remaining) {
             return;
         }
         let env = match env {
