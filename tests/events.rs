@@ -121,6 +121,51 @@ fn events_file_records_outcomes_with_bounce_classes() {
         && !of_type(&read_events(&events_path), "TransientFailure", "busy@a.test").is_empty()));
 }
 
+/// Mail delivered while ringpost stops has its end recorded before ringpost
+/// exits (after its outcome events are durable): after a restart none of it
+/// is sent again, and every message has its Delivery event.
+#[test]
+fn mail_delivered_as_ringpost_stops_is_not_sent_again() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let events_path = dir.join("events.jsonl");
+    let extra = route(port, &format!("[events]\nfile = \"{}\"\n", events_path.display()));
+    let mut srv = Server::start_in(&dir, &extra);
+    // The receiver sends SIGTERM to ringpost as it takes the 20th message.
+    let rx =
+        Receiver::start("127.0.0.1", port, &["--mode", "term-at", "--arg", &format!("20|{}", srv.pid())]);
+    let mut c = srv.client();
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    let mut sent = 0;
+    for i in 0..40 {
+        c.send_str("MAIL FROM:<s@sender.test>\r\n");
+        if !c.reply().starts_with("250") {
+            break; // stopping
+        }
+        c.cmd(&format!("RCPT TO:<r{i}@a.test>"), "250");
+        c.cmd("DATA", "354");
+        c.send_str(&format!("Subject: m{i}\r\n\r\nbody\r\n.\r\n"));
+        if !c.reply().starts_with("250") {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent >= 20, "{sent} accepted");
+    drop(c); // nothing keeps ringpost from stopping at once
+    assert!(srv.wait(Duration::from_secs(30)).success());
+    let srv = Server::start_in(&dir, &extra);
+    assert!(wait_until(Duration::from_secs(20), || srv.queued_messages() == 0), "{}", srv.queue());
+    let got = rx.messages();
+    for i in 0..sent {
+        let n = got.iter().filter(|m| m.contains(&format!("Subject: m{i}\r\n"))).count();
+        assert_eq!(n, 1, "message m{i} delivered {n} times");
+    }
+    assert_eq!(got.len(), sent);
+    let deliveries = read_events(&events_path).into_iter().filter(|e| e["type"] == "Delivery").count();
+    assert_eq!(deliveries, sent, "one Delivery event per message");
+}
+
 /// A bounce class file of the user's comes before the shipped rules.
 #[test]
 fn user_bounce_rules_come_first() {

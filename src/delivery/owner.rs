@@ -27,7 +27,7 @@ use super::down::{Admit, Down, Keep};
 use super::{Cause, DeliveryConfig, Job, JobResult, Outcome, RcptOutcome, Reach, Via};
 use crate::dns::Resolver;
 use crate::envelope::{BodyType, Envelope, QueueId, Recipient};
-use crate::events::log::EventLog;
+use crate::events::log::{EventLog, Finisher};
 use crate::events::{Event, EventType, Response};
 use crate::metrics::{inc, Metrics};
 use crate::rt::clock::{unix_millis, unix_secs};
@@ -111,6 +111,9 @@ pub struct Owner {
     finalizing: RefCell<std::collections::HashSet<QueueId>>,
     draining: Cell<bool>,
     events: Arc<EventLog>,
+    /// Where the event thread hands back delivered messages whose events
+    /// are durable (this worker's slot, and the ids).
+    finisher: (u32, Arc<Finisher>),
     suppression: Arc<dyn Store>,
     /// Messages held by a queue suspension: out of the wheel (unless the
     /// suspension has an end) until a resume plans them again.
@@ -196,6 +199,7 @@ impl Owner {
             domains: RefCell::new(HashMap::new()),
             finalizing: RefCell::new(std::collections::HashSet::new()),
             draining: Cell::new(false),
+            finisher: events.finisher(),
             events,
             suppression,
             parked: RefCell::new(std::collections::HashSet::new()),
@@ -262,6 +266,7 @@ impl Owner {
             monoio::spawn(self.clone().planner());
         }
         monoio::spawn(self.clone().ticker());
+        monoio::spawn(self.clone().finisher());
         if self.index == 0 {
             monoio::spawn(self.clone().tls_reporter());
         }
@@ -1125,14 +1130,18 @@ impl Owner {
             self.finalizing.borrow_mut().insert(r.id);
             let owner = self.clone();
             monoio::spawn(async move {
-                owner.clone().finalize(r.id, a, now).await;
-                owner.finalizing.borrow_mut().remove(&r.id);
+                if !owner.clone().finalize(r.id, a, now).await {
+                    owner.finalizing.borrow_mut().remove(&r.id);
+                }
             });
         }
     }
 
-    /// The attempt is over: DSNs first, then the durable record, then the retry.
-    async fn finalize(self: Rc<Self>, id: QueueId, mut a: Attempt, now: u64) {
+    /// The attempt is over: DSNs first, then the durable record, then the
+    /// retry. Returns true when the message was handed to the event thread
+    /// to be finished once its events are durable (it stays `finalizing`
+    /// until then; see [`Owner::finisher`]).
+    async fn finalize(self: Rc<Self>, id: QueueId, mut a: Attempt, now: u64) -> bool {
         let cfg = self.cfg();
         // Failures get a class; a suppressed recipient or an administrator's
         // bounce is no receiver's verdict and gets none.
@@ -1170,12 +1179,6 @@ impl Owner {
         for d in added {
             d.await;
         }
-        // Events before the spool records the outcome: a crash repeats
-        // them, never loses them.
-        if self.events.enabled() {
-            let events = outcome_events(&a, unix_millis());
-            self.events.emit_durable(events).await;
-        }
         let rules = Rules {
             max_age: cfg.max_age,
             retry: &cfg.retry,
@@ -1191,6 +1194,21 @@ impl Owner {
             now,
             rules,
         );
+        // Events before the spool records the outcome: a crash repeats
+        // them, never loses them. A finished message's end is recorded by
+        // the finisher once the event thread has synced its events; what
+        // waits meanwhile is its id.
+        if self.events.enabled() {
+            let events = outcome_events(&a, unix_millis());
+            if matches!(settled, Settled::Finished) {
+                if self.events.emit_then_finish(events, self.finisher.0, id) {
+                    self.wake_planners();
+                    return true;
+                }
+            } else {
+                self.events.emit_durable(events).await;
+            }
+        }
         match settled {
             Settled::Finished => {
                 let _ = self.spool.finish(id).await;
@@ -1231,6 +1249,35 @@ impl Owner {
             }
         }
         self.wake_planners();
+        false
+    }
+
+    /// Records the end of delivered messages whose outcome events the
+    /// event thread has made durable, a batch per sync of the event file.
+    async fn finisher(self: Rc<Self>) {
+        loop {
+            let ids = poll_fn(|cx| self.finisher.1.poll_take(cx)).await;
+            let tickets: Vec<_> = ids.iter().map(|&id| self.spool.finish(id)).collect();
+            let owner = self.clone();
+            monoio::spawn(async move {
+                for t in tickets {
+                    let _ = t.await;
+                }
+                let mut finalizing = owner.finalizing.borrow_mut();
+                for id in ids {
+                    finalizing.remove(&id);
+                }
+            });
+        }
+    }
+
+    /// Waits (at most `limit`) until every attempt that ended has been
+    /// recorded in the spool (shutdown: before the spool closes).
+    pub async fn settled(&self, limit: Duration) {
+        let start = crate::rt::clock::instant();
+        while !self.finalizing.borrow().is_empty() && start.elapsed() < limit {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn wake_planners(&self) {

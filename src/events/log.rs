@@ -32,6 +32,7 @@ use atomic_waker::AtomicWaker;
 
 use super::webhook::{self, WebhookHandle, WebhookSettings};
 use super::Event;
+use crate::envelope::QueueId;
 use crate::metrics::Metrics;
 
 /// A journal segment is closed past this size.
@@ -131,13 +132,64 @@ impl Future for Durable {
 }
 
 enum Req {
-    /// Serialized on the event thread, not on the worker that emits them.
-    Lines {
-        events: Vec<Event>,
-        done: Option<Arc<Done>>,
-    },
     Configure(Settings),
     Flush(Arc<Done>),
+}
+
+/// Lines emitted and not yet taken by the event thread, with the callers
+/// waiting for them to be durable. One lock for every emitting thread, held
+/// for a copy (the lines are serialized before it is taken): the order of
+/// the lines is the order of the calls, so a message's events reach the
+/// file and the webhooks in the order they happened, whichever worker emits
+/// them. The lines are serialized by the caller and the event thread takes
+/// the buffer whole: an event's fields are allocated and freed on one
+/// thread (a free from another thread costs the allocator more than the
+/// serialization itself).
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    waiters: Vec<Arc<Done>>,
+    /// Messages to hand back once durable: (finisher slot, id).
+    finish: Vec<(u32, QueueId)>,
+}
+
+/// Messages whose outcome events are durable, handed back to the worker
+/// that records their end in its spool ([`EventLog::emit_then_finish`]).
+/// What waits for the event file's sync is one id per message, not a task:
+/// a delivered message's attempt, outcomes and finalizing future are freed
+/// at once, and the worker is woken once per sync, not once per message.
+#[derive(Debug, Default)]
+pub struct Finisher {
+    ids: Mutex<Vec<QueueId>>,
+    waker: AtomicWaker,
+}
+
+impl Finisher {
+    /// The ids handed back since the last call; else registers `cx`.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<QueueId>> {
+        let take = |f: &Finisher| std::mem::take(&mut *f.ids.lock().unwrap_or_else(|p| p.into_inner()));
+        let ids = take(self);
+        if !ids.is_empty() {
+            return Poll::Ready(ids);
+        }
+        self.waker.register(cx.waker());
+        let ids = take(self);
+        if ids.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(ids)
+        }
+    }
+
+    fn hand_back(&self, ids: impl Iterator<Item = QueueId>) {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).extend(ids);
+        self.waker.wake();
+    }
+}
+
+thread_local! {
+    /// Where a thread serializes its events before taking the lock.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Tells webhook threads that the journal grew.
@@ -169,13 +221,17 @@ impl Wakeup {
     }
 }
 
-/// Requests for the event thread: a lock-free queue it drains on its own
-/// cadence ([`TICK`]), so emitting an event is a push, never a wake-up (a
-/// wake-up per event cost a fifth of the 1 KiB rate in context switches).
-/// Only a caller that finds the thread in a long idle sleep wakes it.
+/// What the event thread takes, on its own cadence ([`TICK`]): emitted
+/// lines ([`Pending`]) and requests (a lock-free queue). Emitting an event
+/// is an append, never a wake-up (a wake-up per event cost a fifth of the
+/// 1 KiB rate in context switches); only a caller that finds the thread in
+/// a long idle sleep wakes it.
 #[derive(Debug)]
 struct Queue {
     items: crossbeam_queue::SegQueue<Req>,
+    pending: Mutex<Pending>,
+    /// One per worker that finishes messages after their events.
+    finishers: Mutex<Vec<Arc<Finisher>>>,
     /// The thread sleeps long (idle): a caller that needs it soon unparks it.
     dozing: AtomicBool,
     /// Set once the event thread exists.
@@ -185,6 +241,11 @@ struct Queue {
 }
 
 impl Queue {
+    /// Whether no emitted line waits to be taken.
+    fn is_drained(&self) -> bool {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).bytes.is_empty()
+    }
+
     fn push(&self, req: Req, urgent: bool) {
         self.items.push(req);
         if urgent || self.dozing.load(Ordering::Acquire) {
@@ -220,7 +281,6 @@ impl Drop for EventLog {
 impl std::fmt::Debug for Req {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Req::Lines { .. } => "Lines",
             Req::Configure(_) => "Configure",
             Req::Flush(_) => "Flush",
         })
@@ -249,6 +309,8 @@ impl EventLog {
         writer.configure(settings.clone())?;
         let queue = Arc::new(Queue {
             items: crossbeam_queue::SegQueue::new(),
+            pending: Mutex::new(Pending::default()),
+            finishers: Mutex::new(Vec::new()),
             dozing: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
             closed: AtomicBool::new(false),
@@ -278,13 +340,37 @@ impl EventLog {
         }
     }
 
+    /// Serializes `events` and appends them to what the event thread takes
+    /// next, with `done` among the waiters.
+    fn append(&self, events: &[Event], done: Option<Arc<Done>>, finish: Option<(u32, QueueId)>) {
+        self.count(events);
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            for e in events {
+                e.write_line(scratch);
+            }
+            let mut p = self.queue.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.bytes.extend_from_slice(scratch);
+            p.waiters.extend(done);
+            p.finish.extend(finish);
+            // A burst's scratch is not kept for good.
+            if scratch.capacity() > 64 << 10 {
+                *scratch = Vec::new();
+            }
+        });
+        if self.queue.dozing.load(Ordering::Acquire) {
+            if let Some(t) = self.queue.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
     /// Hands events over; does not wait.
     pub fn emit(&self, events: Vec<Event>) {
         if !self.enabled() || events.is_empty() {
             return;
         }
-        self.count(&events);
-        self.send(Req::Lines { events, done: None }, false);
+        self.append(&events, None, None);
     }
 
     /// Hands events over; the future resolves once they are on disk.
@@ -292,13 +378,29 @@ impl EventLog {
         if !self.enabled() || events.is_empty() {
             return Durable(None);
         }
-        self.count(&events);
         let done = Arc::new(Done::default());
-        if self.send(Req::Lines { events, done: Some(done.clone()) }, false) {
-            Durable(Some(done))
-        } else {
-            Durable(None)
+        self.append(&events, Some(done.clone()), None);
+        Durable(Some(done))
+    }
+
+    /// A worker's slot for [`EventLog::emit_then_finish`] and where its
+    /// ids come back.
+    pub fn finisher(&self) -> (u32, Arc<Finisher>) {
+        let mut all = self.queue.finishers.lock().unwrap_or_else(|p| p.into_inner());
+        let f = Arc::new(Finisher::default());
+        all.push(f.clone());
+        ((all.len() - 1) as u32, f)
+    }
+
+    /// Hands events over; once they are on disk, `id` is handed back to
+    /// the finisher in `slot`. Returns false (and keeps nothing) when no
+    /// sink is configured: the caller finishes at once.
+    pub fn emit_then_finish(&self, events: Vec<Event>, slot: u32, id: QueueId) -> bool {
+        if !self.enabled() || events.is_empty() {
+            return false;
         }
+        self.append(&events, None, Some((slot, id)));
+        true
     }
 
     /// New settings (SIGHUP); the events file is reopened either way, so
@@ -320,6 +422,38 @@ impl EventLog {
             // reason: not a worker: the main thread at exit / a webhook thread
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// What the event thread completes after its next sync.
+#[derive(Debug, Default)]
+struct Waiters {
+    done: Vec<Arc<Done>>,
+    finish: Vec<(u32, QueueId)>,
+}
+
+impl Waiters {
+    fn is_empty(&self) -> bool {
+        self.done.is_empty() && self.finish.is_empty()
+    }
+
+    /// What was written is durable: wake the callers, hand the ids back
+    /// (in the order they came, one wake-up per worker).
+    fn complete(&mut self, queue: &Queue) {
+        for w in self.done.drain(..) {
+            w.complete();
+        }
+        if self.finish.is_empty() {
+            return;
+        }
+        let finishers = queue.finishers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.finish.sort_by_key(|&(slot, _)| slot);
+        for group in self.finish.chunk_by(|a, b| a.0 == b.0) {
+            if let Some(f) = finishers.get(group[0].0 as usize) {
+                f.hand_back(group.iter().map(|&(_, id)| id));
+            }
+        }
+        self.finish.clear();
     }
 }
 
@@ -424,64 +558,50 @@ impl Writer {
     }
 
     fn run(mut self, queue: &Queue) {
-        let mut waiters: Vec<Arc<Done>> = Vec::new();
+        let mut waiters = Waiters::default();
         let mut last_sync = crate::rt::clock::instant();
         let mut quiet_ticks = 0u32;
+        // The buffer handed back to the emitters at the next take.
+        let mut spare: Vec<u8> = Vec::new();
         loop {
-            let mut bytes = Vec::new();
             let mut force = false;
             let mut got = false;
-            while bytes.len() < BATCH_BYTES {
-                let Some(req) = queue.items.pop() else { break };
+            while let Some(req) = queue.items.pop() {
                 got = true;
                 match req {
-                    Req::Lines { events, done } => {
-                        for e in &events {
-                            e.write_line(&mut bytes);
-                        }
-                        waiters.extend(done);
-                    }
                     Req::Flush(done) => {
-                        waiters.push(done);
+                        waiters.done.push(done);
                         force = true;
                     }
                     Req::Configure(s) => {
                         // Lines before a reconfiguration go where they were meant to.
-                        self.write(&bytes);
-                        bytes.clear();
+                        got |= self.take(queue, &mut spare, &mut waiters);
                         self.sync();
-                        for w in waiters.drain(..) {
-                            w.complete();
-                        }
+                        waiters.complete(queue);
                         if let Err(e) = self.configure(s) {
                             tracing::error!("events: {e}");
                         }
                     }
                 }
             }
-            self.write(&bytes);
+            got |= self.take(queue, &mut spare, &mut waiters);
             // Group commit: one fdatasync for everything waiting, at most
             // once per SYNC_INTERVAL (at once after a quiet spell).
             let now = crate::rt::clock::instant();
             if !waiters.is_empty() && (force || now >= last_sync + SYNC_INTERVAL) {
                 self.sync();
                 last_sync = crate::rt::clock::instant();
-                for w in waiters.drain(..) {
-                    w.complete();
-                }
+                waiters.complete(queue);
             }
-            if queue.closed.load(Ordering::Acquire) && queue.items.is_empty() {
+            if queue.closed.load(Ordering::Acquire) && queue.items.is_empty() && queue.is_drained() {
                 break;
-            }
-            if bytes.len() >= BATCH_BYTES {
-                continue;
             }
             quiet_ticks = if got { 0 } else { quiet_ticks.saturating_add(1) };
             // Drain every TICK while events flow; after a quiet second,
-            // doze (a caller with a waiting event or a request wakes us).
+            // doze (a caller with an event or a request wakes us).
             if quiet_ticks > 100 && waiters.is_empty() {
                 queue.dozing.store(true, Ordering::Release);
-                if queue.items.is_empty() {
+                if queue.items.is_empty() && queue.is_drained() {
                     std::thread::park_timeout(IDLE_TICK);
                 }
                 queue.dozing.store(false, Ordering::Release);
@@ -489,13 +609,36 @@ impl Writer {
                 std::thread::park_timeout(TICK);
             }
         }
+        self.take(queue, &mut spare, &mut waiters);
         self.sync();
-        for w in waiters {
-            w.complete();
-        }
+        waiters.complete(queue);
         for h in self.hooks.drain(..) {
             h.stop();
         }
+    }
+
+    /// Takes the lines emitted so far (and their waiters) and writes them
+    /// out, in batches of at most [`BATCH_BYTES`]. Returns whether there
+    /// were any.
+    fn take(&mut self, queue: &Queue, spare: &mut Vec<u8>, waiters: &mut Waiters) -> bool {
+        spare.clear();
+        {
+            let mut p = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut p.bytes, spare);
+            waiters.done.append(&mut p.waiters);
+            waiters.finish.append(&mut p.finish);
+        }
+        if spare.is_empty() {
+            return false;
+        }
+        for chunk in batches(spare, BATCH_BYTES) {
+            self.write(chunk);
+        }
+        // A burst's buffer is not kept for good.
+        if spare.capacity() > 4 * BATCH_BYTES {
+            *spare = Vec::new();
+        }
+        true
     }
 
     /// Appends `bytes` to the file and the journal (not synced).
@@ -576,6 +719,28 @@ impl Writer {
     }
 }
 
+/// `bytes` (whole lines) cut into pieces of at most `max` bytes, each
+/// ending at a line's end where one line is not longer than `max`.
+fn batches(bytes: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = if rest.len() <= max {
+            rest.len()
+        } else {
+            match rest[..max].iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => max,
+            }
+        };
+        let (head, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(head)
+    })
+}
+
 /// Journal segments: (sequence, bytes).
 type Segments = Vec<(u64, u64)>;
 
@@ -610,6 +775,86 @@ fn doomed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{EventType, Timestamp};
+
+    fn event(id: &str) -> Event {
+        Event {
+            kind: EventType::Delivery,
+            id: Some(id.into()),
+            timestamp: Timestamp(0),
+            sender: "s@a.test".into(),
+            recipient: Some("r@b.test".into()),
+            recipients: Vec::new(),
+            tenant: None,
+            campaign: None,
+            source: None,
+            class: None,
+            response: None,
+            size: 1,
+            attempt: 1,
+            next_hop: None,
+            tls: None,
+            peer: None,
+            feedback_type: None,
+            reason: None,
+        }
+    }
+
+    /// Waits (bounded) for the ids `f` hands back.
+    fn take(f: &Finisher) -> Vec<QueueId> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..500 {
+            if let Poll::Ready(ids) = f.poll_take(&mut cx) {
+                return ids;
+            }
+            #[allow(clippy::disallowed_methods)] // reason: a test thread, not a worker
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Vec::new()
+    }
+
+    #[test]
+    fn delivered_ids_come_back_to_their_worker_after_their_events_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        let settings = Settings { file: Some(file.clone()), ..Settings::default() };
+        let log = EventLog::start(dir.path(), settings, Arc::new(Metrics::default())).unwrap();
+        let (w0, f0) = log.finisher();
+        let (w1, f1) = log.finisher();
+        assert!(log.emit_then_finish(vec![event("a")], w0, QueueId(1)));
+        assert!(log.emit_then_finish(vec![event("b")], w1, QueueId(2)));
+        log.emit(vec![event("c")]);
+        assert!(log.emit_then_finish(vec![event("d")], w0, QueueId(3)));
+        assert_eq!(take(&f0), [QueueId(1), QueueId(3)]);
+        assert_eq!(take(&f1), [QueueId(2)]);
+        // Written (and synced) before they came back, in the order emitted.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        // Without a sink nothing is kept: the caller finishes at once.
+        log.configure(Settings::default());
+        assert!(!log.emit_then_finish(vec![event("e")], w0, QueueId(4)));
+    }
+
+    #[test]
+    fn batches_end_at_line_ends() {
+        type Case<'a> = (&'a [u8], usize, &'a [&'a [u8]]);
+        let cases: &[Case] = &[
+            (b"", 4, &[]),
+            (b"ab\ncd\n", 100, &[b"ab\ncd\n"]),
+            (b"ab\ncd\n", 4, &[b"ab\n", b"cd\n"]),
+            (b"ab\ncd\nef\n", 6, &[b"ab\ncd\n", b"ef\n"]),
+            // A line longer than a batch is cut where the batch is full.
+            (b"abcdefg\nh\n", 4, &[b"abcd", b"efg\n", b"h\n"]),
+        ];
+        for (bytes, max, want) in cases {
+            let got: Vec<&[u8]> = batches(bytes, *max).collect();
+            assert_eq!(&got, want, "{:?} by {max}", String::from_utf8_lossy(bytes));
+        }
+    }
 
     #[test]
     fn which_segments_go() {

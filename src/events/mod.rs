@@ -165,16 +165,48 @@ pub struct Timestamp(pub u64);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&rfc3339_ms(self.0))
+        let mut buf = [0u8; RFC3339_MS_LEN];
+        s.serialize_str(rfc3339_ms_into(self.0, &mut buf))
     }
 }
 
+/// Length of [`rfc3339_ms`]'s form for years 0 to 9999.
+const RFC3339_MS_LEN: usize = 24;
+
 /// Unix milliseconds as RFC 3339 in UTC: `2026-11-30T09:41:07.250Z`.
 pub fn rfc3339_ms(ms: u64) -> String {
+    let mut buf = [0u8; RFC3339_MS_LEN];
+    rfc3339_ms_into(ms, &mut buf).to_string()
+}
+
+/// [`rfc3339_ms`] written into `buf`, without allocating (every event has
+/// one). Years past 9999 are written as 9999.
+fn rfc3339_ms_into(ms: u64, buf: &mut [u8; RFC3339_MS_LEN]) -> &str {
     let secs = ms / 1000;
     let (y, mo, d) = crate::smtp::session::received::civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, ms % 1000)
+    let fields: [(u64, usize); 7] = [
+        (y.clamp(0, 9999) as u64, 4),
+        (u64::from(mo), 2),
+        (u64::from(d), 2),
+        (s / 3600, 2),
+        (s / 60 % 60, 2),
+        (s % 60, 2),
+        (ms % 1000, 3),
+    ];
+    let seps = [b'-', b'-', b'T', b':', b':', b'.', b'Z'];
+    let mut at = 0;
+    for ((mut v, width), sep) in fields.into_iter().zip(seps) {
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        at += width;
+        buf[at] = sep;
+        at += 1;
+    }
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(&buf[..at]).unwrap_or("1970-01-01T00:00:00.000Z")
 }
 
 #[cfg(test)]
@@ -187,6 +219,7 @@ mod tests {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_796_031_667_250), "2026-11-30T09:41:07.250Z");
         assert_eq!(rfc3339_ms(951_782_400_001), "2000-02-29T00:00:00.001Z");
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -187,10 +187,17 @@ async fn serve(setup: WorkerSetup) {
     if let Some(p) = pickup {
         p.await;
     }
+    // Attempts that ended are recorded before the spool closes (a
+    // delivered message whose end was not recorded is sent again).
+    owner.settled(SETTLE_LIMIT).await;
     spool.close();
     committer.await;
     tracing::debug!(worker = index, "worker drained");
 }
+
+/// How long a stopping worker waits for ended attempts to be recorded
+/// (outcome events are synced at most 50 ms apart).
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The worker that owns a destination: a stable hash of its key, so every
 /// worker sends a destination's jobs to the same place.

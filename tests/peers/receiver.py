@@ -20,9 +20,13 @@ Prints "ready" once listening. Modes:
   rcpt-map FILE     FILE has lines `ADDR|REPLY` (REPLY may hold \\r\\n for a
                     multi-line reply): RCPT TO ADDR gets REPLY, others 250
   hostile KIND      multiline-flood | long-line | garbage | bare-lf | silence
+  term-at N|PID     accept everything; as the Nth message is taken, send
+                    SIGTERM to PID just before its 250 (a delivery that ends
+                    as the sender stops)
 """
 import argparse
 import os
+import signal
 import socket
 import socketserver
 import ssl
@@ -217,6 +221,8 @@ class Handler(socketserver.StreamRequestHandler):
                         f.writelines(data)
                     os.rename(path + ".tmp", path)
                     self.accepted += 1
+                    if args.mode == "term-at" and n == int(args.arg.split("|")[0]):
+                        os.kill(int(args.arg.split("|")[1]), signal.SIGTERM)
                     self.send("250 2.0.0 ok queued\r\n")
                 mail, rcpts = None, []
             elif verb == "RSET":
