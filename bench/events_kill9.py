@@ -8,6 +8,7 @@ have a Delivery event in the events file. Loopback only; bounded in rounds
 and time.
 
 usage: bench/events_kill9.py [--rounds N] [--threads T] [--out FILE]
+                            [--ringpost BIN --bench BIN]   (else release builds)
 """
 import argparse
 import json
@@ -80,9 +81,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--out")
+    ap.add_argument("--ringpost", help="the server binary (default: a release build made now)")
+    ap.add_argument("--bench", help="the ringpost-bench binary (default: a release build made now)")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringpost", "-p", "ringpost-bench"], cwd=ROOT,
-                   check=True)
+    global BIN, BENCH
+    if args.ringpost and args.bench:
+        BIN, BENCH = Path(args.ringpost), Path(args.bench)
+    else:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringpost", "-p", "ringpost-bench"], cwd=ROOT,
+                       check=True)
     work = Path(tempfile.mkdtemp(prefix="ringpost-events-kill9."))
     admin_port, smtp_port, sink_port = free_port(), free_port(), free_port()
     sink = subprocess.Popen([BENCH, "sink", "--listen", f"127.0.0.1:{sink_port}", "--timeout", "3600",
