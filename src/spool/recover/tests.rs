@@ -334,3 +334,71 @@ fn replacing_a_file_leaves_the_new_content_and_no_temporary() {
         "no directory: an error"
     );
 }
+
+/// Families scanned on several threads give what one thread gives: the
+/// same live messages per family, the highest id, and every damaged record
+/// reported (in family order).
+#[test]
+fn families_scanned_at_once_give_what_one_thread_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = scan(dir.path()).unwrap();
+    let (fams, _) = assign(dir.path(), rec, 4).unwrap();
+    let mut damaged = Vec::new();
+    for (f, fam) in fams.into_iter().enumerate() {
+        let spool = Spool::new(dir.path().to_path_buf(), fam, true, SEGMENT, Arc::default());
+        let first = 1 + 100 * f as u64;
+        let locs = block_on(async {
+            let committer = monoio::spawn(spool.clone().run_committer());
+            let mut locs = Vec::new();
+            for id in first..first + 5 + f as u64 {
+                let env = sample_envelope(id);
+                locs.push(
+                    spool
+                        .append_message(&env, b"", b"Subject: s\r\n\r\nbody\r\n")
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .loc,
+                );
+            }
+            spool.close();
+            committer.await;
+            locs
+        });
+        // One damaged record in families 1 and 3.
+        if f % 2 == 1 {
+            let loc = locs[2];
+            let path = segment::segment_path(dir.path(), f as u32, loc.seq);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[loc.offset as usize + HEADER_LEN + 3] ^= 0x40;
+            std::fs::write(&path, bytes).unwrap();
+            damaged.push(path);
+        }
+    }
+    let numbers = [0, 1, 2, 3];
+    let summary = |threads: usize| {
+        let scanned: Vec<_> =
+            scan_families(dir.path(), &numbers, threads).into_iter().map(Result::unwrap).collect();
+        let per_family: Vec<(u32, BTreeSet<u64>)> =
+            scanned.iter().map(|(f, _, _)| (f.family, f.index.ids().map(|id| id.0).collect())).collect();
+        let max_id = scanned.iter().map(|(_, _, id)| id.0).max();
+        let corrupt: Vec<PathBuf> =
+            scanned.iter().flat_map(|(_, r, _)| r.corrupt.iter().map(|c| c.0.clone())).collect();
+        (per_family, max_id, corrupt)
+    };
+    let one = summary(1);
+    assert_eq!(one, summary(3));
+    assert_eq!(one, summary(8), "more threads than families");
+    let (per_family, max_id, corrupt) = one;
+    assert_eq!(per_family[0], (0, ids(1..=5, &[])));
+    assert_eq!(per_family[1], (1, ids(101..=106, &[103])));
+    assert_eq!(per_family[2], (2, ids(201..=207, &[])));
+    assert_eq!(per_family[3], (3, ids(301..=308, &[303])));
+    assert_eq!(max_id, Some(308));
+    assert_eq!(corrupt, damaged);
+    // And through `scan`, with as many threads as this machine has.
+    let rec = scan(dir.path()).unwrap();
+    assert_eq!(rec.max_id, QueueId(308));
+    assert_eq!(rec.report.messages, 5 + 5 + 7 + 7, "26 stored, 2 damaged");
+    assert_eq!(rec.report.corrupt.len(), 2);
+}
