@@ -4,24 +4,12 @@
 //! delivered in the end, once. Needs /dev/fuse and root (mount(2)).
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: tests
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-const BENCH: &str = env!("CARGO_BIN_EXE_ringpost-bench");
-
-/// The server binary beside ours (built by `cargo test --workspace`; built
-/// here when this crate's tests run alone).
-fn ringpost() -> PathBuf {
-    let bin = Path::new(BENCH).with_file_name("ringpost");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "ringpost", "--bin", "ringpost"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    bin
-}
+use common::{ringpost, BENCH};
 
 #[test]
 fn acknowledged_mail_survives_power_cuts() {
