@@ -57,7 +57,7 @@ one() {
     echo "$(cat "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
   done | awk -v s="$side" -v r="$round" -v n="$total" -v tick="$TICK" '
     { g = $1
-      if (g ~ /^ringpost-w/) g = "worker"; else if (g ~ /^iou-wrk/) g = "io-wq (fdatasync)";
+      if (g ~ /^ringpost-webho/) g = "webhook thread"; else if (g ~ /^ringpost-w/) g = "worker"; else if (g ~ /^iou-wrk/) g = "io-wq (fdatasync)";
       else if (g == "ringpost-events") g = "event thread"; else if (g == "ringpost") g = "main and blocking pool";
       else g = "other"
       c[g] += $2 }

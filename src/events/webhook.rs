@@ -22,6 +22,8 @@ use crate::metrics::{Metrics, WebhookCounts};
 
 /// Largest batch body posted.
 const MAX_BODY: usize = 8 << 20;
+/// How much of the journal is read at a time while a batch is filled.
+const READ_CHUNK: usize = 64 << 10;
 /// Longest wait between two tries of a failing endpoint.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -123,17 +125,85 @@ struct Cursor {
     offset: u64,
 }
 
+/// Bytes of a cursor record: `seq offset crc` padded with spaces, then a
+/// newline; always written whole at the start of the file.
+const CURSOR_LEN: usize = 64;
+/// A moved cursor is made durable at most this often (and when the
+/// webhook stops): in between it is written to the page cache only, so
+/// kill -9 loses nothing and a power cut posts at most this much again.
+const CURSOR_SYNC: Duration = Duration::from_secs(1);
+
+fn encode_cursor(c: Cursor) -> [u8; CURSOR_LEN] {
+    let text = format!("{} {}", c.seq, c.offset);
+    let line = format!("{text} {:08x}", crc32c::crc32c(text.as_bytes()));
+    let mut out = [b' '; CURSOR_LEN];
+    out[..line.len().min(CURSOR_LEN - 1)].copy_from_slice(&line.as_bytes()[..line.len().min(CURSOR_LEN - 1)]);
+    out[CURSOR_LEN - 1] = b'\n';
+    out
+}
+
+/// The cursor saved at `path`: `seq offset crc` (or `seq offset`, as
+/// written before the checksum); None when absent or damaged.
 fn read_cursor(path: &Path) -> Option<Cursor> {
     let text = std::fs::read_to_string(path).ok()?;
-    let (seq, offset) = text.trim().split_once(' ')?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let (seq, offset) = match fields[..] {
+        [seq, offset] => (seq, offset),
+        [seq, offset, crc] => {
+            let want = u32::from_str_radix(crc, 16).ok()?;
+            (crc32c::crc32c(format!("{seq} {offset}").as_bytes()) == want).then_some((seq, offset))?
+        }
+        _ => return None,
+    };
     Some(Cursor { seq: seq.parse().ok()?, offset: offset.parse().ok()? })
 }
 
-/// tmp + fsync + rename + directory fsync: the cursor is the old one or
-/// the new one, and a power cut does not bring back an older one (which
-/// would post events again).
+/// tmp + fsync + rename + directory fsync: the file exists with this
+/// cursor for sure (at start; later moves are written in place).
 fn write_cursor(path: &Path, c: Cursor) -> std::io::Result<()> {
-    crate::spool::recover::replace_file_durable(path, format!("{} {}\n", c.seq, c.offset).as_bytes())
+    crate::spool::recover::replace_file_durable(path, &encode_cursor(c))
+}
+
+/// The cursor file, kept open: each move is one write at offset 0 (a
+/// record within one sector, checked by its CRC when read back), synced
+/// at most every [`CURSOR_SYNC`].
+struct CursorFile {
+    file: std::fs::File,
+    synced_at: Instant,
+    dirty: bool,
+}
+
+impl CursorFile {
+    fn open(path: &Path) -> std::io::Result<CursorFile> {
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        Ok(CursorFile { file, synced_at: crate::rt::clock::instant(), dirty: false })
+    }
+
+    fn store(&mut self, c: Cursor, sync: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&encode_cursor(c), 0)?;
+        self.dirty = true;
+        if sync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the last store durable if it is not, or only once
+    /// [`CURSOR_SYNC`] has passed since the last sync unless `now`.
+    fn sync_due(&mut self, now: bool) -> std::io::Result<()> {
+        if self.dirty && (now || self.synced_at.elapsed() >= CURSOR_SYNC) {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        self.synced_at = crate::rt::clock::instant();
+        self.dirty = false;
+        Ok(())
+    }
 }
 
 /// Starts the thread of one webhook.
@@ -162,6 +232,8 @@ pub fn start(
     // Saved at once: after a crash, a webhook that never got anything
     // through resumes here, not at the journal's end.
     write_cursor(&cursor_path, cursor).map_err(|e| format!("{}: {e}", cursor_path.display()))?;
+    let cursor_file =
+        CursorFile::open(&cursor_path).map_err(|e| format!("{}: {e}", cursor_path.display()))?;
     let tls = if settings.url.tls { Some(tls_config(&settings)?) } else { None };
     let stop = Arc::new(AtomicBool::new(false));
     let position = Arc::new(AtomicU64::new(cursor.seq));
@@ -170,7 +242,9 @@ pub fn start(
         settings: settings.clone(),
         dir,
         cursor_path,
+        cursor_file,
         cursor,
+        segment: None,
         stop: stop.clone(),
         position: position.clone(),
         wakeup,
@@ -191,7 +265,10 @@ struct Sender {
     settings: WebhookSettings,
     dir: PathBuf,
     cursor_path: PathBuf,
+    cursor_file: CursorFile,
     cursor: Cursor,
+    /// The journal segment the cursor is in, kept open: (seq, file).
+    segment: Option<(u64, std::fs::File)>,
     stop: Arc<AtomicBool>,
     position: Arc<AtomicU64>,
     wakeup: Arc<Wakeup>,
@@ -200,9 +277,12 @@ struct Sender {
     failing_since: Option<Instant>,
 }
 
-/// Complete lines read from the cursor on.
+/// Complete lines read from the cursor on, as the JSON array to post.
+#[derive(Default)]
 struct Batch {
-    lines: Vec<Vec<u8>>,
+    /// `[line,line,...` (the `]` is added when it is posted).
+    body: Vec<u8>,
+    lines: usize,
     /// Bytes they take in the journal.
     bytes: u64,
 }
@@ -211,11 +291,17 @@ impl Sender {
     fn run(&mut self) {
         let mut waiting_since: Option<Instant> = None;
         let mut seen = self.wakeup.current();
+        // Lines read while the batch waits to fill: each wake-up reads only
+        // what was appended since.
+        let mut batch = Batch::default();
         while !self.stop.load(Ordering::Acquire) {
+            let res = self.cursor_file.sync_due(false);
+            self.cursor_saved(res);
             let segs = segments(&self.dir);
             self.update_backlog(&segs);
             // Our segment was dropped (backlog limit): go on from the oldest left.
             if !segs.iter().any(|s| s.0 == self.cursor.seq) {
+                batch = Batch::default();
                 match segs.iter().find(|s| s.0 > self.cursor.seq) {
                     Some(&(seq, _)) => self.advance(Cursor { seq, offset: 0 }),
                     None => seen = self.wakeup.wait(seen, Duration::from_secs(1)),
@@ -223,8 +309,8 @@ impl Sender {
                 continue;
             }
             let newer = segs.iter().find(|s| s.0 > self.cursor.seq).map(|s| s.0);
-            let batch = self.read();
-            if batch.lines.is_empty() {
+            self.read_more(&mut batch);
+            if batch.lines == 0 {
                 match newer {
                     // This segment is done (a torn last line, if any, is skipped).
                     Some(seq) => self.advance(Cursor { seq, offset: 0 }),
@@ -232,7 +318,7 @@ impl Sender {
                 }
                 continue;
             }
-            let full = batch.lines.len() >= self.settings.batch_size;
+            let full = batch.lines >= self.settings.batch_size;
             let since = *waiting_since.get_or_insert_with(crate::rt::clock::instant);
             let left = self.settings.batch_wait.saturating_sub(since.elapsed());
             if !full && newer.is_none() && !left.is_zero() {
@@ -240,27 +326,21 @@ impl Sender {
                 continue;
             }
             waiting_since = None;
-            self.deliver(batch);
+            self.deliver(std::mem::take(&mut batch));
         }
+        let res = self.cursor_file.sync_due(true);
+        self.cursor_saved(res);
     }
 
     /// Posts one batch until the endpoint takes it (or we are stopped).
-    fn deliver(&mut self, batch: Batch) {
-        let mut body = Vec::with_capacity(batch.bytes as usize + 2);
-        body.push(b'[');
-        for (i, line) in batch.lines.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(line);
-        }
-        body.push(b']');
+    fn deliver(&mut self, mut batch: Batch) {
+        batch.body.push(b']');
         while !self.stop.load(Ordering::Acquire) {
-            match post(&self.settings, self.tls.as_ref(), "application/json", &body) {
+            match post(&self.settings, self.tls.as_ref(), "application/json", &batch.body) {
                 Ok(()) => {
                     self.count(|c| {
                         c.posts += 1;
-                        c.events += batch.lines.len() as u64;
+                        c.events += batch.lines as u64;
                     });
                     if let Some(since) = self.failing_since.take() {
                         tracing::info!(url = %self.settings.url.text, down_for_s = since.elapsed().as_secs(),
@@ -292,39 +372,69 @@ impl Sender {
         }
     }
 
+    /// Moves the cursor: written at once, made durable at once when it
+    /// moves to another segment (the event thread may then delete the old
+    /// one), else within [`CURSOR_SYNC`].
     fn advance(&mut self, c: Cursor) {
+        let new_segment = c.seq != self.cursor.seq;
         self.cursor = c;
         self.position.store(c.seq, Ordering::Release);
-        if let Err(e) = write_cursor(&self.cursor_path, c) {
+        let res = self.cursor_file.store(c, new_segment);
+        self.cursor_saved(res);
+    }
+
+    fn cursor_saved(&self, res: std::io::Result<()>) {
+        if let Err(e) = res {
             tracing::error!(error = %e, path = %self.cursor_path.display(),
                 "cannot save the webhook cursor; events may be posted again after a restart");
         }
     }
 
-    /// Complete lines from the cursor, up to the batch size.
-    fn read(&self) -> Batch {
-        let mut batch = Batch { lines: Vec::new(), bytes: 0 };
-        let path = segment_path(&self.dir, self.cursor.seq);
-        let Ok(mut f) = std::fs::File::open(&path) else { return batch };
-        use std::io::Seek;
-        if f.seek(std::io::SeekFrom::Start(self.cursor.offset)).is_err() {
-            return batch;
+    /// Adds to `batch` the complete lines after it (it starts at the
+    /// cursor), up to the batch size and [`MAX_BODY`] bytes, read
+    /// [`READ_CHUNK`] at a time: a batch costs what it holds, not the
+    /// backlog behind it, and a wake-up reads only what is new.
+    fn read_more(&mut self, batch: &mut Batch) {
+        use std::os::unix::fs::FileExt;
+        if batch.lines >= self.settings.batch_size || batch.bytes as usize >= MAX_BODY {
+            return;
         }
+        let seq = self.cursor.seq;
+        if self.segment.as_ref().is_none_or(|(s, _)| *s != seq) {
+            self.segment = std::fs::File::open(segment_path(&self.dir, seq)).ok().map(|f| (seq, f));
+        }
+        let Some((_, f)) = self.segment.as_ref() else { return };
+        let mut at = self.cursor.offset + batch.bytes;
+        let room = MAX_BODY - batch.bytes as usize;
         let mut buf = Vec::new();
-        let _ = f.take(MAX_BODY as u64).read_to_end(&mut buf);
         let mut start = 0;
-        while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
-            let line = &buf[start..start + i];
-            start += i + 1;
-            if !line.is_empty() {
-                batch.lines.push(line.to_vec());
+        loop {
+            while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
+                let line = &buf[start..start + i];
+                start += i + 1;
+                if !line.is_empty() {
+                    batch.body.push(if batch.lines == 0 { b'[' } else { b',' });
+                    batch.body.extend_from_slice(line);
+                    batch.lines += 1;
+                }
+                batch.bytes += (i + 1) as u64;
+                if batch.lines >= self.settings.batch_size {
+                    return;
+                }
             }
-            batch.bytes = start as u64;
-            if batch.lines.len() >= self.settings.batch_size {
-                break;
+            if buf.len() >= room {
+                return;
+            }
+            let old = buf.len();
+            buf.resize(old + READ_CHUNK.min(room - old), 0);
+            match f.read_at(&mut buf[old..], at) {
+                Ok(n) if n > 0 => {
+                    buf.truncate(old + n);
+                    at += n as u64;
+                }
+                _ => return,
             }
         }
-        batch
     }
 
     fn update_backlog(&self, segs: &[(u64, u64)]) {
@@ -458,7 +568,24 @@ mod tests {
         assert_eq!(read_cursor(&p), None);
         write_cursor(&p, Cursor { seq: 7, offset: 1234 }).unwrap();
         assert_eq!(read_cursor(&p), Some(Cursor { seq: 7, offset: 1234 }));
-        std::fs::write(&p, "garbage").unwrap();
-        assert_eq!(read_cursor(&p), None);
+        // Moves are written in place, whole records.
+        let mut f = CursorFile::open(&p).unwrap();
+        f.store(Cursor { seq: 8, offset: 5 }, false).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), CURSOR_LEN as u64);
+        assert_eq!(read_cursor(&p), Some(Cursor { seq: 8, offset: 5 }));
+        f.store(Cursor { seq: u64::MAX, offset: u64::MAX }, true).unwrap();
+        assert_eq!(read_cursor(&p), Some(Cursor { seq: u64::MAX, offset: u64::MAX }));
+        // The form written before the checksum still reads.
+        std::fs::write(&p, "7 1234\n").unwrap();
+        assert_eq!(read_cursor(&p), Some(Cursor { seq: 7, offset: 1234 }));
+        // A damaged record is refused, not taken.
+        for bad in ["garbage", "7 1235 00000000", "7 1234 zz", "", "1 2 3 4"] {
+            std::fs::write(&p, bad).unwrap();
+            assert_eq!(read_cursor(&p), None, "{bad:?}");
+        }
+        let mut rec = encode_cursor(Cursor { seq: 7, offset: 1234 });
+        rec[2] = b'9';
+        std::fs::write(&p, rec).unwrap();
+        assert_eq!(read_cursor(&p), None, "a changed digit");
     }
 }
