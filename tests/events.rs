@@ -314,6 +314,45 @@ fn webhook_down_then_up_across_kill9_gets_every_event_in_order() {
     drop(srv);
 }
 
+/// An endpoint that keeps connections gets many POSTs on one; when it
+/// goes away and another takes its place, the dead kept connection is
+/// replaced without a failure and nothing is lost.
+#[test]
+fn webhook_posts_share_a_kept_connection() {
+    let port = free_port();
+    let hook_port = free_port();
+    let rx = Receiver::start("127.0.0.1", port, &[]);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let extra = route(
+        port,
+        &format!("[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/events\"\nbatch_size = 2\nbatch_wait = \"50ms\"\n"),
+    );
+    let hook = Hook::start(hook_port, &["--keep-alive"]);
+    let srv = Server::start_in(&dir, &extra);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(send(&srv, "", &[&format!("r{i}@a.test")]));
+    }
+    let delivered = |hook: &Hook, ids: &[String]| {
+        let ev = hook.events();
+        ids.iter().all(|id| ev.iter().any(|e| e["type"] == "Delivery" && e["id"] == id.as_str()))
+    };
+    assert!(wait_until(Duration::from_secs(20), || delivered(&hook, &ids)), "{:?}", hook.events());
+    let (posts, connections) = (hook.count("posts"), hook.count("connections"));
+    assert!(posts >= 6, "{posts} posts");
+    assert!(connections < posts, "{posts} posts on {connections} connections");
+    // The endpoint restarts: the kept connection is dead.
+    drop(hook);
+    let hook = Hook::start(hook_port, &["--keep-alive"]);
+    let mut more = Vec::new();
+    for i in 6..9 {
+        more.push(send(&srv, "", &[&format!("r{i}@a.test")]));
+    }
+    assert_eq!(rx.wait_for(9, Duration::from_secs(20)).len(), 9);
+    assert!(wait_until(Duration::from_secs(20), || delivered(&hook, &more)), "{:?}", hook.events());
+    assert_eq!(metric_with_prefix(&srv, "ringpost_webhook_failures_total"), 0.0);
+}
+
 /// The value of the first series of `name` (any labels).
 fn metric_with_prefix(srv: &Server, name: &str) -> f64 {
     let (_, text) = srv.http("GET", "/metrics");

@@ -22,6 +22,9 @@ use crate::metrics::{Metrics, WebhookCounts};
 
 /// Largest batch body posted.
 const MAX_BODY: usize = 8 << 20;
+/// A kept connection idle this long is not used again (servers close idle
+/// connections after a few seconds; a fresh one avoids the failed try).
+const KEEP_IDLE: Duration = Duration::from_secs(4);
 /// How much of the journal is read at a time while a batch is filled.
 const READ_CHUNK: usize = 64 << 10;
 /// Longest wait between two tries of a failing endpoint.
@@ -245,6 +248,7 @@ pub fn start(
         cursor_file,
         cursor,
         segment: None,
+        conn: None,
         stop: stop.clone(),
         position: position.clone(),
         wakeup,
@@ -269,6 +273,9 @@ struct Sender {
     cursor: Cursor,
     /// The journal segment the cursor is in, kept open: (seq, file).
     segment: Option<(u64, std::fs::File)>,
+    /// The endpoint's connection, kept between POSTs (HTTP/1.1
+    /// keep-alive), with when it was last used.
+    conn: Option<(Box<dyn ReadWrite>, Instant)>,
     stop: Arc<AtomicBool>,
     position: Arc<AtomicU64>,
     wakeup: Arc<Wakeup>,
@@ -336,7 +343,7 @@ impl Sender {
     fn deliver(&mut self, mut batch: Batch) {
         batch.body.push(b']');
         while !self.stop.load(Ordering::Acquire) {
-            match post(&self.settings, self.tls.as_ref(), "application/json", &batch.body) {
+            match self.post(&batch.body) {
                 Ok(()) => {
                     self.count(|c| {
                         c.posts += 1;
@@ -370,6 +377,32 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// One POST on the kept connection, or a new one. A kept connection
+    /// that fails before any answer (the endpoint closed it while idle) is
+    /// replaced at once, once; any other failure is the endpoint's.
+    fn post(&mut self, body: &[u8]) -> Result<(), String> {
+        let kept = self.conn.take().filter(|(_, used)| used.elapsed() < KEEP_IDLE);
+        if let Some((mut stream, _)) = kept {
+            match request(&mut stream, &self.settings, "application/json", body, true) {
+                Ok(reusable) => {
+                    if reusable {
+                        self.conn = Some((stream, crate::rt::clock::instant()));
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.unanswered => {}
+                Err(e) => return Err(e.text),
+            }
+        }
+        let mut stream = connect(&self.settings, self.tls.as_ref())?;
+        let reusable =
+            request(&mut stream, &self.settings, "application/json", body, true).map_err(|e| e.text)?;
+        if reusable {
+            self.conn = Some((stream, crate::rt::clock::instant()));
+        }
+        Ok(())
     }
 
     /// Moves the cursor: written at once, made durable at once when it
@@ -456,14 +489,23 @@ impl Sender {
     }
 }
 
-/// One POST of `body` as `content_type`; Ok on a 2xx answer. Blocking:
-/// for a thread of its own or the blocking pool.
+/// One POST of `body` as `content_type` on a connection of its own; Ok on
+/// a 2xx answer. Blocking: for a thread of its own or the blocking pool.
 pub fn post(
     s: &WebhookSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
     content_type: &str,
     body: &[u8],
 ) -> Result<(), String> {
+    let mut stream = connect(s, tls)?;
+    request(&mut stream, s, content_type, body, false).map(|_| ()).map_err(|e| e.text)
+}
+
+/// A connection to the webhook's host (TLS for https).
+fn connect(
+    s: &WebhookSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn ReadWrite>, String> {
     let url = &s.url;
     let host = url.host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<_> =
@@ -482,7 +524,8 @@ pub fn post(
     let tcp = stream.ok_or(last)?;
     tcp.set_read_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(s.timeout)).map_err(|e| e.to_string())?;
-    let mut stream: Box<dyn ReadWrite> = match tls {
+    let _ = tcp.set_nodelay(true);
+    Ok(match tls {
         None => Box::new(tcp),
         Some(config) => {
             let name = rustls_pki_types::ServerName::try_from(host.to_owned())
@@ -491,7 +534,35 @@ pub fn post(
                 rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("tls: {e}"))?;
             Box::new(rustls::StreamOwned::new(conn, tcp))
         }
-    };
+    })
+}
+
+/// Why a request failed, and whether it failed before any answer came
+/// (on a reused connection: the server may have closed it meanwhile).
+#[derive(Debug)]
+struct RequestError {
+    text: String,
+    unanswered: bool,
+}
+
+/// Most bytes of an answer's body read to keep its connection (a larger
+/// one closes it).
+const MAX_ANSWER_BODY: usize = 1 << 20;
+
+/// Sends one POST on `stream` and reads the answer. Returns whether the
+/// connection can carry another request: asked with `keep_alive`, the
+/// answer said nothing against it and had a `Content-Length` body (read
+/// and dropped here).
+fn request(
+    stream: &mut Box<dyn ReadWrite>,
+    s: &WebhookSettings,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Result<bool, RequestError> {
+    let url = &s.url;
+    let unanswered = |text: String| RequestError { text, unanswered: true };
+    let answered = |text: String| RequestError { text, unanswered: false };
     let host_header = if url.port == if url.tls { 443 } else { 80 } {
         url.host.clone()
     } else {
@@ -499,47 +570,77 @@ pub fn post(
     };
     let mut head = format!(
         "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: ringpost/{}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n",
+         Content-Length: {}\r\n{}",
         url.path,
         env!("CARGO_PKG_VERSION"),
-        body.len()
+        body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
     );
     for (k, v) in &s.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).map_err(|e| format!("send: {e}"))?;
-    stream.write_all(body).map_err(|e| format!("send: {e}"))?;
-    // The status line and headers; the body is not needed.
+    stream.write_all(head.as_bytes()).map_err(|e| unanswered(format!("send: {e}")))?;
+    stream.write_all(body).map_err(|e| unanswered(format!("send: {e}")))?;
+    stream.flush().map_err(|e| unanswered(format!("send: {e}")))?;
+    // The status line and headers, then (to keep the connection) the body.
     let mut buf = vec![0u8; 16 << 10];
     let mut len = 0;
     loop {
-        let n = stream.read(&mut buf[len..]).map_err(|e| format!("read: {e}"))?;
+        let n = match stream.read(&mut buf[len..]) {
+            Ok(n) => n,
+            Err(e) if len == 0 => return Err(unanswered(format!("read: {e}"))),
+            Err(e) => return Err(answered(format!("read: {e}"))),
+        };
         if n == 0 {
-            return Err("the endpoint closed the connection without an answer".into());
+            let text = "the endpoint closed the connection without an answer".to_owned();
+            return Err(if len == 0 { unanswered(text) } else { answered(text) });
         }
         len += n;
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(head_len)) => {
                 let code = resp.code.unwrap_or(0);
-                return if (200..300).contains(&code) {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {code} {}", resp.reason.unwrap_or("")))
+                if !(200..300).contains(&code) {
+                    return Err(answered(format!("HTTP {code} {}", resp.reason.unwrap_or(""))));
+                }
+                let header = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
                 };
+                let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
+                let reusable = keep_alive
+                    && resp.version == Some(1)
+                    && header("connection").is_none_or(|v| !v.split(',').any(|t| t.trim() == "close"))
+                    && header("transfer-encoding").is_none()
+                    && length.is_some_and(|l| l <= MAX_ANSWER_BODY);
+                if !reusable {
+                    return Ok(false);
+                }
+                // The body: what came with the head, then the rest.
+                let mut left = length.unwrap_or(0).saturating_sub(len - head_len);
+                while left > 0 {
+                    let want = left.min(buf.len());
+                    match stream.read(&mut buf[..want]) {
+                        Ok(0) | Err(_) => return Ok(false),
+                        Ok(n) => left -= n,
+                    }
+                }
+                return Ok(len - head_len <= length.unwrap_or(0));
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            Ok(httparse::Status::Partial) => return Err("response head over 16 KiB".into()),
-            Err(e) => return Err(format!("bad response: {e}")),
+            Ok(httparse::Status::Partial) => return Err(answered("response head over 16 KiB".into())),
+            Err(e) => return Err(answered(format!("bad response: {e}"))),
         }
     }
 }
 
 /// A plain or TLS stream.
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
 
 #[cfg(test)]
 mod tests {

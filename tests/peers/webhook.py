@@ -8,6 +8,8 @@ line, to OUTDIR/events.jsonl, and OUTDIR/posts counts the accepted POSTs.
 --fail N answers the first N POSTs with 503 (nothing recorded); --slow S
 waits S seconds before answering each. Anything that is not a JSON array
 of objects gets 400 (and is counted in OUTDIR/bad). --tls serves https.
+--keep-alive answers as HTTP/1.1, so a client may keep its connection;
+OUTDIR/connections counts the connections taken.
 --raw takes any body: each is saved as OUTDIR/post-<n> and its Content-Type
 as OUTDIR/post-<n>.type (TLS reports).
 Prints "ready" once
@@ -20,7 +22,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-state = {"posts": 0, "failed": 0, "bad": 0}
+state = {"posts": 0, "failed": 0, "bad": 0, "connections": 0}
 
 
 def bump(name):
@@ -32,6 +34,12 @@ def bump(name):
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
+
+    def setup(self):
+        super().setup()
+        if args.keep_alive:
+            self.protocol_version = "HTTP/1.1"
+        bump("connections")
 
     def answer(self, code):
         self.send_response(code)
@@ -77,6 +85,8 @@ if __name__ == "__main__":
     p.add_argument("port", type=int)
     p.add_argument("outdir")
     p.add_argument("--fail", type=int, default=0)
+    p.add_argument("--keep-alive", action="store_true",
+                   help="answer as HTTP/1.1 (connections kept); OUTDIR/connections counts them")
     p.add_argument("--slow", type=float, default=0)
     p.add_argument("--tls", nargs=2)
     p.add_argument("--raw", action="store_true")
