@@ -233,6 +233,17 @@ impl Hook {
     }
 }
 
+/// `route` plus a `[[webhook]]` to 127.0.0.1:`hook_port` with `opts`.
+fn webhook_route(port: u16, hook_port: u16, opts: &str) -> String {
+    route(port, &format!("[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/events\"\n{opts}"))
+}
+
+/// Whether `hook` got a Delivery event for each of `ids`.
+fn posted_every_delivery(hook: &Hook, ids: &[String]) -> bool {
+    let ev = hook.events();
+    ids.iter().all(|id| ev.iter().any(|e| e["type"] == "Delivery" && e["id"] == id.as_str()))
+}
+
 impl Drop for Hook {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -250,12 +261,7 @@ fn webhook_down_then_up_across_kill9_gets_every_event_in_order() {
     let hook_port = free_port();
     let rx = Receiver::start("127.0.0.1", port, &[]);
     let dir = tempfile::tempdir().unwrap().keep();
-    let extra = route(
-        port,
-        &format!(
-            "[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/events\"\nbatch_size = 7\nbatch_wait = \"200ms\"\ntimeout = \"2s\"\n"
-        ),
-    );
+    let extra = webhook_route(port, hook_port, "batch_size = 7\nbatch_wait = \"200ms\"\ntimeout = \"2s\"\n");
     let srv = Server::start_in(&dir, &extra);
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -279,10 +285,7 @@ fn webhook_down_then_up_across_kill9_gets_every_event_in_order() {
     assert_eq!(rx.wait_for(25, Duration::from_secs(20)).len(), 25);
     let hook = Hook::start(hook_port, &["--fail", "2"]);
     assert!(
-        wait_until(Duration::from_secs(30), || {
-            let ev = hook.events();
-            ids.iter().all(|id| ev.iter().any(|e| e["type"] == "Delivery" && e["id"] == id.as_str()))
-        }),
+        wait_until(Duration::from_secs(30), || posted_every_delivery(&hook, &ids)),
         "every Delivery posted; got {:?}",
         hook.events()
     );
@@ -323,21 +326,18 @@ fn webhook_posts_share_a_kept_connection() {
     let hook_port = free_port();
     let rx = Receiver::start("127.0.0.1", port, &[]);
     let dir = tempfile::tempdir().unwrap().keep();
-    let extra = route(
-        port,
-        &format!("[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/events\"\nbatch_size = 2\nbatch_wait = \"50ms\"\n"),
-    );
+    let extra = webhook_route(port, hook_port, "batch_size = 2\nbatch_wait = \"50ms\"\n");
     let hook = Hook::start(hook_port, &["--keep-alive"]);
     let srv = Server::start_in(&dir, &extra);
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(send(&srv, "", &[&format!("r{i}@a.test")]));
     }
-    let delivered = |hook: &Hook, ids: &[String]| {
-        let ev = hook.events();
-        ids.iter().all(|id| ev.iter().any(|e| e["type"] == "Delivery" && e["id"] == id.as_str()))
-    };
-    assert!(wait_until(Duration::from_secs(20), || delivered(&hook, &ids)), "{:?}", hook.events());
+    assert!(
+        wait_until(Duration::from_secs(20), || posted_every_delivery(&hook, &ids)),
+        "{:?}",
+        hook.events()
+    );
     let (posts, connections) = (hook.count("posts"), hook.count("connections"));
     assert!(posts >= 6, "{posts} posts");
     assert!(connections < posts, "{posts} posts on {connections} connections");
@@ -349,7 +349,11 @@ fn webhook_posts_share_a_kept_connection() {
         more.push(send(&srv, "", &[&format!("r{i}@a.test")]));
     }
     assert_eq!(rx.wait_for(9, Duration::from_secs(20)).len(), 9);
-    assert!(wait_until(Duration::from_secs(20), || delivered(&hook, &more)), "{:?}", hook.events());
+    assert!(
+        wait_until(Duration::from_secs(20), || posted_every_delivery(&hook, &more)),
+        "{:?}",
+        hook.events()
+    );
     assert_eq!(metric_with_prefix(&srv, "ringpost_webhook_failures_total"), 0.0);
 }
 
