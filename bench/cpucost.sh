@@ -10,13 +10,17 @@
 # it handled. Rounds alternate which side goes first. Writes
 # tuning/results/<date>-<NAME>.md and keeps the raw numbers beside it.
 #
-# usage: B_EXTRA='...' bench/cpucost.sh [ROUNDS] [MESSAGES] [NAME]   (loopback only)
+# With BIN_B (and BIN_A) set, side b (a) runs that binary instead (B_EXTRA may then be
+# empty): two builds compared the same way.
+#
+# usage: B_EXTRA='...' [BIN_B=path] bench/cpucost.sh [ROUNDS] [MESSAGES] [NAME]   (loopback only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 MESSAGES=${2:-40000}
 NAME=${3:-cpucost}
-: "${B_EXTRA:?set B_EXTRA to the TOML that side b adds}"
+if [ -z "${BIN_B:-}" ]; then : "${B_EXTRA:?set B_EXTRA to the TOML that side b adds, or BIN_B}"; fi
+B_EXTRA=${B_EXTRA:-}
 PORT=2681
 SINK_PORT=2680
 DATE=$(date -u +%Y-%m-%d)
@@ -25,7 +29,7 @@ RAW=tuning/results/$DATE-$NAME-raw.txt
 WORK=$(mktemp -d /tmp/ringpost-cpucost.XXXXXX)
 . bench/lib.sh
 cargo build --release -q -p ringpost -p ringpost-bench
-BIN=target/release/ringpost
+A_BIN=${BIN_A:-target/release/ringpost}
 BENCH=target/release/ringpost-bench
 CLIENT_CPUS=1-$(($(nproc) - 1))
 TICK=$(getconf CLK_TCK)
@@ -42,9 +46,11 @@ one() {
   local side=$1 round=$2 dir extra=() before total
   dir=$WORK/$side-$round
   mkdir -p "$dir"
-  [ "$side" = b ] && extra=("${B_EXTRA//@DIR@/$dir}")
+  [ "$side" = b ] && [ -n "$B_EXTRA" ] && extra=("${B_EXTRA//@DIR@/$dir}")
   before=$(sink_count)
-  WORK=$dir RINGPOST_CPUS=0 ringpost_start "$PORT" 'threads = 1' "${extra[@]}" '[limits]' 'connections = 5000' \
+  local bin=$A_BIN
+  [ "$side" = b ] && bin=${BIN_B:-$A_BIN}
+  BIN=$bin WORK=$dir RINGPOST_CPUS=0 ringpost_start "$PORT" 'threads = 1' "${extra[@]}" '[limits]' 'connections = 5000' \
     '[[route]]' 'domain = "*"' "to = [\"127.0.0.1:$SINK_PORT\"]" '[delivery]' 'dns_servers = ["127.0.0.1:9"]'
   total=$((MESSAGES + 3000))
   taskset -c "$CLIENT_CPUS" $BENCH blast --target "127.0.0.1:$PORT" --messages 3000 --per-connection 100 \
@@ -76,7 +82,7 @@ mv "$RAW.tmp" "$RAW"
   echo "# CPU per message, by thread: $NAME ($DATE)"
   echo
   machine_line
-  echo "- b adds: \`$(echo "$B_EXTRA" | tr '\n' ' ')\`"
+  echo "- b adds: \`$(echo "$B_EXTRA" | tr '\n' ' ')\`${BIN_B:+; b runs $BIN_B}"
   echo "- each run: a fresh ringpost (one worker on CPU 0, fsync on) relaying to ringpost-bench sink; 3,000 warm-up"
   echo "  messages then $MESSAGES, 1 KiB, 50 connections of 100 messages (load and sink on CPUs $CLIENT_CPUS); the"
   echo "  server's thread CPU (user + system) over the whole run divided by all $((MESSAGES + 3000)) messages, once the sink has them"
